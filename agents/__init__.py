@@ -1,0 +1,41 @@
+"""Allocators: everything that turns a ``PruningProblem`` into an ``Allocation``.
+
+``get_allocator(spec)`` builds one by name: ``uniform``, ``random``, ``global``, ``sensitivity``,
+``layer-stats``, ``greedy``, ``policy:PATH`` (a policy learned by ``autoprune search``).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from autoprune.errors import AutopruneError
+
+from .base import Allocator
+
+# name -> "module:Class" (imported on use, so a heuristic does not import SB3)
+_REGISTRY: dict[str, str] = {
+    "uniform": "autoprune.agents.uniform:UniformAllocator",
+}
+
+
+def register_allocator(name: str, target: str) -> None:
+    _REGISTRY[name] = target
+
+
+def list_allocators() -> list[str]:
+    return sorted(_REGISTRY) + ["policy:PATH"]
+
+
+def get_allocator(spec: str, **kwargs: Any) -> Allocator:
+    """Build an allocator from its name (``policy:PATH`` loads a learned policy)."""
+    if spec.startswith("policy:"):
+        module, cls = "autoprune.agents.policy", "PolicyAllocator"
+        kwargs = {"path": spec.split(":", 1)[1], **kwargs}
+    elif spec in _REGISTRY:
+        module, cls = _REGISTRY[spec].split(":")
+    else:
+        raise AutopruneError(f"unknown allocator '{spec}': use one of {', '.join(list_allocators())}")
+    return getattr(importlib.import_module(module), cls)(**kwargs)
+
+
+__all__ = ["Allocator", "get_allocator", "list_allocators", "register_allocator"]

@@ -1,0 +1,16 @@
+"""The one interface every allocator implements: a ``PruningProblem`` in, an ``Allocation`` out."""
+from __future__ import annotations
+
+from typing import Protocol
+
+from autoprune.allocation import Allocation
+from autoprune.problem import PruningProblem
+
+
+class Allocator(Protocol):
+    """Decides how many channels each group keeps so that the problem's budget is met (within 1%)."""
+
+    name: str
+
+    def allocate(self, problem: PruningProblem) -> Allocation:
+        ...

@@ -1,0 +1,110 @@
+"""``PruningProblem``: one model, one budget, one scorer -- what every allocator is handed."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .allocation import Allocation
+from .errors import AutopruneError
+from .pruning import prune
+from .structure import ModelStructure
+
+
+@dataclass
+class PruningProblem:
+    """Prune ``structure.model`` to ``target`` x its dense cost (``metric``: "macs" or "params").
+
+    ``evaluator`` scores a pruned copy (adaptive-BN accuracy on the held-out split); ``score``
+    prunes with ``criterion`` and caches by allocation, so no allocation is evaluated twice.
+    Keep ratios per group are bounded to [``min_keep``, ``max_keep``].
+    """
+
+    structure: ModelStructure
+    target: float
+    metric: str = "macs"
+    evaluator: Callable[[nn.Module], float] | None = None
+    criterion: str = "l1"
+    calib_batches: Sequence[torch.Tensor] | None = None
+    min_keep: float = 0.2
+    max_keep: float = 1.0
+    round_to: int = 1
+    seed: int = 0
+    _cache: dict[tuple[int, ...], float] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("macs", "params"):
+            raise AutopruneError(f"unknown budget metric '{self.metric}': use macs or params")
+        if not 0.0 < self.target <= 1.0:
+            raise AutopruneError(f"target {self.target} is outside (0, 1]: it is the fraction of {self.metric} to keep")
+        if not 0.0 < self.min_keep <= self.max_keep <= 1.0:
+            raise AutopruneError(f"keep bounds [{self.min_keep}, {self.max_keep}] must satisfy 0 < min <= max <= 1")
+        floor = self.cost(self.min_counts()) / self.dense_cost
+        if floor > self.target + 1e-9:
+            raise AutopruneError(
+                f"target {self.target:.3f} is below what the bounds allow ({floor:.3f} of {self.metric} "
+                f"with every group at min_keep={self.min_keep}): lower --min-keep or raise the target")
+
+    # -- costs -------------------------------------------------------------------------------
+    def cost(self, counts: Sequence[int] | np.ndarray) -> int:
+        return self.structure.macs(counts) if self.metric == "macs" else self.structure.params(counts)
+
+    @property
+    def dense_cost(self) -> int:
+        return self.structure.dense_macs if self.metric == "macs" else self.structure.dense_params
+
+    @property
+    def budget(self) -> float:
+        return self.target * self.dense_cost
+
+    def min_counts(self) -> np.ndarray:
+        return np.array([self.structure.snap(g, max(self.min_keep * g.channels, 1), self.round_to)
+                         for g in self.structure.groups], dtype=np.int64)
+
+    def max_counts(self) -> np.ndarray:
+        return np.array([self.structure.snap(g, self.max_keep * g.channels, self.round_to)
+                         for g in self.structure.groups], dtype=np.int64)
+
+    def feasible(self, allocation: Allocation, tolerance: float = 0.01) -> bool:
+        """Within ``tolerance`` below the budget and not above it."""
+        c = self.cost(allocation.counts(self.structure))
+        return self.budget * (1 - tolerance) <= c <= self.budget + 0.5
+
+    # -- scoring -----------------------------------------------------------------------------
+    def pruned_model(self, allocation: Allocation) -> nn.Module:
+        return prune(self.structure, allocation, self.criterion, self.calib_batches)
+
+    def score(self, allocation: Allocation) -> float:
+        """Adaptive-BN accuracy of ``allocation`` (cached)."""
+        if self.evaluator is None:
+            raise AutopruneError("this problem has no evaluator: pass held-out data")
+        key = tuple(int(k) for k in allocation.counts(self.structure))
+        if key not in self._cache:
+            self._cache[key] = float(self.evaluator(self.pruned_model(allocation)))
+        return self._cache[key]
+
+
+def fill_to_budget(problem: PruningProblem, counts: np.ndarray, order: Sequence[int] | None = None) -> np.ndarray:
+    """Greedily add channels back (in ``order``, default round-robin) while the cost stays within budget.
+
+    Allocators that round down land a little under the budget; this closes the gap so every
+    allocator is compared at the same cost (within one channel).
+    """
+    counts = counts.copy()
+    hi = problem.max_counts()
+    groups = list(order) if order is not None else list(range(len(counts)))
+    step = [int(np.lcm(g.ch_groups, problem.round_to)) for g in problem.structure.groups]
+    improved = True
+    while improved:
+        improved = False
+        for i in groups:
+            if counts[i] + step[i] <= hi[i]:
+                counts[i] += step[i]
+                if problem.cost(counts) <= problem.budget:
+                    improved = True
+                else:
+                    counts[i] -= step[i]
+    return counts
