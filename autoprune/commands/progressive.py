@@ -1,0 +1,170 @@
+"""``autoprune progressive``: train-prune-train, the model shrinking on a schedule while it trains."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..config import add_config_args, load_yaml, resolve_config, save_config
+from ..errors import AutopruneError
+from .common import DEFAULT_DATA, open_workspace
+
+NAME = "progressive"
+HELP = "Prune while training: an allocator splits each step's cut, a schedule sets its size."
+
+# options that may differ between a run and its --resume (they do not change the result)
+_RESUME_FREE = {"resume", "device", "output"}
+
+
+@dataclass
+class ProgressiveConfig:
+    model: str
+    output: str  # run directory
+    checkpoint: str | None = None  # None: train from scratch
+    data: str = DEFAULT_DATA
+    target: float = 0.5  # kept fraction of the original MACs at the end
+    allocator: str = "uniform"
+    criterion: str = "l1"
+    schedule: str = "cubic"
+    prune_start: float = 0.0  # fraction of training before the schedule starts
+    final_share: float = 0.25  # fraction of training left at the final width
+    prune_every: float = 0.25  # epochs between cuts
+    min_keep: float = 0.2  # per-cut lower bound on each group's keep ratio
+    round_to: int = 1
+    epochs: float = 4.0
+    lr: float = 0.05
+    lr_schedule: str = "cosine"
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    warmup_steps: int = 0
+    train_subset: int | None = None
+    val_size: int = 5000
+    calib_size: int = 2048
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+
+
+def add_arguments(parser) -> None:
+    add_config_args(parser, ProgressiveConfig, {
+        "output": "run directory (config, TensorBoard, state.pt, model.pt, allocation.json, plots)",
+        "checkpoint": "dense (or pruned) checkpoint to start from; omit to train from scratch",
+        "target": "kept fraction of the original MACs at the end",
+        "allocator": "uniform, layer-stats, global, policy:PATH, ... (autoprune.agents)",
+        "schedule": "pruning schedule: constant, linear, cosine, exponential, cubic",
+        "prune_start": "fraction of training before pruning starts",
+        "final_share": "fraction of training left at the final width (pruning ends before it)",
+        "prune_every": "epochs between cuts",
+        "min_keep": "lower bound on each group's keep ratio at any one cut",
+        "lr_schedule": "learning-rate schedule over the whole run: cosine or constant",
+        "resume": "continue the run in --output from its last epoch"})
+
+
+def _resolve(args) -> ProgressiveConfig:
+    """Flags over the saved config on --resume; refuse to mix two different runs in one directory."""
+    out = Path(args.output) if getattr(args, "output", None) else None
+    saved_path = out / "config.yaml" if out is not None else None
+    if args.resume and saved_path is not None and saved_path.exists() and args.config is None:
+        args.config = saved_path
+    cfg = resolve_config(ProgressiveConfig, args)
+    if saved_path is not None and saved_path.exists():
+        if not cfg.resume:
+            raise AutopruneError(f"run directory '{cfg.output}' already holds a run: pass --resume to continue it "
+                                 "or choose another --output")
+        saved = load_yaml(saved_path)
+        changed = sorted(k for k, v in asdict(cfg).items() if k not in _RESUME_FREE and saved.get(k) != v)
+        if changed:
+            raise AutopruneError(f"--resume with options that differ from the saved run ({', '.join(changed)}): "
+                                 "drop them or choose another --output")
+    return cfg
+
+
+def run(args) -> None:
+    import torch
+
+    from ..agents import get_allocator
+    from ..criteria import get_criterion
+    from ..evaluator import accuracy
+    from ..progressive import progressive_train
+    from ..pruning import save_pruned
+    from ..schedules import PruningSchedule
+    from ..training import TrainRecipe
+
+    cfg = _resolve(args)
+    if not 0.0 < cfg.final_share < 1.0:
+        raise AutopruneError(f"--final-share {cfg.final_share} must be in (0, 1): the share of training at the final width")
+    get_criterion(cfg.criterion)  # fail on a bad name before loading data
+    allocator = get_allocator(cfg.allocator)
+    out = Path(cfg.output)
+    torch.manual_seed(cfg.seed)  # a from-scratch initialisation must be reproducible from the seed
+    ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
+                        seed=cfg.seed, device=cfg.device, train_subset=cfg.train_subset)
+    recipe = TrainRecipe(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                         schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps)
+    recipe.lr_at(0, 1)  # validates the lr schedule name
+    total = recipe.total_steps(len(ws.data.train))
+    steps_per_epoch = -(-len(ws.data.train) // cfg.batch_size)
+    schedule = PruningSchedule.over_training(cfg.schedule, cfg.target, total, cfg.prune_start, 1.0 - cfg.final_share,
+                                             every=round(cfg.prune_every * steps_per_epoch))
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    result = progressive_train(ws.model, ws.data, recipe, schedule, allocator, base_name=cfg.model,
+                               criterion=cfg.criterion, min_keep=cfg.min_keep, round_to=cfg.round_to,
+                               seed=cfg.seed, device=ws.device, state_path=out / "state.pt", resume=cfg.resume,
+                               log_dir=out / "tb")
+    original = result.original
+    save_pruned(result.model, cfg.model, ws.data.num_classes, out / "model.pt", allocator=cfg.allocator,
+                schedule=cfg.schedule, target=cfg.target)
+    result.allocation.save(out / "allocation.json", original, allocator=cfg.allocator, schedule=cfg.schedule)
+    vx, vy = ws.data.tensors("val", ws.device)
+    planned = [(s, schedule.target(s)) for s in range(total + 1)]
+    summary = {"val_acc": accuracy(result.model, vx, vy), "macs": result.allocation.macs(original),
+               "macs_ratio": result.allocation.macs(original) / original.dense_macs, "target": cfg.target,
+               "train_macs": result.train_macs, "seconds": result.seconds, "steps": result.steps,
+               "events": [asdict(e) for e in result.events], "history": result.history, "config": asdict(cfg)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_macs(planned, result.events, out / "macs_schedule.png")
+    plot_channels(result.events, {g.name: g.channels for g in original.groups}, total, out / "channels.png")
+    print(f"saved {out / 'model.pt'}: MACs {100 * summary['macs_ratio']:.1f}% of original "
+          f"(target {100 * cfg.target:.1f}%), val acc {100 * summary['val_acc']:.2f}%, "
+          f"training {result.train_macs / 1e12:.3f} TMACs in {result.seconds:.0f}s")
+
+
+def plot_macs(planned: list[tuple[int, float]], events: list, path: Path) -> None:
+    """Planned vs realised kept fraction of the original MACs over training steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.step([s for s, _ in planned], [100 * t for _, t in planned], where="post", label="planned")
+    steps = [0] + [e.step for e in events] + [planned[-1][0]]
+    real = [100.0] + [100 * e.realised for e in events]
+    ax.step(steps, real + real[-1:], where="post", linestyle="--", marker="o", markersize=3, label="realised")
+    ax.set(xlabel="training step", ylabel="MACs (% of original)", title="Pruning schedule")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_channels(events: list, original: dict[str, int], total: int, path: Path) -> None:
+    """Channels kept per group over training, one line per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    steps = [0] + [e.step for e in events] + [total]
+    for name, dense in original.items():
+        series = [dense] + [e.channels[name] for e in events]
+        ax.step(steps, series + series[-1:], where="post", label=name)
+    ax.set(xlabel="training step", ylabel="channels kept", title="Channels per group over training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2 if len(original) > 12 else 1, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,148 @@
+"""Progressive train-prune-train: target MACs, sliced optimizer state, resume after SIGKILL, run directory."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autoprune.agents import get_allocator
+from autoprune.cli import main
+from autoprune.criteria import group_scores
+from autoprune.data import make_bundle
+from autoprune.models import IMAGENET_MEAN, IMAGENET_STD, create_model
+from autoprune.progressive import prune_with_optimizer, progressive_train
+from autoprune.pruning import channels_to_remove, load_pruned
+from autoprune.schedules import PruningSchedule
+from autoprune.structure import ModelStructure, measure_cost
+from autoprune.training import TrainRecipe, make_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+# 64 training images in batches of 16: 4 steps per epoch
+TINY = ["--model", "resnet20", "--data", "synthetic", "--train-subset", "64", "--batch-size", "16",
+        "--val-size", "64", "--calib-size", "32", "--prune-every", "0.5", "--target", "0.5", "--seed", "3"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # two threads per process thrash when other processes share the two cores (measured 30x slower)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return make_bundle("synthetic", IMAGENET_MEAN, IMAGENET_STD, val_size=64, calib_size=32, seed=0, train_subset=64)
+
+
+@pytest.mark.parametrize("shape,final", [("cubic", 0.5), ("constant", 0.3)])
+def test_tiny_progressive_run_hits_target_macs(tiny_data, shape, final):
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10)
+    x = tiny_data.tensors("val")[0][:1]
+    dense = measure_cost(model, x)[0]
+    recipe = TrainRecipe(epochs=3, lr=0.05, batch_size=16)
+    total = recipe.total_steps(len(tiny_data.train))
+    schedule = PruningSchedule.over_training(shape, final, total, 0.0, 0.75, every=2)
+    res = progressive_train(model, tiny_data, recipe, schedule, get_allocator("uniform"), base_name="resnet20",
+                            progress=False)
+    measured = measure_cost(res.model, x)[0]
+    assert final * 0.99 <= measured / dense <= final + 1e-9
+    assert res.allocation.macs(res.original) == measured  # the analytical cost agrees with the model
+    assert [e.step for e in res.events] == schedule.events
+    for e in res.events:  # every intermediate cut is on its own planned budget too
+        assert e.planned * 0.99 <= e.realised <= e.planned + 1e-9
+    assert all(b.macs <= a.macs for a, b in zip(res.events, res.events[1:]))
+    # training cost: a shrinking model is cheaper than the dense one, dearer than the final one
+    images = 3 * len(tiny_data.train)
+    assert measured * images < res.train_macs < dense * images
+    assert res.model(x).shape == (1, 10)
+
+
+def test_momentum_buffers_are_sliced_to_the_kept_channels():
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10)
+    recipe = TrainRecipe(lr=0.1)
+    opt = make_optimizer(model, recipe)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    s = ModelStructure(model, x[:1])
+    keep = [max(1, g.channels // 2) for g in s.groups]
+    remove = channels_to_remove(s, keep, group_scores(s, "l1"))
+    old = {n: opt.state[p]["momentum_buffer"].clone() for n, p in model.named_parameters()}
+    pruned, new_opt = prune_with_optimizer(s, remove, opt, lambda m: make_optimizer(m, recipe))
+    new = {n: new_opt.state[p]["momentum_buffer"] for n, p in pruned.named_parameters()}
+    assert set(new) == set(old)
+    g = s.groups[0]
+    assert g.name == "layer1.0.conv1"
+    kept = torch.tensor([c for c in range(g.channels) if c not in set(remove[0])])
+    assert len(kept) == keep[0]
+    assert torch.equal(new["layer1.0.conv1.weight"], old["layer1.0.conv1.weight"][kept])
+    assert torch.equal(new["layer1.0.bn1.weight"], old["layer1.0.bn1.weight"][kept])
+    assert torch.equal(new["layer1.0.bn1.bias"], old["layer1.0.bn1.bias"][kept])
+    assert torch.equal(new["layer1.0.conv2.weight"], old["layer1.0.conv2.weight"][:, kept])
+    assert torch.equal(new["conv1.weight"], old["conv1.weight"])  # untouched layers keep their buffer
+    assert torch.equal(new["linear.weight"], old["linear.weight"])
+    # the weights were sliced the same way, and the new optimizer trains the new parameters
+    assert torch.equal(pruned.layer1[0].conv1.weight, model.layer1[0].conv1.weight[kept])
+    new_opt.zero_grad()
+    F.cross_entropy(pruned(x), y).backward()
+    before = pruned.layer1[0].conv1.weight.detach().clone()
+    new_opt.step()
+    assert not torch.equal(before, pruned.layer1[0].conv1.weight)
+
+
+def _allocation(run: Path) -> dict:
+    return {k: v["keep"] for k, v in json.loads((run / "allocation.json").read_text())["groups"].items()}
+
+
+def test_killed_and_resumed_run_ends_with_the_same_allocation(tmp_path):
+    args = TINY + ["--epochs", "4"]
+    straight = tmp_path / "straight"
+    assert main(["progressive", "--output", str(straight)] + args) == 0
+    for name in ("config.yaml", "model.pt", "allocation.json", "summary.json", "state.pt",
+                 "macs_schedule.png", "channels.png"):
+        assert (straight / name).is_file(), name
+    assert list((straight / "tb").rglob("events.out.tfevents*"))
+    summary = json.loads((straight / "summary.json").read_text())
+    assert 0.495 <= summary["macs_ratio"] <= 0.5
+    model, base = load_pruned(straight / "model.pt")
+    assert base == "resnet20" and model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "progressive", "--output", str(killed)] + args,
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "state.pt"
+    deadline = time.time() + 120
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists() and not (killed / "model.pt").exists(), "the run was not interrupted mid-way"
+    step = torch.load(state, weights_only=True)["meta"]["step"]
+    assert 0 < step < 16
+
+    # a directory holding a run is never overwritten; a resume must not change the run's options
+    assert main(["progressive", "--output", str(killed)] + args) == 2
+    assert main(["progressive", "--output", str(killed), "--resume", "--target", "0.4"]) == 2
+    assert main(["progressive", "--output", str(killed), "--resume"]) == 0
+    assert _allocation(killed) == _allocation(straight)
+    resumed = json.loads((killed / "summary.json").read_text())
+    assert [(e["step"], e["channels"]) for e in resumed["events"]] == [(e["step"], e["channels"]) for e in summary["events"]]
+    assert resumed["train_macs"] == pytest.approx(summary["train_macs"])
+    # not only the widths: the weights after resuming match the uninterrupted run
+    a, b = load_pruned(straight / "model.pt")[0].state_dict(), load_pruned(killed / "model.pt")[0].state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
