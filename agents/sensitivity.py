@@ -1,0 +1,93 @@
+"""``sensitivity``: prune each group alone at several keep ratios, then allocate by an accepted drop.
+
+Every group is pruned on its own (the others dense) to each ratio in ``rates`` and the problem's
+``min_keep``, and scored with the adaptive-BN evaluator. With each curve made monotone, an
+accepted accuracy drop ``d`` gives every group its smallest keep ratio whose (interpolated)
+drop is at most ``d``; bisection on ``d`` finds the smallest drop whose allocation fits the
+budget (Li et al. 2016; Distiller's sensitivity analysis).
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from autoprune.allocation import Allocation
+from autoprune.problem import PruningProblem, fill_to_budget
+
+from .common import count_steps
+
+
+class SensitivityAllocator:
+    name = "sensitivity"
+    seeded = False
+
+    def __init__(self, rates: Sequence[float] = (0.8, 0.6, 0.4), output_dir: str | Path | None = None):
+        self.rates = tuple(float(r) for r in rates)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.rows: list[dict] = []  # the measured curves, kept for reports
+
+    def measure(self, problem: PruningProblem) -> list[dict]:
+        """One row per (group, keep ratio): keep count, adaptive-BN accuracy, drop from the unpruned score."""
+        s = problem.structure
+        dense = s.channels.copy()
+        base = problem.score(Allocation.from_counts(s, dense))
+        rows = []
+        lo = problem.min_counts()
+        for i, g in enumerate(s.groups):
+            counts = sorted({max(int(lo[i]), s.snap(g, r * g.channels, problem.round_to))
+                             for r in (*self.rates, problem.min_keep) if r >= problem.min_keep} - {g.channels})
+            for k in counts:
+                keep = dense.copy()
+                keep[i] = k
+                acc = problem.score(Allocation.from_counts(s, keep))
+                rows.append({"group": g.name, "channels": g.channels, "keep": k, "keep_ratio": k / g.channels,
+                             "accuracy": acc, "drop": base - acc})
+        return rows
+
+    def allocate(self, problem: PruningProblem) -> Allocation:
+        s = problem.structure
+        self.rows = self.measure(problem)
+        if self.output_dir is not None:
+            self.save(self.output_dir)
+        lo, hi, step = problem.min_counts(), problem.max_counts(), count_steps(problem)
+        # per group: candidate counts (ascending) and their monotone interpolated drops
+        options = []
+        for i, g in enumerate(s.groups):
+            pts = sorted([(r["keep"], r["drop"]) for r in self.rows if r["group"] == g.name] + [(g.channels, 0.0)])
+            ks = np.array([p[0] for p in pts], dtype=np.float64)
+            drops = np.maximum.accumulate(np.array([p[1] for p in pts])[::-1])[::-1]  # fewer channels never hurt less
+            cand = np.arange(lo[i], hi[i] + 1, step[i])
+            options.append((cand, np.interp(cand, ks, drops)))
+
+        def counts_at(drop: float) -> np.ndarray:
+            return np.array([cand[np.argmax(d <= drop + 1e-12)] if (d <= drop + 1e-12).any() else cand[-1]
+                             for cand, d in options], dtype=np.int64)
+
+        a, b = min(0.0, min(float(d.min()) for _, d in options)), max(float(d.max()) for _, d in options)
+        for _ in range(60):
+            mid = (a + b) / 2
+            if problem.cost(counts_at(mid)) <= problem.budget:
+                b = mid
+            else:
+                a = mid
+        counts = counts_at(b)
+        self.accepted_drop = b
+        # give rounding leftovers to the most sensitive groups first
+        worst = [float(d[0]) for _, d in options]
+        counts = fill_to_budget(problem, counts, order=list(np.argsort(worst)[::-1]))
+        return Allocation.from_counts(s, counts)
+
+    def save(self, folder: str | Path) -> None:
+        """``sensitivity.csv`` and ``sensitivity.png`` (drop vs keep ratio, one curve per group)."""
+        from autoprune.compare_plots import plot_sensitivity
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "sensitivity.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(self.rows[0]))
+            w.writeheader()
+            w.writerows(self.rows)
+        plot_sensitivity(self.rows, folder / "sensitivity.png")
