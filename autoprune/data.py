@@ -44,7 +44,7 @@ class ImageSet:
 
 # -- loading -------------------------------------------------------------------------------
 def _decode_folder(root: Path, image_size: int | None) -> ImageSet:
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from PIL import Image
 
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not classes:
@@ -52,7 +52,8 @@ def _decode_folder(root: Path, image_size: int | None) -> ImageSet:
     images, labels = [], []
     for label, cls in enumerate(classes):
         for f in sorted((root / cls).iterdir()):
-            img = decode_image(read_file(str(f)), mode=ImageReadMode.RGB)
+            with Image.open(f) as im:
+                img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
             if image_size is not None and tuple(img.shape[1:]) != (image_size, image_size):
                 from torchvision.transforms.v2.functional import center_crop, resize
 

@@ -12,6 +12,7 @@ group's channel indices map onto each of them. From that it can
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -138,7 +139,9 @@ class ModelStructure:
         model.eval()
         self._module_names = {m: n for n, m in model.named_modules()}
         try:
-            self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+            with warnings.catch_warnings():  # loose parameters (layer scales) are pruned on their channel dim
+                warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+                self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
         except Exception as exc:
             raise AutopruneError(
                 f"torch-pruning cannot trace this model ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"

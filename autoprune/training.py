@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,8 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
     torch.manual_seed(seed)
     step = 0
     t0 = time.perf_counter()
-    bar = tqdm(total=total, initial=start_step, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=start_step, disable=not progress, desc="train", unit="step", dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30.0)
     epoch = 0
     while step < total:
         running, seen = 0.0, 0

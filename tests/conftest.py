@@ -1,0 +1,32 @@
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+# every test run gets its own cache directory: no test reads or writes the user's cache
+os.environ.setdefault("AUTOPRUNE_CACHE", tempfile.mkdtemp(prefix="autoprune-test-cache-"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+RESNET20_CKPT = SHARED / "models" / "resnet20-12fca82f.th"
+RESNET56_CKPT = SHARED / "models" / "resnet56-4bfd9763.th"
+
+
+@pytest.fixture(scope="session")
+def synthetic_bundle():
+    from autoprune.data import make_bundle
+    from autoprune.models import IMAGENET_MEAN, IMAGENET_STD
+
+    return make_bundle("synthetic", IMAGENET_MEAN, IMAGENET_STD, val_size=300, calib_size=256, seed=0)
+
+
+@pytest.fixture(scope="session")
+def resnet20_structure():
+    from autoprune.models import create_model
+    from autoprune.structure import ModelStructure
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10).eval()
+    return ModelStructure(model, torch.randn(1, 3, 32, 32))

@@ -1,0 +1,52 @@
+"""The foundation commands end to end on synthetic data, and their one-line errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from autoprune.cli import main
+
+from .conftest import RESNET20_CKPT
+
+SYN = ["--data", "synthetic", "--val-size", "300", "--device", "cpu"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True)
+
+
+def test_prune_then_evaluate_then_train(tmp_path, capsys):
+    out = tmp_path / "p.pt"
+    assert main(["prune", "--model", "resnet20", "--ratio", "0.5", "--output", str(out), "--calib-size", "128", *SYN]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.45 < report["macs_ratio"] < 0.55 and out.exists() and out.with_suffix(".allocation.json").exists()
+    assert main(["evaluate", "--model", "resnet20", "--checkpoint", str(out), "--split", "test", *SYN]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["images"] == 500
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("epochs: 0.2\nlr: 0.05\nbatch_size: 64\n")
+    run_dir = tmp_path / "run"
+    assert main(["train", "--model", "resnet20", "--checkpoint", str(out), "--output", str(run_dir),
+                 "--config", str(cfg), "--epochs", "0.1", *SYN]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["epochs"] == 0.1 and summary["config"]["lr"] == 0.05  # flag beats file
+    assert (run_dir / "model.pt").exists() and any((run_dir / "tb").iterdir())
+
+
+@pytest.mark.parametrize("args,message", [
+    (["evaluate", "--model", "resnet21"], "unknown model 'resnet21'"),
+    (["evaluate", "--model", "resnet20", "--checkpoint", "/no/such.th"], "not found"),
+    (["evaluate", "--model", "resnet20", "--data", "imagefolder:/no/such/dir"], "has no 'train/' subfolder"),
+    (["prune", "--model", "resnet20", "--output", "x.pt", "--ratio", "1.5", *SYN], "outside (0, 1]"),
+    (["evaluate", "--model", "resnet20", "--config", "/no/such.yaml"], "config file"),
+])
+def test_bad_input_is_one_line(args, message):
+    res = run_cli(*args)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and message in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.skipif(not RESNET20_CKPT.exists(), reason="shared checkpoints not present")
+def test_mismatched_checkpoint_is_one_line(tmp_path):
+    res = run_cli("evaluate", "--model", "resnet56", "--checkpoint", str(RESNET20_CKPT), *SYN)
+    assert res.returncode == 2 and "does not match the model" in res.stderr and "Traceback" not in res.stderr

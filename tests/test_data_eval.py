@@ -1,0 +1,80 @@
+"""Data specs, splits, caching, augmentation, and the adaptive-BN evaluator."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from autoprune.data import augment_batch, load_dataset, make_bundle
+from autoprune.errors import AutopruneError
+from autoprune.evaluator import AdaptiveBNEvaluator, accuracy, recalibrate_bn
+from autoprune.models import IMAGENET_MEAN, IMAGENET_STD
+
+
+def _write_folder(root, n_per_class=6, size=16):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n_per_class):
+                pixels = torch.randint(0, 255, (size, size, 3), dtype=torch.uint8, generator=g).numpy()
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.jpg")
+
+
+def test_imagefolder_loads_labels_and_caches(tmp_path):
+    _write_folder(tmp_path / "d")
+    train, test = load_dataset(f"imagefolder:{tmp_path / 'd'}")
+    assert train.images.shape == (12, 3, 16, 16) and train.images.dtype == torch.uint8
+    assert train.labels.tolist() == [0] * 6 + [1] * 6
+    again, _ = load_dataset(f"imagefolder:{tmp_path / 'd'}")  # from the tensor cache
+    assert torch.equal(again.images, train.images)
+
+
+def test_bad_data_specs(tmp_path):
+    with pytest.raises(AutopruneError, match="unknown dataset"):
+        load_dataset("mnist")
+    with pytest.raises(AutopruneError, match="no 'train/' subfolder"):
+        load_dataset(f"imagefolder:{tmp_path}")
+
+
+def test_splits_are_disjoint_and_seeded():
+    a = make_bundle("synthetic", IMAGENET_MEAN, IMAGENET_STD, val_size=300, calib_size=100, seed=3)
+    b = make_bundle("synthetic", IMAGENET_MEAN, IMAGENET_STD, val_size=300, calib_size=100, seed=3)
+    assert torch.equal(a.val.images, b.val.images) and torch.equal(a.calib.images, b.calib.images)
+    assert len(a.val) == 300 and len(a.train) == 2000 - 300 and len(a.calib) == 100
+    train_rows = {tuple(r) for r in a.train.images.flatten(1)[:, :64].tolist()}
+    assert not any(tuple(r) in train_rows for r in a.val.images.flatten(1)[:, :64].tolist())
+    assert all(tuple(r) in train_rows for r in a.calib.images.flatten(1)[:, :64].tolist())
+
+
+def test_augmentation_is_a_shifted_flipped_crop():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.int32).view(2, 3, 8, 8).to(torch.uint8)
+    out = augment_batch(x, torch.Generator().manual_seed(0), pad=2)
+    assert out.shape == x.shape
+    for img, src in zip(out, x):
+        padded = torch.nn.functional.pad(src, (2, 2, 2, 2))
+        windows = [padded[:, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(img, w) or torch.equal(img, w.flip(2)) for w in windows)
+
+
+def test_recalibration_recovers_batch_statistics():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    batches = [torch.randn(16, 3, 8, 8) * 3 + 1 for _ in range(4)]
+    recalibrate_bn(net, batches)
+    feats = torch.cat([net[0](b) for b in batches])
+    assert torch.allclose(net[1].running_mean, feats.mean((0, 2, 3)), atol=1e-4)
+    assert not net.training
+
+
+def test_adaptive_bn_evaluator_scores_and_times(synthetic_bundle):
+    from autoprune.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10)
+    x, y = synthetic_bundle.tensors("val")
+    ev = AdaptiveBNEvaluator(synthetic_bundle.calibration_batches(64), x, y)
+    acc = ev(model)
+    assert 0.0 <= acc <= 1.0 and acc == accuracy(model, x, y)
+    assert ev.timing.calls == 1 and ev.timing.calibrate > 0 and ev.timing.evaluate > 0

@@ -1,0 +1,67 @@
+"""A pruned model saved to disk loads back -- in a fresh process, without pickled classes."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from autoprune.allocation import Allocation
+from autoprune.errors import AutopruneError
+from autoprune.models import create_model
+from autoprune.pruning import load_pruned, prune, save_pruned
+from autoprune.structure import ModelStructure
+
+LOAD_AND_RUN = """
+import sys, torch
+from autoprune.pruning import load_pruned
+model, base = load_pruned(sys.argv[1])
+x = torch.load(sys.argv[2], weights_only=True)
+with torch.no_grad():
+    torch.save(model.eval()(x), sys.argv[3])
+"""
+
+
+@pytest.mark.parametrize("name,size", [("resnet20", 32), ("tv:mobilenet_v2", 64)])
+def test_saved_pruned_model_reloads_in_new_process(tmp_path, name, size):
+    torch.manual_seed(0)
+    model = create_model(name, 10).eval()
+    x = torch.randn(3, 3, size, size)
+    s = ModelStructure(model, x[:1], num_classes=10)
+    rng = np.random.default_rng(0)
+    pruned = prune(s, Allocation.from_counts(s, [int(rng.integers(1, g.channels + 1)) for g in s.groups])).eval()
+    save_pruned(pruned, name, 10, tmp_path / "m.pt")
+    torch.save(x, tmp_path / "x.pt")
+    subprocess.run([sys.executable, "-c", LOAD_AND_RUN, str(tmp_path / "m.pt"), str(tmp_path / "x.pt"),
+                    str(tmp_path / "y.pt")], check=True)
+    with torch.no_grad():
+        expected = pruned(x)
+    assert torch.equal(torch.load(tmp_path / "y.pt", weights_only=True), expected)
+
+
+def test_create_model_reads_pruned_files(tmp_path, resnet20_structure):
+    s = resnet20_structure
+    pruned = prune(s, Allocation.uniform(s, 0.25))
+    save_pruned(pruned, "resnet20", 10, tmp_path / "p.pt")
+    again = create_model("resnet20", 10, tmp_path / "p.pt")
+    assert again.layer1[0].conv1.out_channels == pruned.layer1[0].conv1.out_channels
+    with pytest.raises(AutopruneError, match="pruned resnet20"):
+        create_model("resnet56", 10, tmp_path / "p.pt")
+    (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(AutopruneError):
+        load_pruned(tmp_path / "bad.pt")
+
+
+def test_allocation_json_round_trip(tmp_path, resnet20_structure):
+    s = resnet20_structure
+    alloc = Allocation.from_ratios(s, np.linspace(0.2, 1.0, len(s.groups)))
+    alloc.save(tmp_path / "a.json", s)
+    again = Allocation.load(tmp_path / "a.json", s)
+    assert again == alloc
+    assert again.macs(s) == alloc.macs(s)
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(AutopruneError, match="not valid JSON"):
+        Allocation.load(tmp_path / "broken.json", s)
+    (tmp_path / "other.json").write_text('{"groups": {"nope.conv1": {"keep": 3}}}')
+    with pytest.raises(AutopruneError, match="does not fit this model"):
+        Allocation.load(tmp_path / "other.json", s).counts(s)

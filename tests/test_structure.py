@@ -1,0 +1,122 @@
+"""Groups, analytical cost, and physical pruning on CIFAR and torchvision models."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from autoprune.allocation import Allocation
+from autoprune.errors import AutopruneError
+from autoprune.models import create_model
+from autoprune.pruning import channels_to_remove, prune
+from autoprune.criteria import group_scores
+from autoprune.structure import ModelStructure, measure_cost
+
+
+@pytest.mark.parametrize("name,n_groups", [("resnet20", 9), ("resnet56", 27)])
+def test_option_a_resnets_prune_block_internal_channels_only(name, n_groups):
+    model = create_model(name, 10)
+    s = ModelStructure(model, torch.randn(1, 3, 32, 32))
+    assert len(s.groups) == n_groups
+    assert all(g.name.endswith(".conv1") and g.name.startswith("layer") for g in s.groups)
+    # the residual stream (stem, block conv2s) must never be cut: the zero-pad shortcut breaks it
+    members = {n for g in s.groups for n in g.member_names}
+    assert "conv1" not in members and not any(n.endswith("conv2") and "layer" in n and
+                                              any(m.name == n and "out" in m.handler.__name__ for g in s.groups for m in g.members)
+                                              for n in members)
+    half = prune(s, Allocation.uniform(s, 0.5))
+    assert half(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name,samples", [("resnet20", 100), ("resnet56", 30)])
+def test_analytical_cost_equals_measured_cost(name, samples):
+    torch.manual_seed(0)
+    model = create_model(name, 10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    s = ModelStructure(model, x)
+    rng = np.random.default_rng(0)
+    for _ in range(samples):
+        keep = [int(rng.integers(1, g.channels + 1)) for g in s.groups]
+        alloc = Allocation.from_counts(s, keep)
+        pruned = s.prune_copy(channels_to_remove(s, alloc.counts(s), group_scores(s, "l1")))
+        assert measure_cost(pruned, x) == (alloc.macs(s), alloc.params(s))
+
+
+TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "densenet121",
+               "regnet_y_400mf", "vgg11_bn", "resnext50_32x4d", "convnext_tiny"]
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_models_prune_to_half_channels(name):
+    torch.manual_seed(0)
+    model = create_model(f"tv:{name}", 10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    s = ModelStructure(model, x[:1], num_classes=10)
+    alloc = Allocation.uniform(s, 0.5)
+    pruned = prune(s, alloc, "l1").eval()
+    macs, params = measure_cost(pruned, x)
+    assert (macs, params) == (alloc.macs(s), alloc.params(s))
+    assert macs < 0.5 * s.dense_macs  # both sides of most layers shrink
+    with torch.no_grad():
+        out = pruned(x)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_unsupported_model_gets_clear_error():
+    model = create_model("tv:shufflenet_v2_x0_5", 10).eval()
+    with pytest.raises(AutopruneError):
+        ModelStructure(model, torch.randn(1, 3, 64, 64), num_classes=10)
+
+
+def _zero_channels(model: nn.Module, s: ModelStructure, remove):
+    """Mask: zero every output-side slice (conv filters, BN affine) of the channels to be removed."""
+    plan = s.removal_plan(remove)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for (name, handler, dim, is_param), idxs in plan.items():
+            if is_param or "out" not in handler.__name__:
+                continue
+            m = modules[name]
+            if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.out_channels and "in" in handler.__name__:
+                continue
+            for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
+                if p is not None:
+                    p[idxs] = 0
+
+
+@pytest.mark.parametrize("name,size", [("resnet20", 32), ("tv:resnet18", 64), ("tv:mobilenet_v2", 64)])
+def test_pruned_model_equals_masked_model(name, size):
+    torch.manual_seed(0)
+    model = create_model(name, 10).eval()
+    for m in model.modules():  # non-trivial BN statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-0.5, 0.5)
+    x = torch.randn(4, 3, size, size)
+    s = ModelStructure(model, x[:1], num_classes=10)
+    rng = np.random.default_rng(1)
+    alloc = Allocation.from_counts(s, [int(rng.integers(1, g.channels + 1)) for g in s.groups])
+    remove = channels_to_remove(s, alloc.counts(s), group_scores(s, "l2"))
+    pruned = s.prune_copy(remove).eval()
+    masked = s.prune_copy([[] for _ in s.groups]).eval()
+    _zero_channels(masked, s, remove)
+    with torch.no_grad():
+        diff = (pruned(x) - masked(x)).abs().max().item()
+    assert diff < 1e-4
+
+
+def test_prune_removes_lowest_scoring_channels(resnet20_structure):
+    s = resnet20_structure
+    g = s.groups[0]
+    pruned = prune(s, Allocation.from_counts(s, [g.channels - 3] + [h.channels for h in s.groups[1:]]), "l1")
+    norms = s.model.get_submodule(g.name).weight.abs().sum((1, 2, 3))
+    kept = pruned.get_submodule(g.name).weight.abs().sum((1, 2, 3))
+    assert torch.allclose(kept.sort().values, norms.sort().values[3:])
+
+
+def test_snap_respects_floor_and_rounding(resnet20_structure):
+    s = resnet20_structure
+    g = s.groups[-1]  # 64 channels
+    assert s.snap(g, 0.0) == 1
+    assert s.snap(g, 13, round_to=8) == 16
+    assert s.snap(g, 1000) == g.channels
