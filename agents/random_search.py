@@ -1,0 +1,61 @@
+"""``random``: EagleEye's search -- score N random feasible allocations, keep the best.
+
+A sample draws a keep ratio per group uniformly in [min_keep, max_keep], scales the whole
+vector so the cost meets the budget (bisection), then fills the rounding gap in a random group
+order: every sample lands within 1% below the budget, and no group order is favoured.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from autoprune.allocation import Allocation
+from autoprune.errors import AutopruneError
+from autoprune.problem import PruningProblem, fill_to_budget
+
+
+def random_feasible_counts(problem: PruningProblem, rng: np.random.Generator) -> np.ndarray:
+    """One random allocation (keep counts) at the problem's budget."""
+    s = problem.structure
+    lo, hi = problem.min_counts(), problem.max_counts()
+    ratios = rng.uniform(problem.min_keep, problem.max_keep, size=len(s.groups))
+
+    def counts_at(scale: float) -> np.ndarray:
+        raw = [s.snap(g, scale * r * g.channels, problem.round_to) for g, r in zip(s.groups, ratios)]
+        return np.clip(np.array(raw, dtype=np.int64), lo, hi)
+
+    a, b = 0.0, 1.0 / max(ratios.min(), 1e-6)
+    for _ in range(40):
+        mid = (a + b) / 2
+        a, b = (mid, b) if problem.cost(counts_at(mid)) <= problem.budget else (a, mid)
+    return fill_to_budget(problem, counts_at(a), order=list(rng.permutation(len(s.groups))))
+
+
+class RandomSearch:
+    """Best of ``samples`` random feasible allocations by ``problem.score``."""
+
+    name = "random"
+
+    def __init__(self, samples: int = 60, seed: int = 0,
+                 on_sample: Callable[[int, Allocation, float], None] | None = None):
+        if samples < 1:
+            raise AutopruneError(f"random search needs at least one sample, got {samples}")
+        self.samples, self.seed, self.on_sample = samples, seed, on_sample
+        self.history: list[tuple[Allocation, float]] = []
+
+    def allocate(self, problem: PruningProblem) -> Allocation:
+        rng = np.random.default_rng(self.seed)
+        best: tuple[float, Allocation] | None = None
+        self.history = []
+        for i in range(self.samples):
+            counts = random_feasible_counts(problem, rng)
+            alloc = Allocation({g.name: int(k) for g, k in zip(problem.structure.groups, counts)})
+            score = problem.score(alloc)
+            self.history.append((alloc, score))
+            if self.on_sample is not None:
+                self.on_sample(i, alloc, score)
+            if best is None or score > best[0]:
+                best = (score, alloc)
+        assert best is not None
+        return best[1]

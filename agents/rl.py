@@ -1,0 +1,349 @@
+"""Learned allocators: SB3 DDPG (AMC's settings), TD3 or SAC searching over ``ChannelPruningEnv``.
+
+One ``learn`` call per episode (``train_freq`` = 1 episode), so after every episode the replay
+buffer, the networks and the bookkeeping agree and a checkpoint taken there is exact:
+``search(..., resume=True)`` restores policy + optimisers, replay buffer, exploration noise,
+every RNG and the score cache, and continues at the next episode.
+"""
+from __future__ import annotations
+
+import pickle
+import random
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from stable_baselines3 import DDPG, SAC, TD3
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.utils import update_learning_rate
+
+from autoprune.allocation import Allocation
+from autoprune.envs import ENV_ID, FEATURES, OBS_VERSION, ChannelPruningEnv
+from autoprune.errors import AutopruneError
+from autoprune.problem import PruningProblem
+
+from .policy import POLICY_FORMAT
+from .search_log import Best, EpisodeLog, write_json_atomic
+
+
+
+@dataclass
+class RLConfig:
+    """AMC's DDPG settings (He et al. 2018), expressed in SB3's [-1, 1] action space."""
+
+    algo: str = "ddpg"  # ddpg | td3 | sac
+    episodes: int = 300
+    warmup_episodes: int = 100  # random actions before learning starts
+    noise_sigma: float = 1.0  # truncated normal in [-1, 1] (AMC: 0.5 on [0, 1])
+    noise_decay: float = 0.95  # per episode after warm-up
+    gamma: float = 1.0
+    tau: float = 0.01
+    batch_size: int = 64
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    replay_episodes: int = 100
+    hidden: list[int] = field(default_factory=lambda: [300, 300])
+    updates_per_step: float = 1.0  # gradient steps per env step, done at the end of each episode
+    reward: str = "accuracy"
+    checkpoint_every: int = 10  # episodes
+    seed: int = 0
+
+
+class TruncatedNormalNoise(ActionNoise):
+    """AMC's exploration: sample around the policy's action from N(a, sigma) truncated to [-1, 1]."""
+
+    def __init__(self, sigma: float, seed: int = 0):
+        super().__init__()
+        self.sigma = float(sigma)
+        self.rng = np.random.default_rng(seed)
+
+    def around(self, action: np.ndarray) -> np.ndarray:
+        out = np.asarray(action, dtype=np.float64).copy()
+        todo = np.ones(out.shape, dtype=bool)
+        sample = out.copy()
+        for _ in range(100):  # rejection sampling; acceptance >= ~1/2 with the mean inside the box
+            draw = out + self.sigma * self.rng.standard_normal(out.shape)
+            ok = todo & (np.abs(draw) <= 1.0)
+            sample[ok] = draw[ok]
+            todo &= ~ok
+            if not todo.any():
+                break
+        return np.clip(sample, -1.0, 1.0).astype(np.float32)
+
+    def __call__(self) -> np.ndarray:  # plain additive use (SB3 clips)
+        return (self.sigma * self.rng.standard_normal(1)).astype(np.float32)
+
+    def state(self) -> dict:
+        return {"sigma": self.sigma, "rng": self.rng.bit_generator.state}
+
+    def load_state(self, state: dict) -> None:
+        self.sigma = state["sigma"]
+        self.rng.bit_generator.state = state["rng"]
+
+
+@contextmanager
+def _one_thread():
+    """Tiny MLP updates run ~5-30x faster on one thread than on two busy ones (measured here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class _AMCMixin:
+    """Separate actor / critic learning rates, truncated-normal exploration, applied actions in the buffer."""
+
+    actor_lr: float
+    critic_lr: float
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        with _one_thread():
+            super().train(gradient_steps, batch_size)
+
+    def _update_learning_rate(self, optimizers) -> None:
+        for opt in optimizers if isinstance(optimizers, list) else [optimizers]:
+            update_learning_rate(opt, self.critic_lr if opt is self.critic.optimizer else self.actor_lr)
+
+    def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
+        if not isinstance(action_noise, TruncatedNormalNoise) or self.num_timesteps < learning_starts:
+            with _one_thread():
+                return super()._sample_action(learning_starts, action_noise, n_envs)
+        with _one_thread():
+            action, _ = self.predict(self._last_obs, deterministic=False)
+        scaled = action_noise.around(self.policy.scale_action(action))
+        return self.policy.unscale_action(scaled), scaled
+
+    def _store_transition(self, replay_buffer, buffer_action, new_obs, reward, dones, infos):
+        # the wall may change the action: learn the value of what was applied (it is also in the next state)
+        applied = [info.get("applied_action") for info in infos]
+        if all(a is not None for a in applied):
+            buffer_action = np.asarray(applied, dtype=np.float32).reshape(buffer_action.shape)
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+
+
+class AMCDDPG(_AMCMixin, DDPG):
+    pass
+
+
+class AMCTD3(_AMCMixin, TD3):
+    pass
+
+
+class AMCSAC(_AMCMixin, SAC):
+    pass
+
+
+ALGOS = {"ddpg": AMCDDPG, "td3": AMCTD3, "sac": AMCSAC}
+
+
+class _EpisodeEnd(BaseCallback):
+    """Collects the final info of each episode; decays the exploration noise after warm-up."""
+
+    def __init__(self, noise: TruncatedNormalNoise | None, decay: float, learning_starts: int):
+        super().__init__()
+        self.noise, self.decay, self.learning_starts = noise, decay, learning_starts
+        self.finished: list[tuple[float, dict]] = []
+
+    def _on_step(self) -> bool:
+        for done, reward, info in zip(self.locals["dones"], self.locals["rewards"], self.locals["infos"]):
+            if done:
+                self.finished.append((float(reward), info))
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.noise is not None and self.num_timesteps > self.learning_starts:
+            self.noise.sigma *= self.decay
+
+
+@dataclass
+class SearchResult:
+    best: Best
+    episodes: int
+    seconds: float
+    eval_seconds: float
+    policy_path: Path | None = None
+
+    @property
+    def allocation(self) -> Allocation:
+        assert self.best.allocation is not None
+        return self.best.allocation
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["random"])
+
+
+class RLSearch:
+    """Allocator that learns a policy by RL and returns the best allocation it evaluated."""
+
+    def __init__(self, config: RLConfig | None = None, **overrides: Any):
+        self.config = RLConfig(**{**asdict(config or RLConfig()), **overrides})
+        if self.config.algo not in ALGOS:
+            raise AutopruneError(f"unknown RL agent '{self.config.algo}': use one of {', '.join(ALGOS)}")
+        if self.config.episodes < 1 or self.config.warmup_episodes < 0:
+            raise AutopruneError("episodes must be >= 1 and warm-up episodes >= 0")
+        self.name = self.config.algo
+        self.model = None
+
+    def allocate(self, problem: PruningProblem) -> Allocation:
+        return self.search(problem).allocation
+
+    # -- building ----------------------------------------------------------------------------
+    def _build(self, env: ChannelPruningEnv):
+        c, n = self.config, env.n
+        kwargs: dict[str, Any] = dict(
+            learning_rate=c.actor_lr, buffer_size=max(1, c.replay_episodes * n), learning_starts=c.warmup_episodes * n,
+            batch_size=c.batch_size, tau=c.tau, gamma=c.gamma, train_freq=(1, "episode"),
+            gradient_steps=max(1, int(round(c.updates_per_step * n))), policy_kwargs={"net_arch": list(c.hidden)},
+            seed=c.seed, device="cpu", verbose=0)
+        if c.algo != "sac":
+            kwargs["action_noise"] = TruncatedNormalNoise(c.noise_sigma, c.seed)
+        model = ALGOS[c.algo]("MlpPolicy", env, **kwargs)
+        model.actor_lr, model.critic_lr = c.actor_lr, c.critic_lr
+        p = env.problem
+        model.autoprune_meta = {"format": POLICY_FORMAT, "env": ENV_ID, "obs_version": OBS_VERSION,
+                                "features": list(FEATURES), "algo": c.algo, "min_keep": p.min_keep,
+                                "max_keep": p.max_keep, "reward": c.reward, "metric": p.metric, "target": p.target,
+                                "groups": len(p.structure.groups)}
+        return model
+
+    # -- checkpoints -------------------------------------------------------------------------
+    @staticmethod
+    def _ckpt_root(run_dir: Path) -> Path:
+        return run_dir / "checkpoints"
+
+    def _save_checkpoint(self, run_dir: Path, episode: int, log: EpisodeLog, problem: PruningProblem,
+                         elapsed: float) -> None:
+        root = self._ckpt_root(run_dir)
+        d = root / f"ep-{episode:06d}"
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        self.model.save(d / "model.zip")
+        self.model.save_replay_buffer(d / "replay.pkl")
+        noise = self.model.action_noise
+        state = {"episode": episode, "rng": _rng_state(), "noise": noise.state() if noise is not None else None,
+                 "action_space": self.model.action_space.np_random.bit_generator.state,
+                 "best": log.best.to_state(), "cache": dict(problem._cache), "elapsed": elapsed}
+        with (d / "state.pkl").open("wb") as f:
+            pickle.dump(state, f)
+        write_json_atomic(root / "latest.json", {"episode": episode, "dir": d.name})  # the commit point
+        for old in root.glob("ep-*"):
+            if old != d:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _load_checkpoint(self, run_dir: Path, env: ChannelPruningEnv) -> dict | None:
+        import json
+
+        latest = self._ckpt_root(run_dir) / "latest.json"
+        if not latest.exists():
+            return None
+        d = self._ckpt_root(run_dir) / json.loads(latest.read_text())["dir"]
+        try:
+            with (d / "state.pkl").open("rb") as f:
+                state = pickle.load(f)
+            model = ALGOS[self.config.algo].load(d / "model.zip", env=env, device="cpu")
+            model.load_replay_buffer(d / "replay.pkl")
+        except Exception as exc:
+            raise AutopruneError(f"checkpoint '{d}' cannot be read ({type(exc).__name__}): delete it to start over") from None
+        model.actor_lr, model.critic_lr = self.config.actor_lr, self.config.critic_lr
+        model.set_logger(configure(None, []))
+        model._last_obs = None  # reset the env at the next learn()
+        if state["noise"] is not None:
+            model.action_noise.load_state(state["noise"])
+        model.action_space.np_random.bit_generator.state = state["action_space"]
+        _set_rng_state(state["rng"])
+        self.model = model
+        return state
+
+    # -- the loop ----------------------------------------------------------------------------
+    def search(self, problem: PruningProblem, run_dir: str | Path | None = None, resume: bool = False,
+               progress: bool = False, on_episode: Callable[[int, float, dict], None] | None = None) -> SearchResult:
+        """Run (or continue) the search; with ``run_dir``: episodes.csv, TensorBoard, checkpoints, policy.zip."""
+        c = self.config
+        run_dir = Path(run_dir) if run_dir is not None else None
+        env = ChannelPruningEnv(problem, reward=c.reward)
+        state = self._load_checkpoint(run_dir, env) if (resume and run_dir is not None) else None
+        start = state["episode"] if state else 0
+        elapsed = state["elapsed"] if state else 0.0
+        if state is None:
+            torch.manual_seed(c.seed)
+            self.model = self._build(env)
+            self.model.set_logger(configure(None, []))
+        else:
+            problem._cache.update(state["cache"])
+        log = EpisodeLog(run_dir, problem.structure, start_episode=start)
+        if state is not None:
+            log.best = Best.from_state(state["best"])
+        n = env.n
+        callback = _EpisodeEnd(self.model.action_noise, c.noise_decay, self.model.learning_starts)
+        timing = getattr(problem.evaluator, "timing", None)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=c.episodes, initial=start, desc=f"search ({c.algo})", unit="ep", dynamic_ncols=True)
+        eval_total = 0.0
+        try:
+            for episode in range(start, c.episodes):
+                t0 = time.perf_counter()
+                e0 = (timing.calibrate + timing.evaluate) if timing is not None else 0.0
+                sigma = self.model.action_noise.sigma if self.model.action_noise is not None else None
+                explore = None if self.model.num_timesteps < self.model.learning_starts else sigma
+                self.model.learn(total_timesteps=n, reset_num_timesteps=False, callback=callback, log_interval=None)
+                reward, info = callback.finished.pop()
+                callback.finished.clear()
+                seconds = time.perf_counter() - t0
+                eval_s = ((timing.calibrate + timing.evaluate) if timing is not None else 0.0) - e0
+                eval_total += eval_s
+                elapsed += seconds
+                log.record(episode, reward, info, noise=explore, seconds=seconds, eval_seconds=eval_s)
+                if on_episode is not None:
+                    on_episode(episode, reward, info)
+                if bar is not None:
+                    bar.update(1)
+                    if log.best.info.get("accuracy") is not None:
+                        bar.set_postfix(best=f"{100 * log.best.info['accuracy']:.2f}%", refresh=False)
+                done = episode + 1
+                if run_dir is not None and (done % max(1, c.checkpoint_every) == 0 or done == c.episodes):
+                    self._save_checkpoint(run_dir, done, log, problem, elapsed)
+        finally:
+            if bar is not None:
+                bar.close()
+            log.close()
+        policy_path = None
+        if run_dir is not None:
+            policy_path = run_dir / "policy.zip"
+            self.model.save(policy_path)
+        return SearchResult(log.best, c.episodes, elapsed, eval_total, policy_path)
+
+
+
+class DDPGSearch(RLSearch):
+    def __init__(self, config: RLConfig | None = None, **overrides: Any):
+        super().__init__(config, **{**overrides, "algo": "ddpg"})
+
+
+class TD3Search(RLSearch):
+    def __init__(self, config: RLConfig | None = None, **overrides: Any):
+        super().__init__(config, **{**overrides, "algo": "td3"})
+
+
+class SACSearch(RLSearch):
+    def __init__(self, config: RLConfig | None = None, **overrides: Any):
+        super().__init__(config, **{**overrides, "algo": "sac"})

@@ -1,0 +1,237 @@
+"""``autoprune search``: learn per-group keep ratios for a budget (RL or random search), keep the best.
+
+The run directory holds config.yaml, episodes.csv, TensorBoard events (tb/), checkpoints/,
+policy.zip (RL agents), best_allocation.json, best_model.pt, summary.json and PNG plots.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..config import add_config_args, load_yaml, resolve_config, save_config
+from ..errors import AutopruneError
+from .common import DEFAULT_DATA, open_workspace
+
+NAME = "search"
+HELP = "Search per-group pruning ratios for a MACs/params target with RL (DDPG/TD3/SAC) or random search."
+
+AGENTS = ("ddpg", "td3", "sac", "random")
+_RESUMABLE_CHANGES = {"episodes", "resume", "progress", "device"}
+
+
+@dataclass
+class SearchConfig:
+    model: str
+    output: str
+    checkpoint: str | None = None
+    data: str = DEFAULT_DATA
+    macs: float | None = None
+    params: float | None = None
+    agent: str = "ddpg"
+    episodes: int = 300
+    warmup_episodes: int = 100
+    noise_sigma: float = 1.0
+    noise_decay: float = 0.95
+    gamma: float = 1.0
+    tau: float = 0.01
+    batch_size: int = 64
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    replay_episodes: int = 100
+    hidden: list[int] = field(default_factory=lambda: [300, 300])
+    updates_per_step: float = 1.0
+    reward: str = "accuracy"
+    criterion: str = "l1"
+    min_keep: float = 0.2
+    max_keep: float = 1.0
+    round_to: int = 1
+    val_size: int = 2000
+    calib_size: int = 1024
+    calib_batch_size: int = 128
+    checkpoint_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    progress: bool = True
+
+
+_HELP = {
+    "output": "run directory (refused if it holds another run, unless --resume)",
+    "macs": "fraction of the dense model's MACs to keep, e.g. 0.5",
+    "params": "fraction of the dense model's parameters to keep (instead of --macs)",
+    "agent": f"one of {', '.join(AGENTS)}",
+    "episodes": "episodes (RL) or samples (random)",
+    "warmup_episodes": "RL episodes of random actions before learning",
+    "noise_sigma": "exploration noise (truncated normal, in the [-1, 1] action space)",
+    "noise_decay": "noise multiplier per episode after warm-up",
+    "reward": "accuracy | error_log_cost | relative (accuracy minus uniform's)",
+    "val_size": "held-out training images scoring each episode",
+    "calib_size": "training images recalibrating BatchNorm for each episode",
+    "resume": "continue the interrupted run in --output",
+}
+
+
+def add_arguments(parser) -> None:
+    add_config_args(parser, SearchConfig, _HELP)
+
+
+def target_of(macs: float | None, params: float | None) -> tuple[str, float]:
+    """(metric, target) from the two mutually exclusive target options."""
+    if (macs is None) == (params is None):
+        raise AutopruneError("give exactly one target: --macs F or --params F (fraction to keep, in (0, 1])")
+    metric, value = ("macs", macs) if macs is not None else ("params", params)
+    if not 0.0 < value <= 1.0:
+        raise AutopruneError(f"--{metric} {value} is outside (0, 1]: it is the fraction of {metric} to keep")
+    return metric, float(value)
+
+
+def _resolve(args) -> SearchConfig:
+    """On --resume the saved config is the base; flags may only change episodes/device/progress."""
+    out = Path(args.output) if getattr(args, "output", None) else None
+    saved_path = out / "config.yaml" if out is not None else None
+    if getattr(args, "resume", None) and saved_path is not None and saved_path.exists() and args.config is None:
+        args.config = saved_path
+    cfg = resolve_config(SearchConfig, args)
+    if cfg.resume and saved_path is not None and saved_path.exists():
+        saved = load_yaml(saved_path)
+        now = asdict(cfg)
+        changed = sorted(k for k, v in saved.items() if k not in _RESUMABLE_CHANGES and now.get(k) != v)
+        if changed:
+            raise AutopruneError(f"--resume continues the run in '{out}' with its saved config; these options differ: "
+                                 f"{', '.join(changed)} (start a new --output instead)")
+    return cfg
+
+
+def _check_run_dir(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / "config.yaml").exists():
+            raise AutopruneError(f"nothing to resume in '{out}': it holds no search run (drop --resume)")
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "holds another run" if (out / "config.yaml").exists() else "is not an empty directory"
+        raise AutopruneError(f"run directory '{out}' {what}: pass --resume to continue it or choose another --output")
+
+
+def _csv_totals(path: Path) -> tuple[int, float, float]:
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return len(rows), sum(float(r["seconds"]) for r in rows), sum(float(r["eval_seconds"]) for r in rows)
+
+
+def run(args) -> None:
+    cfg = _resolve(args)
+    metric, target = target_of(cfg.macs, cfg.params)
+    if cfg.agent not in AGENTS:
+        raise AutopruneError(f"unknown agent '{cfg.agent}': use one of {', '.join(AGENTS)}")
+    if cfg.agent == "random" and cfg.resume:
+        raise AutopruneError("--resume is for RL agents; rerun random search with the same seed instead")
+    if cfg.episodes < 1:
+        raise AutopruneError(f"--episodes {cfg.episodes} must be at least 1")
+    from ..envs import REWARDS
+
+    if cfg.reward not in REWARDS:
+        raise AutopruneError(f"unknown reward '{cfg.reward}': use one of {', '.join(REWARDS)}")
+    out = Path(cfg.output)
+    _check_run_dir(out, cfg.resume)
+
+    from ..agents.uniform import UniformAllocator
+    from ..evaluator import accuracy
+    from ..plots import plot_curve, plot_per_group
+    from ..problem import PruningProblem
+    from ..pruning import save_pruned
+
+    t_start = time.perf_counter()
+    ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
+                        seed=cfg.seed, device=cfg.device)
+    structure = ws.structure()
+    calib = ws.data.calibration_batches(cfg.calib_batch_size, ws.device)
+    evaluator = ws.evaluator(cfg.calib_batch_size)
+    problem = PruningProblem(structure, target, metric, evaluator, cfg.criterion, calib, cfg.min_keep, cfg.max_keep,
+                             cfg.round_to, cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+
+    if cfg.agent == "random":
+        best_alloc, best_acc = _random_search(cfg, problem, out)
+    else:
+        from ..agents.rl import RLConfig, RLSearch
+
+        rl_cfg = RLConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(RLConfig) if f.name != "algo"},
+                          algo=cfg.agent)
+        result = RLSearch(rl_cfg).search(problem, out, resume=cfg.resume, progress=cfg.progress)
+        best_alloc, best_acc = result.allocation, result.best.info.get("accuracy")
+
+    uniform = UniformAllocator().allocate(problem)
+    uniform_acc = problem.score(uniform)
+    best_acc = problem.score(best_alloc) if best_acc is None else best_acc
+    vx, vy = ws.data.tensors("val", ws.device)
+    dense_acc = accuracy(ws.model, vx, vy)
+    pruned = problem.pruned_model(best_alloc)
+    save_pruned(pruned, cfg.model, ws.data.num_classes, out / "best_model.pt", criterion=cfg.criterion,
+                adaptive_bn_accuracy=best_acc)
+    best_alloc.save(out / "best_allocation.json", structure, adaptive_bn_accuracy=best_acc,
+                    uniform_adaptive_bn_accuracy=uniform_acc, metric=metric, target=target)
+
+    episodes, seconds, eval_seconds = _csv_totals(out / "episodes.csv")
+    with (out / "episodes.csv").open(newline="") as f:
+        rewards = [float(r["reward"]) for r in csv.DictReader(f)]
+    marks = {"uniform": uniform_acc} if cfg.reward == "accuracy" else None
+    plot_curve(rewards, out / "reward.png", title=f"{cfg.model}, {metric} x{target:g}, {cfg.agent}",
+               ylabel=cfg.reward, marks=marks)
+    plot_per_group([g.name for g in structure.groups],
+                   {"best": best_alloc.ratios(structure), "uniform": uniform.ratios(structure)},
+                   out / "allocation.png", title=f"channels kept per group ({metric} x{target:g})")
+    summary = {
+        "model": cfg.model, "agent": cfg.agent, "metric": metric, "target": target, "episodes": episodes,
+        "best": {"adaptive_bn_accuracy": best_acc, "macs": best_alloc.macs(structure),
+                 "params": best_alloc.params(structure),
+                 "cost_ratio": problem.cost(best_alloc.counts(structure)) / problem.dense_cost},
+        "uniform": {"adaptive_bn_accuracy": uniform_acc, "macs": uniform.macs(structure),
+                    "cost_ratio": problem.cost(uniform.counts(structure)) / problem.dense_cost},
+        "dense_val_accuracy": dense_acc,
+        "seconds_per_episode": seconds / max(1, episodes),
+        "evaluator_share": eval_seconds / seconds if seconds > 0 else None,
+        "wall_seconds_this_session": time.perf_counter() - t_start,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"dense: {100 * dense_acc:.2f}% val accuracy, {structure.dense_macs:,} MACs")
+    print(f"best {cfg.agent} allocation: {100 * best_acc:.2f}% adaptive-BN accuracy at "
+          f"{summary['best']['macs']:,} MACs ({100 * summary['best']['cost_ratio']:.1f}% of {metric})")
+    print(f"uniform allocation:  {100 * uniform_acc:.2f}% adaptive-BN accuracy at "
+          f"{summary['uniform']['macs']:,} MACs ({100 * summary['uniform']['cost_ratio']:.1f}% of {metric})")
+    print(f"{episodes} episodes, {summary['seconds_per_episode']:.2f} s/episode "
+          f"({100 * (summary['evaluator_share'] or 0):.0f}% in adaptive-BN forward passes); run saved in {out}")
+
+
+def _random_search(cfg: SearchConfig, problem, out: Path):
+    """EagleEye's random search, logged like an RL run."""
+    from tqdm import tqdm
+
+    from ..agents.random_search import RandomSearch
+    from ..agents.search_log import EpisodeLog
+
+    log = EpisodeLog(out, problem.structure)
+    timing = problem.evaluator.timing
+    bar = tqdm(total=cfg.episodes, desc="search (random)", unit="ep", dynamic_ncols=True, disable=not cfg.progress)
+    clock = {"t": time.perf_counter(), "e": timing.calibrate + timing.evaluate}
+
+    def on_sample(i: int, alloc, score: float) -> None:
+        counts = alloc.counts(problem.structure)
+        now, ev = time.perf_counter(), timing.calibrate + timing.evaluate
+        info = {"allocation": alloc, "macs": problem.structure.macs(counts), "params": problem.structure.params(counts),
+                "cost_ratio": problem.cost(counts) / problem.dense_cost, "accuracy": score}
+        log.record(i, score, info, seconds=now - clock["t"], eval_seconds=ev - clock["e"])
+        clock.update(t=now, e=ev)
+        bar.update(1)
+        bar.set_postfix(best=f"{100 * log.best.score:.2f}%", refresh=False)
+
+    try:
+        best = RandomSearch(cfg.episodes, cfg.seed, on_sample).allocate(problem)
+    finally:
+        bar.close()
+        log.close()
+    return best, problem.score(best)

@@ -1,0 +1,192 @@
+"""``ChannelPruningEnv``: AMC's MDP over a ``PruningProblem``, one step per prunable group.
+
+Each step decides how many channels one group keeps (groups in forward order). The action in
+[-1, 1] maps linearly to a keep ratio in [``min_keep``, ``max_keep``]; a two-sided budget wall
+then clamps it so the episode's final allocation lands within the budget and within 1% below it:
+
+* upper wall (AMC): assume every undecided group goes down to its minimum; keep at most what
+  still lets the budget be met;
+* lower wall: assume every undecided group stays at its maximum; keep at least what still lets
+  the budget be reached (otherwise an aggressive start would finish far below the target).
+
+The observation is scale-free (relative depth, log sizes, fractions of the model's cost), so a
+policy learned on one model can be rolled out on another. The reward is 0 until the last step,
+then the problem's (cached) adaptive-BN score of the allocation.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from autoprune.allocation import Allocation
+from autoprune.errors import AutopruneError
+from autoprune.problem import PruningProblem, fill_to_budget
+
+OBS_VERSION = 1
+FEATURES = (
+    "depth", "is_conv", "is_dwconv", "is_linear", "log_in_channels", "log_channels", "log_kernel_area",
+    "log_stride", "log_weights", "group_cost_share", "cost_removed", "cost_share_left", "cost_to_remove",
+    "target", "prev_keep",
+)
+REWARDS = ("accuracy", "error_log_cost", "relative")
+
+
+def _log_scaled(value: float, top: float) -> float:
+    """log2(value) / log2(top), clipped to [0, 1]."""
+    return float(np.clip(math.log2(max(value, 1.0)) / math.log2(top), 0.0, 1.0))
+
+
+class ChannelPruningEnv(gym.Env):
+    """One episode = one allocation for ``problem``.
+
+    Args:
+        problem: model structure, budget, bounds and scorer.
+        reward: ``accuracy`` (adaptive-BN top-1), ``error_log_cost`` (AMC's -error * log(cost))
+            or ``relative`` (accuracy minus ``reference``, default: the uniform allocation's).
+        evaluate: score the final allocation; without it (or without an evaluator) the reward
+            is 0, which is enough to roll a policy out.
+        reference: the ``relative`` reward's baseline accuracy.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, problem: PruningProblem, reward: str = "accuracy", evaluate: bool = True,
+                 reference: float | None = None):
+        if reward not in REWARDS:
+            raise AutopruneError(f"unknown reward '{reward}': use one of {', '.join(REWARDS)}")
+        self.problem = problem
+        self.reward_kind = reward
+        self.evaluate = evaluate and problem.evaluator is not None
+        self.reference = reference
+        s = problem.structure
+        self.n = len(s.groups)
+        self.lo, self.hi = problem.min_counts(), problem.max_counts()
+        self.legal = [np.unique([s.snap(g, k, problem.round_to) for k in range(lo, hi + 1)])
+                      for g, lo, hi in zip(s.groups, self.lo, self.hi)]
+        dense = float(problem.dense_cost)
+        share = []
+        for i in range(self.n):  # cost that disappears with the whole group: scale-free importance
+            keep = s.channels.copy()
+            keep[i] = 0
+            share.append((dense - problem.cost(keep)) / dense)
+        self.share = np.clip(np.array(share), 0.0, 1.0)
+        self._static = np.array([self._static_features(i) for i in range(self.n)], dtype=np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(len(FEATURES),), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self.counts = self.hi.copy()
+        self.t = 0
+        self.prev_keep = 1.0
+
+    # -- features ----------------------------------------------------------------------------
+    def _static_features(self, i: int) -> list[float]:
+        g = self.problem.structure.groups[i]
+        return [i / max(1, self.n - 1), float(g.kind == "conv"), float(g.kind == "dwconv"), float(g.kind == "linear"),
+                _log_scaled(g.in_channels, 4096), _log_scaled(g.channels, 4096),
+                _log_scaled(g.kernel[0] * g.kernel[1], 64), _log_scaled(max(g.stride), 4),
+                _log_scaled(g.weight_count, 1e9), float(self.share[i])]
+
+    def _observation(self) -> np.ndarray:
+        p = self.problem
+        dense = float(p.dense_cost)
+        i = min(self.t, self.n - 1)
+        at_max = self.counts.copy()
+        at_max[self.t:] = self.hi[self.t:]
+        removed = (dense - p.cost(np.where(np.arange(self.n) < self.t, self.counts, p.structure.channels))) / dense
+        left = self.share[self.t:].sum() / max(self.share.sum(), 1e-12)
+        to_remove = max(0.0, p.cost(at_max) - p.budget) / dense
+        dynamic = [removed, left, to_remove, p.target, self.prev_keep]
+        obs = np.concatenate([self._static[i], np.asarray(dynamic, dtype=np.float32)])
+        return np.clip(obs, 0.0, 1.0).astype(np.float32)
+
+    # -- budget wall -------------------------------------------------------------------------
+    def wall(self, i: int) -> tuple[int, int]:
+        """(lowest, highest) legal keep count of group ``i`` that keeps the budget reachable."""
+        p, legal = self.problem, self.legal[i]
+        below, above = self.counts.copy(), self.counts.copy()
+        below[i + 1:], above[i + 1:] = self.lo[i + 1:], self.hi[i + 1:]
+
+        def cost(base: np.ndarray, k: int) -> int:
+            base[i] = k
+            return p.cost(base)
+
+        # highest k with cost(decided, k, rest at min) <= budget (legal[0] always qualifies by induction)
+        a, b = 0, len(legal) - 1
+        while a < b:
+            m = (a + b + 1) // 2
+            a, b = (m, b) if cost(below, int(legal[m])) <= p.budget else (a, m - 1)
+        upper = a
+        # lowest k with cost(decided, k, rest at max) >= budget
+        a, b = 0, len(legal) - 1
+        while a < b:
+            m = (a + b) // 2
+            a, b = (a, m) if cost(above, int(legal[m])) >= p.budget else (m + 1, b)
+        lower = min(a, upper)
+        return int(legal[lower]), int(legal[upper])
+
+    def keep_ratio(self, action: float) -> float:
+        p = self.problem
+        return p.min_keep + (float(np.clip(action, -1.0, 1.0)) + 1.0) / 2.0 * (p.max_keep - p.min_keep)
+
+    def to_action(self, ratio: float) -> float:
+        p = self.problem
+        span = p.max_keep - p.min_keep
+        return float(np.clip(2.0 * (ratio - p.min_keep) / span - 1.0, -1.0, 1.0)) if span > 0 else 0.0
+
+    # -- gymnasium API -----------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.counts = self.hi.copy()
+        self.t = 0
+        self.prev_keep = 1.0
+        return self._observation(), {}
+
+    def step(self, action) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self.t >= self.n:
+            raise RuntimeError("episode is over: call reset()")
+        i, g = self.t, self.problem.structure.groups[self.t]
+        want = self.keep_ratio(float(np.asarray(action, dtype=np.float64).reshape(-1)[0])) * g.channels
+        lower, upper = self.wall(i)
+        legal = self.legal[i]
+        k = int(legal[np.argmin(np.abs(legal - want))])
+        k = min(max(k, lower), upper)
+        self.counts[i] = k
+        self.prev_keep = k / g.channels
+        info: dict[str, Any] = {"keep": k, "applied_action": self.to_action(self.prev_keep)}
+        self.t += 1
+        if self.t < self.n:
+            return self._observation(), 0.0, False, False, info
+        self.counts = fill_to_budget(self.problem, self.counts)
+        allocation = Allocation({gr.name: int(c) for gr, c in zip(self.problem.structure.groups, self.counts)})
+        reward, acc = self._reward(allocation)
+        s = self.problem.structure
+        info.update(allocation=allocation, counts=self.counts.copy(), macs=s.macs(self.counts),
+                    params=s.params(self.counts), cost_ratio=self.problem.cost(self.counts) / self.problem.dense_cost,
+                    accuracy=acc)
+        return self._observation(), reward, True, False, info
+
+    def _reward(self, allocation: Allocation) -> tuple[float, float | None]:
+        if not self.evaluate:
+            return 0.0, None
+        acc = self.problem.score(allocation)
+        if self.reward_kind == "accuracy":
+            return float(acc), acc
+        if self.reward_kind == "error_log_cost":
+            return float(-(1.0 - acc) * math.log(self.problem.cost(allocation.counts(self.problem.structure)))), acc
+        if self.reference is None:
+            from autoprune.agents.uniform import UniformAllocator
+
+            self.reference = self.problem.score(UniformAllocator().allocate(self.problem))
+        return float(acc - self.reference), acc
+
+
+def rollout(env: ChannelPruningEnv, act) -> dict:
+    """Run one episode with ``act(obs) -> action``; the final step's info (allocation, cost, accuracy)."""
+    obs, _ = env.reset()
+    while True:
+        obs, _, terminated, truncated, info = env.step(act(obs))
+        if terminated or truncated:
+            return info

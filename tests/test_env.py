@@ -1,0 +1,112 @@
+"""ChannelPruningEnv: API checks, the two-sided budget wall, rollouts without an evaluator."""
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from autoprune.envs import ENV_ID, ChannelPruningEnv, rollout
+from autoprune.problem import PruningProblem
+
+
+def cheap_score(model: torch.nn.Module) -> float:
+    """Deterministic stand-in for adaptive-BN accuracy: favours wide early layers."""
+    return float(model.layer1[0].conv1.out_channels + model.layer1[1].conv1.out_channels) / 32.0
+
+
+@pytest.fixture(scope="module")
+def resnet56_structure():
+    from autoprune.models import create_model
+    from autoprune.structure import ModelStructure
+
+    torch.manual_seed(0)
+    return ModelStructure(create_model("resnet56", 10).eval(), torch.randn(1, 3, 32, 32))
+
+
+def test_env_checkers_pass(resnet20_structure):
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = ChannelPruningEnv(PruningProblem(resnet20_structure, 0.5, evaluator=cheap_score))
+    check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=True)
+    made = gym.make(ENV_ID, problem=PruningProblem(resnet20_structure, 0.5))
+    obs, _ = made.reset(seed=0)
+    assert made.observation_space.contains(obs)
+
+
+def _sequences(n: int, rng: np.random.Generator):
+    yield np.full(n, -1.0)
+    yield np.full(n, 1.0)
+    yield np.where(np.arange(n) % 2 == 0, -1.0, 1.0)
+    yield np.concatenate([np.full(n // 2, -1.0), np.full(n - n // 2, 1.0)])
+    yield np.concatenate([np.full(n // 2, 1.0), np.full(n - n // 2, -1.0)])
+    for _ in range(40):
+        yield rng.uniform(-1, 1, n)
+    for _ in range(10):
+        yield rng.choice([-1.0, 1.0], n)
+
+
+@pytest.mark.parametrize("metric,target", [("macs", 0.5), ("macs", 0.3), ("macs", 0.8), ("params", 0.5)])
+def test_every_episode_lands_within_one_percent_below_target(resnet20_structure, resnet56_structure, metric, target):
+    rng = np.random.default_rng(1)
+    for structure in (resnet20_structure, resnet56_structure):
+        problem = PruningProblem(structure, target, metric=metric)
+        env = ChannelPruningEnv(problem)
+        for seq in _sequences(env.n, rng):
+            it = iter(seq)
+            info = rollout(env, lambda obs: np.array([next(it)], dtype=np.float32))
+            cost = problem.cost(info["counts"])
+            assert problem.budget * 0.99 <= cost <= problem.budget, (metric, target, seq)
+            assert problem.feasible(info["allocation"])
+            ratios = info["allocation"].ratios(structure)
+            assert ratios.min() >= problem.min_keep - 1 / structure.channels.min() and ratios.max() <= 1.0
+
+
+def test_state_holds_applied_action_and_wall_caps_early_groups(resnet20_structure):
+    problem = PruningProblem(resnet20_structure, 0.3)
+    env = ChannelPruningEnv(problem)
+    env.reset()
+    _, _, _, _, info = env.step(np.array([1.0], dtype=np.float32))
+    obs, *_ = env.step(np.array([1.0], dtype=np.float32))
+    # the wall lets an early group stay dense only if the rest can still meet 30%; the obs reports what was applied
+    keep = info["keep"] / resnet20_structure.groups[0].channels
+    assert env.to_action(keep) == pytest.approx(info["applied_action"])
+    assert obs[-1] == pytest.approx(env.counts[1] / resnet20_structure.groups[1].channels)
+    # all +1: later groups are forced down, so some group must end below max
+    info = rollout(env, lambda o: np.array([1.0], dtype=np.float32))
+    assert info["allocation"].ratios(resnet20_structure).min() < 0.5
+
+
+def test_runs_without_evaluator_and_rewards_with_one(resnet20_structure):
+    env = ChannelPruningEnv(PruningProblem(resnet20_structure, 0.5))
+    obs, _ = env.reset()
+    for _ in range(env.n - 1):
+        obs, r, term, trunc, _ = env.step(np.zeros(1, dtype=np.float32))
+        assert r == 0.0 and not term
+    _, r, term, _, info = env.step(np.zeros(1, dtype=np.float32))
+    assert term and r == 0.0 and info["accuracy"] is None
+    scored = ChannelPruningEnv(PruningProblem(resnet20_structure, 0.5, evaluator=cheap_score))
+    info = rollout(scored, lambda o: np.zeros(1, dtype=np.float32))
+    assert info["accuracy"] == pytest.approx(cheap_score(scored.problem.pruned_model(info["allocation"])))
+    rel = ChannelPruningEnv(PruningProblem(resnet20_structure, 0.5, evaluator=cheap_score), reward="relative",
+                            reference=0.25)
+    rel.reset()
+    for _ in range(rel.n):
+        _, r, *_ , info = rel.step(np.zeros(1, dtype=np.float32))
+    assert r == pytest.approx(info["accuracy"] - 0.25)
+
+
+def test_observation_is_scale_free(resnet20_structure, resnet56_structure):
+    """Same layout and range on models of different depth; relative depth ends at 1."""
+    for structure in (resnet20_structure, resnet56_structure):
+        env = ChannelPruningEnv(PruningProblem(structure, 0.5))
+        obs, _ = env.reset()
+        seen = [obs]
+        for _ in range(env.n - 1):
+            obs, *_ = env.step(np.zeros(1, dtype=np.float32))
+            seen.append(obs)
+        seen = np.array(seen)
+        assert seen.shape[1] == env.observation_space.shape[0]
+        assert seen[0, 0] == 0.0 and seen[-1, 0] == pytest.approx(1.0)
+        assert (seen >= 0).all() and (seen <= 1).all()
+        assert np.all(np.diff(seen[:, 10]) >= -1e-6)  # MACs removed so far never decreases
