@@ -15,6 +15,10 @@ from .base import Allocator
 # name -> "module:Class" (imported on use, so a heuristic does not import SB3)
 _REGISTRY: dict[str, str] = {
     "uniform": "autoprune.agents.uniform:UniformAllocator",
+    "random": "autoprune.agents.random_search:RandomSearch",
+    "ddpg": "autoprune.agents.rl:DDPGSearch",
+    "td3": "autoprune.agents.rl:TD3Search",
+    "sac": "autoprune.agents.rl:SACSearch",
     "global": "autoprune.agents.global_threshold:GlobalThresholdAllocator",
     "sensitivity": "autoprune.agents.sensitivity:SensitivityAllocator",
     "layer-stats": "autoprune.agents.layer_stats:LayerStatsAllocator",
