@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,10 +28,12 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, help: dict[str, 
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
-        base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-        typ = base[0] if typing.get_origin(hint) is not None or len(base) == 1 else base[0]
+        # unwrap Optional[X] / X | None only: list[float] must stay a list
+        is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        typ = [a for a in typing.get_args(hint) if a is not type(None)][0] if is_union else hint
         desc = (help or {}).get(f.name, "")
-        default = f.default if f.default is not dataclasses.MISSING else "(required)"
+        default = (f.default if f.default is not dataclasses.MISSING else
+                   f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
         text = f"{desc} (default: {default})" if desc else f"default: {default}"
         if typ is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=text)
