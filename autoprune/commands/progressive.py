@@ -87,7 +87,7 @@ def run(args) -> None:
     from ..evaluator import accuracy
     from ..progressive import progressive_train
     from ..pruning import save_pruned
-    from ..schedules import PruningSchedule
+    from ..schedules import PruningSchedule, list_schedules
     from ..training import TrainRecipe
 
     cfg = _resolve(args)
@@ -95,13 +95,15 @@ def run(args) -> None:
         raise AutopruneError(f"--final-share {cfg.final_share} must be in (0, 1): the share of training at the final width")
     get_criterion(cfg.criterion)  # fail on a bad name before loading data
     allocator = get_allocator(cfg.allocator)
+    if cfg.schedule not in list_schedules():
+        raise AutopruneError(f"unknown pruning schedule '{cfg.schedule}': use one of {', '.join(list_schedules())}")
+    recipe = TrainRecipe(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                         schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps)
+    recipe.lr_at(recipe.warmup_steps, recipe.warmup_steps + 1)  # validates the lr schedule name
     out = Path(cfg.output)
     torch.manual_seed(cfg.seed)  # a from-scratch initialisation must be reproducible from the seed
     ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
                         seed=cfg.seed, device=cfg.device, train_subset=cfg.train_subset)
-    recipe = TrainRecipe(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-                         schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps)
-    recipe.lr_at(0, 1)  # validates the lr schedule name
     total = recipe.total_steps(len(ws.data.train))
     steps_per_epoch = -(-len(ws.data.train) // cfg.batch_size)
     schedule = PruningSchedule.over_training(cfg.schedule, cfg.target, total, cfg.prune_start, 1.0 - cfg.final_share,
