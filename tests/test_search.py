@@ -1,0 +1,163 @@
+"""Search: determinism, SIGKILL + resume, random search, learned-policy transfer, CLI errors."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoprune.agents import get_allocator
+from autoprune.errors import AutopruneError
+from autoprune.problem import PruningProblem
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# a deterministic, cheap stand-in for adaptive-BN accuracy that prefers some groups over others
+SCORE = "lambda m: float(sum(p.detach().abs().sum() for n, p in m.named_parameters() if 'layer1' in n or 'layer3.2' in n)) / 1e3"
+
+
+def cheap_problem(structure, target=0.5, evaluator=None):
+    return PruningProblem(structure, target, evaluator=evaluator or eval(SCORE))
+
+
+def _search(structure, seed, episodes=8, **kw):
+    from autoprune.agents.rl import RLSearch
+
+    return RLSearch(episodes=episodes, warmup_episodes=3, seed=seed, **kw).search(cheap_problem(structure))
+
+
+def test_same_seed_same_best_allocation(resnet20_structure):
+    a = _search(resnet20_structure, seed=3)
+    b = _search(resnet20_structure, seed=3)
+    assert a.allocation == b.allocation and a.best.score == b.best.score
+    c = _search(resnet20_structure, seed=4)
+    assert c.allocation != a.allocation  # the seed does matter
+
+
+def test_td3_and_sac_run_and_stay_feasible(resnet20_structure):
+    for algo in ("td3", "sac"):
+        result = _search(resnet20_structure, seed=0, episodes=5, algo=algo)
+        assert cheap_problem(resnet20_structure).feasible(result.allocation)
+
+
+def test_learned_agent_improves_on_its_warmup(resnet20_structure):
+    """On a smooth toy score the agent's post-warm-up episodes beat its random warm-up on average."""
+    from autoprune.agents.rl import RLSearch
+
+    problem = cheap_problem(resnet20_structure)
+    rewards = []
+    RLSearch(episodes=45, warmup_episodes=15, seed=0, noise_decay=0.9).search(
+        problem, on_episode=lambda e, r, info: rewards.append(r))
+    assert np.mean(rewards[-10:]) > np.mean(rewards[:15])
+
+
+SCRIPT = textwrap.dedent(f"""
+    import sys, time, torch
+    from autoprune.agents.rl import RLSearch
+    from autoprune.models import create_model
+    from autoprune.problem import PruningProblem
+    from autoprune.structure import ModelStructure
+    torch.manual_seed(0)
+    structure = ModelStructure(create_model("resnet20", 10).eval(), torch.randn(1, 3, 32, 32))
+    score = {SCORE}
+    def slow(m):
+        time.sleep(float(sys.argv[3]))
+        return score(m)
+    problem = PruningProblem(structure, 0.5, evaluator=slow)
+    RLSearch(episodes=int(sys.argv[2]), warmup_episodes=4, checkpoint_every=3, seed=1).search(
+        problem, sys.argv[1], resume=len(sys.argv) > 4)
+""")
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _run(args, **kw):
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, *map(str, args)], cwd=ROOT, **kw)
+
+
+def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
+    episodes = 14
+    reference = tmp_path / "uninterrupted"
+    assert _run([reference, episodes, 0.0]).wait(timeout=120) == 0
+    run = tmp_path / "killed"
+    proc = _run([run, episodes, 0.3])
+    latest = run / "checkpoints" / "latest.json"
+    deadline = time.time() + 90
+    while time.time() < deadline and not (latest.exists() and '"episode": 6' in latest.read_text()):
+        time.sleep(0.1)
+    time.sleep(0.5)  # die somewhere after the checkpoint at episode 6
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    import json
+
+    ckpt = json.loads(latest.read_text())["episode"]
+    assert 6 <= ckpt < episodes
+    before = _rows(run / "episodes.csv")[:ckpt]
+    assert [int(r["episode"]) for r in before] == list(range(ckpt))
+    assert _run([run, episodes, 0.0, "resume"]).wait(timeout=120) == 0
+    after = _rows(run / "episodes.csv")
+    assert [int(r["episode"]) for r in after] == list(range(episodes))  # continues, no repeats, no gaps
+    assert after[:ckpt] == before  # nothing before the checkpoint lost or rewritten
+    ref = _rows(reference / "episodes.csv")
+    keys = [k for k in ref[0] if k.startswith("keep:") or k in ("reward", "macs")]
+    # RNGs, noise, replay buffer and networks are restored: the resumed run matches an uninterrupted one
+    assert [[r[k] for k in keys] for r in after] == [[r[k] for k in keys] for r in ref]
+    assert (run / "policy.zip").exists() and (run / "best_allocation.json").exists()
+
+
+def test_random_search_keeps_best_of_feasible_samples(resnet20_structure):
+    problem = cheap_problem(resnet20_structure, 0.4)
+    searcher = get_allocator("random", samples=12, seed=5)
+    best = searcher.allocate(problem)
+    scores = [s for _, s in searcher.history]
+    assert len(scores) == 12 and problem.score(best) == max(scores)
+    assert all(problem.feasible(a) for a, _ in searcher.history)
+    assert len({tuple(a.counts(resnet20_structure)) for a, _ in searcher.history}) == 12
+    again = get_allocator("random", samples=12, seed=5).allocate(problem)
+    assert again == best
+
+
+def test_policy_transfers_to_deeper_model_and_torchvision(tmp_path, resnet20_structure):
+    from autoprune.agents.rl import RLSearch
+    from autoprune.models import create_model
+    from autoprune.structure import ModelStructure
+
+    RLSearch(episodes=5, warmup_episodes=2, seed=0).search(cheap_problem(resnet20_structure), tmp_path)
+    allocator = get_allocator(f"policy:{tmp_path / 'policy.zip'}")
+    torch.manual_seed(0)
+    for name in ("resnet56", "tv:resnet18"):
+        structure = ModelStructure(create_model(name, 10).eval(), torch.randn(1, 3, 32, 32), num_classes=10)
+        for target in (0.3, 0.5):
+            problem = PruningProblem(structure, target)  # no evaluator: a rollout needs no data
+            alloc = allocator.allocate(problem)
+            assert problem.feasible(alloc), (name, target)
+            assert allocator.allocate(problem) == alloc  # deterministic
+
+
+def test_corrupt_or_foreign_policy_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(AutopruneError, match="cannot be read"):
+        get_allocator(f"policy:{bad}")
+    from stable_baselines3 import TD3
+
+    from autoprune.envs import ChannelPruningEnv
+
+    foreign = tmp_path / "foreign.zip"
+    import gymnasium as gym
+
+    TD3("MlpPolicy", gym.make("Pendulum-v1"), device="cpu").save(foreign)
+    with pytest.raises(AutopruneError, match="not written by autoprune"):
+        get_allocator(f"policy:{foreign}")
+    with pytest.raises(AutopruneError, match="not found"):
+        get_allocator(f"policy:{tmp_path / 'missing.zip'}")
+    assert ChannelPruningEnv  # imported for the registry side effect

@@ -1,0 +1,51 @@
+"""The search and apply commands end to end on tiny synthetic settings, and their one-line errors."""
+import json
+
+from autoprune.cli import main
+
+
+def _cli(capsys, *args: str):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_search_apply_and_errors(tmp_path, capsys):
+    run = tmp_path / "run"
+    common = ["--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64"]
+    code, out, err = _cli(capsys, "search", *common, "--macs", "0.5", "--output", str(run), "--episodes", "3",
+                          "--warmup-episodes", "2", "--no-progress")
+    assert code == 0, err
+    assert "uniform allocation" in out and "best ddpg allocation" in out
+    for f in ("config.yaml", "policy.zip", "best_allocation.json", "episodes.csv", "best_model.pt", "reward.png",
+              "allocation.png", "summary.json"):
+        assert (run / f).exists(), f
+    assert any((run / "tb").iterdir())
+    best = json.loads((run / "best_allocation.json").read_text())
+    assert 0.49 <= best["macs_ratio"] <= 0.5 and best["adaptive_bn_accuracy"] is not None
+    from autoprune.pruning import load_pruned
+
+    assert load_pruned(run / "best_model.pt")[1] == "resnet20"
+    stamp = (run / "episodes.csv").read_bytes()
+    errors = {
+        "another run": ("search", *common, "--macs", "0.5", "--output", str(run)),
+        "unknown agent": ("search", *common, "--macs", "0.5", "--output", str(tmp_path / "x"), "--agent", "ppo"),
+        "outside (0, 1]": ("search", *common, "--macs", "1.5", "--output", str(tmp_path / "y")),
+        "below what the bounds allow": ("search", *common, "--macs", "0.02", "--output", str(tmp_path / "z")),
+        "cannot be read": ("apply", *common, "--macs", "0.5", "--policy", str(run / "config.yaml"),
+                           "--output", str(tmp_path / "w")),
+    }
+    for expected, args in errors.items():
+        code, out, err = _cli(capsys, *args)
+        assert code == 2 and expected in err, (expected, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (run / "episodes.csv").read_bytes() == stamp  # nothing overwritten
+    applied = tmp_path / "applied"
+    code, out, err = _cli(capsys, "apply", "--model", "resnet32", "--data", "synthetic", "--val-size", "100",
+                          "--calib-size", "64", "--macs", "0.4", "--policy", str(run / "policy.zip"),
+                          "--output", str(applied), "--finetune-epochs", "0.02")
+    assert code == 0, err
+    report = json.loads((applied / "report.json").read_text())
+    assert report["meets_target"] and 0.396 <= report["cost_ratio"] <= 0.4
+    assert report["finetune"]["steps"] >= 1
+    assert "uniform_adaptive_bn_accuracy" in report and (applied / "model.pt").exists()
