@@ -1,0 +1,164 @@
+"""``autoprune compare``: the loop on a tiny model and 8x8 images, the CLI once on ResNet-20, and the pieces."""
+import csv
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from autoprune.cli import main
+from autoprune.comparison import (CompareConfig, parse_spec, recipe_for, reinitialise, run_comparison,
+                                  write_outputs)
+from autoprune.data import DataBundle, ImageSet
+from autoprune.errors import AutopruneError
+from autoprune.evaluator import AdaptiveBNEvaluator
+from autoprune.models import create_model
+from autoprune.report import summarize, verdict
+from autoprune.structure import ModelStructure
+
+METHODS = ["uniform", "layer-stats", "global@normalize=mean", "random@samples=2"]
+
+
+class SmallNet(nn.Module):
+    """Three 64-channel groups: fine enough cost granularity to hit a budget within 1%."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64)
+        self.conv2, self.bn2 = nn.Conv2d(64, 64, 1, bias=False), nn.BatchNorm2d(64)
+        self.conv3, self.bn3 = nn.Conv2d(64, 64, 1, bias=False), nn.BatchNorm2d(64)
+        self.linear = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu(self.bn3(self.conv3(x)))
+        return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def _small(images: ImageSet, n: int) -> ImageSet:
+    x = F.avg_pool2d(images.images[:n].float(), 4).round().to(torch.uint8)  # 32x32 -> 8x8
+    return ImageSet(x, images.labels[:n])
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(synthetic_bundle):
+    b = synthetic_bundle
+    data = DataBundle(_small(b.train, 256), _small(b.val, 100), _small(b.calib, 128), _small(b.test, 100),
+                      b.mean, b.std, 10)
+    torch.manual_seed(0)
+    model = SmallNet()
+    x, y = data.tensors("val")
+    evaluator = AdaptiveBNEvaluator(data.calibration_batches(64), x, y)
+    return model, data, evaluator
+
+
+def _config(out, **over):
+    kw = dict(model="small", output=str(out), targets=[0.6], seeds=[0, 1], allocators=METHODS,
+              recipes=["lr-rewind", "scratch-E"], epochs=0.5, batch_size=64, device="cpu")
+    kw.update(over)
+    return CompareConfig(**kw)
+
+
+def _run(cfg, tiny_setup):
+    model, data, evaluator = tiny_setup
+    record = run_comparison(cfg, model, data, torch.device("cpu"), evaluator,
+                            lambda: ModelStructure(model, torch.randn(1, 3, 8, 8)), log=lambda s: None)
+    write_outputs(record, cfg.output)
+    return record
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_setup):
+    out = tmp_path_factory.mktemp("cmp") / "run"
+    _run(_config(out), tiny_setup)
+    return out
+
+
+def _rows(run_dir):
+    with open(run_dir / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_compare_writes_one_row_per_method_recipe_and_seed_at_the_budget(run_dir):
+    rows = _rows(run_dir)
+    assert {(r["method"], r["recipe"], r["seed"]) for r in rows} == {
+        (m, rec, s) for m in METHODS for rec in ("lr-rewind", "scratch-E") for s in ("0", "1")}
+    record = json.loads((run_dir / "results.json").read_text())
+    for r in rows:
+        assert 0.594 <= float(r["macs_ratio"]) <= 0.6
+        assert 0.0 <= float(r["test_acc"]) <= 1.0
+        assert (r["abn_acc"] == "") == r["recipe"].startswith("scratch")
+        assert float(r["drop"]) == pytest.approx(100 * (record["dense"]["test_acc"] - float(r["test_acc"])))
+    for name in ("report.md", "accuracy_vs_macs.png", "channels.png", "config.yaml"):
+        assert (run_dir / name).stat().st_size > 100
+    report = (run_dir / "report.md").read_text()
+    assert "## 60% macs, lr-rewind" in report and "## 60% macs, scratch-E" in report
+    assert "±" in report and "wins" in report
+
+
+def test_deterministic_allocators_give_the_same_allocation_for_every_seed(run_dir):
+    def counts(name):
+        return json.loads((run_dir / "allocations" / name).read_text())["groups"]
+    assert counts("layer-stats_t0.6_s0.json") == counts("layer-stats_t0.6_s1.json")
+    rows = [r for r in _rows(run_dir) if r["method"] == "layer-stats" and r["recipe"] == "lr-rewind"]
+    assert float(rows[0]["alloc_seconds"]) == float(rows[1]["alloc_seconds"])  # searched once
+
+
+def test_rerun_resumes_without_new_work_and_other_settings_are_refused(run_dir, tiny_setup):
+    before = (run_dir / "results.json").read_text()
+    record = _run(_config(run_dir), tiny_setup)
+    assert record["rows"] == json.loads(before)["rows"]
+    with pytest.raises(AutopruneError, match="holds another run"):
+        _run(_config(run_dir, epochs=1.0), tiny_setup)
+    assert (run_dir / "results.json").read_text() == before  # nothing lost
+
+
+CLI = ["compare", "--model", "resnet20", "--data", "synthetic", "--targets", "0.5", "--seeds", "3",
+       "--allocators", "uniform", "--recipes", "finetune", "--epochs", "0.25", "--train-subset", "128",
+       "--batch-size", "64", "--val-size", "100", "--calib-size", "64", "--device", "cpu"]
+
+
+def test_cli_runs_and_prints_the_report(tmp_path, capsys):
+    assert main(CLI + ["--output", str(tmp_path / "r")]) == 0
+    assert "| uniform |" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "r" / "results.csv")))
+    assert len(rows) == 1 and rows[0]["recipe"] == "finetune" and 0.495 <= float(rows[0]["macs_ratio"]) <= 0.5
+
+
+def test_bad_input_is_a_one_line_error_before_any_work(tmp_path, capsys):
+    assert main(CLI + ["--output", str(tmp_path / "a"), "--recipes", "warm-restart"]) == 2
+    assert "unknown recipe" in capsys.readouterr().err
+    assert main(CLI + ["--output", str(tmp_path / "b"), "--allocators", "uniform", "magic@x=1"]) == 2
+    assert "unknown allocator 'magic'" in capsys.readouterr().err
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("someone else's")
+    assert main(CLI + ["--output", str(tmp_path / "c")]) == 2
+    assert "not a compare run" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and (tmp_path / "c" / "notes.txt").read_text() == "someone else's"
+
+
+def test_spec_options_recipes_and_reinitialisation():
+    assert parse_spec("random@samples=30,seed=2") == ("random", {"samples": 30, "seed": 2})
+    assert parse_spec("policy:runs/a@b/policy.zip") == ("policy:runs/a@b/policy.zip", {})
+    cfg = CompareConfig(model="resnet20", output="x", epochs=2, scratch_epochs=4)
+    assert recipe_for(cfg, "finetune", 0.5).schedule == "constant" and recipe_for(cfg, "finetune", 0.5).lr == 0.001
+    assert recipe_for(cfg, "lr-rewind", 0.5).lr == 0.05
+    assert recipe_for(cfg, "scratch-E", 0.5).epochs == 4 and recipe_for(cfg, "scratch-B", 0.5).epochs == 8
+    net = create_model("resnet20", 10)
+    w = net.layer1[0].conv1.weight.clone()
+    with torch.no_grad():
+        net.layer1[0].bn1.running_mean.fill_(3.0)
+    reinitialise(net, 0)
+    assert not torch.equal(w, net.layer1[0].conv1.weight)
+    assert float(net.layer1[0].bn1.running_mean.abs().max()) == 0.0
+
+
+def test_verdict_names_the_winner_and_the_learned_policy_rank():
+    rows = [{"target": 0.5, "recipe": "r", "method": m, "test_acc": a, "seed": s}
+            for m, accs in (("uniform", (0.80, 0.82)), ("policy", (0.70, 0.72)), ("random", (0.90, 0.90)))
+            for s, a in enumerate(accs)]
+    text = verdict(summarize(rows, metrics=("test_acc",)))
+    assert text.startswith("**random** wins with 90.00%, 9.00 points ahead of uniform")
+    assert "policy) ranks 3 of 3, 19.00 points behind" in text
