@@ -32,8 +32,9 @@ class SearchConfig:
     macs: float | None = None
     params: float | None = None
     agent: str = "ddpg"
-    episodes: int = 300
-    warmup_episodes: int = 100
+    # CPU-sized defaults (configs/quickstart.yaml): AMC used 300-800 episodes with 100 of warm-up
+    episodes: int = 200
+    warmup_episodes: int = 50
     noise_sigma: float = 1.0
     noise_decay: float = 0.95
     gamma: float = 1.0
@@ -91,7 +92,10 @@ def target_of(macs: float | None, params: float | None) -> tuple[str, float]:
 
 def _resolve(args) -> SearchConfig:
     """On --resume the saved config is the base; flags may only change episodes/device/progress."""
-    out = Path(args.output) if getattr(args, "output", None) else None
+    output = getattr(args, "output", None)
+    if output is None and getattr(args, "config", None) is not None:
+        output = load_yaml(args.config).get("output")
+    out = Path(output) if output else None
     saved_path = out / "config.yaml" if out is not None else None
     if getattr(args, "resume", None) and saved_path is not None and saved_path.exists() and args.config is None:
         args.config = saved_path
