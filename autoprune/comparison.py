@@ -76,20 +76,22 @@ HELP = {
 
 # -- allocator specs -------------------------------------------------------------------------
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``name@k=v,k=v`` -> (name, {k: v}); values are parsed as YAML scalars."""
+    """``name@k=v,k=v`` -> (name, {k: v}); values are YAML (``rates=[0.8,0.5]`` is a list)."""
     name, sep, opts = spec.rpartition("@")
-    if not sep or not re.fullmatch(r"\w+=[^,]+(,\w+=[^,]+)*", opts):
+    if not sep or not re.match(r"\w+=", opts):
         return spec, {}
-    kwargs = {}
-    for item in opts.split(","):
-        k, v = item.split("=", 1)
-        kwargs[k] = yaml.safe_load(v)
+    try:
+        kwargs = yaml.safe_load("{" + re.sub(r"(^|,)\s*(\w+)=", r"\1 \2: ", opts) + "}")
+    except yaml.YAMLError:
+        raise AutopruneError(f"cannot read the options of allocator '{spec}': write NAME@key=value,key=value") from None
     return name, kwargs
 
 
-def method_label(spec: str) -> str:
-    name, _ = parse_spec(spec)
-    return "policy" if name.startswith("policy:") and spec == name else spec
+def method_labels(specs: list[str]) -> list[str]:
+    """Short names for the table: the allocator name (``policy`` for a policy file), unless two specs
+    share it (then the full specs, e.g. ``global@normalize=none`` vs ``global@normalize=lamp``)."""
+    short = ["policy" if parse_spec(s)[0].startswith("policy:") else parse_spec(s)[0] for s in specs]
+    return [sp if short.count(sh) > 1 else sh for sh, sp in zip(short, specs)]
 
 
 def _slug(text: str) -> str:
@@ -156,7 +158,7 @@ def validate(cfg: CompareConfig) -> None:
         name, _ = parse_spec(spec)
         if name not in known and not name.startswith("policy:"):
             raise AutopruneError(f"unknown allocator '{name}': use one of {', '.join(known)}")
-    labels = [method_label(s) for s in cfg.allocators]
+    labels = method_labels(cfg.allocators)
     if len(set(labels)) != len(labels):
         raise AutopruneError(f"allocator list {cfg.allocators} names a method twice")
 
@@ -224,8 +226,7 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
         problem = PruningProblem(structure, target, metric=cfg.metric, evaluator=evaluator, criterion=cfg.criterion,
                                  calib_batches=calib, min_keep=cfg.min_keep, max_keep=cfg.max_keep,
                                  round_to=cfg.round_to, seed=cfg.data_seed)
-        for spec in cfg.allocators:
-            method = method_label(spec)
+        for spec, method in zip(cfg.allocators, method_labels(cfg.allocators)):
             reuse: tuple[Allocation, float] | None = None
             for seed in cfg.seeds:
                 todo = [r for r in cfg.recipes if row_key(target, method, r, seed) not in done]

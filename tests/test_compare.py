@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autoprune.cli import main
-from autoprune.comparison import (CompareConfig, parse_spec, recipe_for, reinitialise, run_comparison,
+from autoprune.comparison import (CompareConfig, method_labels, parse_spec, recipe_for, reinitialise, run_comparison,
                                   write_outputs)
 from autoprune.data import DataBundle, ImageSet
 from autoprune.errors import AutopruneError
@@ -84,7 +84,7 @@ def _rows(run_dir):
 def test_compare_writes_one_row_per_method_recipe_and_seed_at_the_budget(run_dir):
     rows = _rows(run_dir)
     assert {(r["method"], r["recipe"], r["seed"]) for r in rows} == {
-        (m, rec, s) for m in METHODS for rec in ("lr-rewind", "scratch-E") for s in ("0", "1")}
+        (m, rec, s) for m in ("uniform", "layer-stats", "global", "random") for rec in ("lr-rewind", "scratch-E") for s in ("0", "1")}
     record = json.loads((run_dir / "results.json").read_text())
     for r in rows:
         assert 0.594 <= float(r["macs_ratio"]) <= 0.6
@@ -142,6 +142,9 @@ def test_bad_input_is_a_one_line_error_before_any_work(tmp_path, capsys):
 def test_spec_options_recipes_and_reinitialisation():
     assert parse_spec("random@samples=30,seed=2") == ("random", {"samples": 30, "seed": 2})
     assert parse_spec("policy:runs/a@b/policy.zip") == ("policy:runs/a@b/policy.zip", {})
+    assert parse_spec("sensitivity@rates=[0.8,0.5]") == ("sensitivity", {"rates": [0.8, 0.5]})
+    assert method_labels(["global@normalize=none", "global", "policy:a/p.zip", "random@samples=3"]) == [
+        "global@normalize=none", "global", "policy", "random"]
     cfg = CompareConfig(model="resnet20", output="x", epochs=2, scratch_epochs=4)
     assert recipe_for(cfg, "finetune", 0.5).schedule == "constant" and recipe_for(cfg, "finetune", 0.5).lr == 0.001
     assert recipe_for(cfg, "lr-rewind", 0.5).lr == 0.05
