@@ -1,6 +1,8 @@
 """The search and apply commands end to end on tiny synthetic settings, and their one-line errors."""
 import json
 
+import pytest
+
 from autoprune.cli import main
 
 
@@ -49,3 +51,21 @@ def test_cli_search_apply_and_errors(tmp_path, capsys):
     assert report["meets_target"] and 0.396 <= report["cost_ratio"] <= 0.4
     assert report["finetune"]["steps"] >= 1
     assert "uniform_adaptive_bn_accuracy" in report and (applied / "model.pt").exists()
+
+
+def test_cli_random_search_logs_like_rl(tmp_path, capsys):
+    run = tmp_path / "random"
+    code, out, err = _cli(capsys, "search", "--model", "resnet20", "--data", "synthetic", "--val-size", "100",
+                          "--calib-size", "64", "--params", "0.6", "--agent", "random", "--episodes", "3",
+                          "--output", str(run), "--no-progress")
+    assert code == 0, err
+    assert "best random allocation" in out
+    lines = (run / "episodes.csv").read_text().strip().splitlines()
+    assert len(lines) == 4 and not (run / "policy.zip").exists()
+    best = json.loads((run / "best_allocation.json").read_text())
+    assert best["metric"] == "params" and 0.594 <= best["params"] / best["dense_params"] <= 0.6
+    accs = [float(line.split(",")[2]) for line in lines[1:]]
+    assert best["adaptive_bn_accuracy"] == pytest.approx(max(accs), abs=1e-6)
+    code, _, err = _cli(capsys, "search", "--model", "resnet20", "--data", "synthetic", "--params", "0.6",
+                        "--agent", "random", "--output", str(run), "--resume")
+    assert code == 2 and "--resume is for RL agents" in err
