@@ -1,0 +1,79 @@
+"""Shared benchmark plumbing: machine facts, timing with repeats, the JSON result format."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall times (s) of ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+@dataclass
+class Report:
+    """One suite's figures; ``write`` saves JSON under bench/results and prints a summary table."""
+
+    suite: str
+    quick: bool
+    figures: list[dict] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)
+
+    def add(self, name: str, values: list[float] | float, unit: str, **context: object) -> dict:
+        vals = values if isinstance(values, list) else [values]
+        fig = {"name": name, "unit": unit, "repeats": len(vals), "median": statistics.median(vals),
+               "min": min(vals), "max": max(vals),
+               "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals, **context}
+        self.figures.append(fig)
+        return fig
+
+    def write(self) -> Path:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"{self.suite}{'-quick' if self.quick else ''}.json"
+        doc = {"suite": self.suite, "quick": self.quick, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+               "machine": machine(), "figures": self.figures, "notes": self.notes}
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        self.print_summary()
+        print(f"wrote {path.relative_to(RESULTS.parent.parent)}")
+        return path
+
+    def print_summary(self) -> None:
+        print(f"\n== {self.suite}{' (quick)' if self.quick else ''} ==")
+        for f in self.figures:
+            ctx = {k: v for k, v in f.items() if k not in ("name", "unit", "repeats", "median", "min", "max", "std", "values")}
+            spread = f" (+-{f['std']:.3g}, n={f['repeats']})" if f["repeats"] > 1 else ""
+            extra = " ".join(f"{k}={v}" for k, v in ctx.items())
+            print(f"  {f['name']:<40} {f['median']:>12.4g} {f['unit']:<10}{spread} {extra}")

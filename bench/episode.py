@@ -1,0 +1,117 @@
+"""``episode`` suite: where one RL search episode on ResNet-56 at 50% MACs spends its time.
+
+Parts: prune (copy + physical channel removal), BN recalibration and evaluation (the evaluator's
+forward passes plus their bookkeeping), agent update (SB3 gradient steps), other (env steps,
+action selection, logging). The floor is the bare forward passes of the same pruned models,
+timed separately: everything above it is overhead.
+
+    python -m bench.run episode [--quick]
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from autoprune.allocation import Allocation
+from autoprune.evaluator import AdaptiveBNEvaluator
+from autoprune.models import IMAGENET_MEAN, IMAGENET_STD, create_model
+from autoprune.problem import PruningProblem
+from autoprune.structure import ModelStructure
+
+from .common import Report
+
+
+def _bare_forwards(model: torch.nn.Module, calib: list[torch.Tensor], val_x: torch.Tensor) -> float:
+    model = model.to(memory_format=torch.channels_last)
+    t = time.perf_counter()
+    model.train()
+    with torch.no_grad():
+        for b in calib:
+            model(b)
+    model.eval()
+    with torch.inference_mode():
+        for b in val_x.split(256):
+            model(b)
+    return time.perf_counter() - t
+
+
+def run_episode_suite(quick: bool) -> Report:
+    from autoprune.agents import rl
+    from autoprune.data import make_bundle
+
+    from .base_models import DATA
+
+    rep = Report("episode", quick)
+    bundle = make_bundle(DATA, IMAGENET_MEAN, IMAGENET_STD)
+    torch.manual_seed(0)
+    model = create_model("resnet56", 10).eval()  # timing does not depend on the weights
+    vx, vy = bundle.tensors("val")
+    calib = bundle.calibration_batches(128)
+    structure = ModelStructure(model, vx[:1])
+    evaluator = AdaptiveBNEvaluator(calib, vx, vy)
+    problem = PruningProblem(structure, 0.5, evaluator=evaluator)
+
+    prune_times: list[float] = []
+    original_pruned_model = problem.pruned_model
+
+    def timed_pruned_model(allocation: Allocation):
+        t = time.perf_counter()
+        out = original_pruned_model(allocation)
+        prune_times.append(time.perf_counter() - t)
+        return out
+
+    problem.pruned_model = timed_pruned_model  # type: ignore[method-assign]
+    update_times: list[float] = []
+    original_train = rl._AMCMixin.train
+
+    def timed_train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        t = time.perf_counter()
+        original_train(self, gradient_steps, batch_size)
+        update_times.append(time.perf_counter() - t)
+
+    warmup, learning = (1, 2) if quick else (3, 8)
+    per_episode: list[dict] = []
+    marks = {"prune": 0, "update": 0, "cal": 0, "eval": 0}
+    last = [time.perf_counter()]
+
+    def on_episode(episode: int, reward: float, info: dict) -> None:
+        h = evaluator.timing.history
+        now = time.perf_counter()
+        per_episode.append({
+            "episode": episode, "learning": episode >= warmup, "seconds": now - last[0],
+            "prune": sum(prune_times[marks["prune"]:]), "update": sum(update_times[marks["update"]:]),
+            "calibrate": sum(c for c, _ in h[marks["cal"]:]), "evaluate": sum(e for _, e in h[marks["eval"]:]),
+            "allocation": info["allocation"],
+        })
+        marks.update(prune=len(prune_times), update=len(update_times), cal=len(h), eval=len(h))
+        last[0] = time.perf_counter()
+
+    rl._AMCMixin.train = timed_train  # type: ignore[method-assign]
+    try:
+        search = rl.RLSearch(episodes=warmup + learning, warmup_episodes=warmup, seed=0)
+        t0 = last[0] = time.perf_counter()
+        search.search(problem, on_episode=on_episode)
+        total = time.perf_counter() - t0
+    finally:
+        rl._AMCMixin.train = original_train  # type: ignore[method-assign]
+    seconds = [row["seconds"] for row in per_episode]
+    floors = [_bare_forwards(original_pruned_model(row["allocation"]), calib, vx) for row in per_episode]
+    learn = [r for r in per_episode if r["learning"]]
+    rep.add("episode_seconds", seconds, "s", episodes=len(seconds), warmup=warmup)
+    for part in ("prune", "calibrate", "evaluate", "update"):
+        rep.add(f"part/{part}", [r[part] for r in learn], "s")
+    other = [s - r["prune"] - r["calibrate"] - r["evaluate"] - r["update"]
+             for s, r in zip(seconds[warmup:], learn)]
+    rep.add("part/other", other, "s")
+    rep.add("floor/bare_forward_passes", floors[warmup:], "s", calib_images=len(bundle.calib), val_images=len(vy))
+    rep.add("overhead_share_of_episode", [1 - f / s for f, s in zip(floors[warmup:], seconds[warmup:])], "fraction")
+    rep.add("episodes_per_minute", 60 * len(seconds) / total, "1/min")
+    rep.notes["per_episode"] = [{k: v for k, v in r.items() if k != "allocation"} for r in per_episode]
+    rep.notes["how_to_read"] = ("parts are per learning episode (after warm-up); floor = the same pruned models' "
+                                "calibration + evaluation forward passes alone; overhead share = 1 - floor / episode.")
+    return rep
+
+
+if __name__ == "__main__":
+    run_episode_suite(quick=True).write()
