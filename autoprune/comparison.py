@@ -235,7 +235,8 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                 alloc_file = out / "allocations" / f"{_slug(method)}_t{target:g}_s{seed}.json"
                 t0 = time.perf_counter()
                 if alloc_file.exists():  # computed before an interruption: do not search again
-                    alloc, alloc_seconds = Allocation.load(alloc_file, structure), 0.0
+                    saved = json.loads(alloc_file.read_text())
+                    alloc, alloc_seconds = Allocation.from_dict(saved, structure), float(saved["alloc_seconds"])
                 elif reuse is not None:
                     alloc, alloc_seconds = reuse
                 else:
@@ -246,11 +247,13 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                     alloc_seconds = time.perf_counter() - t0
                     if not getattr(allocator, "seeded", True):
                         reuse = (alloc, alloc_seconds)
-                if not problem.feasible(alloc):
-                    raise AutopruneError(f"allocator '{method}' missed the budget at target {target:g} "
-                                         f"({problem.cost(alloc.counts(structure)) / problem.dense_cost:.4f})")
+                within = problem.feasible(alloc)
+                if not within:  # keep the row (hours of work elsewhere in the run) but say so
+                    log(f"warning: allocator '{method}' missed the budget at target {target:g} "
+                        f"({problem.cost(alloc.counts(structure)) / problem.dense_cost:.4f} of dense)")
                 abn = problem.score(alloc)
-                alloc.save(alloc_file, structure, method=method, target=target, seed=seed, adaptive_bn_acc=abn)
+                alloc.save(alloc_file, structure, method=method, spec=spec, target=target, seed=seed,
+                           adaptive_bn_acc=abn, alloc_seconds=alloc_seconds)
                 counts = alloc.counts(structure)
                 record["allocations"][f"{method}|{target:g}|{seed}"] = {g.name: int(k) / g.channels
                                                                         for g, k in zip(structure.groups, counts)}
@@ -271,7 +274,7 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                         "params_ratio": params / structure.dense_params,
                         "abn_acc": None if recipe_name.startswith("scratch") else abn,
                         "val_acc": accuracy(net, val_x, val_y), "test_acc": test_acc,
-                        "drop": 100 * (dense_acc - test_acc), "epochs": recipe.epochs,
+                        "drop": 100 * (dense_acc - test_acc), "epochs": recipe.epochs, "within_budget": within,
                         "alloc_seconds": alloc_seconds, "train_seconds": result.seconds,
                         "wall_seconds": alloc_seconds + time.perf_counter() - t1})
                     save_results(cfg, record)

@@ -9,7 +9,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 COLUMNS = ["method", "recipe", "seed", "target", "macs", "params", "macs_ratio", "params_ratio", "abn_acc",
-           "val_acc", "test_acc", "drop", "epochs", "alloc_seconds", "train_seconds", "wall_seconds", "spec"]
+           "val_acc", "test_acc", "drop", "epochs", "within_budget", "alloc_seconds", "train_seconds",
+           "wall_seconds", "spec"]
 
 
 def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str] = COLUMNS) -> None:

@@ -57,7 +57,7 @@ def allocator_argv(args) -> list[str]:
     return ["compare", "--model", "resnet20", "--checkpoint", str(finetuned_checkpoint("resnet20")),
             "--data", args.data, "--output", str(args.output), "--targets", *map(str, args.targets),
             "--criterion", args.criterion, "--allocators", *allocators, "--seeds", *map(str, args.seeds),
-            "--recipes", *args.recipes, "--epochs", str(args.epochs), "--train-subset", str(args.train_subset),
+            "--recipes", *args.recipes, "--epochs", str(args.epochs), "--rewind-lr", str(args.rewind_lr), "--train-subset", str(args.train_subset),
             "--val-size", str(args.val_size), "--calib-size", str(args.calib_size), "--device", "cpu"]
 
 
@@ -70,8 +70,8 @@ def run_allocators(args) -> dict:
     record = json.loads((Path(args.output) / "results.json").read_text())
     summary = summarize(record["rows"])
     return {"suite": "compare-allocators", "command": _command(), "autoprune_command": "autoprune " + shlex.join(argv),
-            "finetune_budget": f"{args.epochs:g} epoch(s) of {', '.join(args.recipes)} on {args.train_subset} "
-                               f"training images, batch 128",
+            "finetune_budget": f"{args.epochs:g} epoch(s) of {', '.join(args.recipes)} (rewind lr {args.rewind_lr:g}) "
+                               f"on {args.train_subset} training images, batch 128",
             "dense": record["dense"], "summary": summary, "seconds": time.perf_counter() - t0,
             "machine": machine(), "run_dir": str(args.output)}
 
@@ -140,6 +140,8 @@ def main() -> None:
     a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     a.add_argument("--recipes", nargs="+", default=["lr-rewind"])
     a.add_argument("--epochs", type=float, default=1.0)
+    # rewinding replays the dense model's own last schedule: bench.base_models fine-tuned it with cosine from 0.01
+    a.add_argument("--rewind-lr", type=float, default=0.01)
     a.add_argument("--train-subset", type=int, default=10000)
     a.add_argument("--criterion", default="l1")
     a.add_argument("--random-samples", type=int, default=30)

@@ -87,7 +87,7 @@ def test_compare_writes_one_row_per_method_recipe_and_seed_at_the_budget(run_dir
         (m, rec, s) for m in ("uniform", "layer-stats", "global", "random") for rec in ("lr-rewind", "scratch-E") for s in ("0", "1")}
     record = json.loads((run_dir / "results.json").read_text())
     for r in rows:
-        assert 0.594 <= float(r["macs_ratio"]) <= 0.6
+        assert 0.594 <= float(r["macs_ratio"]) <= 0.6 and r["within_budget"] == "True"
         assert 0.0 <= float(r["test_acc"]) <= 1.0
         assert (r["abn_acc"] == "") == r["recipe"].startswith("scratch")
         assert float(r["drop"]) == pytest.approx(100 * (record["dense"]["test_acc"] - float(r["test_acc"])))
