@@ -11,7 +11,8 @@ criteria and by the BN recalibration alike).
 
     python -m bench.compare criteria                          # ~5-10 min on 2 idle cores
     python -m bench.compare allocators --policy runs/search/policy.zip   # ~1.5-2.5 h on 2 idle cores
-    python -m bench.compare allocators --smoke --output /tmp/cmp-smoke   # ~2 min: wiring check only
+    python -m bench.compare --quick --policy PATH             # both, 50% only, 1 seed: ~20-40 min
+    python -m bench.compare --smoke --output /tmp/cmp-smoke   # wiring check only (~10 min on busy cores)
 
 Both print one JSON document (with the command to rerun) and write it under bench/results/;
 both resume from their results file when rerun with the same settings.
@@ -55,7 +56,7 @@ def allocator_argv(args) -> list[str]:
     if args.policy:
         allocators.append(f"policy:{args.policy}")
     return ["compare", "--model", "resnet20", "--checkpoint", str(finetuned_checkpoint("resnet20")),
-            "--data", args.data, "--output", str(args.output), "--targets", *map(str, args.targets),
+            "--data", args.data, "--output", str(args.run_dir), "--targets", *map(str, args.targets),
             "--criterion", args.criterion, "--allocators", *allocators, "--seeds", *map(str, args.seeds),
             "--recipes", *args.recipes, "--epochs", str(args.epochs), "--rewind-lr", str(args.rewind_lr), "--train-subset", str(args.train_subset),
             "--val-size", str(args.val_size), "--calib-size", str(args.calib_size), "--device", "cpu"]
@@ -67,13 +68,13 @@ def run_allocators(args) -> dict:
     code = cli_main(argv)
     if code != 0:
         raise SystemExit(code)
-    record = json.loads((Path(args.output) / "results.json").read_text())
+    record = json.loads((args.run_dir / "results.json").read_text())
     summary = summarize(record["rows"])
     return {"suite": "compare-allocators", "command": _command(), "autoprune_command": "autoprune " + shlex.join(argv),
             "finetune_budget": f"{args.epochs:g} epoch(s) of {', '.join(args.recipes)} (rewind lr {args.rewind_lr:g}) "
                                f"on {args.train_subset} training images, batch 128",
             "dense": record["dense"], "summary": summary, "seconds": time.perf_counter() - t0,
-            "machine": machine(), "run_dir": str(args.output)}
+            "machine": machine(), "run_dir": str(args.run_dir)}
 
 
 # -- criteria --------------------------------------------------------------------------------
@@ -85,7 +86,7 @@ def draw_calibration(data: DataBundle, n: int, seed: int, batch_size: int = 128)
 
 
 def run_criteria(args) -> dict:
-    out = Path(args.output)
+    out = args.run_dir
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     settings = {"target": args.target, "seeds": args.seeds, "calib_size": args.calib_size, "val_size": args.val_size,
@@ -132,46 +133,49 @@ def run_criteria(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="suite", required=True)
-    a = sub.add_parser("allocators")
-    a.add_argument("--policy", help="policy file from autoprune search (adds the learned policy)")
-    a.add_argument("--output", type=Path, default=RESULTS / "compare_resnet20")
-    a.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3])
-    a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    a.add_argument("--recipes", nargs="+", default=["lr-rewind"])
-    a.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("suites", nargs="*", choices=["criteria", "allocators", []], default=[],
+                   help="criteria, allocators (default: both)")
+    p.add_argument("--policy", help="policy file from autoprune search (adds the learned policy to 'allocators')")
+    p.add_argument("--output", type=Path, default=RESULTS, help="folder for the run directories")
+    p.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3], help="allocators: MACs targets")
+    p.add_argument("--target", type=float, default=0.5, help="criteria: MACs target")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--recipes", nargs="+", default=["lr-rewind"])
+    p.add_argument("--epochs", type=float, default=1.0)
     # rewinding replays the dense model's own last schedule: bench.base_models fine-tuned it with cosine from 0.01
-    a.add_argument("--rewind-lr", type=float, default=0.01)
-    a.add_argument("--train-subset", type=int, default=10000)
-    a.add_argument("--criterion", default="l1")
-    a.add_argument("--random-samples", type=int, default=30)
-    a.add_argument("--greedy-step", type=float, default=0.08)
-    a.add_argument("--sensitivity-rates", default="0.8,0.6,0.4")
-    a.add_argument("--smoke", action="store_true", help="tiny settings: checks the wiring, measures nothing")
-    c = sub.add_parser("criteria")
-    c.add_argument("--output", type=Path, default=RESULTS / "criteria_resnet20")
-    c.add_argument("--target", type=float, default=0.5)
-    c.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    c.add_argument("--criteria", nargs="+", default=CRITERIA)
-    c.add_argument("--smoke", action="store_true", help="tiny settings: checks the wiring, measures nothing")
-    for q in (a, c):
-        q.add_argument("--data", default=DATA)
-        q.add_argument("--val-size", type=int, default=5000)
-        q.add_argument("--calib-size", type=int, default=2048)
+    p.add_argument("--rewind-lr", type=float, default=0.01)
+    p.add_argument("--train-subset", type=int, default=10000)
+    p.add_argument("--criterion", default="l1", help="allocators: channel criterion")
+    p.add_argument("--criteria", nargs="+", default=CRITERIA)
+    p.add_argument("--random-samples", type=int, default=30)
+    p.add_argument("--greedy-step", type=float, default=0.08)
+    p.add_argument("--sensitivity-rates", default="0.8,0.6,0.4")
+    p.add_argument("--data", default=DATA)
+    p.add_argument("--val-size", type=int, default=5000)
+    p.add_argument("--calib-size", type=int, default=2048)
+    p.add_argument("--quick", action="store_true", help="50%% only, 1 seed, lighter searches and fine-tune (~20-40 min)")
+    p.add_argument("--smoke", action="store_true", help="tiny settings: checks the wiring, measures nothing")
     args = p.parse_args()
+    suffix = "-smoke" if args.smoke else "-quick" if args.quick else ""
+    if args.quick:
+        args.targets, args.seeds, args.train_subset = [0.5], args.seeds[:1], 2000
+        args.random_samples, args.greedy_step, args.sensitivity_rates = 10, 0.15, "0.6,0.4"
     if args.smoke:
-        args.val_size, args.calib_size, args.seeds = 500, 256, args.seeds[:1]
-        if args.suite == "allocators":
-            args.targets, args.train_subset, args.epochs = [0.5], 512, 0.25
-            args.random_samples, args.greedy_step, args.sensitivity_rates = 2, 0.25, "0.5"
-    doc = run_allocators(args) if args.suite == "allocators" else run_criteria(args)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"{doc['suite']}{'-smoke' if args.smoke else ''}.json"
-    text = json.dumps(doc, indent=2, default=str)
-    (Path(doc["run_dir"]) / name).write_text(text + "\n")
-    if not args.smoke:
-        (RESULTS / name).write_text(text + "\n")
-    print(text)
+        args.val_size, args.calib_size, args.seeds, args.targets = 500, 256, args.seeds[:1], [0.5]
+        args.train_subset, args.epochs = 512, 0.25
+        args.random_samples, args.greedy_step, args.sensitivity_rates = 2, 0.25, "0.5"
+    for suite in args.suites or ["criteria", "allocators"]:
+        if suite == "allocators" and not args.policy:
+            print("note: no --policy given, the learned policy is left out of the comparison", file=sys.stderr)
+        run_dir = args.output / (f"{'compare' if suite == 'allocators' else 'criteria'}_resnet20{suffix}")
+        args.run_dir = run_dir
+        doc = run_allocators(args) if suite == "allocators" else run_criteria(args)
+        text = json.dumps(doc, indent=2, default=str)
+        (Path(doc["run_dir"]) / f"{doc['suite']}.json").write_text(text + "\n")
+        if not args.smoke:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / f"{doc['suite']}{suffix}.json").write_text(text + "\n")
+        print(text)
 
 
 if __name__ == "__main__":
