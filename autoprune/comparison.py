@@ -47,7 +47,7 @@ class CompareConfig:
     recipes: list[str] = field(default_factory=lambda: ["lr-rewind"])
     epochs: float = 1.0
     finetune_lr: float = 0.001  # classic fine-tuning: constant small learning rate
-    rewind_lr: float = 0.05  # learning-rate rewinding: cosine from this rate (Renda et al. 2020)
+    rewind_lr: float = 0.01  # learning-rate rewinding: cosine from this rate (Renda et al. 2020)
     scratch_lr: float = 0.1
     scratch_epochs: float | None = None  # scratch-E epochs (default: --epochs); scratch-B scales it by dense/pruned MACs
     weight_decay: float = 5e-4

@@ -54,7 +54,14 @@ class TorchPruningImportance:
 
     @torch.no_grad()
     def scores(self, structure: ModelStructure, batches: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        return [self.importance(g).detach().float().cpu() for g in structure.tp_groups]
+        out = []
+        for group, tpg in zip(structure.groups, structure.tp_groups):
+            score = self.importance(tpg)
+            if score is None:  # e.g. BN gamma asked of a group without BatchNorm
+                raise AutopruneError(f"this criterion cannot score group '{group.name}' (no layer of the kind it "
+                                     "reads, e.g. BatchNorm): pick another --criterion")
+            out.append(score.detach().float().cpu())
+        return out
 
 
 # Li et al. 2016: norm of the root layer's filters.

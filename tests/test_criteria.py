@@ -148,3 +148,17 @@ def test_every_criterion_prunes_resnet20(resnet20_structure, synthetic_bundle, n
         assert len({round(float(v), 6) for v in scores[-1]}) > 1  # not a constant score
     pruned = prune(s, Allocation.uniform(s, 0.5), name, batches)
     assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_bn_criterion_on_a_model_without_batchnorm_is_a_clear_error():
+    import torch.nn as nn
+
+    from autoprune.criteria import group_scores
+    from autoprune.errors import AutopruneError
+    from autoprune.structure import ModelStructure
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    net(torch.randn(1, 3, 8, 8))
+    s = ModelStructure(net, torch.randn(1, 3, 8, 8))
+    with pytest.raises(AutopruneError, match="cannot score group"):
+        group_scores(s, "bn")
