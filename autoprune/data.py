@@ -209,7 +209,7 @@ def make_bundle(spec: str, mean: tuple[float, float, float], std: tuple[float, f
     """
     train, test = load_dataset(spec, image_size)
     if val_size >= len(train):
-        raise AutopruneError(f"validation split of {val_size} needs more than the {len(train)} training images")
+        raise AutopruneError(f"validation split of {val_size} needs more than the {len(train)} training images: pass a smaller --val-size")
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(train), generator=g)
     val_idx, train_idx = perm[:val_size], perm[val_size:]
