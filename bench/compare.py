@@ -11,7 +11,7 @@ criteria and by the BN recalibration alike).
 
     python -m bench.compare criteria                          # ~5-10 min on 2 idle cores
     python -m bench.compare allocators --policy runs/search/policy.zip   # ~1.5-2.5 h on 2 idle cores
-    python -m bench.compare --quick --policy PATH             # both, 50% only, 1 seed: ~20-40 min
+    python -m bench.compare --quick [--policy PATH]           # both, 50% only, 1 seed, light: ~3 min
     python -m bench.compare --smoke --output /tmp/cmp-smoke   # wiring check only (~10 min on busy cores)
 
 Both print one JSON document (with the command to rerun) and write it under bench/results/;
@@ -153,13 +153,14 @@ def main() -> None:
     p.add_argument("--data", default=DATA)
     p.add_argument("--val-size", type=int, default=5000)
     p.add_argument("--calib-size", type=int, default=2048)
-    p.add_argument("--quick", action="store_true", help="50%% only, 1 seed, lighter searches and fine-tune (~20-40 min)")
+    p.add_argument("--quick", action="store_true", help="50%% only, 1 seed, 1k/512 val/calib images, light searches, 0.25-epoch fine-tune on 2k images (~3 min)")
     p.add_argument("--smoke", action="store_true", help="tiny settings: checks the wiring, measures nothing")
     args = p.parse_args()
     suffix = "-smoke" if args.smoke else "-quick" if args.quick else ""
     if args.quick:
-        args.targets, args.seeds, args.train_subset = [0.5], args.seeds[:1], 2000
-        args.random_samples, args.greedy_step, args.sensitivity_rates = 10, 0.15, "0.6,0.4"
+        args.targets, args.seeds, args.train_subset, args.epochs = [0.5], args.seeds[:1], 2000, 0.25
+        args.val_size, args.calib_size = 1000, 512
+        args.random_samples, args.greedy_step, args.sensitivity_rates = 5, 0.25, "0.5"
     if args.smoke:
         args.val_size, args.calib_size, args.seeds, args.targets = 500, 256, args.seeds[:1], [0.5]
         args.train_subset, args.epochs = 512, 0.25
