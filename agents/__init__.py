@@ -1,7 +1,8 @@
 """Allocators: everything that turns a ``PruningProblem`` into an ``Allocation``.
 
 ``get_allocator(spec)`` builds one by name: ``uniform``, ``random``, ``global``, ``sensitivity``,
-``layer-stats``, ``greedy``, ``policy:PATH`` (a policy learned by ``autoprune search``).
+``layer-stats``, ``greedy``, ``policy:PATH`` (a policy learned by ``autoprune search``),
+``allocation:PATH`` (a saved allocation, e.g. a search's ``best_allocation.json``).
 """
 from __future__ import annotations
 
@@ -31,13 +32,16 @@ def register_allocator(name: str, target: str) -> None:
 
 
 def list_allocators() -> list[str]:
-    return sorted(_REGISTRY) + ["policy:PATH"]
+    return sorted(_REGISTRY) + ["policy:PATH", "allocation:PATH"]
 
 
 def get_allocator(spec: str, **kwargs: Any) -> Allocator:
-    """Build an allocator from its name (``policy:PATH`` loads a learned policy)."""
+    """Build an allocator from its name (``policy:PATH`` loads a learned policy, ``allocation:PATH`` a saved budget)."""
     if spec.startswith("policy:"):
         module, cls = "autoprune.agents.policy", "PolicyAllocator"
+        kwargs = {"path": spec.split(":", 1)[1], **kwargs}
+    elif spec.startswith("allocation:"):
+        module, cls = "autoprune.agents.saved", "SavedAllocation"
         kwargs = {"path": spec.split(":", 1)[1], **kwargs}
     elif spec in _REGISTRY:
         module, cls = _REGISTRY[spec].split(":")

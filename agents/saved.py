@@ -1,0 +1,23 @@
+"""``allocation:PATH``: a budget decided earlier (e.g. a search's ``best_allocation.json``), checked against the problem."""
+from __future__ import annotations
+
+from autoprune.allocation import Allocation
+from autoprune.errors import AutopruneError
+from autoprune.problem import PruningProblem
+
+
+class SavedAllocation:
+    """Returns the allocation stored in ``path`` if it fits the problem's model and budget (within 1% below)."""
+
+    name = "allocation"
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def allocate(self, problem: PruningProblem) -> Allocation:
+        alloc = Allocation.load(self.path, problem.structure)
+        ratio = problem.cost(alloc.counts(problem.structure)) / problem.dense_cost
+        if not problem.feasible(alloc):
+            raise AutopruneError(f"allocation '{self.path}' keeps {ratio:.3f} of {problem.metric}, not "
+                                 f"{problem.target:g} (within 1% below): it was made for another target")
+        return alloc
