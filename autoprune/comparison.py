@@ -65,7 +65,7 @@ class CompareConfig:
 
 HELP = {
     "output": "run directory (results.csv/json, report.md, plots, allocations)",
-    "allocators": "allocator specs: uniform global sensitivity layer-stats random greedy policy:PATH; "
+    "allocators": "allocator specs: uniform global sensitivity layer-stats random greedy policy:PATH allocation:PATH; "
                   "options as NAME@key=value,key=value (e.g. random@samples=30)",
     "recipes": f"training after pruning, any of {', '.join(RECIPES)}",
     "epochs": "fine-tune epochs (fractions allowed)",
@@ -90,7 +90,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
 def method_labels(specs: list[str]) -> list[str]:
     """Short names for the table: the allocator name (``policy`` for a policy file), unless two specs
     share it (then the full specs, e.g. ``global@normalize=none`` vs ``global@normalize=lamp``)."""
-    short = ["policy" if parse_spec(s)[0].startswith("policy:") else parse_spec(s)[0] for s in specs]
+    short = [parse_spec(s)[0].split(":")[0] for s in specs]
     return [sp if short.count(sh) > 1 else sh for sh, sp in zip(short, specs)]
 
 
@@ -156,7 +156,7 @@ def validate(cfg: CompareConfig) -> None:
     known = list_allocators()
     for spec in cfg.allocators:
         name, _ = parse_spec(spec)
-        if name not in known and not name.startswith("policy:"):
+        if name not in known and not name.startswith(("policy:", "allocation:")):
             raise AutopruneError(f"unknown allocator '{name}': use one of {', '.join(known)}")
     labels = method_labels(cfg.allocators)
     if len(set(labels)) != len(labels):
