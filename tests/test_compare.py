@@ -147,7 +147,7 @@ def test_spec_options_recipes_and_reinitialisation():
         "global@normalize=none", "global", "policy", "random"]
     cfg = CompareConfig(model="resnet20", output="x", epochs=2, scratch_epochs=4)
     assert recipe_for(cfg, "finetune", 0.5).schedule == "constant" and recipe_for(cfg, "finetune", 0.5).lr == 0.001
-    assert recipe_for(cfg, "lr-rewind", 0.5).lr == 0.05
+    assert recipe_for(cfg, "lr-rewind", 0.5).lr == cfg.rewind_lr == 0.01
     assert recipe_for(cfg, "scratch-E", 0.5).epochs == 4 and recipe_for(cfg, "scratch-B", 0.5).epochs == 8
     net = create_model("resnet20", 10)
     w = net.layer1[0].conv1.weight.clone()
