@@ -77,3 +77,16 @@ class Report:
             spread = f" (+-{f['std']:.3g}, n={f['repeats']})" if f["repeats"] > 1 else ""
             extra = " ".join(f"{k}={v}" for k, v in ctx.items())
             print(f"  {f['name']:<40} {f['median']:>12.4g} {f['unit']:<10}{spread} {extra}")
+
+
+def bare_forward_passes(model: torch.nn.Module, calib: list[torch.Tensor], val_x: torch.Tensor) -> None:
+    """What an adaptive-BN evaluation must compute at least: calibration forwards in train mode, then eval forwards."""
+    model.to(memory_format=torch.channels_last)
+    model.train()
+    with torch.no_grad():
+        for b in calib:
+            model(b)
+    model.eval()
+    with torch.inference_mode():
+        for b in val_x.split(256):
+            model(b)

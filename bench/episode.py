@@ -19,21 +19,7 @@ from autoprune.models import IMAGENET_MEAN, IMAGENET_STD, create_model
 from autoprune.problem import PruningProblem
 from autoprune.structure import ModelStructure
 
-from .common import Report
-
-
-def _bare_forwards(model: torch.nn.Module, calib: list[torch.Tensor], val_x: torch.Tensor) -> float:
-    model = model.to(memory_format=torch.channels_last)
-    t = time.perf_counter()
-    model.train()
-    with torch.no_grad():
-        for b in calib:
-            model(b)
-    model.eval()
-    with torch.inference_mode():
-        for b in val_x.split(256):
-            model(b)
-    return time.perf_counter() - t
+from .common import Report, bare_forward_passes, timed
 
 
 def run_episode_suite(quick: bool) -> Report:
@@ -96,7 +82,10 @@ def run_episode_suite(quick: bool) -> Report:
     finally:
         rl._AMCMixin.train = original_train  # type: ignore[method-assign]
     seconds = [row["seconds"] for row in per_episode]
-    floors = [_bare_forwards(original_pruned_model(row["allocation"]), calib, vx) for row in per_episode]
+    floors = []
+    for row in per_episode:  # pruning stays outside the timed region: the floor is forward passes only
+        pruned = original_pruned_model(row["allocation"])
+        floors.append(timed(lambda: bare_forward_passes(pruned, calib, vx), 1, warmup=0)[0])
     learn = [r for r in per_episode if r["learning"]]
     rep.add("episode_seconds", seconds, "s", episodes=len(seconds), warmup=warmup)
     for part in ("prune", "calibrate", "evaluate", "update"):

@@ -27,7 +27,7 @@ from autoprune.problem import PruningProblem
 from autoprune.pruning import prune
 from autoprune.structure import ModelStructure, measure_cost
 
-from .common import Report, timed
+from .common import Report, bare_forward_passes, timed
 
 INPUT = {"resnet20": 32, "resnet56": 32, "tv:resnet18": 224, "tv:mobilenet_v2": 224}
 
@@ -137,21 +137,10 @@ def evaluator(quick: bool) -> Report:
     prune(s, alloc)  # warm the importance cache
     repeats = 2 if quick else 5
     candidate = timed(lambda: ev(prune(s, alloc)), repeats)
-    pruned = prune(s, alloc).to(memory_format=torch.channels_last)
+    pruned = prune(s, alloc)
     cx = [b.contiguous(memory_format=torch.channels_last) for b in calib]
     vxc = vx.contiguous(memory_format=torch.channels_last)
-
-    def bare() -> None:
-        pruned.train()
-        with torch.no_grad():
-            for b in cx:
-                pruned(b)
-        pruned.eval()
-        with torch.inference_mode():
-            for b in vxc.split(256):
-                pruned(b)
-
-    floor = timed(bare, repeats)
+    floor = timed(lambda: bare_forward_passes(pruned, cx, vxc), repeats)
     rep.add("resnet56_50pct/candidate_evaluation", candidate, "s", calib_images=len(bundle.calib), val_images=len(vy))
     rep.add("resnet56_50pct/bare_forward_passes", floor, "s")
     rep.add("resnet56_50pct/overhead_share", [1 - f / c for f, c in zip(floor, candidate)], "fraction")
