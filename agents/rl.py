@@ -7,6 +7,7 @@ every RNG and the score cache, and continues at the next episode.
 """
 from __future__ import annotations
 
+import io
 import pickle
 import random
 import shutil
@@ -51,6 +52,8 @@ class RLConfig:
     replay_episodes: int = 100
     hidden: list[int] = field(default_factory=lambda: [300, 300])
     updates_per_step: float = 1.0  # gradient steps per env step, done at the end of each episode
+    credit: str = "episode"  # episode: every step learns the episode's normalised outcome | td: sparse reward, bootstrapped
+    eval_every: int = 5  # every Nth learning episode runs the actor without noise; the best such actor is kept
     reward: str = "accuracy"
     checkpoint_every: int = 10  # episodes
     seed: int = 0
@@ -100,10 +103,21 @@ def _one_thread():
 
 
 class _AMCMixin:
-    """Separate actor / critic learning rates, truncated-normal exploration, applied actions in the buffer."""
+    """AMC's DDPG details on top of SB3.
+
+    * separate actor / critic learning rates, truncated-normal exploration;
+    * the applied (walled) action is what goes into the replay buffer;
+    * ``credit="episode"``: each transition's target is the episode's final reward, normalised
+      over the replay window (AMC's moving-average baseline, made consistent) and never
+      bootstrapped. The critic then regresses Q(s, a) on outcomes directly, instead of chaining
+      one sparse reward back through every step with gamma = 1;
+    * ``greedy``: run the actor without noise (evaluation episodes).
+    """
 
     actor_lr: float
     critic_lr: float
+    credit: str = "episode"
+    greedy: bool = False
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         with _one_thread():
@@ -114,6 +128,11 @@ class _AMCMixin:
             update_learning_rate(opt, self.critic_lr if opt is self.critic.optimizer else self.actor_lr)
 
     def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
+        if self.greedy and self.num_timesteps >= learning_starts:
+            with _one_thread():
+                action, _ = self.predict(self._last_obs, deterministic=True)
+            scaled = self.policy.scale_action(action)
+            return action, scaled
         if not isinstance(action_noise, TruncatedNormalNoise) or self.num_timesteps < learning_starts:
             with _one_thread():
                 return super()._sample_action(learning_starts, action_noise, n_envs)
@@ -128,6 +147,36 @@ class _AMCMixin:
         if all(a is not None for a in applied):
             buffer_action = np.asarray(applied, dtype=np.float32).reshape(buffer_action.shape)
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+        if self.credit == "episode":
+            _credit_episode(replay_buffer, float(np.asarray(reward).reshape(-1)[0]), bool(np.asarray(dones).reshape(-1)[0]))
+
+
+def _credit_episode(buffer, reward: float, done: bool) -> None:
+    """Give every step of a finished episode its final reward, normalised over the replay window.
+
+    Raw outcomes are kept on the buffer (``outcome``, pickled with it, so resuming is exact); each
+    stored reward is re-derived from them whenever an episode ends, so old and new transitions
+    always share one baseline and one scale.
+    """
+    size = buffer.buffer_size
+    if getattr(buffer, "outcome", None) is None:
+        buffer.outcome = np.full(size, np.nan)
+        buffer.episode_start = 0
+    last = (buffer.pos - 1) % size
+    if not done:
+        buffer.outcome[last] = np.nan
+        return
+    steps = (last - buffer.episode_start) % size + 1
+    idx = (buffer.episode_start + np.arange(steps)) % size
+    buffer.outcome[idx] = reward
+    buffer.episode_start = buffer.pos % size
+    filled = size if buffer.full else buffer.pos
+    known = ~np.isnan(buffer.outcome[:filled])
+    values = buffer.outcome[:filled][known]
+    scale = values.std() if values.size > 1 else 1.0
+    normed = (buffer.outcome[:filled] - values.mean()) / max(scale, 1e-6)
+    buffer.rewards[:filled, 0] = np.where(known, normed, 0.0)
+    buffer.dones[:filled, 0] = 1.0  # a Monte Carlo target: never bootstrap
 
 
 class AMCDDPG(_AMCMixin, DDPG):
@@ -171,6 +220,8 @@ class SearchResult:
     seconds: float
     eval_seconds: float
     policy_path: Path | None = None
+    policy_score: float = -float("inf")  # the kept policy's noise-free episode reward
+    policy_episode: int = -1
 
     @property
     def allocation(self) -> Allocation:
@@ -195,6 +246,8 @@ class RLSearch:
         self.config = RLConfig(**{**asdict(config or RLConfig()), **overrides})
         if self.config.algo not in ALGOS:
             raise AutopruneError(f"unknown RL agent '{self.config.algo}': use one of {', '.join(ALGOS)}")
+        if self.config.credit not in ("episode", "td"):
+            raise AutopruneError(f"unknown credit '{self.config.credit}': use episode or td")
         if self.config.episodes < 1 or self.config.warmup_episodes < 0:
             raise AutopruneError("episodes must be >= 1 and warm-up episodes >= 0")
         self.name = self.config.algo
@@ -239,7 +292,8 @@ class RLSearch:
         noise = self.model.action_noise
         state = {"episode": episode, "rng": _rng_state(), "noise": noise.state() if noise is not None else None,
                  "action_space": self.model.action_space.np_random.bit_generator.state,
-                 "best": log.best.to_state(), "cache": dict(problem._cache), "elapsed": elapsed}
+                 "best": log.best.to_state(), "cache": dict(problem._cache), "elapsed": elapsed,
+                 "best_policy": self.best_policy}
         with (d / "state.pkl").open("wb") as f:
             pickle.dump(state, f)
         write_json_atomic(root / "latest.json", {"episode": episode, "dir": d.name})  # the commit point
@@ -272,9 +326,24 @@ class RLSearch:
         return state
 
     # -- the loop ----------------------------------------------------------------------------
+    def _is_greedy(self, episode: int) -> bool:
+        """Every ``eval_every``-th episode after warm-up runs the actor without noise."""
+        c = self.config
+        learned = episode - c.warmup_episodes
+        return c.algo != "sac" and c.eval_every > 0 and learned >= 0 and (learned + 1) % c.eval_every == 0
+
+    def _policy_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        self.model.save(buf)
+        return buf.getvalue()
+
     def search(self, problem: PruningProblem, run_dir: str | Path | None = None, resume: bool = False,
                progress: bool = False, on_episode: Callable[[int, float, dict], None] | None = None) -> SearchResult:
-        """Run (or continue) the search; with ``run_dir``: episodes.csv, TensorBoard, checkpoints, policy.zip."""
+        """Run (or continue) the search.
+
+        With ``run_dir``: episodes.csv, TensorBoard, checkpoints, ``policy.zip`` (the actor whose
+        noise-free episode scored best) and ``final_policy.zip`` (the actor after the last episode).
+        """
         c = self.config
         run_dir = Path(run_dir) if run_dir is not None else None
         env = ChannelPruningEnv(problem, reward=c.reward)
@@ -287,6 +356,8 @@ class RLSearch:
             self.model.set_logger(configure(None, []))
         else:
             problem._cache.update(state["cache"])
+        self.model.credit = c.credit
+        self.best_policy = (state or {}).get("best_policy") or {"score": -float("inf"), "episode": -1, "zip": None}
         log = EpisodeLog(run_dir, problem.structure, start_episode=start)
         if state is not None:
             log.best = Best.from_state(state["best"])
@@ -303,9 +374,14 @@ class RLSearch:
             for episode in range(start, c.episodes):
                 t0 = time.perf_counter()
                 e0 = (timing.calibrate + timing.evaluate) if timing is not None else 0.0
+                greedy = self._is_greedy(episode)
+                self.model.greedy = greedy
+                acting = self._policy_bytes() if greedy else None  # learn() updates the actor after the episode
                 sigma = self.model.action_noise.sigma if self.model.action_noise is not None else None
-                explore = None if self.model.num_timesteps < self.model.learning_starts else sigma
+                explore = None if self.model.num_timesteps < self.model.learning_starts else (0.0 if greedy else sigma)
                 self.model.learn(total_timesteps=n, reset_num_timesteps=False, callback=callback, log_interval=None)
+                if greedy and self.model.action_noise is not None:  # evaluation episodes do not decay exploration
+                    self.model.action_noise.sigma = sigma
                 reward, info = callback.finished.pop()
                 callback.finished.clear()
                 seconds = time.perf_counter() - t0
@@ -313,6 +389,8 @@ class RLSearch:
                 eval_total += eval_s
                 elapsed += seconds
                 log.record(episode, reward, info, noise=explore, seconds=seconds, eval_seconds=eval_s)
+                if greedy and reward > self.best_policy["score"]:
+                    self.best_policy = {"score": float(reward), "episode": episode, "zip": acting}
                 if on_episode is not None:
                     on_episode(episode, reward, info)
                 if bar is not None:
@@ -329,9 +407,13 @@ class RLSearch:
         policy_path = None
         if run_dir is not None:
             policy_path = run_dir / "policy.zip"
-            self.model.save(policy_path)
-        return SearchResult(log.best, c.episodes, elapsed, eval_total, policy_path)
-
+            self.model.save(run_dir / "final_policy.zip")
+            if self.best_policy["zip"] is not None:
+                (run_dir / "policy.zip").write_bytes(self.best_policy["zip"])
+            else:
+                self.model.save(policy_path)
+        return SearchResult(log.best, c.episodes, elapsed, eval_total, policy_path, self.best_policy["score"],
+                            self.best_policy["episode"])
 
 
 class DDPGSearch(RLSearch):

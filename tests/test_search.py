@@ -57,6 +57,50 @@ def test_learned_agent_improves_on_its_warmup(resnet20_structure):
     assert np.mean(rewards[-10:]) > np.mean(rewards[:15])
 
 
+def test_episode_credit_gives_every_step_the_normalised_outcome():
+    """Each transition's target is its episode's final reward, normalised over what the buffer holds
+    (including after the buffer wraps), and is never bootstrapped."""
+    from gymnasium import spaces
+    from stable_baselines3.common.buffers import ReplayBuffer
+
+    from autoprune.agents.rl import _credit_episode
+
+    buffer = ReplayBuffer(7, spaces.Box(0, 1, (2,)), spaces.Box(-1, 1, (1,)), device="cpu")
+    outcomes = [0.2, 0.5, 0.9, 0.4]  # 4 episodes of 3 steps through a 7-slot buffer
+    owner = []
+    for outcome in outcomes:
+        for step in range(3):
+            done = step == 2
+            buffer.add(np.zeros(2), np.zeros(2), np.zeros(1), np.array([outcome if done else 0.0]),
+                       np.array([done]), [{}])
+            owner = (owner + [outcome])[-7:]
+            _credit_episode(buffer, outcome if done else 0.0, done)
+        live = np.array(owner)
+        # slot i holds the (len(owner) - 7 + i)-th step written, modulo the wrap
+        held = np.roll(live, buffer.pos) if buffer.full else live
+        want = (held - held.mean()) / max(held.std(), 1e-6)  # one outcome so far: all zero
+        np.testing.assert_allclose(buffer.rewards[: len(held), 0], want, rtol=1e-5)
+        assert (buffer.dones[: len(held), 0] == 1).all()
+
+
+def test_kept_policy_is_the_best_noise_free_actor(tmp_path, resnet20_structure):
+    from autoprune.agents.policy import PolicyAllocator
+    from autoprune.agents.rl import RLSearch
+
+    problem = cheap_problem(resnet20_structure)
+    seen = {}
+    result = RLSearch(episodes=12, warmup_episodes=3, eval_every=3, seed=0).search(
+        problem, tmp_path, on_episode=lambda e, r, info: seen.setdefault(e, (r, info["allocation"])))
+    rows = _rows(tmp_path / "episodes.csv")
+    greedy = [int(r["episode"]) for r in rows if r["noise"] != "" and float(r["noise"]) == 0.0]
+    assert greedy == [5, 8, 11]  # every 3rd episode after the 3 warm-up ones
+    best = max(greedy, key=lambda e: seen[e][0])
+    assert result.policy_episode == best and result.policy_score == seen[best][0]
+    # policy.zip is the actor as it was when it played that episode, not the one after it learned
+    assert PolicyAllocator(tmp_path / "policy.zip").allocate(problem) == seen[best][1]
+    assert (tmp_path / "final_policy.zip").exists()
+
+
 SCRIPT = textwrap.dedent(f"""
     import sys, time, torch
     from autoprune.agents.rl import RLSearch

@@ -1,7 +1,8 @@
 """``autoprune search``: learn per-group keep ratios for a budget (RL or random search), keep the best.
 
 The run directory holds config.yaml, episodes.csv, TensorBoard events (tb/), checkpoints/,
-policy.zip (RL agents), best_allocation.json, best_model.pt, summary.json and PNG plots.
+policy.zip (RL agents: the actor whose noise-free episode scored best; final_policy.zip is the
+last one), best_allocation.json, best_model.pt, summary.json and PNG plots.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ class SearchConfig:
     replay_episodes: int = 100
     hidden: list[int] = field(default_factory=lambda: [300, 300])
     updates_per_step: float = 1.0
+    credit: str = "episode"
+    eval_every: int = 5
     reward: str = "accuracy"
     criterion: str = "l1"
     min_keep: float = 0.2
@@ -69,6 +72,8 @@ _HELP = {
     "warmup_episodes": "RL episodes of random actions before learning",
     "noise_sigma": "exploration noise (truncated normal, in the [-1, 1] action space)",
     "noise_decay": "noise multiplier per episode after warm-up",
+    "credit": "episode (every step learns the episode's normalised outcome) | td (sparse reward, bootstrapped)",
+    "eval_every": "every Nth learning episode runs the actor without noise; the best such actor is saved as policy.zip",
     "reward": "accuracy | error_log_cost | relative (accuracy minus uniform's)",
     "val_size": "held-out training images scoring each episode",
     "calib_size": "training images recalibrating BatchNorm for each episode",
