@@ -17,14 +17,19 @@ def _pyplot():
 
 
 def plot_curve(values: Sequence[float], path: str | Path, *, running_best: bool = True, title: str = "",
-               xlabel: str = "episode", ylabel: str = "reward", marks: Mapping[str, float] | None = None) -> None:
-    """Per-step values as dots, their running maximum as a line, optional horizontal reference lines."""
+               xlabel: str = "episode", ylabel: str = "reward", marks: Mapping[str, float] | None = None,
+               highlight: Mapping[str, Sequence[int]] | None = None) -> None:
+    """Per-step values as dots, their running maximum as a line, optional horizontal reference lines
+    and highlighted steps (label -> indices, e.g. the noise-free episodes)."""
     plt = _pyplot()
     v = np.asarray(values, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(np.arange(len(v)), v, ".", alpha=0.5, label=ylabel)
     if running_best and len(v):
         ax.plot(np.arange(len(v)), np.maximum.accumulate(v), "-", label="best so far")
+    for i, (label, idx) in enumerate((highlight or {}).items()):
+        idx = np.asarray([j for j in idx if 0 <= j < len(v)], dtype=int)
+        ax.plot(idx, v[idx], "o-", color=f"C{i + 5}", markersize=4, label=label)
     for i, (label, y) in enumerate((marks or {}).items()):
         ax.axhline(y, linestyle="--", color=f"C{i + 2}", label=label)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)

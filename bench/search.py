@@ -1,10 +1,11 @@
 """Learned allocation (DDPG) vs uniform vs EagleEye's random search, same evaluator, several seeds.
 
 For each case (model, MACs target) and seed: the best adaptive-BN accuracy found by the RL agent
-in N episodes, the best of N random feasible allocations, and the uniform allocation; time per
-episode and the share spent in the evaluator's forward passes. Then the transfer check: the
-ResNet-20 policy rolled out on ResNet-56 (adaptive-BN accuracy vs uniform) and on torchvision
-resnet18 (meets the target).
+in N episodes, the score of its kept policy's noise-free rollout (and of the final actor's), the
+best of N random feasible allocations, and the uniform allocation; time per episode and the share
+spent in the evaluator's forward passes. Then the transfer check: each seed's ResNet-20 policy
+rolled out on ResNet-56 (adaptive-BN accuracy vs uniform) and on torchvision resnet18 (meets the
+target).
 
     python -m bench.search --quick      # ResNet-20 50%, 1 seed, 30 episodes: ~5-10 min on 2 idle cores
     python -m bench.search              # full: see --help; hours (ResNet-56 dominates)
@@ -68,41 +69,52 @@ def run_case(model: str, target: float, seeds: list[int], episodes: int, warmup:
         rand_best = problem.score(RandomSearch(samples=episodes, seed=seed).allocate(problem))
         rand_seconds = time.perf_counter() - t0
         cost = problem.cost(res.allocation.counts(structure)) / problem.dense_cost
+        final_policy = problem.score(PolicyAllocator(run_dir / "final_policy.zip").allocate(problem))
         per_seed.append({"seed": seed, "learned": res.best.info["accuracy"], "random": rand_best,
-                         "uniform": uniform_acc, "learned_cost_ratio": cost, "best_episode": res.best.episode,
+                         "uniform": uniform_acc, "policy": res.policy_score, "policy_episode": res.policy_episode,
+                         "final_policy": final_policy, "learned_cost_ratio": cost, "best_episode": res.best.episode,
                          "seconds_per_episode": res.seconds / max(1, episodes),
                          "evaluator_share": res.eval_seconds / res.seconds if res.seconds else None,
                          "random_seconds": rand_seconds, "policy": str(res.policy_path)})
         print(json.dumps({"case": f"{model}@{target}", **per_seed[-1]}), file=sys.stderr, flush=True)
-    keys = ("learned", "random", "uniform", "seconds_per_episode", "evaluator_share")
+    keys = ("learned", "random", "uniform", "policy", "final_policy", "seconds_per_episode", "evaluator_share")
     summary = {k: _stats([s[k] for s in per_seed]) for k in keys}
     summary["learned_minus_uniform"] = _stats([s["learned"] - s["uniform"] for s in per_seed])
     summary["learned_minus_random"] = _stats([s["learned"] - s["random"] for s in per_seed])
+    summary["policy_minus_uniform"] = _stats([s["policy"] - s["uniform"] for s in per_seed])
     return {"model": model, "target": target, "episodes": episodes, "warmup_episodes": warmup,
             "dense_macs": structure.dense_macs, "summary": summary, "seeds": per_seed}
 
 
-def transfer(policy: Path, args) -> dict:
-    allocator = PolicyAllocator(policy)
-    out: dict = {"policy": str(policy)}
+def transfer(policies: list[Path], args) -> dict:
+    """Roll each ResNet-20 policy out on ResNet-56 (scored) and torchvision resnet18 (budget only)."""
+    allocators = [PolicyAllocator(p) for p in policies]
+    out: dict = {"policies": [str(p) for p in policies]}
     ws = open_workspace("resnet56", _checkpoint("resnet56", args.checkpoints), args.data, val_size=args.val_size,
                         calib_size=args.calib_size, seed=0)
     structure = ws.structure()
     calib = ws.data.calibration_batches(128)
     for target in args.transfer_targets:
         problem = PruningProblem(structure, target, evaluator=ws.evaluator(), calib_batches=calib)
-        alloc = allocator.allocate(problem)
-        out[f"resnet56@{target:g}"] = {
-            "cost_ratio": problem.cost(alloc.counts(structure)) / problem.dense_cost,
-            "meets_target": problem.feasible(alloc), "policy_acc": problem.score(alloc),
-            "uniform_acc": problem.score(UniformAllocator().allocate(problem))}
+        uniform_acc = problem.score(UniformAllocator().allocate(problem))
+        rows = []
+        for allocator in allocators:
+            alloc = allocator.allocate(problem)
+            rows.append({"cost_ratio": problem.cost(alloc.counts(structure)) / problem.dense_cost,
+                         "meets_target": problem.feasible(alloc), "policy_acc": problem.score(alloc)})
+        out[f"resnet56@{target:g}"] = {"uniform_acc": uniform_acc, "policy_acc": _stats([r["policy_acc"] for r in rows]),
+                                       "policy_minus_uniform": _stats([r["policy_acc"] - uniform_acc for r in rows]),
+                                       "per_policy": rows}
     torch.manual_seed(0)
     tv = ModelStructure(create_model("tv:resnet18", 10).eval(), torch.randn(1, 3, 32, 32), num_classes=10)
     for target in args.transfer_targets:
         problem = PruningProblem(tv, target)
-        alloc = allocator.allocate(problem)
-        out[f"tv:resnet18@{target:g}"] = {"cost_ratio": problem.cost(alloc.counts(tv)) / problem.dense_cost,
-                                          "meets_target": problem.feasible(alloc)}
+        rows = []
+        for allocator in allocators:
+            alloc = allocator.allocate(problem)
+            rows.append({"cost_ratio": problem.cost(alloc.counts(tv)) / problem.dense_cost,
+                         "meets_target": problem.feasible(alloc)})
+        out[f"tv:resnet18@{target:g}"] = rows
     return out
 
 
@@ -151,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "cases": results}
     r20 = [r for r in results if r["model"] == "resnet20"]
     if r20 and not args.no_transfer:
-        doc["transfer"] = transfer(Path(r20[0]["seeds"][0]["policy"]), args)
+        doc["transfer"] = transfer([Path(s["policy"]) for s in r20[0]["seeds"]], args)
     doc["seconds"] = time.perf_counter() - t0
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(doc, indent=2) + "\n")

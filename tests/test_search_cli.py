@@ -15,11 +15,13 @@ def _cli(capsys, *args: str):
 def test_cli_search_apply_and_errors(tmp_path, capsys):
     run = tmp_path / "run"
     common = ["--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64"]
-    code, out, err = _cli(capsys, "search", *common, "--macs", "0.5", "--output", str(run), "--episodes", "3",
-                          "--warmup-episodes", "2", "--no-progress")
+    code, out, err = _cli(capsys, "search", *common, "--macs", "0.5", "--output", str(run), "--episodes", "4",
+                          "--warmup-episodes", "2", "--eval-every", "2", "--no-progress")
     assert code == 0, err
     assert "uniform allocation" in out and "best ddpg allocation" in out
-    for f in ("config.yaml", "policy.zip", "best_allocation.json", "episodes.csv", "best_model.pt", "reward.png",
+    assert "kept policy (policy.zip)" in out
+    assert json.loads((run / "summary.json").read_text())["policy"]["episode"] == 3  # the one noise-free episode
+    for f in ("config.yaml", "policy.zip", "final_policy.zip", "best_allocation.json", "episodes.csv", "best_model.pt", "reward.png",
               "allocation.png", "summary.json"):
         assert (run / f).exists(), f
     assert any((run / "tb").iterdir())

@@ -164,6 +164,7 @@ def run(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
 
+    policy = None
     if cfg.agent == "random":
         best_alloc, best_acc = _random_search(cfg, problem, out)
     else:
@@ -173,6 +174,8 @@ def run(args) -> None:
                           algo=cfg.agent)
         result = RLSearch(rl_cfg).search(problem, out, resume=cfg.resume, progress=cfg.progress)
         best_alloc, best_acc = result.allocation, result.best.info.get("accuracy")
+        if result.policy_episode >= 0:
+            policy = {"noise_free_reward": result.policy_score, "episode": result.policy_episode}
 
     uniform = UniformAllocator().allocate(problem)
     uniform_acc = problem.score(uniform)
@@ -187,10 +190,12 @@ def run(args) -> None:
 
     episodes, seconds, eval_seconds = _csv_totals(out / "episodes.csv")
     with (out / "episodes.csv").open(newline="") as f:
-        rewards = [float(r["reward"]) for r in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    rewards = [float(r["reward"]) for r in rows]
+    noise_free = [i for i, r in enumerate(rows) if r["noise"] not in ("", None) and float(r["noise"]) == 0.0]
     marks = {"uniform": uniform_acc} if cfg.reward == "accuracy" else None
     plot_curve(rewards, out / "reward.png", title=f"{cfg.model}, {metric} x{target:g}, {cfg.agent}",
-               ylabel=cfg.reward, marks=marks)
+               ylabel=cfg.reward, marks=marks, highlight={"policy without noise": noise_free} if noise_free else None)
     plot_per_group([g.name for g in structure.groups],
                    {"best": best_alloc.ratios(structure), "uniform": uniform.ratios(structure)},
                    out / "allocation.png", title=f"channels kept per group ({metric} x{target:g})")
@@ -201,6 +206,7 @@ def run(args) -> None:
                  "cost_ratio": problem.cost(best_alloc.counts(structure)) / problem.dense_cost},
         "uniform": {"adaptive_bn_accuracy": uniform_acc, "macs": uniform.macs(structure),
                     "cost_ratio": problem.cost(uniform.counts(structure)) / problem.dense_cost},
+        "policy": policy,
         "dense_val_accuracy": dense_acc,
         "seconds_per_episode": seconds / max(1, episodes),
         "evaluator_share": eval_seconds / seconds if seconds > 0 else None,
@@ -212,6 +218,10 @@ def run(args) -> None:
           f"{summary['best']['macs']:,} MACs ({100 * summary['best']['cost_ratio']:.1f}% of {metric})")
     print(f"uniform allocation:  {100 * uniform_acc:.2f}% adaptive-BN accuracy at "
           f"{summary['uniform']['macs']:,} MACs ({100 * summary['uniform']['cost_ratio']:.1f}% of {metric})")
+    if policy is not None:
+        score = (f"{100 * policy['noise_free_reward']:.2f}% adaptive-BN accuracy" if cfg.reward == "accuracy"
+                 else f"{cfg.reward} {policy['noise_free_reward']:.4f}")
+        print(f"kept policy (policy.zip): {score} when rolled out without noise (episode {policy['episode']})")
     print(f"{episodes} episodes, {summary['seconds_per_episode']:.2f} s/episode "
           f"({100 * (summary['evaluator_share'] or 0):.0f}% in adaptive-BN forward passes); run saved in {out}")
 
