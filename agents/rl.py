@@ -55,6 +55,7 @@ class RLConfig:
     credit: str = "episode"  # episode: every step learns the episode's normalised outcome | td: sparse reward, bootstrapped
     eval_every: int = 5  # every Nth learning episode runs the actor without noise; the best such actor is kept
     reward: str = "accuracy"
+    action: str = "absolute"  # absolute: keep ratio in the bounds (AMC) | relative: factor on the even keep ratio
     checkpoint_every: int = 10  # episodes
     seed: int = 0
 
@@ -271,7 +272,7 @@ class RLSearch:
         p = env.problem
         model.autoprune_meta = {"format": POLICY_FORMAT, "env": ENV_ID, "obs_version": OBS_VERSION,
                                 "features": list(FEATURES), "algo": c.algo, "min_keep": p.min_keep,
-                                "max_keep": p.max_keep, "reward": c.reward, "metric": p.metric, "target": p.target,
+                                "max_keep": p.max_keep, "reward": c.reward, "action": c.action, "metric": p.metric, "target": p.target,
                                 "groups": len(p.structure.groups)}
         return model
 
@@ -346,7 +347,7 @@ class RLSearch:
         """
         c = self.config
         run_dir = Path(run_dir) if run_dir is not None else None
-        env = ChannelPruningEnv(problem, reward=c.reward)
+        env = ChannelPruningEnv(problem, reward=c.reward, action=c.action)
         state = self._load_checkpoint(run_dir, env) if (resume and run_dir is not None) else None
         start = state["episode"] if state else 0
         elapsed = state["elapsed"] if state else 0.0

@@ -72,10 +72,11 @@ def run_case(model: str, target: float, seeds: list[int], episodes: int, warmup:
         final_policy = problem.score(PolicyAllocator(run_dir / "final_policy.zip").allocate(problem))
         per_seed.append({"seed": seed, "learned": res.best.info["accuracy"], "random": rand_best,
                          "uniform": uniform_acc, "policy": res.policy_score, "policy_episode": res.policy_episode,
+                         "policy_path": str(res.policy_path),
                          "final_policy": final_policy, "learned_cost_ratio": cost, "best_episode": res.best.episode,
                          "seconds_per_episode": res.seconds / max(1, episodes),
                          "evaluator_share": res.eval_seconds / res.seconds if res.seconds else None,
-                         "random_seconds": rand_seconds, "policy": str(res.policy_path)})
+                         "random_seconds": rand_seconds})
         print(json.dumps({"case": f"{model}@{target}", **per_seed[-1]}), file=sys.stderr, flush=True)
     keys = ("learned", "random", "uniform", "policy", "final_policy", "seconds_per_episode", "evaluator_share")
     summary = {k: _stats([s[k] for s in per_seed]) for k in keys}
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "cases": results}
     r20 = [r for r in results if r["model"] == "resnet20"]
     if r20 and not args.no_transfer:
-        doc["transfer"] = transfer([Path(s["policy"]) for s in r20[0]["seeds"]], args)
+        doc["transfer"] = transfer([Path(s["policy_path"]) for s in r20[0]["seeds"]], args)
     doc["seconds"] = time.perf_counter() - t0
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(doc, indent=2) + "\n")

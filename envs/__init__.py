@@ -1,10 +1,10 @@
 """Gymnasium environments over the autoprune core (``autoprune/ChannelPruning-v0``)."""
 from gymnasium.envs.registration import register, registry
 
-from .channel_pruning import FEATURES, OBS_VERSION, REWARDS, ChannelPruningEnv, rollout
+from .channel_pruning import ACTIONS, FEATURES, OBS_VERSION, REWARDS, ChannelPruningEnv, rollout
 
 ENV_ID = "autoprune/ChannelPruning-v0"
 if ENV_ID not in registry:
     register(id=ENV_ID, entry_point="autoprune.envs.channel_pruning:ChannelPruningEnv")
 
-__all__ = ["ChannelPruningEnv", "ENV_ID", "FEATURES", "OBS_VERSION", "REWARDS", "rollout"]
+__all__ = ["ACTIONS", "ChannelPruningEnv", "ENV_ID", "FEATURES", "OBS_VERSION", "REWARDS", "rollout"]

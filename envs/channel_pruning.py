@@ -9,6 +9,11 @@ then clamps it so the episode's final allocation lands within the budget and wit
 * lower wall: assume every undecided group stays at its maximum; keep at least what still lets
   the budget be reached (otherwise an aggressive start would finish far below the target).
 
+With ``action="relative"`` the action instead scales the *even* keep ratio -- the one that, given
+to this group and every later one, spends exactly the remaining budget -- by 2**action (x0.5 to
+x2). Action 0 everywhere is then the uniform allocation at any target, so a policy learned at one
+budget means the same thing at another (absolute actions tie a policy to its training budget).
+
 The observation is scale-free (relative depth, log sizes, fractions of the model's cost), so a
 policy learned on one model can be rolled out on another. The reward is 0 until the last step,
 then the problem's (cached) adaptive-BN score of the allocation.
@@ -33,6 +38,7 @@ FEATURES = (
     "target", "prev_keep",
 )
 REWARDS = ("accuracy", "error_log_cost", "relative")
+ACTIONS = ("absolute", "relative")
 
 
 def _log_scaled(value: float, top: float) -> float:
@@ -50,14 +56,19 @@ class ChannelPruningEnv(gym.Env):
         evaluate: score the final allocation; without it (or without an evaluator) the reward
             is 0, which is enough to roll a policy out.
         reference: the ``relative`` reward's baseline accuracy.
+        action: ``absolute`` (keep ratio within the bounds, AMC) or ``relative`` (a factor on the
+            even keep ratio of the remaining budget).
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, problem: PruningProblem, reward: str = "accuracy", evaluate: bool = True,
-                 reference: float | None = None):
+                 reference: float | None = None, action: str = "absolute"):
         if reward not in REWARDS:
             raise AutopruneError(f"unknown reward '{reward}': use one of {', '.join(REWARDS)}")
+        if action not in ACTIONS:
+            raise AutopruneError(f"unknown action mode '{action}': use one of {', '.join(ACTIONS)}")
+        self.action_kind = action
         self.problem = problem
         self.reward_kind = reward
         self.evaluate = evaluate and problem.evaluator is not None
@@ -127,6 +138,23 @@ class ChannelPruningEnv(gym.Env):
         lower = min(a, upper)
         return int(legal[lower]), int(legal[upper])
 
+    def even_keep(self, i: int) -> float:
+        """Keep ratio that, given to group ``i`` and every later group, spends the remaining budget exactly."""
+        p, ch = self.problem, self.problem.structure.channels
+        counts = self.counts.copy()
+
+        def cost(ratio: float) -> int:
+            counts[i:] = np.maximum(1, np.round(ch[i:] * ratio))
+            return p.cost(counts)
+
+        if cost(1.0) <= p.budget:
+            return 1.0
+        lo, hi = 0.0, 1.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if cost(mid) <= p.budget else (lo, mid)
+        return lo
+
     def keep_ratio(self, action: float) -> float:
         p = self.problem
         return p.min_keep + (float(np.clip(action, -1.0, 1.0)) + 1.0) / 2.0 * (p.max_keep - p.min_keep)
@@ -148,14 +176,22 @@ class ChannelPruningEnv(gym.Env):
         if self.t >= self.n:
             raise RuntimeError("episode is over: call reset()")
         i, g = self.t, self.problem.structure.groups[self.t]
-        want = self.keep_ratio(float(np.asarray(action, dtype=np.float64).reshape(-1)[0])) * g.channels
+        a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
+        p = self.problem
+        if self.action_kind == "relative":
+            even = max(self.even_keep(i), 1e-6)
+            want = float(np.clip(even * 2.0 ** a, p.min_keep, p.max_keep)) * g.channels
+        else:
+            want = self.keep_ratio(a) * g.channels
         lower, upper = self.wall(i)
         legal = self.legal[i]
         k = int(legal[np.argmin(np.abs(legal - want))])
         k = min(max(k, lower), upper)
         self.counts[i] = k
         self.prev_keep = k / g.channels
-        info: dict[str, Any] = {"keep": k, "applied_action": self.to_action(self.prev_keep)}
+        applied = (float(np.clip(math.log2(max(self.prev_keep, 1e-9) / even), -1.0, 1.0))
+                   if self.action_kind == "relative" else self.to_action(self.prev_keep))
+        info: dict[str, Any] = {"keep": k, "applied_action": applied}
         self.t += 1
         if self.t < self.n:
             return self._observation(), 0.0, False, False, info

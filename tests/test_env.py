@@ -51,15 +51,15 @@ def test_every_episode_lands_within_one_percent_below_target(resnet20_structure,
     rng = np.random.default_rng(1)
     for structure in (resnet20_structure, resnet56_structure):
         problem = PruningProblem(structure, target, metric=metric)
-        env = ChannelPruningEnv(problem)
-        for seq in _sequences(env.n, rng):
-            it = iter(seq)
-            info = rollout(env, lambda obs: np.array([next(it)], dtype=np.float32))
-            cost = problem.cost(info["counts"])
-            assert problem.budget * 0.99 <= cost <= problem.budget, (metric, target, seq)
-            assert problem.feasible(info["allocation"])
-            ratios = info["allocation"].ratios(structure)
-            assert ratios.min() >= problem.min_keep - 1 / structure.channels.min() and ratios.max() <= 1.0
+        for env in (ChannelPruningEnv(problem), ChannelPruningEnv(problem, action="relative")):
+            for seq in _sequences(env.n, rng):
+                it = iter(seq)
+                info = rollout(env, lambda obs: np.array([next(it)], dtype=np.float32))
+                cost = problem.cost(info["counts"])
+                assert problem.budget * 0.99 <= cost <= problem.budget, (env.action_kind, metric, target, seq)
+                assert problem.feasible(info["allocation"])
+                ratios = info["allocation"].ratios(structure)
+                assert ratios.min() >= problem.min_keep - 1 / structure.channels.min() and ratios.max() <= 1.0
 
 
 def test_state_holds_applied_action_and_wall_caps_early_groups(resnet20_structure):
@@ -75,6 +75,31 @@ def test_state_holds_applied_action_and_wall_caps_early_groups(resnet20_structur
     # all +1: later groups are forced down, so some group must end below max
     info = rollout(env, lambda o: np.array([1.0], dtype=np.float32))
     assert info["allocation"].ratios(resnet20_structure).min() < 0.5
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+def test_relative_action_zero_is_the_uniform_allocation_at_any_target(resnet56_structure, target):
+    from autoprune.agents.uniform import UniformAllocator
+
+    problem = PruningProblem(resnet56_structure, target)
+    env = ChannelPruningEnv(problem, action="relative")
+    info = rollout(env, lambda o: np.zeros(1, dtype=np.float32))
+    uniform = UniformAllocator().allocate(problem).counts(resnet56_structure)
+    assert np.abs(info["counts"] - uniform).max() <= 1
+    # +1 doubles the even ratio of the first group (within the bounds and the wall); the applied action says so
+    env.reset()
+    even = env.even_keep(0)
+    _, _, _, _, step = env.step(np.ones(1, dtype=np.float32))
+    kept = step["keep"] / resnet56_structure.groups[0].channels
+    assert kept == pytest.approx(min(2 * even, problem.max_keep), abs=1 / resnet56_structure.groups[0].channels)
+    assert step["applied_action"] == pytest.approx(np.clip(np.log2(kept / even), -1, 1))
+
+
+def test_unknown_action_mode_is_a_clear_error(resnet20_structure):
+    from autoprune.errors import AutopruneError
+
+    with pytest.raises(AutopruneError, match="unknown action mode 'sideways'"):
+        ChannelPruningEnv(PruningProblem(resnet20_structure, 0.5), action="sideways")
 
 
 def test_runs_without_evaluator_and_rewards_with_one(resnet20_structure):

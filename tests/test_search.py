@@ -187,6 +187,22 @@ def test_policy_transfers_to_deeper_model_and_torchvision(tmp_path, resnet20_str
             assert allocator.allocate(problem) == alloc  # deterministic
 
 
+def test_relative_action_policy_rolls_out_in_its_own_action_mode(tmp_path, resnet20_structure):
+    from autoprune.agents.policy import PolicyAllocator
+    from autoprune.agents.rl import RLSearch
+
+    problem = cheap_problem(resnet20_structure)
+    seen = {}
+    result = RLSearch(episodes=6, warmup_episodes=2, eval_every=2, seed=0, action="relative").search(
+        problem, tmp_path, on_episode=lambda e, r, info: seen.setdefault(e, info["allocation"]))
+    allocator = PolicyAllocator(tmp_path / "policy.zip")
+    assert allocator.meta["action"] == "relative"
+    assert allocator.allocate(problem) == seen[result.policy_episode]  # same actions, same mode, same allocation
+    for target in (0.3, 0.7):  # the same policy, other budgets
+        other = cheap_problem(resnet20_structure, target)
+        assert other.feasible(allocator.allocate(other))
+
+
 def test_corrupt_or_foreign_policy_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"not a zip")

@@ -49,6 +49,7 @@ class SearchConfig:
     credit: str = "episode"
     eval_every: int = 5
     reward: str = "accuracy"
+    action: str = "absolute"
     criterion: str = "l1"
     min_keep: float = 0.2
     max_keep: float = 1.0
@@ -75,6 +76,8 @@ _HELP = {
     "credit": "episode (every step learns the episode's normalised outcome) | td (sparse reward, bootstrapped)",
     "eval_every": "every Nth learning episode runs the actor without noise; the best such actor is saved as policy.zip",
     "reward": "accuracy | error_log_cost | relative (accuracy minus uniform's)",
+    "action": "absolute (keep ratio within the bounds, AMC) | relative (x0.5-x2 on the ratio that spreads the "
+              "remaining budget evenly: transfers across targets)",
     "val_size": "held-out training images scoring each episode",
     "calib_size": "training images recalibrating BatchNorm for each episode",
     "resume": "continue the interrupted run in --output",
