@@ -282,7 +282,7 @@ class RLSearch:
         return run_dir / "checkpoints"
 
     def _save_checkpoint(self, run_dir: Path, episode: int, log: EpisodeLog, problem: PruningProblem,
-                         elapsed: float) -> None:
+                         elapsed: float, eval_total: float) -> None:
         root = self._ckpt_root(run_dir)
         d = root / f"ep-{episode:06d}"
         if d.exists():
@@ -294,6 +294,7 @@ class RLSearch:
         state = {"episode": episode, "rng": _rng_state(), "noise": noise.state() if noise is not None else None,
                  "action_space": self.model.action_space.np_random.bit_generator.state,
                  "best": log.best.to_state(), "cache": dict(problem._cache), "elapsed": elapsed,
+                 "eval_elapsed": eval_total,
                  "best_policy": self.best_policy}
         with (d / "state.pkl").open("wb") as f:
             pickle.dump(state, f)
@@ -370,7 +371,7 @@ class RLSearch:
             from tqdm import tqdm
 
             bar = tqdm(total=c.episodes, initial=start, desc=f"search ({c.algo})", unit="ep", dynamic_ncols=True)
-        eval_total = 0.0
+        eval_total = state.get("eval_elapsed", 0.0) if state else 0.0  # both totals span resumes
         try:
             for episode in range(start, c.episodes):
                 t0 = time.perf_counter()
@@ -400,7 +401,7 @@ class RLSearch:
                         bar.set_postfix(best=f"{100 * log.best.info['accuracy']:.2f}%", refresh=False)
                 done = episode + 1
                 if run_dir is not None and (done % max(1, c.checkpoint_every) == 0 or done == c.episodes):
-                    self._save_checkpoint(run_dir, done, log, problem, elapsed)
+                    self._save_checkpoint(run_dir, done, log, problem, elapsed, eval_total)
         finally:
             if bar is not None:
                 bar.close()
