@@ -15,6 +15,7 @@ Prints one JSON document and writes it to bench/results/search[-quick].json.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import shlex
@@ -52,6 +53,13 @@ def _checkpoint(model: str, source: str) -> str | None:
     return None
 
 
+def _episode_seconds(path: Path) -> tuple[float, float]:
+    """(wall, evaluator) seconds summed over a run's episodes.csv: exact across resumes."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return sum(float(r["seconds"]) for r in rows), sum(float(r["eval_seconds"]) for r in rows)
+
+
 def run_case(model: str, target: float, seeds: list[int], episodes: int, warmup: int, args, run_root: Path) -> dict:
     ws = open_workspace(model, _checkpoint(model, args.checkpoints), args.data, val_size=args.val_size,
                         calib_size=args.calib_size, seed=0)
@@ -63,8 +71,10 @@ def run_case(model: str, target: float, seeds: list[int], episodes: int, warmup:
         problem = PruningProblem(structure, target, evaluator=evaluator, calib_batches=calib, seed=seed)
         uniform_acc = problem.score(UniformAllocator().allocate(problem))
         run_dir = run_root / f"{model}-m{target:g}-s{seed}"
-        rl = RLSearch(RLConfig(episodes=episodes, warmup_episodes=warmup, seed=seed, checkpoint_every=25))
+        rl = RLSearch(RLConfig(episodes=episodes, warmup_episodes=warmup, seed=seed, checkpoint_every=25,
+                               action=args.action))
         res = rl.search(problem, run_dir, resume=args.resume, progress=args.progress)
+        seconds, eval_seconds = _episode_seconds(run_dir / "episodes.csv")
         t0 = time.perf_counter()
         rand_best = problem.score(RandomSearch(samples=episodes, seed=seed).allocate(problem))
         rand_seconds = time.perf_counter() - t0
@@ -74,8 +84,8 @@ def run_case(model: str, target: float, seeds: list[int], episodes: int, warmup:
                          "uniform": uniform_acc, "policy": res.policy_score, "policy_episode": res.policy_episode,
                          "policy_path": str(res.policy_path),
                          "final_policy": final_policy, "learned_cost_ratio": cost, "best_episode": res.best.episode,
-                         "seconds_per_episode": res.seconds / max(1, episodes),
-                         "evaluator_share": res.eval_seconds / res.seconds if res.seconds else None,
+                         "seconds_per_episode": seconds / max(1, episodes),
+                         "evaluator_share": eval_seconds / seconds if seconds else None,
                          "random_seconds": rand_seconds})
         print(json.dumps({"case": f"{model}@{target}", **per_seed[-1]}), file=sys.stderr, flush=True)
     keys = ("learned", "random", "uniform", "policy", "final_policy", "seconds_per_episode", "evaluator_share")
@@ -126,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--episodes", type=int, nargs="+", default=None, help="per case (one value = all cases)")
     p.add_argument("--warmup", type=int, nargs="+", default=None, help="warm-up episodes per case")
+    p.add_argument("--action", choices=("absolute", "relative"), default=RLConfig.action,
+                   help="the env's action mode (see autoprune.envs)")
     p.add_argument("--val-size", type=int, default=2000)
     p.add_argument("--calib-size", type=int, default=1024)
     p.add_argument("--data", default=DATA)
@@ -159,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     doc: dict = {"command": "python -m bench.search " + shlex.join(argv if argv is not None else sys.argv[1:]),
                  "settings": {"val_size": args.val_size, "calib_size": args.calib_size, "data": args.data,
                               "checkpoints": args.checkpoints, "seeds": seeds, "criterion": "l1",
-                              "agent": "ddpg (AMC defaults)", "threads": torch.get_num_threads(),
+                              "agent": f"ddpg (AMC defaults, {args.action} actions, episode credit)", "threads": torch.get_num_threads(),
                               "machine": platform.processor() or platform.machine()},
                  "cases": results}
     r20 = [r for r in results if r["model"] == "resnet20"]

@@ -49,7 +49,7 @@ class SearchConfig:
     credit: str = "episode"
     eval_every: int = 5
     reward: str = "accuracy"
-    action: str = "absolute"
+    action: str = "relative"
     criterion: str = "l1"
     min_keep: float = 0.2
     max_keep: float = 1.0
