@@ -337,7 +337,7 @@ class RLSearch:
         """Every ``eval_every``-th episode after warm-up runs the actor without noise."""
         c = self.config
         learned = episode - c.warmup_episodes
-        return c.algo != "sac" and c.eval_every > 0 and learned >= 0 and (learned + 1) % c.eval_every == 0
+        return c.eval_every > 0 and learned >= 0 and (learned + 1) % c.eval_every == 0
 
     def _policy_bytes(self) -> bytes:
         buf = io.BytesIO()

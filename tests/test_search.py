@@ -42,8 +42,9 @@ def test_same_seed_same_best_allocation(resnet20_structure):
 
 def test_td3_and_sac_run_and_stay_feasible(resnet20_structure):
     for algo in ("td3", "sac"):
-        result = _search(resnet20_structure, seed=0, episodes=5, algo=algo)
+        result = _search(resnet20_structure, seed=0, episodes=5, algo=algo, eval_every=2)
         assert cheap_problem(resnet20_structure).feasible(result.allocation)
+        assert result.policy_episode == 4  # the one noise-free episode (2nd after the 3 warm-up ones)
 
 
 def test_learned_agent_improves_on_its_warmup(resnet20_structure):
