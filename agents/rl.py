@@ -417,7 +417,7 @@ class RLSearch:
             self.model.save(run_dir / "final_policy.zip")
             if self.best_policy["zip"] is not None:
                 (run_dir / "policy.zip").write_bytes(self.best_policy["zip"])
-            else:
+            else:  # no noise-free episode ran (episodes <= warm-up + eval_every - 1): the final actor
                 self.model.save(policy_path)
         return SearchResult(log.best, c.episodes, elapsed, eval_total, policy_path, self.best_policy["score"],
                             self.best_policy["episode"])

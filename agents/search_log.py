@@ -139,6 +139,16 @@ class EpisodeLog:
             self._writer = None
 
 
+def read_episodes(path: str | Path) -> list[dict[str, str]]:
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def episode_totals(rows: list[dict[str, str]]) -> tuple[int, float, float]:
+    """(episodes, wall seconds, evaluator seconds) over ``episodes.csv`` rows: exact across resumes."""
+    return len(rows), sum(float(r["seconds"]) for r in rows), sum(float(r["eval_seconds"]) for r in rows)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")

@@ -15,7 +15,6 @@ Prints one JSON document and writes it to bench/results/search[-quick].json.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import shlex
@@ -29,6 +28,7 @@ import torch
 from autoprune.agents.policy import PolicyAllocator
 from autoprune.agents.random_search import RandomSearch
 from autoprune.agents.rl import RLConfig, RLSearch
+from autoprune.agents.search_log import episode_totals, read_episodes
 from autoprune.agents.uniform import UniformAllocator
 from autoprune.commands.common import open_workspace
 from autoprune.models import create_model
@@ -53,13 +53,6 @@ def _checkpoint(model: str, source: str) -> str | None:
     return None
 
 
-def _episode_seconds(path: Path) -> tuple[float, float]:
-    """(wall, evaluator) seconds summed over a run's episodes.csv: exact across resumes."""
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    return sum(float(r["seconds"]) for r in rows), sum(float(r["eval_seconds"]) for r in rows)
-
-
 def run_case(model: str, target: float, seeds: list[int], episodes: int, warmup: int, args, run_root: Path) -> dict:
     ws = open_workspace(model, _checkpoint(model, args.checkpoints), args.data, val_size=args.val_size,
                         calib_size=args.calib_size, seed=0)
@@ -74,7 +67,7 @@ def run_case(model: str, target: float, seeds: list[int], episodes: int, warmup:
         rl = RLSearch(RLConfig(episodes=episodes, warmup_episodes=warmup, seed=seed, checkpoint_every=25,
                                action=args.action))
         res = rl.search(problem, run_dir, resume=args.resume, progress=args.progress)
-        seconds, eval_seconds = _episode_seconds(run_dir / "episodes.csv")
+        _, seconds, eval_seconds = episode_totals(read_episodes(run_dir / "episodes.csv"))
         t0 = time.perf_counter()
         rand_best = problem.score(RandomSearch(samples=episodes, seed=seed).allocate(problem))
         rand_seconds = time.perf_counter() - t0
@@ -171,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     doc: dict = {"command": "python -m bench.search " + shlex.join(argv if argv is not None else sys.argv[1:]),
                  "settings": {"val_size": args.val_size, "calib_size": args.calib_size, "data": args.data,
                               "checkpoints": args.checkpoints, "seeds": seeds, "criterion": "l1",
-                              "agent": f"ddpg (AMC defaults, {args.action} actions, episode credit)", "threads": torch.get_num_threads(),
+                              "agent": f"ddpg (AMC defaults, {args.action} actions, {RLConfig.credit} credit)", "threads": torch.get_num_threads(),
                               "machine": platform.processor() or platform.machine()},
                  "cases": results}
     r20 = [r for r in results if r["model"] == "resnet20"]

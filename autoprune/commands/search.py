@@ -6,7 +6,6 @@ last one), best_allocation.json, best_model.pt, summary.json and PNG plots.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import time
@@ -128,12 +127,6 @@ def _check_run_dir(out: Path, resume: bool) -> None:
         raise AutopruneError(f"run directory '{out}' {what}: pass --resume to continue it or choose another --output")
 
 
-def _csv_totals(path: Path) -> tuple[int, float, float]:
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    return len(rows), sum(float(r["seconds"]) for r in rows), sum(float(r["eval_seconds"]) for r in rows)
-
-
 def run(args) -> None:
     cfg = _resolve(args)
     metric, target = target_of(cfg.macs, cfg.params)
@@ -191,9 +184,10 @@ def run(args) -> None:
     best_alloc.save(out / "best_allocation.json", structure, adaptive_bn_accuracy=best_acc,
                     uniform_adaptive_bn_accuracy=uniform_acc, metric=metric, target=target)
 
-    episodes, seconds, eval_seconds = _csv_totals(out / "episodes.csv")
-    with (out / "episodes.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    from ..agents.search_log import episode_totals, read_episodes
+
+    rows = read_episodes(out / "episodes.csv")
+    episodes, seconds, eval_seconds = episode_totals(rows)
     rewards = [float(r["reward"]) for r in rows]
     noise_free = [i for i, r in enumerate(rows) if r["noise"] not in ("", None) and float(r["noise"]) == 0.0]
     marks = {"uniform": uniform_acc} if cfg.reward == "accuracy" else None
