@@ -12,7 +12,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -43,17 +43,46 @@ class ImageSet:
 
 
 # -- loading -------------------------------------------------------------------------------
-def _decode_folder(root: Path, image_size: int | None) -> ImageSet:
-    from PIL import Image
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
+
+def _class_folders(root: Path) -> list[str]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not classes:
-        raise AutopruneError(f"'{root}' has no class folders: expected ImageFolder layout root/<class>/<image>")
+        raise AutopruneError(f"'{root}' has no class folders: expected ImageFolder layout {root}/<class>/<image>")
+    return classes
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _read_image(path: Path) -> torch.Tensor:
+    """One image as uint8 (3, H, W); an unreadable file is a one-line error naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError (truncated), ValueError, ...
+        raise AutopruneError(f"image '{path}' cannot be read ({type(exc).__name__}): remove it, or re-extract "
+                             "the data set") from None
+
+
+def _decode_folder(root: Path, image_size: int | None) -> ImageSet:
+    classes = _class_folders(root)
+    files = {cls: _image_files(root / cls) for cls in classes}
+    empty = [cls for cls, fs in files.items() if not fs]
+    if len(empty) == len(classes):
+        raise AutopruneError(f"'{root}' holds no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders: "
+                             "point --data at the folder with train/ and test/ inside")
+    if empty:
+        raise AutopruneError(f"class folder '{root / empty[0]}' has no images: add its images or remove the folder "
+                             "(from train/ and test/ alike)")
     images, labels = [], []
     for label, cls in enumerate(classes):
-        for f in sorted((root / cls).iterdir()):
-            with Image.open(f) as im:
-                img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+        for f in files[cls]:
+            img = _read_image(f)
             if image_size is not None and tuple(img.shape[1:]) != (image_size, image_size):
                 from torchvision.transforms.v2.functional import center_crop, resize
 
@@ -67,15 +96,17 @@ def _decode_folder(root: Path, image_size: int | None) -> ImageSet:
 
 
 def _folder_fingerprint(root: Path) -> str:
+    """Every file's relative path, size and modification time: a cache built from other files is never reused."""
     h = hashlib.sha1(str(root.resolve()).encode())
     for cls in sorted(os.scandir(root), key=lambda e: e.name):
         if cls.is_dir():
-            entries = list(os.scandir(cls.path))
-            h.update(f"{cls.name}:{len(entries)}:{max((e.stat().st_mtime_ns for e in entries), default=0)}".encode())
+            for e in sorted(os.scandir(cls.path), key=lambda e: e.name):
+                st = e.stat()
+                h.update(f"{cls.name}/{e.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 
-def _cached(key: str, build) -> ImageSet:
+def _cached(key: str, build: Callable[[], ImageSet]) -> ImageSet:
     path = cache_dir() / f"{key}.pt"
     if path.exists():
         try:
@@ -83,26 +114,38 @@ def _cached(key: str, build) -> ImageSet:
             return ImageSet(obj["images"], obj["labels"])
         except Exception:
             path.unlink(missing_ok=True)  # a corrupt cache is rebuilt, not trusted
-    data = build()
-    tmp = path.with_suffix(".tmp")
-    torch.save({"images": data.images, "labels": data.labels}, tmp)
-    tmp.replace(path)
+    data = build()  # a failed decode raises here: nothing is written
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save({"images": data.images, "labels": data.labels}, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return data
 
 
-def _load_imagefolder(path: str, image_size: int | None) -> tuple[ImageSet, ImageSet]:
+def _load_imagefolder(path: str, image_size: int | None) -> tuple[ImageSet, Callable[[], ImageSet], int]:
+    """The training split decoded now; the test split decoded only when first used."""
     root = Path(path).expanduser()
+    if not path:
+        raise AutopruneError("data spec 'imagefolder:' names no folder: write imagefolder:PATH")
     for split in ("train", "test"):
         if not (root / split).is_dir():
             raise AutopruneError(f"data folder '{root}' has no '{split}/' subfolder: expected {root}/train and {root}/test")
-    out = []
-    for split in ("train", "test"):
+    train_classes, test_classes = _class_folders(root / "train"), _class_folders(root / "test")
+    if train_classes != test_classes:
+        only = sorted(set(train_classes) ^ set(test_classes))
+        raise AutopruneError(f"'{root}/train' and '{root}/test' have different class folders (e.g. {only[:3]}): "
+                             "both need the same classes")
+
+    def load(split: str) -> ImageSet:
         key = f"imagefolder-{split}-{_folder_fingerprint(root / split)}-{image_size}"
-        out.append(_cached(key, lambda s=split: _decode_folder(root / s, image_size)))
-    return out[0], out[1]
+        return _cached(key, lambda: _decode_folder(root / split, image_size))
+
+    return load("train"), lambda: load("test"), len(train_classes)
 
 
-def _load_cifar10() -> tuple[ImageSet, ImageSet]:
+def _load_cifar10() -> tuple[ImageSet, Callable[[], ImageSet], int]:
     from torchvision.datasets import CIFAR10
 
     def build(train: bool) -> ImageSet:
@@ -112,7 +155,7 @@ def _load_cifar10() -> tuple[ImageSet, ImageSet]:
             raise AutopruneError(f"CIFAR-10 download failed ({type(exc).__name__}): use --data imagefolder:PATH offline") from None
         return ImageSet(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
 
-    return _cached("cifar10-train", lambda: build(True)), _cached("cifar10-test", lambda: build(False))
+    return _cached("cifar10-train", lambda: build(True)), lambda: _cached("cifar10-test", lambda: build(False)), 10
 
 
 def _synthetic(n_train: int = 2000, n_test: int = 500, size: int = 32, classes: int = 10) -> tuple[ImageSet, ImageSet]:
@@ -128,15 +171,22 @@ def _synthetic(n_train: int = 2000, n_test: int = 500, size: int = 32, classes: 
     return make(n_train), make(n_test)
 
 
-def load_dataset(spec: str, image_size: int | None = None) -> tuple[ImageSet, ImageSet]:
-    """(train, test) image sets for a dataset spec."""
+def open_dataset(spec: str, image_size: int | None = None) -> tuple[ImageSet, Callable[[], ImageSet], int]:
+    """(train images, test loader, class count): the test split is decoded only if the loader is called."""
     if spec == "cifar10":
         return _load_cifar10()
     if spec == "synthetic":
-        return _synthetic()
+        train, test = _synthetic()
+        return train, lambda: test, 10
     if spec.startswith("imagefolder:"):
         return _load_imagefolder(spec.split(":", 1)[1], image_size)
     raise AutopruneError(f"unknown dataset '{spec}': use cifar10, imagefolder:PATH or synthetic")
+
+
+def load_dataset(spec: str, image_size: int | None = None) -> tuple[ImageSet, ImageSet]:
+    """(train, test) image sets for a dataset spec, both decoded."""
+    train, test, _ = open_dataset(spec, image_size)
+    return train, test()
 
 
 # -- splits and batches --------------------------------------------------------------------
@@ -147,10 +197,16 @@ class DataBundle:
     train: ImageSet
     val: ImageSet
     calib: ImageSet
-    test: ImageSet
+    test_source: ImageSet | Callable[[], ImageSet]  # a loader: the test split is decoded on first use only
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     num_classes: int
+
+    @property
+    def test(self) -> ImageSet:
+        if not isinstance(self.test_source, ImageSet):
+            self.test_source = self.test_source()
+        return self.test_source
 
     def normalize(self, images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
         x = images.to(device, non_blocking=True).float().div_(255)
@@ -207,7 +263,7 @@ def make_bundle(spec: str, mean: tuple[float, float, float], std: tuple[float, f
     the training part (they are training data, used only for BN statistics and criteria).
     ``train_subset`` keeps a fixed random subset of the training part (for CPU-sized benchmarks).
     """
-    train, test = load_dataset(spec, image_size)
+    train, test, num_classes = open_dataset(spec, image_size)
     if val_size >= len(train):
         raise AutopruneError(f"validation split of {val_size} needs more than the {len(train)} training images: pass a smaller --val-size")
     g = torch.Generator().manual_seed(seed)
@@ -216,5 +272,4 @@ def make_bundle(spec: str, mean: tuple[float, float, float], std: tuple[float, f
     if train_subset is not None:
         train_idx = train_idx[:train_subset]
     calib_idx = train_idx[torch.randperm(len(train_idx), generator=g)[: min(calib_size, len(train_idx))]]
-    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     return DataBundle(train.subset(train_idx), train.subset(val_idx), train.subset(calib_idx), test, mean, std, num_classes)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import add_config_args, resolve_config, save_config
 from ..errors import AutopruneError
+from ..runs import check_run_dir
 from .common import DEFAULT_DATA, open_workspace
 from .search import target_of
 
@@ -28,6 +29,7 @@ class ApplyConfig:
     max_keep: float | None = None
     round_to: int = 1
     evaluate: bool = True
+    report_test: bool = False
     finetune_epochs: float = 0.0
     lr: float = 0.01
     weight_decay: float = 5e-4
@@ -45,6 +47,7 @@ _HELP = {
     "output": "directory for model.pt, allocation.json, report.json (must be new or empty)",
     "macs": "fraction of MACs to keep", "params": "fraction of parameters to keep (instead of --macs)",
     "evaluate": "report adaptive-BN accuracy of the policy's allocation and of uniform at the same cost",
+    "report_test": "also score the saved model on the test split (decodes test/)",
     "finetune_epochs": "epochs of fine-tuning after pruning (0: none)",
     "image_size": "resize images (e.g. 224 for torchvision models); default: as stored",
 }
@@ -58,14 +61,13 @@ def run(args) -> None:
     cfg = resolve_config(ApplyConfig, args)
     metric, target = target_of(cfg.macs, cfg.params)
     out = Path(cfg.output)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise AutopruneError(f"output '{out}' is not an empty directory: choose another --output")
+    check_run_dir(out, resumable=False)
 
     from ..agents.policy import PolicyAllocator
     from ..agents.uniform import UniformAllocator
     from ..evaluator import accuracy
     from ..problem import PruningProblem
-    from ..pruning import save_pruned
+    from ..artifacts import save_calibrated
     from ..structure import measure_cost
     from ..training import TrainRecipe, train
 
@@ -94,18 +96,20 @@ def run(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     if cfg.finetune_epochs > 0:
-        if cfg.evaluate:  # start fine-tuning from recalibrated BN statistics, as scored
-            from ..evaluator import recalibrate_bn
+        from ..evaluator import recalibrate_bn
 
-            recalibrate_bn(pruned, calib)
+        recalibrate_bn(pruned, calib)  # start fine-tuning from recalibrated BN statistics, as scored
         recipe = TrainRecipe(epochs=cfg.finetune_epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                              batch_size=cfg.batch_size)
         result = train(pruned, ws.data, recipe, device=ws.device, seed=cfg.seed, log_dir=out / "tb",
                        macs_per_image=macs1)
         report["finetune"] = {"epochs": cfg.finetune_epochs, "steps": result.steps, "seconds": result.seconds}
     vx, vy = ws.data.tensors("val", ws.device)
-    report["val_accuracy"] = accuracy(pruned, vx, vy)
-    save_pruned(pruned, cfg.model, ws.data.num_classes, out / "model.pt", criterion=cfg.criterion, policy=cfg.policy)
+    report["saved_model_val_accuracy"], saved = save_calibrated(
+        pruned, cfg.model, ws.data.num_classes, out / "model.pt", calib, vx, vy, criterion=cfg.criterion,
+        policy=cfg.policy)
+    if cfg.report_test:
+        report["saved_model_test_accuracy"] = accuracy(saved, *ws.data.tensors("test", ws.device))
     allocation.save(out / "allocation.json", structure, metric=metric, target=target)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     line = (f"{cfg.model}: MACs {macs0:,} -> {macs1:,}, params {params0:,} -> {params1:,} "
@@ -114,4 +118,8 @@ def run(args) -> None:
         line += (f"; adaptive-BN accuracy {100 * report['adaptive_bn_accuracy']:.2f}% "
                  f"(uniform {100 * report['uniform_adaptive_bn_accuracy']:.2f}%)")
     print(line)
-    print(f"val accuracy {100 * report['val_accuracy']:.2f}%; saved {out / 'model.pt'}")
+    line = (f"saved {out / 'model.pt'}: as loaded from disk, {100 * report['saved_model_val_accuracy']:.2f}% plain "
+            "accuracy on the held-out training images")
+    if cfg.report_test:
+        line += f", {100 * report['saved_model_test_accuracy']:.2f}% on the test split"
+    print(line)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import add_config_args, load_yaml, resolve_config, save_config
 from ..errors import AutopruneError
+from ..runs import check_run_dir
 from .common import DEFAULT_DATA, open_workspace
 
 NAME = "progressive"
@@ -67,10 +68,9 @@ def _resolve(args) -> ProgressiveConfig:
     if args.resume and saved_path is not None and saved_path.exists() and args.config is None:
         args.config = saved_path
     cfg = resolve_config(ProgressiveConfig, args)
+    if not cfg.resume:
+        check_run_dir(cfg.output)
     if saved_path is not None and saved_path.exists():
-        if not cfg.resume:
-            raise AutopruneError(f"run directory '{cfg.output}' already holds a run: pass --resume to continue it "
-                                 "or choose another --output")
         saved = load_yaml(saved_path)
         changed = sorted(k for k, v in asdict(cfg).items() if k not in _RESUME_FREE and saved.get(k) != v)
         if changed:
@@ -86,7 +86,7 @@ def run(args) -> None:
     from ..criteria import get_criterion
     from ..evaluator import accuracy
     from ..progressive import progressive_train
-    from ..pruning import save_pruned
+    from ..artifacts import save_calibrated
     from ..schedules import PruningSchedule, list_schedules
     from ..training import TrainRecipe
 
@@ -115,12 +115,14 @@ def run(args) -> None:
                                seed=cfg.seed, device=ws.device, state_path=out / "state.pt", resume=cfg.resume,
                                log_dir=out / "tb")
     original = result.original
-    save_pruned(result.model, cfg.model, ws.data.num_classes, out / "model.pt", allocator=cfg.allocator,
-                schedule=cfg.schedule, target=cfg.target)
-    result.allocation.save(out / "allocation.json", original, allocator=cfg.allocator, schedule=cfg.schedule)
     vx, vy = ws.data.tensors("val", ws.device)
+    trained_acc = accuracy(result.model, vx, vy)
+    saved_acc, _ = save_calibrated(result.model, cfg.model, ws.data.num_classes, out / "model.pt",
+                                   ws.data.calibration_batches(128, ws.device), vx, vy, allocator=cfg.allocator,
+                                   schedule=cfg.schedule, target=cfg.target)
+    result.allocation.save(out / "allocation.json", original, allocator=cfg.allocator, schedule=cfg.schedule)
     planned = [(s, schedule.target(s)) for s in range(total + 1)]
-    summary = {"val_acc": accuracy(result.model, vx, vy), "macs": result.allocation.macs(original),
+    summary = {"val_acc": saved_acc, "val_acc_training_bn": trained_acc, "macs": result.allocation.macs(original),
                "macs_ratio": result.allocation.macs(original) / original.dense_macs, "target": cfg.target,
                "train_macs": result.train_macs, "seconds": result.seconds, "steps": result.steps,
                "events": [asdict(e) for e in result.events], "history": result.history, "config": asdict(cfg)}
@@ -128,7 +130,8 @@ def run(args) -> None:
     plot_macs(planned, result.events, out / "macs_schedule.png")
     plot_channels(result.events, {g.name: g.channels for g in original.groups}, total, out / "channels.png")
     print(f"saved {out / 'model.pt'}: MACs {100 * summary['macs_ratio']:.1f}% of original "
-          f"(target {100 * cfg.target:.1f}%), val acc {100 * summary['val_acc']:.2f}%, "
+          f"(target {100 * cfg.target:.1f}%), held-out acc {100 * summary['val_acc']:.2f}% as loaded from disk "
+          f"(BN recalibrated; {100 * trained_acc:.2f}% with training-time BN statistics), "
           f"training {result.train_macs / 1e12:.3f} TMACs in {result.seconds:.0f}s")
 
 

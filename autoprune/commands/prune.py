@@ -1,6 +1,7 @@
 """``autoprune prune``: apply an allocation file or a uniform ratio, report cost before and after, save."""
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,8 @@ from ..allocation import Allocation
 from ..config import add_config_args, resolve_config
 from ..errors import AutopruneError
 from ..evaluator import accuracy
-from ..pruning import prune, save_pruned
+from ..artifacts import save_calibrated
+from ..pruning import prune
 from ..structure import measure_cost
 from .common import DEFAULT_DATA, open_workspace
 
@@ -61,12 +63,14 @@ def run(args) -> None:
     report = {"model": cfg.model, "criterion": cfg.criterion,
               "macs_before": before[0], "macs_after": after[0], "macs_ratio": after[0] / before[0],
               "params_before": before[1], "params_after": after[1], "params_ratio": after[1] / before[1]}
+    vx, vy = ws.data.tensors("val", ws.device)
     if cfg.adaptive_bn_eval:
-        report["adaptive_bn_val_acc"] = ws.evaluator()(pruned)
-        vx, vy = ws.data.tensors("val", ws.device)
+        report["adaptive_bn_val_acc"] = ws.evaluator()(copy.deepcopy(pruned))
         report["dense_val_acc"] = accuracy(ws.model, vx, vy)
-    save_pruned(pruned, cfg.model, ws.data.num_classes, out, criterion=cfg.criterion)
+    report["saved_model_val_acc"], _ = save_calibrated(pruned, cfg.model, ws.data.num_classes, out, batches, vx, vy,
+                                                       criterion=cfg.criterion)
     alloc.save(out.with_suffix(".allocation.json"), structure)
     print(f"MACs {before[0]:,} -> {after[0]:,} ({100 * report['macs_ratio']:.1f}%), "
-          f"params {before[1]:,} -> {after[1]:,} ({100 * report['params_ratio']:.1f}%); saved {out}")
+          f"params {before[1]:,} -> {after[1]:,} ({100 * report['params_ratio']:.1f}%); saved {out} "
+          f"(BN recalibrated; as loaded from disk: {100 * report['saved_model_val_acc']:.2f}% held-out accuracy)")
     print(json.dumps(report))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..config import add_config_args, load_yaml, resolve_config, save_config
 from ..errors import AutopruneError
+from ..runs import check_run_dir
 from .common import DEFAULT_DATA, open_workspace
 
 NAME = "search"
@@ -117,16 +118,6 @@ def _resolve(args) -> SearchConfig:
     return cfg
 
 
-def _check_run_dir(out: Path, resume: bool) -> None:
-    if resume:
-        if not (out / "config.yaml").exists():
-            raise AutopruneError(f"nothing to resume in '{out}': it holds no search run (drop --resume)")
-        return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        what = "holds another run" if (out / "config.yaml").exists() else "is not an empty directory"
-        raise AutopruneError(f"run directory '{out}' {what}: pass --resume to continue it or choose another --output")
-
-
 def run(args) -> None:
     cfg = _resolve(args)
     metric, target = target_of(cfg.macs, cfg.params)
@@ -141,13 +132,13 @@ def run(args) -> None:
     if cfg.reward not in REWARDS:
         raise AutopruneError(f"unknown reward '{cfg.reward}': use one of {', '.join(REWARDS)}")
     out = Path(cfg.output)
-    _check_run_dir(out, cfg.resume)
+    check_run_dir(out, cfg.resume)
 
     from ..agents.uniform import UniformAllocator
     from ..evaluator import accuracy
     from ..plots import plot_curve, plot_per_group
     from ..problem import PruningProblem
-    from ..pruning import save_pruned
+    from ..artifacts import save_calibrated
 
     t_start = time.perf_counter()
     ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
@@ -178,9 +169,9 @@ def run(args) -> None:
     best_acc = problem.score(best_alloc) if best_acc is None else best_acc
     vx, vy = ws.data.tensors("val", ws.device)
     dense_acc = accuracy(ws.model, vx, vy)
-    pruned = problem.pruned_model(best_alloc)
-    save_pruned(pruned, cfg.model, ws.data.num_classes, out / "best_model.pt", criterion=cfg.criterion,
-                adaptive_bn_accuracy=best_acc)
+    saved_acc, _ = save_calibrated(problem.pruned_model(best_alloc), cfg.model, ws.data.num_classes,
+                                   out / "best_model.pt", evaluator.calib_batches, vx, vy,
+                                   criterion=cfg.criterion, adaptive_bn_accuracy=best_acc)
     best_alloc.save(out / "best_allocation.json", structure, adaptive_bn_accuracy=best_acc,
                     uniform_adaptive_bn_accuracy=uniform_acc, metric=metric, target=target)
 
@@ -199,7 +190,7 @@ def run(args) -> None:
     summary = {
         "model": cfg.model, "agent": cfg.agent, "metric": metric, "target": target, "episodes": episodes,
         "best": {"adaptive_bn_accuracy": best_acc, "macs": best_alloc.macs(structure),
-                 "params": best_alloc.params(structure),
+                 "params": best_alloc.params(structure), "saved_model_val_accuracy": saved_acc,
                  "cost_ratio": problem.cost(best_alloc.counts(structure)) / problem.dense_cost},
         "uniform": {"adaptive_bn_accuracy": uniform_acc, "macs": uniform.macs(structure),
                     "cost_ratio": problem.cost(uniform.counts(structure)) / problem.dense_cost},
@@ -213,6 +204,7 @@ def run(args) -> None:
     print(f"dense: {100 * dense_acc:.2f}% val accuracy, {structure.dense_macs:,} MACs")
     print(f"best {cfg.agent} allocation: {100 * best_acc:.2f}% adaptive-BN accuracy at "
           f"{summary['best']['macs']:,} MACs ({100 * summary['best']['cost_ratio']:.1f}% of {metric})")
+    print(f"best_model.pt as loaded from disk: {100 * saved_acc:.2f}% plain accuracy on the same held-out images")
     print(f"uniform allocation:  {100 * uniform_acc:.2f}% adaptive-BN accuracy at "
           f"{summary['uniform']['macs']:,} MACs ({100 * summary['uniform']['cost_ratio']:.1f}% of {metric})")
     if policy is not None:

@@ -10,6 +10,7 @@ import torch
 from ..config import add_config_args, resolve_config, save_config
 from ..evaluator import accuracy
 from ..pruning import save_pruned
+from ..runs import check_run_dir
 from ..structure import measure_cost
 from ..training import TrainRecipe, train
 from .common import DEFAULT_DATA, open_workspace
@@ -45,6 +46,7 @@ def add_arguments(parser) -> None:
 def run(args) -> None:
     cfg = resolve_config(TrainConfig, args)
     out = Path(cfg.output)
+    check_run_dir(out, cfg.resume)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, seed=cfg.seed,
