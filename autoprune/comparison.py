@@ -61,6 +61,7 @@ class CompareConfig:
     calib_size: int = 2048
     data_seed: int = 0  # fixes the validation / calibration split for every seed
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
 
 
 HELP = {
@@ -266,7 +267,8 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                     recipe = recipe_for(cfg, recipe_name, macs / structure.dense_macs)
                     log(f"[{target:g}] {method} seed {seed}: {recipe_name} ({recipe.epochs:g} epochs)")
                     t1 = time.perf_counter()
-                    result = train(net, data, recipe, device=device, seed=seed, macs_per_image=macs, progress=False)
+                    result = train(net, data, recipe, device=device, seed=seed, macs_per_image=macs, progress=False,
+                                   precision=cfg.precision)
                     test_acc = accuracy(net, test_x, test_y)
                     record["rows"].append({
                         "method": method, "spec": spec, "recipe": recipe_name, "seed": seed, "target": target,

@@ -8,6 +8,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from .precision import Precision, resolve_precision
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
@@ -16,26 +18,32 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
+             precision: str | Precision = "fp32") -> float:
     """Top-1 accuracy (fraction) of ``model`` in eval mode on pre-normalised tensors."""
     model.eval()
     correct = 0
-    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-        correct += int((model(xb).argmax(1) == yb).sum())
+    with resolve_precision(precision, x.device).autocast():
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+            correct += int((model(xb).argmax(1) == yb).sum())
     return correct / max(1, len(y))
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
-    """Reset BatchNorm statistics and re-estimate them (cumulative average) on ``batches``."""
+def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor], precision: str | Precision = "fp32") -> None:
+    """Reset BatchNorm statistics and re-estimate them (cumulative average) on ``batches``.
+
+    The statistics are fp32 buffers whatever ``precision`` the forward passes run in.
+    """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # exact average over the calibration batches
     model.train()
-    for xb in batches:
-        model(xb)
+    with resolve_precision(precision, batches[0].device if len(batches) else "cpu").autocast():
+        for xb in batches:
+            model(xb)
     for m, mom in zip(bns, saved):
         m.momentum = mom
     model.eval()
@@ -55,23 +63,26 @@ class AdaptiveBNEvaluator:
     """EagleEye's score: recalibrate BN on calibration batches, then top-1 on the held-out split.
 
     Tensors are normalised once and kept on the device, so a call costs only its forward passes.
-    The model passed in is modified (its BN statistics); pass a pruned copy.
+    The model passed in is modified (its BN statistics); pass a pruned copy. ``precision`` (default
+    ``auto``: bf16 where the hardware runs it natively) applies to both calibration and scoring.
     """
 
     def __init__(self, calib_batches: Sequence[torch.Tensor], val_x: torch.Tensor, val_y: torch.Tensor,
-                 eval_batch_size: int = 256):
-        # channels-last is ~1.4x faster for these convs on CPU (measured, ResNet-20)
-        self.calib_batches = [b.contiguous(memory_format=torch.channels_last) for b in calib_batches]
-        self.val_x, self.val_y = val_x.contiguous(memory_format=torch.channels_last), val_y
+                 eval_batch_size: int = 256, precision: str | Precision = "auto"):
+        self.precision = resolve_precision(precision, val_x.device)
+        fmt = torch.channels_last if self.precision.channels_last(training=False) else torch.contiguous_format
+        self.memory_format = fmt
+        self.calib_batches = [b.contiguous(memory_format=fmt) for b in calib_batches]
+        self.val_x, self.val_y = val_x.contiguous(memory_format=fmt), val_y
         self.eval_batch_size = eval_batch_size
         self.timing = EvalTiming()
 
     def __call__(self, model: nn.Module) -> float:
         t0 = time.perf_counter()
-        model.to(memory_format=torch.channels_last)
-        recalibrate_bn(model, self.calib_batches)
+        model.to(memory_format=self.memory_format)
+        recalibrate_bn(model, self.calib_batches, self.precision)
         t1 = time.perf_counter()
-        acc = accuracy(model, self.val_x, self.val_y, self.eval_batch_size)
+        acc = accuracy(model, self.val_x, self.val_y, self.eval_batch_size, self.precision)
         t2 = time.perf_counter()
         self.timing.calibrate += t1 - t0
         self.timing.evaluate += t2 - t1

@@ -32,6 +32,7 @@ from .data import DataBundle
 from .errors import AutopruneError
 from .evaluator import AdaptiveBNEvaluator
 from .problem import PruningProblem
+from .precision import Precision, resolve_precision
 from .pruning import channels_to_remove, load_pruned, save_pruned
 from .schedules import PruningSchedule
 from .structure import ModelStructure
@@ -118,11 +119,12 @@ class ProgressivePruner:
     def __init__(self, original: ModelStructure, data: DataBundle, recipe: TrainRecipe, schedule: PruningSchedule,
                  allocator: Any, *, base_name: str, criterion: str = "l1", min_keep: float = 0.2, round_to: int = 1,
                  seed: int = 0, device: torch.device | str = "cpu", state_path: str | Path | None = None,
-                 writer: Any = None, progress: bool = True):
+                 writer: Any = None, progress: bool = True, precision: str | Precision = "auto"):
         self.original = original
         self.data, self.recipe, self.schedule, self.allocator = data, recipe, schedule, allocator
         self.base_name, self.criterion, self.min_keep, self.round_to, self.seed = base_name, criterion, min_keep, round_to, seed
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.state_path = Path(state_path) if state_path is not None else None
         self.writer, self.progress = writer, progress
         self.n_train = len(data.train)
@@ -193,7 +195,7 @@ class ProgressivePruner:
         if self._calib is None:
             self._calib = self.data.calibration_batches(128, self.device)
             vx, vy = self.data.tensors("val", self.device)
-            self._evaluator = AdaptiveBNEvaluator(self._calib, vx, vy)
+            self._evaluator = AdaptiveBNEvaluator(self._calib, vx, vy, precision=self.precision)
         return PruningProblem(structure, target=target, metric="macs", evaluator=self._evaluator,
                               criterion=self.criterion, calib_batches=self._calib, min_keep=self.min_keep,
                               round_to=self.round_to, seed=self.seed + len(self.events))
@@ -247,7 +249,8 @@ class ProgressivePruner:
         history: list[dict] = []
         if start < total:
             result = train(self.model, self.data, self.recipe, device=self.device, seed=self.seed, log_dir=log_dir,
-                           progress=self.progress, on_step=self, start_step=start, optimizer=self.optimizer)
+                           progress=self.progress, on_step=self, start_step=start, optimizer=self.optimizer,
+                           precision=self.precision)
             history = result.history
         self.save_state(total)
         return ProgressiveResult(self.model, self.original, self.allocation(), self.events, self.train_macs,
@@ -258,7 +261,8 @@ def progressive_train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, s
                       allocator: Any, *, base_name: str, criterion: str = "l1", min_keep: float = 0.2,
                       round_to: int = 1, seed: int = 0, device: torch.device | str = "cpu",
                       state_path: str | Path | None = None, resume: bool = False,
-                      log_dir: str | Path | None = None, progress: bool = True) -> ProgressiveResult:
+                      log_dir: str | Path | None = None, progress: bool = True,
+                      precision: str | Precision = "auto") -> ProgressiveResult:
     """Train ``model`` for ``recipe.epochs`` while pruning it to ``schedule.final`` of its MACs.
 
     ``allocator`` is any ``Allocator`` (``autoprune.agents.get_allocator(name)``). With
@@ -276,7 +280,8 @@ def progressive_train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, s
     try:
         pruner = ProgressivePruner(original, data, recipe, schedule, allocator, base_name=base_name,
                                    criterion=criterion, min_keep=min_keep, round_to=round_to, seed=seed,
-                                   device=device, state_path=state_path, writer=writer, progress=progress)
+                                   device=device, state_path=state_path, writer=writer, progress=progress,
+                                   precision=precision)
         return pruner.run(resume=resume, log_dir=log_dir)
     finally:
         if writer is not None:

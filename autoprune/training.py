@@ -16,6 +16,7 @@ from tqdm import tqdm
 from .data import DataBundle
 from .errors import AutopruneError
 from .evaluator import accuracy
+from .precision import Precision, resolve_precision
 
 
 @dataclass
@@ -71,16 +72,22 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
           seed: int = 0, log_dir: str | Path | None = None, checkpoint: str | Path | None = None,
           macs_per_image: float = 0.0, progress: bool = True,
           on_step: Callable[[int, nn.Module, torch.optim.Optimizer], tuple[nn.Module, torch.optim.Optimizer] | None] | None = None,
-          start_step: int = 0, optimizer: torch.optim.Optimizer | None = None) -> TrainResult:
+          start_step: int = 0, optimizer: torch.optim.Optimizer | None = None,
+          precision: str | Precision = "auto") -> TrainResult:
     """Train ``model`` in place for ``recipe.epochs``; evaluate on the validation split each epoch.
 
     ``on_step(step, model, optimizer)`` may return a replacement (model, optimizer) -- the
     progressive pruner uses it to shrink the model mid-training. ``checkpoint`` is written at
     every epoch end (model + optimizer + step) so a run can be resumed with ``start_step``.
-    A NaN loss stops training with an error after saving what was trained so far.
+    A NaN loss stops training with an error after saving what was trained so far. ``precision``
+    runs forward and backward passes under autocast (weights, BN statistics, loss and optimizer
+    state stay fp32; fp16 adds a gradient scaler).
     """
     device = torch.device(device)
-    model.to(device)
+    prec = resolve_precision(precision, device)
+    fmt = torch.channels_last if prec.channels_last(training=True) else torch.contiguous_format
+    scaler = prec.grad_scaler()
+    model.to(device, memory_format=fmt)
     opt = optimizer or make_optimizer(model, recipe)
     writer = None
     if log_dir is not None:
@@ -111,11 +118,14 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
                 replaced = on_step(step, model, opt)
                 if replaced is not None:
                     model, opt = replaced
+                    model.to(memory_format=fmt)
             lr = recipe.lr_at(step, total)
             for group in opt.param_groups:
                 group["lr"] = lr
             model.train()
-            loss = F.cross_entropy(model(x), y)
+            with prec.autocast():
+                logits = model(x.contiguous(memory_format=fmt))
+            loss = F.cross_entropy(logits.float(), y)
             if recipe.bn_l1:
                 loss = loss + recipe.bn_l1 * bn_l1_penalty(model)
             if not torch.isfinite(loss):
@@ -123,8 +133,13 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
                     save_training_state(checkpoint, model, opt, step)
                 raise AutopruneError(f"loss became {loss.item()} at step {step}: lower --lr (state saved to {checkpoint})")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             step += 1
             result.train_macs += macs_per_image * len(y)
             running += loss.item() * len(y)
@@ -136,7 +151,7 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
                 writer.add_scalar("train/lr", lr, step)
         epoch += 1
         if seen:
-            val_acc = accuracy(model, val_x, val_y)
+            val_acc = accuracy(model, val_x, val_y, precision=prec)
             entry = {"epoch": epoch, "step": step, "train_loss": running / seen, "val_acc": val_acc}
             result.history.append(entry)
             bar.write(f"epoch {epoch}: train loss {running / seen:.4f}, val acc {100 * val_acc:.2f}%")

@@ -33,7 +33,7 @@ def finetuned_checkpoint(model: str, seed: int = 0) -> Path:
     if path.exists():
         return path
     ws = open_workspace(model, str(CHECKPOINTS[model]), DATA, seed=seed)
-    result = train(ws.model, ws.data, recipe, device=ws.device, seed=seed)
+    result = train(ws.model, ws.data, recipe, device=ws.device, seed=seed, precision="fp32")  # as first built
     save_pruned(ws.model, model, ws.data.num_classes, path)
     x, y = ws.data.tensors("test", ws.device)
     vx, vy = ws.data.tensors("val", ws.device)
@@ -44,6 +44,14 @@ def finetuned_checkpoint(model: str, seed: int = 0) -> Path:
     return path
 
 
+def record(models: list[str]) -> Path:
+    """bench/results/base-models.json: the dense baselines every benchmark's drop is measured from."""
+    out = Path(__file__).resolve().parent / "results" / "base-models.json"
+    rows = {name: json.loads(finetuned_checkpoint(name).with_suffix(".json").read_text()) for name in models}
+    out.write_text(json.dumps({"command": "python -m bench.base_models " + " ".join(models), "data": DATA,
+                               "models": rows}, indent=2) + "\n")
+    return out
+
+
 if __name__ == "__main__":
-    for name in sys.argv[1:] or ["resnet20", "resnet56"]:
-        print(finetuned_checkpoint(name))
+    print(record(sys.argv[1:] or ["resnet20", "resnet56"]))

@@ -40,6 +40,7 @@ class ApplyConfig:
     calib_size: int = 1024
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
 
 
 _HELP = {
@@ -75,7 +76,8 @@ def run(args) -> None:
     min_keep = cfg.min_keep if cfg.min_keep is not None else float(allocator.meta["min_keep"])
     max_keep = cfg.max_keep if cfg.max_keep is not None else float(allocator.meta["max_keep"])
     ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
-                        seed=cfg.seed, device=cfg.device, image_size=cfg.image_size, train_subset=cfg.train_subset)
+                        seed=cfg.seed, device=cfg.device, precision=cfg.precision, image_size=cfg.image_size,
+                        train_subset=cfg.train_subset)
     structure = ws.structure()
     calib = ws.data.calibration_batches(128, ws.device)
     problem = PruningProblem(structure, target, metric, ws.evaluator() if cfg.evaluate else None, cfg.criterion,
@@ -85,7 +87,8 @@ def run(args) -> None:
     pruned = problem.pruned_model(allocation)
     x1 = ws.data.tensors("val")[0][:1].to(ws.device)
     (macs0, params0), (macs1, params1) = measure_cost(ws.model, x1), measure_cost(pruned, x1)
-    report: dict = {"policy": cfg.policy, "policy_trained_on": allocator.meta, "model": cfg.model, "metric": metric,
+    report: dict = {"precision": ws.precision.name, "policy": cfg.policy, "policy_trained_on": allocator.meta,
+                    "model": cfg.model, "metric": metric,
                     "target": target, "cost_ratio": cost_ratio, "meets_target": problem.feasible(allocation),
                     "macs_before": macs0, "macs_after": macs1, "params_before": params0, "params_after": params1,
                     "config": asdict(cfg)}
@@ -101,7 +104,8 @@ def run(args) -> None:
         recalibrate_bn(pruned, calib)  # start fine-tuning from recalibrated BN statistics, as scored
         recipe = TrainRecipe(epochs=cfg.finetune_epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                              batch_size=cfg.batch_size)
-        result = train(pruned, ws.data, recipe, device=ws.device, seed=cfg.seed, log_dir=out / "tb",
+        result = train(pruned, ws.data, recipe, device=ws.device, precision=ws.precision, seed=cfg.seed,
+                       log_dir=out / "tb",
                        macs_per_image=macs1)
         report["finetune"] = {"epochs": cfg.finetune_epochs, "steps": result.steps, "seconds": result.seconds}
     vx, vy = ws.data.tensors("val", ws.device)

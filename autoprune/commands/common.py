@@ -11,6 +11,7 @@ from ..data import DataBundle, make_bundle
 from ..errors import AutopruneError
 from ..evaluator import AdaptiveBNEvaluator, resolve_device
 from ..models import create_model, model_info
+from ..precision import Precision, resolve_precision
 from ..structure import ModelStructure
 
 DEFAULT_DATA = "imagefolder:../shared/data/cifar10"
@@ -22,6 +23,7 @@ class Workspace:
     model_name: str
     data: DataBundle
     device: torch.device
+    precision: Precision
 
     def structure(self) -> ModelStructure:
         x, _ = self.data.tensors("val")
@@ -29,18 +31,20 @@ class Workspace:
 
     def evaluator(self, calib_batch_size: int = 128) -> AdaptiveBNEvaluator:
         x, y = self.data.tensors("val", self.device)
-        return AdaptiveBNEvaluator(self.data.calibration_batches(calib_batch_size, self.device), x, y)
+        return AdaptiveBNEvaluator(self.data.calibration_batches(calib_batch_size, self.device), x, y,
+                                   precision=self.precision)
 
 
 def open_workspace(model: str, checkpoint: str | None, data: str, *, val_size: int = 5000, calib_size: int = 2048,
                    seed: int = 0, device: str = "auto", image_size: int | None = None,
-                   train_subset: int | None = None) -> Workspace:
+                   train_subset: int | None = None, precision: str = "auto") -> Workspace:
     """Load data first (to learn the class count), then the model (and its checkpoint) on the device."""
     info = model_info(model)
+    prec = resolve_precision(precision, resolve_device(device))  # a bad precision fails before data is read
     bundle = make_bundle(data, info.mean, info.std, val_size=val_size, calib_size=calib_size, seed=seed,
                          image_size=image_size, train_subset=train_subset)
     dev = resolve_device(device)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise AutopruneError(f"checkpoint '{checkpoint}' not found: check the path")
     net = create_model(model, bundle.num_classes, checkpoint).to(dev)
-    return Workspace(net, model, bundle, dev)
+    return Workspace(net, model, bundle, dev, prec)

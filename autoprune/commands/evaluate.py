@@ -23,6 +23,7 @@ class EvaluateConfig:
     calib_size: int = 2048
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
 
 
 def add_arguments(parser) -> None:
@@ -33,10 +34,10 @@ def add_arguments(parser) -> None:
 def run(args) -> None:
     cfg = resolve_config(EvaluateConfig, args)
     ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
-                        seed=cfg.seed, device=cfg.device)
+                        seed=cfg.seed, device=cfg.device, precision=cfg.precision)
     if cfg.adaptive_bn:
         recalibrate_bn(ws.model, ws.data.calibration_batches(128, ws.device))
     x, y = ws.data.tensors(cfg.split, ws.device)
-    acc = accuracy(ws.model, x, y)
+    acc = accuracy(ws.model, x, y, precision=ws.precision)
     print(f"{cfg.model} on {cfg.split} ({len(y)} images): top-1 {100 * acc:.2f}%")
     print(json.dumps({"model": cfg.model, "split": cfg.split, "images": len(y), "top1": acc}))

@@ -43,6 +43,7 @@ class ProgressiveConfig:
     calib_size: int = 2048
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
     resume: bool = False
 
 
@@ -103,7 +104,7 @@ def run(args) -> None:
     out = Path(cfg.output)
     torch.manual_seed(cfg.seed)  # a from-scratch initialisation must be reproducible from the seed
     ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
-                        seed=cfg.seed, device=cfg.device, train_subset=cfg.train_subset)
+                        seed=cfg.seed, device=cfg.device, precision=cfg.precision, train_subset=cfg.train_subset)
     total = recipe.total_steps(len(ws.data.train))
     steps_per_epoch = -(-len(ws.data.train) // cfg.batch_size)
     schedule = PruningSchedule.over_training(cfg.schedule, cfg.target, total, cfg.prune_start, 1.0 - cfg.final_share,
@@ -112,7 +113,8 @@ def run(args) -> None:
     save_config(cfg, out / "config.yaml")
     result = progressive_train(ws.model, ws.data, recipe, schedule, allocator, base_name=cfg.model,
                                criterion=cfg.criterion, min_keep=cfg.min_keep, round_to=cfg.round_to,
-                               seed=cfg.seed, device=ws.device, state_path=out / "state.pt", resume=cfg.resume,
+                               seed=cfg.seed, device=ws.device, precision=ws.precision, state_path=out / "state.pt",
+                               resume=cfg.resume,
                                log_dir=out / "tb")
     original = result.original
     vx, vy = ws.data.tensors("val", ws.device)
@@ -124,7 +126,8 @@ def run(args) -> None:
     planned = [(s, schedule.target(s)) for s in range(total + 1)]
     summary = {"val_acc": saved_acc, "val_acc_training_bn": trained_acc, "macs": result.allocation.macs(original),
                "macs_ratio": result.allocation.macs(original) / original.dense_macs, "target": cfg.target,
-               "train_macs": result.train_macs, "seconds": result.seconds, "steps": result.steps,
+               "train_macs": result.train_macs, "seconds": result.seconds, "precision": ws.precision.name,
+               "steps": result.steps,
                "events": [asdict(e) for e in result.events], "history": result.history, "config": asdict(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_macs(planned, result.events, out / "macs_schedule.png")

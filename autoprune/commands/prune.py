@@ -34,6 +34,7 @@ class PruneConfig:
     calib_size: int = 2048
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
 
 
 def add_arguments(parser) -> None:
@@ -50,7 +51,7 @@ def run(args) -> None:
         raise AutopruneError(f"--ratio {cfg.ratio} is outside (0, 1]")
     out = Path(cfg.output)
     ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
-                        seed=cfg.seed, device=cfg.device)
+                        seed=cfg.seed, device=cfg.device, precision=cfg.precision)
     structure = ws.structure()
     if cfg.allocation is not None:
         alloc = Allocation.load(cfg.allocation, structure)
@@ -60,7 +61,7 @@ def run(args) -> None:
     pruned = prune(structure, alloc, cfg.criterion, batches)
     x, _ = ws.data.tensors("val")
     before, after = measure_cost(ws.model, x[:1].to(ws.device)), measure_cost(pruned, x[:1].to(ws.device))
-    report = {"model": cfg.model, "criterion": cfg.criterion,
+    report = {"model": cfg.model, "criterion": cfg.criterion, "precision": ws.precision.name,
               "macs_before": before[0], "macs_after": after[0], "macs_ratio": after[0] / before[0],
               "params_before": before[1], "params_after": after[1], "params_ratio": after[1] / before[1]}
     vx, vy = ws.data.tensors("val", ws.device)

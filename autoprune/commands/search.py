@@ -60,6 +60,7 @@ class SearchConfig:
     checkpoint_every: int = 10
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
     resume: bool = False
     progress: bool = True
 
@@ -142,7 +143,7 @@ def run(args) -> None:
 
     t_start = time.perf_counter()
     ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
-                        seed=cfg.seed, device=cfg.device)
+                        seed=cfg.seed, device=cfg.device, precision=cfg.precision)
     structure = ws.structure()
     calib = ws.data.calibration_batches(cfg.calib_batch_size, ws.device)
     evaluator = ws.evaluator(cfg.calib_batch_size)
@@ -188,7 +189,8 @@ def run(args) -> None:
                    {"best": best_alloc.ratios(structure), "uniform": uniform.ratios(structure)},
                    out / "allocation.png", title=f"channels kept per group ({metric} x{target:g})")
     summary = {
-        "model": cfg.model, "agent": cfg.agent, "metric": metric, "target": target, "episodes": episodes,
+        "model": cfg.model, "agent": cfg.agent, "precision": ws.precision.name, "metric": metric, "target": target,
+        "episodes": episodes,
         "best": {"adaptive_bn_accuracy": best_acc, "macs": best_alloc.macs(structure),
                  "params": best_alloc.params(structure), "saved_model_val_accuracy": saved_acc,
                  "cost_ratio": problem.cost(best_alloc.counts(structure)) / problem.dense_cost},

@@ -36,6 +36,7 @@ class TrainConfig:
     val_size: int = 5000
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
 
 
 def add_arguments(parser) -> None:
@@ -50,7 +51,7 @@ def run(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, seed=cfg.seed,
-                        device=cfg.device, train_subset=cfg.train_subset)
+                        device=cfg.device, precision=cfg.precision, train_subset=cfg.train_subset)
     recipe = TrainRecipe(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
                          schedule=cfg.schedule, bn_l1=cfg.bn_l1)
     state_path = out / "state.pt"
@@ -66,11 +67,13 @@ def run(args) -> None:
         start = state["step"]
     x, _ = ws.data.tensors("val")
     macs = measure_cost(ws.model, x[:1].to(ws.device))[0]
-    result = train(ws.model, ws.data, recipe, device=ws.device, seed=cfg.seed, log_dir=out / "tb",
+    result = train(ws.model, ws.data, recipe, device=ws.device, precision=ws.precision, seed=cfg.seed,
+                   log_dir=out / "tb",
                    checkpoint=state_path, macs_per_image=macs, start_step=start, optimizer=optimizer)
     save_pruned(ws.model, cfg.model, ws.data.num_classes, out / "model.pt")
     vx, vy = ws.data.tensors("val", ws.device)
     summary = {"val_acc": accuracy(ws.model, vx, vy), "steps": result.steps, "seconds": result.seconds,
+               "precision": ws.precision.name,
                "config": asdict(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"saved {out / 'model.pt'}: val acc {100 * summary['val_acc']:.2f}%")
