@@ -2,7 +2,8 @@
 
 ``get_allocator(spec)`` builds one by name: ``uniform``, ``random``, ``global``, ``sensitivity``,
 ``layer-stats``, ``greedy``, ``policy:PATH`` (a policy learned by ``autoprune search``),
-``allocation:PATH`` (a saved allocation, e.g. a search's ``best_allocation.json``).
+``allocation:PATH`` (a saved allocation, e.g. a search's ``best_allocation.json``),
+``search:N`` (EagleEye's random search with N samples: ``random`` with ``samples=N``).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def register_allocator(name: str, target: str) -> None:
 
 
 def list_allocators() -> list[str]:
-    return sorted(_REGISTRY) + ["policy:PATH", "allocation:PATH"]
+    return sorted(_REGISTRY) + ["policy:PATH", "allocation:PATH", "search:N"]
 
 
 def get_allocator(spec: str, **kwargs: Any) -> Allocator:
@@ -43,6 +44,12 @@ def get_allocator(spec: str, **kwargs: Any) -> Allocator:
     elif spec.startswith("allocation:"):
         module, cls = "autoprune.agents.saved", "SavedAllocation"
         kwargs = {"path": spec.split(":", 1)[1], **kwargs}
+    elif spec.startswith("search:"):
+        module, cls = _REGISTRY["random"].split(":")
+        n = spec.split(":", 1)[1]
+        if not n.isdigit() or int(n) < 1:
+            raise AutopruneError(f"allocator '{spec}': write search:N with N a positive number of samples")
+        kwargs = {"samples": int(n), **kwargs}
     elif spec in _REGISTRY:
         module, cls = _REGISTRY[spec].split(":")
     else:

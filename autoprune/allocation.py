@@ -77,6 +77,7 @@ class Allocation:
         return out
 
     def save(self, path: str | Path, structure: ModelStructure | None = None, **extra: object) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(self.to_dict(structure, **extra), indent=2) + "\n")
 
     @classmethod

@@ -70,8 +70,7 @@ class AdaptiveBNEvaluator:
     def __init__(self, calib_batches: Sequence[torch.Tensor], val_x: torch.Tensor, val_y: torch.Tensor,
                  eval_batch_size: int = 256, precision: str | Precision = "auto"):
         self.precision = resolve_precision(precision, val_x.device)
-        fmt = torch.channels_last if self.precision.channels_last(training=False) else torch.contiguous_format
-        self.memory_format = fmt
+        fmt = self.memory_format = self.precision.memory_format
         self.calib_batches = [b.contiguous(memory_format=fmt) for b in calib_batches]
         self.val_x, self.val_y = val_x.contiguous(memory_format=fmt), val_y
         self.eval_batch_size = eval_batch_size

@@ -1,11 +1,20 @@
 """Progressive train-prune-train: shrink the model a little at a time while it trains.
 
+Two ways to decide where each cut goes (``trajectory``):
+
+- ``final`` (the default for ``policy:`` and ``allocation:``): the allocator is asked ONCE, on the
+  original model at the final target, so every group's final width is fixed before training
+  starts. At each event every group moves from its current width toward its final width by the
+  same share of its remaining cut -- the smallest share that meets the step's planned MACs -- so
+  the run lands on the searched shape and the schedule only decides *when* channels go.
+- ``per-step``: at each event the allocator is asked again, on the current, partly pruned model at
+  the step's budget (for heuristics meant to re-look at the model, e.g. ``layer-stats``).
+
 At every event of a ``PruningSchedule`` the driver
 
 1. reads the step's planned cost (a fraction of the ORIGINAL model's MACs),
-2. builds a ``ModelStructure`` on the current, already smaller model and a ``PruningProblem``
-   whose target is that budget divided by the current model's MACs,
-3. asks the allocator where the cut goes, lets the criterion pick the channels, prunes, and
+2. builds a ``ModelStructure`` on the current, already smaller model,
+3. decides the widths (as above), lets the criterion pick the channels, prunes, and
 4. carries the optimizer state over: every per-parameter buffer (SGD momentum) is sliced to the
    kept channels by replaying the same removal plan on a shadow copy of the model whose weights
    are the buffers -- so torch-pruning's own layer pruners decide which slice survives.
@@ -23,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -35,10 +45,16 @@ from .problem import PruningProblem
 from .precision import Precision, resolve_precision
 from .pruning import channels_to_remove, load_pruned, save_pruned
 from .schedules import PruningSchedule
-from .structure import ModelStructure
+from .structure import ModelStructure, legal_step
 from .training import TrainRecipe, make_optimizer, train
 
 STATE_FORMAT = "autoprune.progressive-state/1"
+TRAJECTORIES = ("final", "per-step")
+
+
+def default_trajectory(allocator_spec: str) -> str:
+    """Head for a decided shape when the allocator is a learned policy or a saved allocation."""
+    return "final" if allocator_spec.startswith(("policy:", "allocation:")) else "per-step"
 
 
 @dataclass
@@ -119,7 +135,12 @@ class ProgressivePruner:
     def __init__(self, original: ModelStructure, data: DataBundle, recipe: TrainRecipe, schedule: PruningSchedule,
                  allocator: Any, *, base_name: str, criterion: str = "l1", min_keep: float = 0.2, round_to: int = 1,
                  seed: int = 0, device: torch.device | str = "cpu", state_path: str | Path | None = None,
-                 writer: Any = None, progress: bool = True, precision: str | Precision = "auto"):
+                 writer: Any = None, progress: bool = True, precision: str | Precision = "auto",
+                 trajectory: str = "per-step"):
+        if trajectory not in TRAJECTORIES:
+            raise AutopruneError(f"unknown trajectory '{trajectory}': use {' or '.join(TRAJECTORIES)}")
+        self.trajectory = trajectory
+        self.final_widths: dict[str, int] | None = None  # trajectory "final": fixed before training
         self.original = original
         self.data, self.recipe, self.schedule, self.allocator = data, recipe, schedule, allocator
         self.base_name, self.criterion, self.min_keep, self.round_to, self.seed = base_name, criterion, min_keep, round_to, seed
@@ -158,7 +179,8 @@ class ProgressivePruner:
         tmp = self.state_path.with_suffix(".tmp")
         save_pruned(self.model, self.base_name, self.data.num_classes, tmp, format=STATE_FORMAT, step=step,
                     optimizer=self.optimizer.state_dict(), events=[asdict(e) for e in self.events],
-                    train_macs=self.train_macs, seconds=self.elapsed + time.perf_counter() - self._t0)
+                    train_macs=self.train_macs, seconds=self.elapsed + time.perf_counter() - self._t0,
+                    final_widths=self.final_widths)
         tmp.replace(self.state_path)
 
     def load_state(self) -> int:
@@ -173,6 +195,7 @@ class ProgressivePruner:
         self.optimizer.load_state_dict(meta["optimizer"])
         self.events = [PruneEvent(**e) for e in meta["events"]]
         self.train_macs, self.elapsed = float(meta["train_macs"]), float(meta["seconds"])
+        self.final_widths = meta.get("final_widths")
         self.macs = self.original.macs([self.widths(self.model)[g.name] for g in self.original.groups])
         self.resumed_at = int(meta["step"])
         return self.resumed_at
@@ -191,11 +214,16 @@ class ProgressivePruner:
             self.writer.add_scalar("cost/train_gmacs", self.train_macs / 1e9, step)
         return replaced
 
-    def _problem(self, structure: ModelStructure, target: float) -> PruningProblem:
+    def _calibration(self) -> list[torch.Tensor]:
+        """Calibration batches (criteria, adaptive BN) and the evaluator, built on first use."""
         if self._calib is None:
             self._calib = self.data.calibration_batches(128, self.device)
             vx, vy = self.data.tensors("val", self.device)
             self._evaluator = AdaptiveBNEvaluator(self._calib, vx, vy, precision=self.precision)
+        return self._calib
+
+    def _problem(self, structure: ModelStructure, target: float) -> PruningProblem:
+        self._calibration()
         return PruningProblem(structure, target=target, metric="macs", evaluator=self._evaluator,
                               criterion=self.criterion, calib_batches=self._calib, min_keep=self.min_keep,
                               round_to=self.round_to, seed=self.seed + len(self.events))
@@ -207,20 +235,64 @@ class ProgressivePruner:
         structure = ModelStructure(self.model, self._example, num_classes=self.data.num_classes)
         relative = planned * self.original.dense_macs / structure.dense_macs
         replaced = None
-        if relative < 1.0:
-            problem = self._problem(structure, relative)
-            allocation = self.allocator.allocate(problem)
-            scores = group_scores(structure, self.criterion, self._calib)
-            remove = channels_to_remove(structure, allocation.counts(structure), scores)
+        if self.trajectory == "final":
+            counts = self.trajectory_counts(structure, planned)
+        elif relative < 1.0:
+            counts = self.allocator.allocate(self._problem(structure, relative)).counts(structure)
+        else:
+            counts = np.array([g.channels for g in structure.groups])
+        if any(int(k) < g.channels for g, k in zip(structure.groups, counts)):
+            scores = group_scores(structure, self.criterion, self._calibration())
+            remove = channels_to_remove(structure, counts, scores)
             replaced = prune_with_optimizer(structure, remove, self.optimizer, self.make_optimizer)
             self.model, self.optimizer = replaced
-            self.macs = structure.macs(allocation.counts(structure))
+            self.macs = structure.macs(counts)
         widths = self.widths(self.model)
         event = PruneEvent(step, planned, self.macs / self.original.dense_macs, int(self.macs), widths,
                            time.perf_counter() - t0)
         self.events.append(event)
         self.log_event(event)
         return replaced
+
+    def plan_final_widths(self) -> dict[str, int]:
+        """Trajectory ``final``: the allocator decides every group's final width once, on the original model."""
+        if self.final_widths is None:
+            problem = self._problem(self.original, self.schedule.final)
+            counts = self.allocator.allocate(problem).counts(self.original)
+            self.final_widths = {g.name: int(k) for g, k in zip(self.original.groups, counts)}
+        return self.final_widths
+
+    def trajectory_counts(self, structure: ModelStructure, planned: float) -> np.ndarray:
+        """Widths (in ``structure``'s group order) after moving every group the same share of the way
+        from its current width to its final one: the smallest share whose MACs meet ``planned``."""
+        final = self.plan_final_widths()
+        names = [g.name for g in structure.groups]
+        current = np.array([g.channels for g in structure.groups], dtype=float)
+        target = np.array([final[n] for n in names], dtype=float)
+        budget = planned * self.original.dense_macs
+
+        def counts_at(share: float) -> np.ndarray:
+            raw = [structure.snap(g, c - share * (c - f), self.round_to) for g, c, f in zip(structure.groups, current, target)]
+            return np.clip(np.array(raw, dtype=np.int64), target.astype(np.int64), current.astype(np.int64))
+
+        if structure.macs(counts_at(0.0)) <= budget:
+            return counts_at(0.0)
+        if planned <= self.schedule.final + 1e-12:
+            return counts_at(1.0)  # the last cut lands exactly on the decided shape
+        lo, hi = 0.0, 1.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if structure.macs(counts_at(mid)) <= budget else (mid, hi)
+        counts = counts_at(hi)
+        # rounding overshoots the cut a little: give channels back, one legal step at a time, largest gap first
+        steps = [legal_step(g.ch_groups, self.round_to) for g in structure.groups]
+        for i in np.argsort(-(current - counts)):
+            while counts[i] + steps[i] <= current[i]:
+                counts[i] += steps[i]
+                if structure.macs(counts) > budget:
+                    counts[i] -= steps[i]
+                    break
+        return counts
 
     def log_event(self, event: PruneEvent) -> None:
         if self.writer is not None:
@@ -239,6 +311,8 @@ class ProgressivePruner:
             start = self.load_state()
         if self.optimizer is None:
             self.optimizer = self.make_optimizer(self.model)
+        if self.trajectory == "final":
+            self.plan_final_widths()
         total = self.recipe.total_steps(self.n_train)
         if self.schedule.end >= total:
             raise AutopruneError(f"the pruning schedule ends at step {self.schedule.end}, after training ({total} steps)")
@@ -262,10 +336,11 @@ def progressive_train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, s
                       round_to: int = 1, seed: int = 0, device: torch.device | str = "cpu",
                       state_path: str | Path | None = None, resume: bool = False,
                       log_dir: str | Path | None = None, progress: bool = True,
-                      precision: str | Precision = "auto") -> ProgressiveResult:
+                      precision: str | Precision = "auto", trajectory: str = "per-step") -> ProgressiveResult:
     """Train ``model`` for ``recipe.epochs`` while pruning it to ``schedule.final`` of its MACs.
 
-    ``allocator`` is any ``Allocator`` (``autoprune.agents.get_allocator(name)``). With
+    ``allocator`` is any ``Allocator`` (``autoprune.agents.get_allocator(name)``); ``trajectory``
+    says whether it decides the final shape once (``final``) or every cut anew (``per-step``). With
     ``state_path`` a resumable state is written at every epoch boundary; ``resume`` continues from it.
     """
     device = torch.device(device)
@@ -281,7 +356,7 @@ def progressive_train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, s
         pruner = ProgressivePruner(original, data, recipe, schedule, allocator, base_name=base_name,
                                    criterion=criterion, min_keep=min_keep, round_to=round_to, seed=seed,
                                    device=device, state_path=state_path, writer=writer, progress=progress,
-                                   precision=precision)
+                                   precision=precision, trajectory=trajectory)
         return pruner.run(resume=resume, log_dir=log_dir)
     finally:
         if writer is not None:

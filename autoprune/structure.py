@@ -104,6 +104,11 @@ class _CostTable:
         return float(np.round(p.sum()))
 
 
+def legal_step(ch_groups: int, round_to: int = 1) -> int:
+    """Channel counts of a group must be multiples of this: its conv groups and ``round_to``."""
+    return int(np.lcm(ch_groups, max(1, round_to)))
+
+
 def _is_dw(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 

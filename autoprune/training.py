@@ -85,7 +85,7 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
     """
     device = torch.device(device)
     prec = resolve_precision(precision, device)
-    fmt = torch.channels_last if prec.channels_last(training=True) else torch.contiguous_format
+    fmt = prec.memory_format
     scaler = prec.grad_scaler()
     model.to(device, memory_format=fmt)
     opt = optimizer or make_optimizer(model, recipe)

@@ -102,12 +102,59 @@ def test_momentum_buffers_are_sliced_to_the_kept_channels():
     assert not torch.equal(before, pruned.layer1[0].conv1.weight)
 
 
+def resumed_trajectory(run: Path) -> str:
+    return json.loads((run / "summary.json").read_text())["trajectory"]
+
+
 def _allocation(run: Path) -> dict:
     return {k: v["keep"] for k, v in json.loads((run / "allocation.json").read_text())["groups"].items()}
 
 
-def test_killed_and_resumed_run_ends_with_the_same_allocation(tmp_path):
+def _random_allocation(target: float, path: Path, seed: int = 0) -> dict[str, int]:
+    """A random feasible allocation of ResNet-20 at ``target`` of MACs, saved as a search would."""
+    import numpy as np
+
+    from autoprune.agents.random_search import random_feasible_counts
+    from autoprune.allocation import Allocation
+    from autoprune.problem import PruningProblem
+
+    s = ModelStructure(create_model("resnet20", 10), torch.randn(1, 3, 32, 32))
+    counts = random_feasible_counts(PruningProblem(s, target), np.random.default_rng(seed))
+    Allocation.from_counts(s, counts).save(path, s)
+    return {g.name: int(k) for g, k in zip(s.groups, counts)}
+
+
+@pytest.mark.parametrize("shape,final", [("exponential", 0.3), ("cubic", 0.5)])
+def test_trajectory_heads_for_the_searched_shape(tiny_data, tmp_path, shape, final):
+    wanted = _random_allocation(final, tmp_path / "best_allocation.json")
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10)
+    x = tiny_data.tensors("val")[0][:1]
+    recipe = TrainRecipe(epochs=3, lr=0.05, batch_size=16)
+    total = recipe.total_steps(len(tiny_data.train))
+    schedule = PruningSchedule.over_training(shape, final, total, 0.0, 0.75, every=2)
+    res = progressive_train(model, tiny_data, recipe, schedule,
+                            get_allocator(f"allocation:{tmp_path / 'best_allocation.json'}"), base_name="resnet20",
+                            progress=False, trajectory="final")
+    widths = [{"dense": g.channels for g in res.original.groups}] + [e.channels for e in res.events]
+    got = res.events[-1].channels
+    assert all(abs(got[name] - k) <= 1 for name, k in wanted.items())  # lands on the searched shape
+    assert final * 0.99 <= measure_cost(res.model, x)[0] / res.original.dense_macs <= final + 1e-9
+    for name in wanted:  # no group ever grows
+        series = [res.original.groups[[g.name for g in res.original.groups].index(name)].channels] + \
+                 [e.channels[name] for e in res.events]
+        assert all(b <= a for a, b in zip(series, series[1:])), (name, series)
+    for e in res.events[:-1]:  # intermediate cuts meet their planned budget too
+        assert e.planned * 0.99 <= e.realised <= e.planned + 1e-9
+    assert len(widths) == len(schedule.events) + 1
+
+
+@pytest.mark.parametrize("allocator", ["uniform", "allocation"])
+def test_killed_and_resumed_run_ends_with_the_same_allocation(tmp_path, allocator):
     args = TINY + ["--epochs", "4"]
+    if allocator == "allocation":  # trajectory mode (the default for allocation:)
+        wanted = _random_allocation(0.5, tmp_path / "best.json")
+        args += ["--allocator", f"allocation:{tmp_path / 'best.json'}"]
     straight = tmp_path / "straight"
     assert main(["progressive", "--output", str(straight)] + args) == 0
     for name in ("config.yaml", "model.pt", "allocation.json", "summary.json", "state.pt",
@@ -138,6 +185,8 @@ def test_killed_and_resumed_run_ends_with_the_same_allocation(tmp_path):
     assert main(["progressive", "--output", str(killed), "--resume", "--target", "0.4"]) == 2
     assert main(["progressive", "--output", str(killed), "--resume"]) == 0
     assert _allocation(killed) == _allocation(straight)
+    if allocator == "allocation":
+        assert _allocation(straight) == wanted and resumed_trajectory(killed) == "final"
     resumed = json.loads((killed / "summary.json").read_text())
     assert [(e["step"], e["channels"]) for e in resumed["events"]] == [(e["step"], e["channels"]) for e in summary["events"]]
     assert resumed["train_macs"] == pytest.approx(summary["train_macs"])

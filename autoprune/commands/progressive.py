@@ -25,6 +25,7 @@ class ProgressiveConfig:
     data: str = DEFAULT_DATA
     target: float = 0.5  # kept fraction of the original MACs at the end
     allocator: str = "uniform"
+    trajectory: str | None = None  # final | per-step; default: final for policy:/allocation:, else per-step
     criterion: str = "l1"
     schedule: str = "cubic"
     prune_start: float = 0.0  # fraction of training before the schedule starts
@@ -52,7 +53,11 @@ def add_arguments(parser) -> None:
         "output": "run directory (config, TensorBoard, state.pt, model.pt, allocation.json, plots)",
         "checkpoint": "dense (or pruned) checkpoint to start from; omit to train from scratch",
         "target": "kept fraction of the original MACs at the end",
-        "allocator": "uniform, layer-stats, global, policy:PATH, ... (autoprune.agents)",
+        "allocator": "uniform, layer-stats, global, policy:PATH, allocation:PATH, search:EPISODES (random search "
+                     "with adaptive BN at each cut), ... (autoprune.agents)",
+        "trajectory": "final: fix each group's final width once (the allocator on the original model at --target) "
+                      "and move every group toward it at each cut | per-step: re-allocate on the current model at "
+                      "every cut (default: final for policy:/allocation:, per-step otherwise)",
         "schedule": "pruning schedule: constant, linear, cosine, exponential, cubic",
         "prune_start": "fraction of training before pruning starts",
         "final_share": "fraction of training left at the final width (pruning ends before it)",
@@ -86,7 +91,7 @@ def run(args) -> None:
     from ..agents import get_allocator
     from ..criteria import get_criterion
     from ..evaluator import accuracy
-    from ..progressive import progressive_train
+    from ..progressive import TRAJECTORIES, default_trajectory, progressive_train
     from ..artifacts import save_calibrated
     from ..schedules import PruningSchedule, list_schedules
     from ..training import TrainRecipe
@@ -96,6 +101,9 @@ def run(args) -> None:
         raise AutopruneError(f"--final-share {cfg.final_share} must be in (0, 1): the share of training at the final width")
     get_criterion(cfg.criterion)  # fail on a bad name before loading data
     allocator = get_allocator(cfg.allocator)
+    trajectory = cfg.trajectory or default_trajectory(cfg.allocator)
+    if trajectory not in TRAJECTORIES:
+        raise AutopruneError(f"unknown --trajectory '{trajectory}': use {' or '.join(TRAJECTORIES)}")
     if cfg.schedule not in list_schedules():
         raise AutopruneError(f"unknown pruning schedule '{cfg.schedule}': use one of {', '.join(list_schedules())}")
     recipe = TrainRecipe(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
@@ -113,7 +121,8 @@ def run(args) -> None:
     save_config(cfg, out / "config.yaml")
     result = progressive_train(ws.model, ws.data, recipe, schedule, allocator, base_name=cfg.model,
                                criterion=cfg.criterion, min_keep=cfg.min_keep, round_to=cfg.round_to,
-                               seed=cfg.seed, device=ws.device, precision=ws.precision, state_path=out / "state.pt",
+                               seed=cfg.seed, device=ws.device, precision=ws.precision, trajectory=trajectory,
+                               state_path=out / "state.pt",
                                resume=cfg.resume,
                                log_dir=out / "tb")
     original = result.original
@@ -127,7 +136,7 @@ def run(args) -> None:
     summary = {"val_acc": saved_acc, "val_acc_training_bn": trained_acc, "macs": result.allocation.macs(original),
                "macs_ratio": result.allocation.macs(original) / original.dense_macs, "target": cfg.target,
                "train_macs": result.train_macs, "seconds": result.seconds, "precision": ws.precision.name,
-               "steps": result.steps,
+               "trajectory": trajectory, "steps": result.steps,
                "events": [asdict(e) for e in result.events], "history": result.history, "config": asdict(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_macs(planned, result.events, out / "macs_schedule.png")

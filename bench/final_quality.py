@@ -1,0 +1,222 @@
+"""Final quality (issue 13): does the learned budget win after real fine-tuning, and does the
+adaptive-BN proxy predict the fine-tuned ranking?
+
+Protocol (also written at the top of ``final-quality.md``):
+- Dense models: ResNet-20 and ResNet-56, the shared checkpoints adapted to the JPEG copy for one
+  epoch (``bench/base_models.py``; dense test accuracy in ``bench/results/base-models.json``).
+- Held-out: 2,000 training images (seeded) score candidates (adaptive BN: BN recalibrated on 1,024
+  other training images); training uses the rest of the training split (48,000 images).
+- Targets: 50% and 30% of conv+linear MACs. Criterion: L1.
+- Arms: ``searched`` (best allocation of a 200-episode DDPG search, 50 warm-up, seeded),
+  ``random`` (best of 200 random feasible allocations, seeded), ``uniform``, ``layer-stats``,
+  ``sensitivity`` (deterministic: computed once, reused for every seed).
+- Recipes: ``lr-rewind`` (SGD, cosine from 0.01, BN recalibrated first) for 8 epochs (ResNet-20)
+  or 4 (ResNet-56); ``scratch-B`` (fresh weights, cosine from 0.1, epochs x dense/pruned MACs so the
+  training compute matches) for ``searched`` and ``uniform``. bf16 autocast + channels-last where
+  the CPU supports it (``--precision``); test accuracy always scored in fp32 on the 10,000 test images.
+- Seeds 0, 1, 2 (ResNet-20) and 0, 1 (ResNet-56): a seed fixes the search and the data order.
+
+Rows go to ``bench/results/final-quality.json`` as they finish (resumable row by row: rerun the
+same command); allocations and search runs are kept under ``bench/results/final-quality/``.
+
+    nohup python -m bench.final_quality --models resnet20 &      # ResNet-20 table (~5 h here)
+    python -m bench.final_quality --report                       # rewrite final-quality.md only
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from autoprune.agents import get_allocator
+from autoprune.allocation import Allocation
+from autoprune.commands.common import open_workspace
+from autoprune.comparison import reinitialise
+from autoprune.evaluator import accuracy, recalibrate_bn
+from autoprune.problem import PruningProblem
+from autoprune.training import TrainRecipe, train
+
+from .base_models import DATA, finetuned_checkpoint
+from .common import RESULTS, machine
+
+OUT = RESULTS / "final-quality.json"
+WORK = RESULTS / "final-quality"
+ARMS = ("searched", "random", "uniform", "layer-stats", "sensitivity")
+SCRATCH_ARMS = ("searched", "uniform")
+SEEDED = {"searched", "random"}
+TARGETS = (0.5, 0.3)
+EPOCHS = {"resnet20": 8.0, "resnet56": 4.0}
+SEEDS = {"resnet20": (0, 1, 2), "resnet56": (0, 1)}
+VAL_SIZE, CALIB_SIZE, EPISODES, WARMUP = 2000, 1024, 200, 50
+
+
+def planned_rows(models: list[str]) -> list[tuple[str, str, int, float, str]]:
+    """(model, recipe, seed, target, arm) in run order: every arm of a seed before the next seed,
+    every lr-rewind row of a model before its (long) scratch-B rows."""
+    rows = []
+    for model in models:
+        for recipe, arms in (("lr-rewind", ARMS), ("scratch-B", SCRATCH_ARMS)):
+            for seed in SEEDS[model]:
+                for target in TARGETS:
+                    rows += [(model, recipe, seed, target, arm) for arm in arms]
+    return rows
+
+
+def _key(model: str, recipe: str, seed: int, target: float, arm: str) -> str:
+    return f"{model}|{recipe}|{seed}|{target:g}|{arm}"
+
+
+def load() -> dict:
+    if OUT.exists():
+        return json.loads(OUT.read_text())
+    return {"command": "python -m bench.final_quality", "machine": machine(), "rows": []}
+
+
+def save(record: dict) -> None:
+    tmp = OUT.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(OUT)
+
+
+class ModelBench:
+    """One model's data, structure and evaluator, built once; allocations cached on disk."""
+
+    def __init__(self, model: str, precision: str):
+        self.model = model
+        self.ws = open_workspace(model, str(finetuned_checkpoint(model)), DATA, val_size=VAL_SIZE,
+                                 calib_size=CALIB_SIZE, precision=precision)
+        self.structure = self.ws.structure()
+        self.calib = self.ws.data.calibration_batches(128)
+        self.evaluator = self.ws.evaluator()
+        self.test = self.ws.data.tensors("test")
+
+    def problem(self, target: float) -> PruningProblem:
+        return PruningProblem(self.structure, target, evaluator=self.evaluator, calib_batches=self.calib)
+
+    def allocation(self, target: float, arm: str, seed: int) -> tuple[Allocation, float, float]:
+        """(allocation, adaptive-BN score, seconds to find it), computed once and kept in WORK."""
+        seed = seed if arm in SEEDED else 0
+        path = WORK / "allocations" / f"{self.model}_t{target:g}_{arm}_s{seed}.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            return Allocation.from_dict(saved, self.structure), saved["proxy_acc"], saved["alloc_seconds"]
+        problem = self.problem(target)
+        t0 = time.perf_counter()
+        if arm == "searched":
+            search = get_allocator("ddpg", episodes=EPISODES, warmup_episodes=WARMUP, seed=seed)
+            run_dir = WORK / "searches" / f"{self.model}_t{target:g}_s{seed}"
+            resume = (run_dir / "checkpoints").exists()
+            alloc = search.search(problem, run_dir, resume=resume).allocation
+        elif arm == "random":
+            alloc = get_allocator("random", samples=EPISODES, seed=seed).allocate(problem)
+        else:
+            alloc = get_allocator(arm).allocate(problem)
+        seconds = time.perf_counter() - t0
+        proxy = problem.score(alloc)
+        alloc.save(path, self.structure, proxy_acc=proxy, alloc_seconds=seconds, arm=arm, seed=seed, target=target)
+        return alloc, proxy, seconds
+
+    def run(self, recipe_name: str, seed: int, target: float, arm: str, epochs: float) -> dict:
+        alloc, proxy, alloc_seconds = self.allocation(target, arm, seed)
+        problem = self.problem(target)
+        counts = alloc.counts(self.structure)
+        macs = self.structure.macs(counts)
+        ratio = macs / self.structure.dense_macs
+        net = problem.pruned_model(alloc)
+        if recipe_name == "scratch-B":
+            reinitialise(net, seed)
+            recipe = TrainRecipe(epochs=epochs / ratio, lr=0.1, schedule="cosine")
+        else:
+            recalibrate_bn(net, self.calib)
+            recipe = TrainRecipe(epochs=epochs, lr=0.01, schedule="cosine")
+        t0 = time.perf_counter()
+        result = train(net, self.ws.data, recipe, seed=seed, macs_per_image=macs, progress=False,
+                       precision=self.ws.precision)
+        return {"model": self.model, "target": target, "arm": arm, "recipe": recipe_name, "seed": seed,
+                "epochs": recipe.epochs, "proxy_acc": None if recipe_name == "scratch-B" else proxy,
+                "test_acc": accuracy(net, *self.test), "val_acc": accuracy(net, *self.ws.data.tensors("val")),
+                "macs": macs, "macs_ratio": ratio, "train_gmacs": result.train_macs / 1e9,
+                "seconds": time.perf_counter() - t0, "alloc_seconds": alloc_seconds,
+                "precision": self.ws.precision.name, "train_images": len(self.ws.data.train)}
+
+
+# -- the report ------------------------------------------------------------------------------
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def report(record: dict, models: list[str]) -> str:
+    base = json.loads((RESULTS / "base-models.json").read_text())["models"]
+    done = {_key(r["model"], r["recipe"], r["seed"], r["target"], r["arm"]) for r in record["rows"]}
+    lines = ["# Final quality: accuracy after fine-tuning, by allocation method", "",
+             __doc__.split("Protocol (also written at the top of ``final-quality.md``):\n")[1].split("\nRows go")[0],
+             "", f"Command: `{record['command']}`. Raw rows: `final-quality.json`.", ""]
+    for model in models:
+        dense = base[model]["test_acc"]
+        lines += [f"## {model} (dense test accuracy {100 * dense:.2f}%)", ""]
+        for target in TARGETS:
+            for recipe in ("lr-rewind", "scratch-B"):
+                rows = [r for r in record["rows"] if r["model"] == model and r["target"] == target
+                        and r["recipe"] == recipe]
+                if not rows:
+                    continue
+                arms = sorted({r["arm"] for r in rows},
+                              key=lambda a: -statistics.mean(r["test_acc"] for r in rows if r["arm"] == a))
+                lines += [f"### {100 * target:g}% of MACs, {recipe}", "",
+                          "| rank | arm | test acc % (mean ± std) | drop (points) | adaptive-BN % | seeds | "
+                          "epochs | MACs kept % | train GMACs | s per run |", "|---|---|---|---|---|---|---|---|---|---|"]
+                for rank, arm in enumerate(arms, 1):
+                    sel = [r for r in rows if r["arm"] == arm]
+                    m, s = _mean_std([100 * r["test_acc"] for r in sel])
+                    proxy = [100 * r["proxy_acc"] for r in sel if r["proxy_acc"] is not None]
+                    proxy_text = f"{statistics.mean(proxy):.2f}" if proxy else "-"
+                    lines.append(f"| {rank} | {arm} | {m:.2f} ± {s:.2f} | {100 * dense - m:.2f} | {proxy_text} | "
+                                 f"{','.join(str(r['seed']) for r in sel)} | {sel[0]['epochs']:.3g} | "
+                                 f"{100 * sel[0]['macs_ratio']:.1f} | {statistics.mean(r['train_gmacs'] for r in sel):,.0f} | "
+                                 f"{statistics.mean(r['seconds'] for r in sel):.0f} |")
+                lines.append("")
+    missing = [k for k in (_key(*p) for p in planned_rows(models)) if k not in done]
+    lines += ["## Rows still missing", ""]
+    lines += ([f"{len(missing)} of {len(planned_rows(models))} planned rows (model|recipe|seed|target|arm): "
+               + ", ".join(missing)] if missing else ["None: the protocol is complete for " + ", ".join(models) + "."])
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"], choices=sorted(EPOCHS))
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--report", action="store_true", help="only rewrite final-quality.md from the JSON")
+    p.add_argument("--max-rows", type=int, default=None, help="stop after this many new rows")
+    args = p.parse_args(argv)
+    record = load()
+    record["command"] = "python -m bench.final_quality " + shlex.join(argv if argv is not None else sys.argv[1:])
+    report_models = ["resnet20", "resnet56"]
+    if not args.report:
+        done = {_key(r["model"], r["recipe"], r["seed"], r["target"], r["arm"]) for r in record["rows"]}
+        benches: dict[str, ModelBench] = {}
+        new = 0
+        for model, recipe, seed, target, arm in planned_rows(args.models):
+            if _key(model, recipe, seed, target, arm) in done:
+                continue
+            if args.max_rows is not None and new >= args.max_rows:
+                break
+            bench = benches.get(model) or benches.setdefault(model, ModelBench(model, args.precision))
+            row = bench.run(recipe, seed, target, arm, EPOCHS[model])
+            record["rows"].append(row)
+            save(record)
+            new += 1
+            (RESULTS / "final-quality.md").write_text(report(record, report_models))
+            print(f"{model} {recipe} seed {seed} @{target:g} {arm}: test {100 * row['test_acc']:.2f}% "
+                  f"(adaptive-BN {100 * (row['proxy_acc'] or 0):.2f}%) in {row['seconds']:.0f} s", flush=True)
+    (RESULTS / "final-quality.md").write_text(report(record, report_models))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
