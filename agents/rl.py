@@ -298,7 +298,7 @@ class RLSearch:
         noise = self.model.action_noise
         state = {"episode": episode, "rng": _rng_state(), "noise": noise.state() if noise is not None else None,
                  "action_space": self.model.action_space.np_random.bit_generator.state,
-                 "best": log.best.to_state(), "cache": dict(problem._cache), "elapsed": elapsed,
+                 "best": log.best.to_state(), "cache": problem.cache_state(), "elapsed": elapsed,
                  "eval_elapsed": eval_total,
                  "best_policy": self.best_policy}
         with (d / "state.pkl").open("wb") as f:
@@ -362,7 +362,7 @@ class RLSearch:
             self.model = self._build(env)
             self.model.set_logger(configure(None, []))
         else:
-            problem._cache.update(state["cache"])
+            problem.restore_cache(state["cache"])
         self.model.credit = c.credit
         self.best_policy = (state or {}).get("best_policy") or {"score": -float("inf"), "episode": -1, "zip": None}
         log = EpisodeLog(run_dir, problem.structure, start_episode=start)

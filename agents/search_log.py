@@ -18,7 +18,8 @@ import numpy as np
 from autoprune.allocation import Allocation
 from autoprune.structure import ModelStructure
 
-BASE_COLUMNS = ["episode", "reward", "accuracy", "macs", "params", "cost_ratio", "noise", "seconds", "eval_seconds"]
+BASE_COLUMNS = ["episode", "reward", "accuracy", "images", "partial", "macs", "params", "cost_ratio", "noise",
+                "seconds", "eval_seconds"]
 
 
 @dataclass
@@ -86,7 +87,10 @@ class EpisodeLog:
         alloc: Allocation = info["allocation"]
         ratios = alloc.ratios(self.structure)
         acc = info.get("accuracy")
+        scored = info.get("score")  # evaluator.Score: held-out images scored, stopped early or not
         row = {"episode": episode, "reward": f"{reward:.6f}", "accuracy": "" if acc is None else f"{acc:.6f}",
+               "images": "" if scored is None else scored.images,
+               "partial": "" if scored is None else int(scored.partial),
                "macs": info["macs"], "params": info["params"], "cost_ratio": f"{info['cost_ratio']:.6f}",
                "noise": "" if noise is None else f"{noise:.6f}", "seconds": f"{seconds:.3f}",
                "eval_seconds": f"{eval_seconds:.3f}"}

@@ -1,6 +1,7 @@
 """Accuracy and the EagleEye adaptive-BN evaluator (the inner loop of every search)."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -59,16 +60,41 @@ class EvalTiming:
     history: list[tuple[float, float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Score:
+    """An adaptive-BN score: accuracy on ``images`` held-out images; ``partial`` when stopped early."""
+
+    accuracy: float
+    images: int
+    partial: bool = False
+
+
+def accuracy_upper_bound(correct: int, seen: int, total: int, delta: float) -> float:
+    """With probability >= 1 - ``delta``, the accuracy over all ``total`` images is below this, given
+    ``correct`` of the first ``seen`` (a uniformly random subset: the held-out split is shuffled).
+    Hoeffding's bound on the unseen part's mean (it also holds when sampling without replacement)."""
+    unseen = total - seen
+    mean_bound = min(1.0, correct / seen + math.sqrt(math.log(1.0 / delta) / (2 * seen)))
+    return (correct + unseen * mean_bound) / total
+
+
 class AdaptiveBNEvaluator:
     """EagleEye's score: recalibrate BN on calibration batches, then top-1 on the held-out split.
 
     Tensors are normalised once and kept on the device, so a call costs only its forward passes.
     The model passed in is modified (its BN statistics); pass a pruned copy. ``precision`` (default
     ``auto``: bf16 where the hardware runs it natively) applies to both calibration and scoring.
+
+    Multi-fidelity: ``score(model, must_beat=x)`` scores the held-out split in chunks of
+    ``eval_batch_size`` and stops once, with confidence ``confidence`` (Bonferroni over the
+    chunks), the full accuracy cannot reach ``x``; the estimate so far is returned flagged partial.
     """
 
     def __init__(self, calib_batches: Sequence[torch.Tensor], val_x: torch.Tensor, val_y: torch.Tensor,
-                 eval_batch_size: int = 256, precision: str | Precision = "auto"):
+                 eval_batch_size: int = 256, precision: str | Precision = "auto", confidence: float = 0.99):
+        if not 0.5 <= confidence < 1.0:
+            raise ValueError(f"confidence {confidence} must be in [0.5, 1)")
+        self.confidence = confidence
         self.precision = resolve_precision(precision, val_x.device)
         fmt = self.memory_format = self.precision.memory_format
         self.calib_batches = [b.contiguous(memory_format=fmt) for b in calib_batches]
@@ -77,14 +103,34 @@ class AdaptiveBNEvaluator:
         self.timing = EvalTiming()
 
     def __call__(self, model: nn.Module) -> float:
+        return self.score(model).accuracy
+
+    def score(self, model: nn.Module, must_beat: float | None = None) -> Score:
+        """Recalibrate, then score; with ``must_beat``, stop early once the model surely cannot reach it."""
         t0 = time.perf_counter()
         model.to(memory_format=self.memory_format)
         recalibrate_bn(model, self.calib_batches, self.precision)
         t1 = time.perf_counter()
-        acc = accuracy(model, self.val_x, self.val_y, self.eval_batch_size, self.precision)
+        result = self._held_out(model, must_beat)
         t2 = time.perf_counter()
         self.timing.calibrate += t1 - t0
         self.timing.evaluate += t2 - t1
         self.timing.calls += 1
         self.timing.history.append((t1 - t0, t2 - t1))
-        return acc
+        return result
+
+    @torch.inference_mode()
+    def _held_out(self, model: nn.Module, must_beat: float | None) -> Score:
+        model.eval()
+        total = len(self.val_y)
+        chunks = max(1, math.ceil(total / self.eval_batch_size))
+        delta = (1.0 - self.confidence) / chunks
+        correct = seen = 0
+        with self.precision.autocast():
+            for xb, yb in zip(self.val_x.split(self.eval_batch_size), self.val_y.split(self.eval_batch_size)):
+                correct += int((model(xb).argmax(1) == yb).sum())
+                seen += len(yb)
+                if (must_beat is not None and seen < total
+                        and accuracy_upper_bound(correct, seen, total, delta) < must_beat):
+                    return Score(correct / seen, seen, partial=True)
+        return Score(correct / max(1, total), total)

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from .allocation import Allocation
 from .errors import AutopruneError
+from .evaluator import Score
 from .pruning import prune
 from .structure import ModelStructure
 
@@ -21,6 +22,10 @@ class PruningProblem:
     ``evaluator`` scores a pruned copy (adaptive-BN accuracy on the held-out split); ``score``
     prunes with ``criterion`` and caches by allocation, so no allocation is evaluated twice.
     Keep ratios per group are bounded to [``min_keep``, ``max_keep``].
+
+    ``early_stop`` (searches only): a candidate is scored against the best full score so far and
+    stopped once it surely cannot beat it (``AdaptiveBNEvaluator.score``); its partial estimate is
+    returned and flagged in ``last_score``, and never becomes the best (it is below it by design).
     """
 
     structure: ModelStructure
@@ -33,7 +38,10 @@ class PruningProblem:
     max_keep: float = 1.0
     round_to: int = 1
     seed: int = 0
-    _cache: dict[tuple[int, ...], float] = field(default_factory=dict, repr=False)
+    early_stop: bool = False
+    _cache: dict[tuple[int, ...], Score] = field(default_factory=dict, repr=False)
+    best_full: float = field(default=-float("inf"), repr=False)
+    last_score: Score | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.metric not in ("macs", "params"):
@@ -77,14 +85,36 @@ class PruningProblem:
     def pruned_model(self, allocation: Allocation) -> nn.Module:
         return prune(self.structure, allocation, self.criterion, self.calib_batches)
 
+    def cache_state(self) -> dict[tuple[int, ...], Score]:
+        """The scores so far (kept in search checkpoints so a resumed search re-scores nothing)."""
+        return dict(self._cache)
+
+    def restore_cache(self, entries: dict[tuple[int, ...], Score | float]) -> None:
+        """Reload ``cache_state()`` output (plain floats from older checkpoints are full scores)."""
+        for key, value in entries.items():
+            score = value if isinstance(value, Score) else Score(float(value), 0)
+            self._cache[key] = score
+            if not score.partial:
+                self.best_full = max(self.best_full, score.accuracy)
+
     def score(self, allocation: Allocation) -> float:
-        """Adaptive-BN accuracy of ``allocation`` (cached)."""
+        """Adaptive-BN accuracy of ``allocation`` (cached); see ``last_score`` for how many images."""
         if self.evaluator is None:
             raise AutopruneError("this problem has no evaluator: pass held-out data")
         key = tuple(int(k) for k in allocation.counts(self.structure))
-        if key not in self._cache:
-            self._cache[key] = float(self.evaluator(self.pruned_model(allocation)))
-        return self._cache[key]
+        cached = self._cache.get(key)
+        if cached is None or (cached.partial and not self.early_stop):
+            model = self.pruned_model(allocation)
+            if hasattr(self.evaluator, "score"):
+                stop = self.early_stop and self.best_full > -float("inf")
+                cached = self.evaluator.score(model, self.best_full if stop else None)
+            else:  # any callable scorer: full scores, image count unknown
+                cached = Score(float(self.evaluator(model)), 0)
+            self._cache[key] = cached
+        if not cached.partial:
+            self.best_full = max(self.best_full, cached.accuracy)
+        self.last_score = cached
+        return cached.accuracy
 
 
 def fill_to_budget(problem: PruningProblem, counts: np.ndarray, order: Sequence[int] | None = None) -> np.ndarray:

@@ -201,7 +201,7 @@ class ChannelPruningEnv(gym.Env):
         s = self.problem.structure
         info.update(allocation=allocation, counts=self.counts.copy(), macs=s.macs(self.counts),
                     params=s.params(self.counts), cost_ratio=self.problem.cost(self.counts) / self.problem.dense_cost,
-                    accuracy=acc)
+                    accuracy=acc, score=self.problem.last_score if self.evaluate else None)
         return self._observation(), reward, True, False, info
 
     def _reward(self, allocation: Allocation) -> tuple[float, float | None]:

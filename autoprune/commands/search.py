@@ -47,6 +47,7 @@ class SearchConfig:
     hidden: list[int] = field(default_factory=lambda: [300, 300])
     updates_per_step: float = 1.0
     credit: str = "episode"
+    early_stop: bool = False
     eval_every: int = 5
     reward: str = "accuracy"
     action: str = "relative"
@@ -80,6 +81,8 @@ _HELP = {
     "action": "absolute (keep ratio within the bounds, AMC) | relative (x0.5-x2 on the ratio that spreads the "
               "remaining budget evenly: transfers across targets)",
     "val_size": "held-out training images scoring each episode",
+    "early_stop": "multi-fidelity scoring: stop scoring a candidate once it surely (99%) cannot beat the best so far; "
+                  "its partial estimate is flagged in episodes.csv (images, partial) and never reported as a full score",
     "calib_size": "training images recalibrating BatchNorm for each episode",
     "resume": "continue the interrupted run in --output",
 }
@@ -148,7 +151,7 @@ def run(args) -> None:
     calib = ws.data.calibration_batches(cfg.calib_batch_size, ws.device)
     evaluator = ws.evaluator(cfg.calib_batch_size)
     problem = PruningProblem(structure, target, metric, evaluator, cfg.criterion, calib, cfg.min_keep, cfg.max_keep,
-                             cfg.round_to, cfg.seed)
+                             cfg.round_to, cfg.seed, early_stop=cfg.early_stop)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
 
@@ -165,6 +168,7 @@ def run(args) -> None:
         if result.policy_episode >= 0:
             policy = {"noise_free_reward": result.policy_score, "episode": result.policy_episode}
 
+    problem.early_stop = False  # every figure reported from here on is a full score
     uniform = UniformAllocator().allocate(problem)
     uniform_acc = problem.score(uniform)
     best_acc = problem.score(best_alloc) if best_acc is None else best_acc
@@ -233,7 +237,8 @@ def _random_search(cfg: SearchConfig, problem, out: Path):
         counts = alloc.counts(problem.structure)
         now, ev = time.perf_counter(), timing.calibrate + timing.evaluate
         info = {"allocation": alloc, "macs": problem.structure.macs(counts), "params": problem.structure.params(counts),
-                "cost_ratio": problem.cost(counts) / problem.dense_cost, "accuracy": score}
+                "cost_ratio": problem.cost(counts) / problem.dense_cost, "accuracy": score,
+                "score": problem.last_score}
         log.record(i, score, info, seconds=now - clock["t"], eval_seconds=ev - clock["e"])
         clock.update(t=now, e=ev)
         bar.update(1)

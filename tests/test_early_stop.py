@@ -1,0 +1,67 @@
+"""Multi-fidelity scoring: a candidate that surely cannot beat the best stops early, and an early-stopped
+estimate is flagged and never reported as a full score (issue 12, point 4)."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from autoprune.agents.random_search import random_feasible_counts
+from autoprune.allocation import Allocation
+from autoprune.cli import main
+from autoprune.evaluator import AdaptiveBNEvaluator, accuracy_upper_bound
+from autoprune.models import create_model
+from autoprune.problem import PruningProblem
+
+
+def test_upper_bound_is_sound_and_tightens():
+    assert accuracy_upper_bound(50, 100, 100, 0.01) == pytest.approx(0.5)  # everything seen: exact
+    loose, tight = accuracy_upper_bound(5, 10, 1000, 0.01), accuracy_upper_bound(250, 500, 1000, 0.01)
+    assert 0.5 < tight < loose <= 1.0
+    rng = np.random.default_rng(0)  # empirical coverage: a 0.6-accurate model, 2,000 images
+    truth = rng.random(2000) < 0.6
+    misses = sum(accuracy_upper_bound(int(s[:256].sum()), 256, 2000, 0.01) < s.mean()
+                 for s in (rng.permutation(truth) for _ in range(500)))
+    assert misses <= 10
+
+
+def test_evaluator_stops_a_hopeless_candidate_and_flags_it(synthetic_bundle):
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10)
+    x, y = synthetic_bundle.tensors("val")
+    ev = AdaptiveBNEvaluator(synthetic_bundle.calibration_batches(64), x, y, eval_batch_size=32, precision="fp32")
+    full = ev.score(model)
+    assert not full.partial and full.images == len(y)
+    stopped = ev.score(model, must_beat=0.99)  # an untrained net cannot reach 99%
+    assert stopped.partial and stopped.images < len(y) and stopped.accuracy < 0.99
+    assert not ev.score(model, must_beat=0.0).partial  # anything beats 0: no reason to stop
+
+
+def test_problem_rescores_partial_entries_before_reporting(resnet20_structure, synthetic_bundle):
+    x, y = synthetic_bundle.tensors("val")
+    ev = AdaptiveBNEvaluator(synthetic_bundle.calibration_batches(64), x, y, eval_batch_size=32, precision="fp32")
+    problem = PruningProblem(resnet20_structure, 0.5, evaluator=ev, early_stop=True)
+    problem.best_full = 0.99  # pretend an excellent candidate was already found
+    alloc = Allocation.from_counts(resnet20_structure, random_feasible_counts(problem, np.random.default_rng(0)))
+    estimate = problem.score(alloc)
+    assert problem.last_score.partial
+    problem.early_stop = False
+    assert problem.score(alloc) == problem.last_score.accuracy and not problem.last_score.partial
+    assert problem.last_score.images == len(y) and estimate < 0.99
+
+
+def test_search_with_early_stop_logs_partial_rows_and_reports_full_scores(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["search", "--model", "resnet20", "--data", "synthetic", "--val-size", "300", "--calib-size", "64",
+                 "--macs", "0.5", "--agent", "random", "--episodes", "8", "--output", str(run), "--no-progress",
+                 "--early-stop", "--precision", "fp32"])
+    assert code == 0, capsys.readouterr().err
+    rows = list(csv.DictReader((run / "episodes.csv").open()))
+    assert {"images", "partial"} <= set(rows[0])
+    assert any(r["partial"] == "1" for r in rows)  # the switch engages on this run
+    assert rows[0]["partial"] == "0" and rows[0]["images"] == "300"  # nothing to beat yet
+    summary = json.loads((run / "summary.json").read_text())
+    best_rows = [r for r in rows if float(r["accuracy"]) == pytest.approx(summary["best"]["adaptive_bn_accuracy"], abs=1e-5)]
+    assert best_rows and all(r["partial"] == "0" for r in best_rows)
+    assert all(float(r["accuracy"]) < summary["best"]["adaptive_bn_accuracy"] for r in rows if r["partial"] == "1")
