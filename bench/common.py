@@ -79,14 +79,19 @@ class Report:
             print(f"  {f['name']:<40} {f['median']:>12.4g} {f['unit']:<10}{spread} {extra}")
 
 
-def bare_forward_passes(model: torch.nn.Module, calib: list[torch.Tensor], val_x: torch.Tensor) -> None:
-    """What an adaptive-BN evaluation must compute at least: calibration forwards in train mode, then eval forwards."""
-    model.to(memory_format=torch.channels_last)
+def bare_forward_passes(model: torch.nn.Module, calib: list[torch.Tensor], val_x: torch.Tensor,
+                        precision: str = "fp32") -> None:
+    """What an adaptive-BN evaluation must compute at least: calibration forwards in train mode, then eval
+    forwards, in ``precision``."""
+    from autoprune.precision import resolve_precision
+
+    prec = resolve_precision(precision, val_x.device)
+    model.to(memory_format=prec.memory_format)
     model.train()
-    with torch.no_grad():
+    with torch.no_grad(), prec.autocast():
         for b in calib:
             model(b)
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), prec.autocast():
         for b in val_x.split(256):
             model(b)

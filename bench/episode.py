@@ -1,4 +1,5 @@
-"""``episode`` suite: where one RL search episode on ResNet-56 at 50% MACs spends its time.
+"""``episode`` suite: where one RL search episode on ResNet-56 at 50% MACs spends its time, in fp32
+and in the default precision (``auto``: bf16 on a CPU with native bf16), side by side.
 
 Parts: prune (copy + physical channel removal), BN recalibration and evaluation (the evaluator's
 forward passes plus their bookkeeping), agent update (SB3 gradient steps), other (env steps,
@@ -23,19 +24,30 @@ from .common import Report, bare_forward_passes, timed
 
 
 def run_episode_suite(quick: bool) -> Report:
-    from autoprune.agents import rl
     from autoprune.data import make_bundle
 
     from .base_models import DATA
 
     rep = Report("episode", quick)
     bundle = make_bundle(DATA, IMAGENET_MEAN, IMAGENET_STD)
+    for precision in ("fp32", "auto"):
+        _episodes(rep, bundle, precision, quick)
+    for name in ("episode_seconds", "floor/bare_forward_passes"):
+        fp32, auto = (next(f for f in rep.figures if f["name"] == f"{p}/{name}") for p in ("fp32", "auto"))
+        rep.add(f"speedup_auto_vs_fp32/{name}", fp32["median"] / auto["median"], "x", auto=auto["precision"])
+    return rep
+
+
+def _episodes(rep: Report, bundle, precision: str, quick: bool) -> None:
+    from autoprune.agents import rl
+
     torch.manual_seed(0)
     model = create_model("resnet56", 10).eval()  # timing does not depend on the weights
     vx, vy = bundle.tensors("val")
     calib = bundle.calibration_batches(128)
     structure = ModelStructure(model, vx[:1])
-    evaluator = AdaptiveBNEvaluator(calib, vx, vy)
+    evaluator = AdaptiveBNEvaluator(calib, vx, vy, precision=precision)
+    p, resolved = f"{precision}/", evaluator.precision.name
     problem = PruningProblem(structure, 0.5, evaluator=evaluator)
 
     prune_times: list[float] = []
@@ -85,21 +97,23 @@ def run_episode_suite(quick: bool) -> Report:
     floors = []
     for row in per_episode:  # pruning stays outside the timed region: the floor is forward passes only
         pruned = original_pruned_model(row["allocation"])
-        floors.append(timed(lambda: bare_forward_passes(pruned, calib, vx), 1, warmup=0)[0])
+        floors.append(timed(lambda: bare_forward_passes(pruned, calib, vx, precision), 1, warmup=0)[0])
     learn = [r for r in per_episode if r["learning"]]
-    rep.add("episode_seconds", seconds, "s", episodes=len(seconds), warmup=warmup)
+    rep.add(p + "episode_seconds", seconds, "s", episodes=len(seconds), warmup=warmup, precision=resolved)
     for part in ("prune", "calibrate", "evaluate", "update"):
-        rep.add(f"part/{part}", [r[part] for r in learn], "s")
+        rep.add(f"{p}part/{part}", [r[part] for r in learn], "s")
     other = [s - r["prune"] - r["calibrate"] - r["evaluate"] - r["update"]
              for s, r in zip(seconds[warmup:], learn)]
-    rep.add("part/other", other, "s")
-    rep.add("floor/bare_forward_passes", floors[warmup:], "s", calib_images=len(bundle.calib), val_images=len(vy))
-    rep.add("overhead_share_of_episode", [1 - f / s for f, s in zip(floors[warmup:], seconds[warmup:])], "fraction")
-    rep.add("episodes_per_minute", 60 * len(seconds) / total, "1/min")
-    rep.notes["per_episode"] = [{k: v for k, v in r.items() if k != "allocation"} for r in per_episode]
-    rep.notes["how_to_read"] = ("parts are per learning episode (after warm-up); floor = the same pruned models' "
-                                "calibration + evaluation forward passes alone; overhead share = 1 - floor / episode.")
-    return rep
+    rep.add(p + "part/other", other, "s")
+    rep.add(p + "floor/bare_forward_passes", floors[warmup:], "s", calib_images=len(bundle.calib),
+            val_images=len(vy), precision=resolved)
+    rep.add(p + "overhead_share_of_episode", [1 - f / s for f, s in zip(floors[warmup:], seconds[warmup:])],
+            "fraction")
+    rep.add(p + "episodes_per_minute", 60 * len(seconds) / total, "1/min")
+    rep.notes[p + "per_episode"] = [{k: v for k, v in r.items() if k != "allocation"} for r in per_episode]
+    rep.notes["how_to_read"] = ("fp32/ and auto/ (the default precision) prefixes; parts are per learning episode "
+                                "(after warm-up); floor = the same pruned models' calibration + evaluation forward "
+                                "passes alone, in that precision; overhead share = 1 - floor / episode.")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ bench/compare.py, bench/progressive.py) in their quick or full form.
 from __future__ import annotations
 
 import argparse
+import copy
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ import torch.nn as nn
 
 from autoprune.allocation import Allocation
 from autoprune.models import IMAGENET_MEAN, IMAGENET_STD, create_model
+from autoprune.precision import resolve_precision
 from autoprune.problem import PruningProblem
 from autoprune.pruning import prune
 from autoprune.structure import ModelStructure, measure_cost
@@ -92,12 +94,18 @@ def latency(quick: bool) -> Report:
                 batch = 16
             x = torch.randn(batch, 3, size, size)
 
-            def run(m: nn.Module) -> list[float]:
-                with torch.inference_mode():
-                    return timed(lambda: m(x), repeats, warmup=2)
+            def run(m: nn.Module, precision: str = "fp32") -> list[float]:
+                prec = resolve_precision(precision, "cpu")
+                m = copy.deepcopy(m).to(memory_format=prec.memory_format) if precision != "fp32" else m
+                xp = x.contiguous(memory_format=prec.memory_format) if precision != "fp32" else x
+                with torch.inference_mode(), prec.autocast():
+                    return timed(lambda: m(xp), repeats, warmup=2)
 
             dense = run(model)
             rep.add(f"{name}/b{batch}/dense", dense, "s", macs=s.dense_macs)
+            fast = run(model, "auto")  # the default precision, side by side
+            rep.add(f"{name}/b{batch}/dense-auto", fast, "s", precision=resolve_precision("auto", "cpu").name,
+                    speedup_vs_fp32=round(float(np.median(dense) / np.median(fast)), 3))
             for target in (0.7, 0.5, 0.3):
                 alloc = _uniform_at(s, target)
                 pruned = prune(s, alloc).eval()
@@ -106,13 +114,19 @@ def latency(quick: bool) -> Report:
                 speedup = float(np.median(dense) / np.median(t))
                 rep.add(f"{name}/b{batch}/pruned{int(target * 100)}", t, "s", macs_ratio=round(mac_ratio, 4),
                         speedup=round(speedup, 3), speedup_per_mac_reduction=round(speedup * mac_ratio, 3))
+                ta = run(pruned, "auto")
+                rep.add(f"{name}/b{batch}/pruned{int(target * 100)}-auto", ta, "s",
+                        speedup=round(float(np.median(fast) / np.median(ta)), 3),
+                        speedup_vs_fp32_pruned=round(float(np.median(t) / np.median(ta)), 3))
                 if target == 0.5:
                     tm = run(_masked_copy(model, s, alloc))
                     rep.add(f"{name}/b{batch}/masked50", tm, "s",
                             speedup=round(float(np.median(dense) / np.median(tm)), 3))
     rep.notes["how_to_read"] = ("speedup = dense/pruned median latency; speedup_per_mac_reduction = speedup x "
                                 "(pruned MACs / dense MACs), 1.0 means latency falls exactly as MACs do. "
-                                "masked50 = torch.nn.utils.prune masks at the 50% channel counts (no speed-up expected).")
+                                "masked50 = torch.nn.utils.prune masks at the 50% channel counts (no speed-up expected). "
+                                "-auto rows: the default precision (bf16 autocast + channels-last where native), "
+                                "speedup there is dense-auto/pruned-auto.")
     return rep
 
 
@@ -133,17 +147,21 @@ def evaluator(quick: bool) -> Report:
     calib = bundle.calibration_batches(128)
     s = ModelStructure(model, vx[:1])
     alloc = _uniform_at(s, 0.5)
-    ev = AdaptiveBNEvaluator(calib, vx, vy)
     prune(s, alloc)  # warm the importance cache
     repeats = 2 if quick else 5
-    candidate = timed(lambda: ev(prune(s, alloc)), repeats)
     pruned = prune(s, alloc)
-    cx = [b.contiguous(memory_format=torch.channels_last) for b in calib]
-    vxc = vx.contiguous(memory_format=torch.channels_last)
-    floor = timed(lambda: bare_forward_passes(pruned, cx, vxc), repeats)
-    rep.add("resnet56_50pct/candidate_evaluation", candidate, "s", calib_images=len(bundle.calib), val_images=len(vy))
-    rep.add("resnet56_50pct/bare_forward_passes", floor, "s")
-    rep.add("resnet56_50pct/overhead_share", [1 - f / c for f, c in zip(floor, candidate)], "fraction")
+    for precision in ("fp32", "auto"):  # side by side: fp32 and the default precision
+        ev = AdaptiveBNEvaluator(calib, vx, vy, precision=precision)
+        candidate = timed(lambda: ev(prune(s, alloc)), repeats)
+        floor = timed(lambda: bare_forward_passes(pruned, ev.calib_batches, ev.val_x, precision), repeats)
+        p = f"{precision}/resnet56_50pct"
+        rep.add(f"{p}/candidate_evaluation", candidate, "s", calib_images=len(bundle.calib), val_images=len(vy),
+                precision=ev.precision.name)
+        rep.add(f"{p}/bare_forward_passes", floor, "s")
+        rep.add(f"{p}/overhead_share", [1 - f / c for f, c in zip(floor, candidate)], "fraction")
+    fp32, auto = (next(f for f in rep.figures if f["name"] == f"{p}/resnet56_50pct/candidate_evaluation")
+                  for p in ("fp32", "auto"))
+    rep.add("speedup_auto_vs_fp32/candidate_evaluation", fp32["median"] / auto["median"], "x")
     return rep
 
 
