@@ -13,6 +13,13 @@ With ``action="relative"`` the action instead scales the *even* keep ratio -- th
 to this group and every later one, spends exactly the remaining budget -- by 2**action (x0.5 to
 x2). Action 0 everywhere is then the uniform allocation at any target, so a policy learned at one
 budget means the same thing at another (absolute actions tie a policy to its training budget).
+At tight budgets its lower half is often clipped by ``min_keep`` or the wall: a flat region where
+different actions give the same width and the actor gets no gradient.
+
+With ``action="wall"`` the action is a log-ratio around the even keep count, squashed into the
+range the budget wall allows for this group: -1 is the wall's lower bound, 0 the even count, +1
+the upper bound (log-interpolated on each side). No action value is wasted outside what the wall
+allows, so distinct actions give distinct widths wherever the wall leaves a choice.
 
 The observation is scale-free (relative depth, log sizes, fractions of the model's cost), so a
 policy learned on one model can be rolled out on another. The reward is 0 until the last step,
@@ -38,7 +45,7 @@ FEATURES = (
     "target", "prev_keep",
 )
 REWARDS = ("accuracy", "error_log_cost", "relative")
-ACTIONS = ("absolute", "relative")
+ACTIONS = ("absolute", "relative", "wall")
 
 
 def _log_scaled(value: float, top: float) -> float:
@@ -56,8 +63,9 @@ class ChannelPruningEnv(gym.Env):
         evaluate: score the final allocation; without it (or without an evaluator) the reward
             is 0, which is enough to roll a policy out.
         reference: the ``relative`` reward's baseline accuracy.
-        action: ``absolute`` (keep ratio within the bounds, AMC) or ``relative`` (a factor on the
-            even keep ratio of the remaining budget).
+        action: ``absolute`` (keep ratio within the bounds, AMC), ``relative`` (a factor on the
+            even keep ratio of the remaining budget) or ``wall`` (around the even keep count,
+            within the budget wall's range for this group).
     """
 
     metadata = {"render_modes": []}
@@ -164,6 +172,21 @@ class ChannelPruningEnv(gym.Env):
         span = p.max_keep - p.min_keep
         return float(np.clip(2.0 * (ratio - p.min_keep) / span - 1.0, -1.0, 1.0)) if span > 0 else 0.0
 
+    @staticmethod
+    def wall_width(action: float, lower: float, centre: float, upper: float) -> float:
+        """``wall`` actions: -1 -> lower, 0 -> centre, +1 -> upper, log-interpolated on each side."""
+        end = upper if action >= 0 else lower
+        return centre * (end / centre) ** abs(action)
+
+    @staticmethod
+    def wall_action(width: float, lower: float, centre: float, upper: float) -> float:
+        """Inverse of ``wall_width``: the action that gives ``width`` (stored in the replay buffer)."""
+        end = upper if width >= centre else lower
+        if end == centre:
+            return 0.0
+        return float(np.clip(math.copysign(math.log(width / centre) / math.log(end / centre), width - centre),
+                             -1.0, 1.0))
+
     # -- gymnasium API -----------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -178,19 +201,26 @@ class ChannelPruningEnv(gym.Env):
         i, g = self.t, self.problem.structure.groups[self.t]
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
         p = self.problem
+        lower, upper = self.wall(i)
         if self.action_kind == "relative":
             even = max(self.even_keep(i), 1e-6)
             want = float(np.clip(even * 2.0 ** a, p.min_keep, p.max_keep)) * g.channels
+        elif self.action_kind == "wall":
+            centre = float(np.clip(self.even_keep(i) * g.channels, lower, upper))
+            want = self.wall_width(a, lower, centre, upper)
         else:
             want = self.keep_ratio(a) * g.channels
-        lower, upper = self.wall(i)
         legal = self.legal[i]
         k = int(legal[np.argmin(np.abs(legal - want))])
         k = min(max(k, lower), upper)
         self.counts[i] = k
         self.prev_keep = k / g.channels
-        applied = (float(np.clip(math.log2(max(self.prev_keep, 1e-9) / even), -1.0, 1.0))
-                   if self.action_kind == "relative" else self.to_action(self.prev_keep))
+        if self.action_kind == "relative":
+            applied = float(np.clip(math.log2(max(self.prev_keep, 1e-9) / even), -1.0, 1.0))
+        elif self.action_kind == "wall":
+            applied = self.wall_action(k, lower, centre, upper)
+        else:
+            applied = self.to_action(self.prev_keep)
         info: dict[str, Any] = {"keep": k, "applied_action": applied}
         self.t += 1
         if self.t < self.n:

@@ -135,3 +135,43 @@ def test_observation_is_scale_free(resnet20_structure, resnet56_structure):
         assert seen[0, 0] == 0.0 and seen[-1, 0] == pytest.approx(1.0)
         assert (seen >= 0).all() and (seen <= 1).all()
         assert np.all(np.diff(seen[:, 10]) >= -1e-6)  # MACs removed so far never decreases
+
+
+@pytest.mark.parametrize("target", [0.3, 0.7])
+def test_wall_actions_have_no_flat_region(target):
+    """Every step: 9 evenly spaced actions give 9 increasing widths wherever the wall leaves room for them,
+    and the stored (applied) action maps back to the width it produced."""
+    import numpy as np
+
+    from autoprune.envs import ChannelPruningEnv
+    from autoprune.models import create_model
+    from autoprune.problem import PruningProblem
+    from autoprune.structure import ModelStructure
+
+    s = ModelStructure(create_model("resnet56", 10), torch.randn(1, 3, 32, 32))
+    env = ChannelPruningEnv(PruningProblem(s, target), evaluate=False, action="wall")
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    actions = np.linspace(-1, 1, 9)
+    checked = 0
+    for i in range(env.n):
+        lower, upper = env.wall(i)
+        state = (env.counts.copy(), env.t, env.prev_keep)
+        widths, applied = [], []
+        for a in actions:
+            env.counts, env.t, env.prev_keep = state[0].copy(), state[1], state[2]
+            _, _, _, _, info = env.step([a])
+            widths.append(info["keep"])
+            applied.append(info["applied_action"])
+        assert widths == sorted(widths) and widths[0] == lower and widths[-1] == upper
+        centre = float(np.clip(env.even_keep(i) * s.groups[i].channels, lower, upper))
+        legal = env.legal[i]
+        for half in (widths[:5], widths[4:]):  # each side of the even count: as many widths as it can hold
+            room = int(((legal >= min(half)) & (legal <= max(half))).sum())
+            assert len(set(half)) == min(5, room), (i, lower, centre, upper, widths)
+        checked += upper > lower
+        for w, b in zip(widths, applied):  # the replay buffer learns the action that was applied
+            assert ChannelPruningEnv.wall_width(b, lower, centre, upper) == pytest.approx(w, abs=1e-6)
+        env.counts, env.t, env.prev_keep = state[0].copy(), state[1], state[2]
+        env.step([rng.uniform(-1, 1)])
+    assert checked >= 5

@@ -79,7 +79,8 @@ _HELP = {
     "eval_every": "every Nth learning episode runs the actor without noise; the best such actor is saved as policy.zip",
     "reward": "accuracy | error_log_cost | relative (accuracy minus uniform's)",
     "action": "absolute (keep ratio within the bounds, AMC) | relative (x0.5-x2 on the ratio that spreads the "
-              "remaining budget evenly: transfers across targets)",
+              "remaining budget evenly: transfers across targets) | wall (-1..1 spans exactly what the budget wall "
+              "allows for the group, 0 = the even share: no flat region)",
     "val_size": "held-out training images scoring each episode",
     "early_stop": "multi-fidelity scoring: stop scoring a candidate once it surely (99%) cannot beat the best so far; "
                   "its partial estimate is flagged in episodes.csv (images, partial) and never reported as a full score",
