@@ -31,6 +31,7 @@ import shlex
 import statistics
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from autoprune.agents import get_allocator
@@ -107,18 +108,21 @@ class ModelBench:
             return Allocation.from_dict(saved, self.structure), saved["proxy_acc"], saved["alloc_seconds"]
         problem = self.problem(target)
         t0 = time.perf_counter()
+        meta: dict = {}
         if arm == "searched":
             search = get_allocator("ddpg", episodes=EPISODES, warmup_episodes=WARMUP, seed=seed)
             run_dir = WORK / "searches" / f"{self.model}_t{target:g}_s{seed}"
             resume = (run_dir / "checkpoints").exists()
             alloc = search.search(problem, run_dir, resume=resume).allocation
+            meta["search_config"] = asdict(search.config)
         elif arm == "random":
             alloc = get_allocator("random", samples=EPISODES, seed=seed).allocate(problem)
         else:
             alloc = get_allocator(arm).allocate(problem)
         seconds = time.perf_counter() - t0
         proxy = problem.score(alloc)
-        alloc.save(path, self.structure, proxy_acc=proxy, alloc_seconds=seconds, arm=arm, seed=seed, target=target)
+        alloc.save(path, self.structure, proxy_acc=proxy, alloc_seconds=seconds, arm=arm, seed=seed, target=target,
+                   precision=self.ws.precision.name, **meta)
         return alloc, proxy, seconds
 
     def run(self, recipe_name: str, seed: int, target: float, arm: str, epochs: float) -> dict:
