@@ -14,8 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         mod = importlib.import_module(f"autoprune.commands.{name}")
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)  # flags state their own defaults
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser

@@ -50,3 +50,43 @@ def test_bad_input_is_one_line(args, message):
 def test_mismatched_checkpoint_is_one_line(tmp_path):
     res = run_cli("evaluate", "--model", "resnet56", "--checkpoint", str(RESNET20_CKPT), *SYN)
     assert res.returncode == 2 and "does not match the model" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("command", ["evaluate", "prune", "train", "progressive", "search", "apply", "compare"])
+def test_help_states_each_default_once(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None) (default" not in text and "(required) (default" not in text
+    assert text.count("(default:") == text.count("default:")  # no second "default:" spelling
+    if command != "compare":
+        assert "--model MODEL (required)" in text
+
+
+@pytest.mark.parametrize("yaml_text,message", [
+    ("targets: 0.5\n", "key 'targets' must be a list of float, got 0.5"),
+    ("epochs: abc\n", "key 'epochs' must be float, got 'abc'"),
+    ("seeds: [0, one]\n", "key 'seeds' must be a list of int"),
+    ("data_seed: true\n", "key 'data_seed' must be int, got True"),
+])
+def test_yaml_values_are_type_checked_in_one_line(tmp_path, yaml_text, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: resnet20\noutput: " + str(tmp_path / "out") + "\n" + yaml_text)
+    res = run_cli("compare", "--config", str(cfg), "--data", "synthetic")
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_well_typed_yaml_loads(tmp_path):
+    from autoprune.comparison import CompareConfig
+    from autoprune.config import add_config_args, resolve_config
+
+    import argparse
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: resnet20\noutput: out\ntargets: [0.5, 1]\nepochs: 2\ntrain_subset: null\n")
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, CompareConfig)
+    resolved = resolve_config(CompareConfig, parser.parse_args(["--config", str(cfg)]))
+    assert resolved.targets == [0.5, 1] and resolved.epochs == 2 and resolved.train_subset is None

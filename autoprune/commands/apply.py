@@ -50,7 +50,7 @@ _HELP = {
     "evaluate": "report adaptive-BN accuracy of the policy's allocation and of uniform at the same cost",
     "report_test": "also score the saved model on the test split (decodes test/)",
     "finetune_epochs": "epochs of fine-tuning after pruning (0: none)",
-    "image_size": "resize images (e.g. 224 for torchvision models); default: as stored",
+    "image_size": "resize images (e.g. 224 for torchvision models); None keeps the stored size",
 }
 
 
