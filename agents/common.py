@@ -5,6 +5,7 @@ import numpy as np
 
 from autoprune.criteria import group_scores
 from autoprune.problem import PruningProblem
+from autoprune.structure import legal_step
 
 
 def criterion_scores(problem: PruningProblem, criterion: str | None = None) -> list[np.ndarray]:
@@ -15,7 +16,7 @@ def criterion_scores(problem: PruningProblem, criterion: str | None = None) -> l
 
 def count_steps(problem: PruningProblem) -> np.ndarray:
     """The unit each group's channel count moves in (conv groups and ``round_to``)."""
-    return np.array([int(np.lcm(g.ch_groups, max(1, problem.round_to))) for g in problem.structure.groups])
+    return np.array([legal_step(g.ch_groups, problem.round_to) for g in problem.structure.groups])
 
 
 def floor_counts(problem: PruningProblem, counts: np.ndarray) -> np.ndarray:

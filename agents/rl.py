@@ -259,6 +259,15 @@ class RLSearch:
         self.name = self.config.algo
         self.model = None
 
+    @property
+    def seed(self) -> int:
+        """The search's seed (``compare --seeds`` sets it per seed, like random search's)."""
+        return self.config.seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self.config = RLConfig(**{**asdict(self.config), "seed": int(value)})
+
     def allocate(self, problem: PruningProblem) -> Allocation:
         return self.search(problem).allocation
 

@@ -12,7 +12,7 @@ from .allocation import Allocation
 from .errors import AutopruneError
 from .evaluator import Score
 from .pruning import prune
-from .structure import ModelStructure
+from .structure import ModelStructure, legal_step
 
 
 @dataclass
@@ -48,6 +48,7 @@ class PruningProblem:
             raise AutopruneError(f"unknown budget metric '{self.metric}': use macs or params")
         if not 0.0 < self.target <= 1.0:
             raise AutopruneError(f"target {self.target} is outside (0, 1]: it is the fraction of {self.metric} to keep")
+        legal_step(1, self.round_to)  # rejects --round-to 0 with a one-line error
         if not 0.0 < self.min_keep <= self.max_keep <= 1.0:
             raise AutopruneError(f"keep bounds [{self.min_keep}, {self.max_keep}] must satisfy 0 < min <= max <= 1")
         floor = self.cost(self.min_counts()) / self.dense_cost
@@ -126,7 +127,7 @@ def fill_to_budget(problem: PruningProblem, counts: np.ndarray, order: Sequence[
     counts = counts.copy()
     hi = problem.max_counts()
     groups = list(order) if order is not None else list(range(len(counts)))
-    step = [int(np.lcm(g.ch_groups, problem.round_to)) for g in problem.structure.groups]
+    step = [legal_step(g.ch_groups, problem.round_to) for g in problem.structure.groups]
     improved = True
     while improved:
         improved = False

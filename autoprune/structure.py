@@ -106,7 +106,9 @@ class _CostTable:
 
 def legal_step(ch_groups: int, round_to: int = 1) -> int:
     """Channel counts of a group must be multiples of this: its conv groups and ``round_to``."""
-    return int(np.lcm(ch_groups, max(1, round_to)))
+    if int(round_to) != round_to or round_to < 1:
+        raise AutopruneError(f"--round-to {round_to} must be a positive integer (1 = any channel count)")
+    return int(np.lcm(ch_groups, int(round_to)))
 
 
 def _is_dw(m: nn.Module) -> bool:
@@ -314,12 +316,12 @@ class ModelStructure:
 
     def min_keep(self, group: PrunableGroup | int, round_to: int = 1) -> int:
         g = self.groups[group] if isinstance(group, int) else group
-        return min(g.channels, max(g.ch_groups, round_to))
+        return min(g.channels, legal_step(g.ch_groups, round_to))
 
     def snap(self, group: PrunableGroup | int, keep: float, round_to: int = 1) -> int:
         """Nearest legal channel count: at least one channel, a multiple of the conv groups / ``round_to``."""
         g = self.groups[group] if isinstance(group, int) else group
-        step = int(np.lcm(g.ch_groups, max(1, round_to)))
+        step = legal_step(g.ch_groups, round_to)
         k = int(round(keep / step)) * step
         return int(min(g.channels, max(self.min_keep(g, round_to), k)))
 

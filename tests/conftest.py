@@ -30,3 +30,16 @@ def resnet20_structure():
     torch.manual_seed(0)
     model = create_model("resnet20", 10).eval()
     return ModelStructure(model, torch.randn(1, 3, 32, 32))
+
+
+def flop_counter_cost(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """Independent oracle: (conv + linear MACs per image, parameters) from torch's FlopCounterMode,
+    which counts 2 FLOPs per multiply-accumulate, not from autoprune's own hooks."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    ops = counter.get_flop_counts()["Global"]
+    flops = sum(v for op, v in ops.items() if str(op).split(".")[1] in ("convolution", "addmm", "mm"))
+    return flops // 2 // x.shape[0], sum(p.numel() for p in model.parameters())

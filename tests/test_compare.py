@@ -165,3 +165,13 @@ def test_verdict_names_the_winner_and_the_learned_policy_rank():
     text = verdict(summarize(rows, metrics=("test_acc",)))
     assert text.startswith("**random** wins with 90.00%, 9.00 points ahead of uniform")
     assert "policy) ranks 3 of 3, 19.00 points behind" in text
+
+
+def test_every_seeded_allocator_gets_the_compare_seed(tmp_path):
+    """compare --allocators ddpg --seeds 0 1 2 must run three different searches, not one three times."""
+    from autoprune.comparison import build_allocator
+
+    for spec in ("ddpg", "td3", "sac", "random", "ddpg@episodes=5"):
+        seeds = {build_allocator(spec, s, tmp_path).seed for s in (0, 1, 2)}
+        assert seeds == {0, 1, 2}, spec
+    assert build_allocator("ddpg@episodes=5", 1, tmp_path).config.episodes == 5

@@ -19,8 +19,10 @@ from autoprune.models import IMAGENET_MEAN, IMAGENET_STD, create_model
 from autoprune.progressive import prune_with_optimizer, progressive_train
 from autoprune.pruning import channels_to_remove, load_pruned
 from autoprune.schedules import PruningSchedule
-from autoprune.structure import ModelStructure, measure_cost
+from autoprune.structure import ModelStructure
 from autoprune.training import TrainRecipe, make_optimizer
+
+from .conftest import flop_counter_cost
 
 ROOT = Path(__file__).resolve().parents[1]
 # 64 training images in batches of 16: 4 steps per epoch
@@ -47,13 +49,13 @@ def test_tiny_progressive_run_hits_target_macs(tiny_data, shape, final):
     torch.manual_seed(0)
     model = create_model("resnet20", 10)
     x = tiny_data.tensors("val")[0][:1]
-    dense = measure_cost(model, x)[0]
+    dense = flop_counter_cost(model, x)[0]
     recipe = TrainRecipe(epochs=3, lr=0.05, batch_size=16)
     total = recipe.total_steps(len(tiny_data.train))
     schedule = PruningSchedule.over_training(shape, final, total, 0.0, 0.75, every=2)
     res = progressive_train(model, tiny_data, recipe, schedule, get_allocator("uniform"), base_name="resnet20",
                             progress=False)
-    measured = measure_cost(res.model, x)[0]
+    measured = flop_counter_cost(res.model, x)[0]
     assert final * 0.99 <= measured / dense <= final + 1e-9
     assert res.allocation.macs(res.original) == measured  # the analytical cost agrees with the model
     assert [e.step for e in res.events] == schedule.events
@@ -139,7 +141,7 @@ def test_trajectory_heads_for_the_searched_shape(tiny_data, tmp_path, shape, fin
     widths = [{"dense": g.channels for g in res.original.groups}] + [e.channels for e in res.events]
     got = res.events[-1].channels
     assert all(abs(got[name] - k) <= 1 for name, k in wanted.items())  # lands on the searched shape
-    assert final * 0.99 <= measure_cost(res.model, x)[0] / res.original.dense_macs <= final + 1e-9
+    assert final * 0.99 <= flop_counter_cost(res.model, x)[0] / res.original.dense_macs <= final + 1e-9
     for name in wanted:  # no group ever grows
         series = [res.original.groups[[g.name for g in res.original.groups].index(name)].channels] + \
                  [e.channels[name] for e in res.events]

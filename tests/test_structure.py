@@ -9,7 +9,9 @@ from autoprune.errors import AutopruneError
 from autoprune.models import create_model
 from autoprune.pruning import channels_to_remove, prune
 from autoprune.criteria import group_scores
-from autoprune.structure import ModelStructure, measure_cost
+from autoprune.structure import ModelStructure
+
+from .conftest import flop_counter_cost
 
 
 @pytest.mark.parametrize("name,n_groups", [("resnet20", 9), ("resnet56", 27)])
@@ -38,7 +40,7 @@ def test_analytical_cost_equals_measured_cost(name, samples):
         keep = [int(rng.integers(1, g.channels + 1)) for g in s.groups]
         alloc = Allocation.from_counts(s, keep)
         pruned = s.prune_copy(channels_to_remove(s, alloc.counts(s), group_scores(s, "l1")))
-        assert measure_cost(pruned, x) == (alloc.macs(s), alloc.params(s))
+        assert flop_counter_cost(pruned, x) == (alloc.macs(s), alloc.params(s))
 
 
 TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "densenet121",
@@ -53,7 +55,7 @@ def test_torchvision_models_prune_to_half_channels(name):
     s = ModelStructure(model, x[:1], num_classes=10)
     alloc = Allocation.uniform(s, 0.5)
     pruned = prune(s, alloc, "l1").eval()
-    macs, params = measure_cost(pruned, x)
+    macs, params = flop_counter_cost(pruned, x)
     assert (macs, params) == (alloc.macs(s), alloc.params(s))
     assert macs < 0.5 * s.dense_macs  # both sides of most layers shrink
     with torch.no_grad():
@@ -120,3 +122,23 @@ def test_snap_respects_floor_and_rounding(resnet20_structure):
     assert s.snap(g, 0.0) == 1
     assert s.snap(g, 13, round_to=8) == 16
     assert s.snap(g, 1000) == g.channels
+
+
+@pytest.mark.parametrize("round_to", [0, -8, 2.5])
+def test_round_to_must_be_a_positive_integer(resnet20_structure, round_to):
+    from autoprune.allocation import Allocation
+    from autoprune.errors import AutopruneError
+    from autoprune.problem import PruningProblem
+
+    with pytest.raises(AutopruneError, match="must be a positive integer"):
+        PruningProblem(resnet20_structure, 0.5, round_to=round_to)
+    with pytest.raises(AutopruneError, match="must be a positive integer"):
+        Allocation.uniform(resnet20_structure, 0.5, round_to)
+
+
+def test_legal_step_is_the_one_rule(resnet20_structure):
+    from autoprune.structure import legal_step
+
+    assert legal_step(1, 8) == 8 and legal_step(4, 6) == 12 and legal_step(3, 1) == 3
+    g = resnet20_structure.groups[0]
+    assert resnet20_structure.snap(g, 13.0, 8) % 8 == 0 and resnet20_structure.min_keep(g, 8) == 8
