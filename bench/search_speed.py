@@ -48,8 +48,8 @@ def save(record: dict) -> None:
     tmp.replace(OUT)
 
 
-def early_stop(record: dict) -> None:
-    for model in MODELS:
+def early_stop(record: dict, models: tuple[str, ...] = MODELS) -> None:
+    for model in models:
         ws = None
         for target in TARGETS:
             for seed in SEEDS:
@@ -121,8 +121,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def precision(record: dict) -> None:
-    for model in MODELS:
+def precision(record: dict, models: tuple[str, ...] = MODELS) -> None:
+    for model in models:
         for prec, stop in (("fp32", False), ("auto", False), ("auto", True)):
             if any(r["model"] == model and r["precision_flag"] == prec and r["early_stop"] == stop
                    for r in record["precision"]):
@@ -158,13 +158,18 @@ PARTS = {"early-stop": early_stop, "precision": precision}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parts = (argv if argv is not None else sys.argv[1:]) or list(PARTS)
-    unknown = [p for p in parts if p not in PARTS]
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("parts", nargs="*", help=f"any of {', '.join(PARTS)} (default: all)")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    args = p.parse_args(argv)
+    unknown = [x for x in args.parts if x not in PARTS]
     if unknown:
-        raise SystemExit(f"unknown part(s) {unknown}: use {', '.join(PARTS)}")
+        p.error(f"unknown part(s) {unknown}: use {', '.join(PARTS)}")
     record = load()
-    for p in parts:
-        PARTS[p](record)
+    for part in args.parts or list(PARTS):
+        PARTS[part](record, tuple(args.models))
     return 0
 
 
