@@ -14,6 +14,10 @@ from autoprune.evaluator import AdaptiveBNEvaluator, accuracy_upper_bound
 from autoprune.models import create_model
 from autoprune.problem import PruningProblem
 
+from .conftest import RESNET20_CKPT, SHARED
+
+CIFAR = SHARED / "data" / "cifar10"
+
 
 def test_upper_bound_is_sound_and_tightens():
     assert accuracy_upper_bound(50, 100, 100, 0.01) == pytest.approx(0.5)  # everything seen: exact
@@ -51,17 +55,26 @@ def test_problem_rescores_partial_entries_before_reporting(resnet20_structure, s
     assert problem.last_score.images == len(y) and estimate < 0.99
 
 
+@pytest.mark.skipif(not (CIFAR.is_dir() and RESNET20_CKPT.exists()), reason="shared data not present")
 def test_search_with_early_stop_logs_partial_rows_and_reports_full_scores(tmp_path, capsys):
+    """ResNet-20 on 2,100 real training images: candidates differ enough for early stopping to engage."""
+    root = tmp_path / "slice"
+    for cls in sorted(p.name for p in (CIFAR / "train").iterdir()):
+        (root / "train" / cls).mkdir(parents=True)
+        (root / "test" / cls).mkdir(parents=True)
+        for f in sorted((CIFAR / "train" / cls).iterdir())[:210]:
+            (root / "train" / cls / f.name).symlink_to(f)
     run = tmp_path / "run"
-    code = main(["search", "--model", "resnet20", "--data", "synthetic", "--val-size", "300", "--calib-size", "64",
-                 "--macs", "0.5", "--agent", "random", "--episodes", "8", "--output", str(run), "--no-progress",
-                 "--early-stop", "--precision", "fp32"])
+    code = main(["search", "--model", "resnet20", "--checkpoint", str(RESNET20_CKPT), "--data", f"imagefolder:{root}",
+                 "--val-size", "2000", "--calib-size", "100", "--macs", "0.3", "--agent", "random", "--episodes", "8",
+                 "--output", str(run), "--no-progress", "--early-stop"])
     assert code == 0, capsys.readouterr().err
     rows = list(csv.DictReader((run / "episodes.csv").open()))
     assert {"images", "partial"} <= set(rows[0])
+    assert rows[0]["partial"] == "0" and rows[0]["images"] == "2000"  # nothing to beat yet
     assert any(r["partial"] == "1" for r in rows)  # the switch engages on this run
-    assert rows[0]["partial"] == "0" and rows[0]["images"] == "300"  # nothing to beat yet
     summary = json.loads((run / "summary.json").read_text())
-    best_rows = [r for r in rows if float(r["accuracy"]) == pytest.approx(summary["best"]["adaptive_bn_accuracy"], abs=1e-5)]
+    best = summary["best"]["adaptive_bn_accuracy"]
+    best_rows = [r for r in rows if float(r["accuracy"]) == pytest.approx(best, abs=1e-5)]
     assert best_rows and all(r["partial"] == "0" for r in best_rows)
-    assert all(float(r["accuracy"]) < summary["best"]["adaptive_bn_accuracy"] for r in rows if r["partial"] == "1")
+    assert all(float(r["accuracy"]) < best and int(r["images"]) < 2000 for r in rows if r["partial"] == "1")
