@@ -95,3 +95,20 @@ def bare_forward_passes(model: torch.nn.Module, calib: list[torch.Tensor], val_x
     with torch.inference_mode(), prec.autocast():
         for b in val_x.split(256):
             model(b)
+
+
+def parse_parts(doc: str, parts: dict, argv: list[str] | None = None,
+                extra: Callable[["argparse.ArgumentParser"], None] | None = None):
+    """Command line of a benchmark made of named, resumable parts: ``python -m bench.X [part ...]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("parts", nargs="*", help=f"any of {', '.join(parts)} (default: all)")
+    if extra is not None:
+        extra(p)
+    args = p.parse_args(argv)
+    unknown = [x for x in args.parts if x not in parts]
+    if unknown:
+        p.error(f"unknown part(s) {unknown}: use {', '.join(parts)}")
+    args.parts = args.parts or list(parts)
+    return args

@@ -18,7 +18,6 @@ Three parts, each a list of rows in ``bench/results/precision.json``, resumable 
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import shlex
@@ -38,7 +37,7 @@ from autoprune.problem import PruningProblem
 from autoprune.training import TrainRecipe, train
 
 from .base_models import DATA, finetuned_checkpoint
-from .common import RESULTS, machine, timed
+from .common import RESULTS, machine, parse_parts, timed
 
 OUT = RESULTS / "precision.json"
 COMMAND = "python -m bench.precision " + " ".join(map(shlex.quote, sys.argv[1:]))
@@ -173,14 +172,9 @@ PARTS = {"speed": speed, "agreement": agreement, "training": training}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("parts", nargs="*", help=f"any of {', '.join(PARTS)} (default: all)")
-    args = p.parse_args(argv)
-    unknown = [x for x in args.parts if x not in PARTS]
-    if unknown:
-        p.error(f"unknown part(s) {unknown}: use {', '.join(PARTS)}")
+    args = parse_parts(__doc__, PARTS, argv)
     record = _load()
-    for name in args.parts or list(PARTS):
+    for name in args.parts:
         PARTS[name](record)
     return 0
 

@@ -29,7 +29,7 @@ from autoprune.commands.common import open_workspace
 from autoprune.problem import PruningProblem
 
 from .base_models import DATA, finetuned_checkpoint
-from .common import RESULTS, machine
+from .common import RESULTS, machine, parse_parts
 
 OUT = RESULTS / "search-speed.json"
 MODELS, TARGETS, SEEDS, AGENTS = ("resnet20", "resnet56"), (0.5, 0.3), (0, 1, 2), ("random", "ddpg")
@@ -158,17 +158,10 @@ PARTS = {"early-stop": early_stop, "precision": precision}
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("parts", nargs="*", help=f"any of {', '.join(PARTS)} (default: all)")
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    args = p.parse_args(argv)
-    unknown = [x for x in args.parts if x not in PARTS]
-    if unknown:
-        p.error(f"unknown part(s) {unknown}: use {', '.join(PARTS)}")
+    args = parse_parts(__doc__, PARTS, argv,
+                       lambda p: p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS))
     record = load()
-    for part in args.parts or list(PARTS):
+    for part in args.parts:
         PARTS[part](record, tuple(args.models))
     return 0
 

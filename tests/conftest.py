@@ -14,6 +14,16 @@ RESNET20_CKPT = SHARED / "models" / "resnet20-12fca82f.th"
 RESNET56_CKPT = SHARED / "models" / "resnet56-4bfd9763.th"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of many small kernels: a second thread only thrashes when other processes share
+    the two cores (measured up to 30x slower). Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def synthetic_bundle():
     from autoprune.data import make_bundle

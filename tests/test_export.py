@@ -25,13 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # de
 SIZES = {"resnet20": 32, "tv:resnet18": 64, "tv:mobilenet_v2": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Export work is many small kernels: a second thread only adds contention on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.lru_cache(maxsize=None)

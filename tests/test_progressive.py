@@ -30,13 +30,7 @@ TINY = ["--model", "resnet20", "--data", "synthetic", "--train-subset", "64", "-
         "--val-size", "64", "--calib-size", "32", "--prune-every", "0.5", "--target", "0.5", "--seed", "3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # two threads per process thrash when other processes share the two cores (measured 30x slower)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
