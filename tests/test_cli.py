@@ -90,3 +90,13 @@ def test_well_typed_yaml_loads(tmp_path):
     add_config_args(parser, CompareConfig)
     resolved = resolve_config(CompareConfig, parser.parse_args(["--config", str(cfg)]))
     assert resolved.targets == [0.5, 1] and resolved.epochs == 2 and resolved.train_subset is None
+
+
+def test_train_refuses_a_folder_holding_another_run(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("model: resnet20\n")
+    (run_dir / "model.pt").write_bytes(b"weights of another run")
+    res = run_cli("train", "--model", "resnet20", "--output", str(run_dir), "--epochs", "0.01", *SYN)
+    assert res.returncode == 2 and "holds another run" in res.stderr and "Traceback" not in res.stderr
+    assert (run_dir / "model.pt").read_bytes() == b"weights of another run"  # nothing overwritten
