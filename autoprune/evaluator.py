@@ -18,16 +18,10 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-@torch.inference_mode()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
              precision: str | Precision = "fp32") -> float:
     """Top-1 accuracy (fraction) of ``model`` in eval mode on pre-normalised tensors."""
-    model.eval()
-    correct = 0
-    with resolve_precision(precision, x.device).autocast():
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-            correct += int((model(xb).argmax(1) == yb).sum())
-    return correct / max(1, len(y))
+    return top1(model, x, y, batch_size, resolve_precision(precision, x.device)).accuracy
 
 
 @torch.no_grad()
@@ -78,6 +72,24 @@ def accuracy_upper_bound(correct: int, seen: int, total: int, delta: float) -> f
     return (correct + unseen * mean_bound) / total
 
 
+@torch.inference_mode()
+def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, precision: Precision,
+         must_beat: float | None = None, confidence: float = 0.99) -> "Score":
+    """Top-1 over ``x`` in chunks of ``batch_size``; with ``must_beat``, stop once a bound (``confidence``,
+    Bonferroni over the chunks) says the full accuracy cannot reach it, returning the partial estimate."""
+    model.eval()
+    total = len(y)
+    delta = (1.0 - confidence) / max(1, math.ceil(total / batch_size))
+    correct = seen = 0
+    with precision.autocast():
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+            correct += int((model(xb).argmax(1) == yb).sum())
+            seen += len(yb)
+            if must_beat is not None and seen < total and accuracy_upper_bound(correct, seen, total, delta) < must_beat:
+                return Score(correct / seen, seen, partial=True)
+    return Score(correct / max(1, total), total)
+
+
 class AdaptiveBNEvaluator:
     """EagleEye's score: recalibrate BN on calibration batches, then top-1 on the held-out split.
 
@@ -111,26 +123,11 @@ class AdaptiveBNEvaluator:
         model.to(memory_format=self.memory_format)
         recalibrate_bn(model, self.calib_batches, self.precision)
         t1 = time.perf_counter()
-        result = self._held_out(model, must_beat)
+        result = top1(model, self.val_x, self.val_y, self.eval_batch_size, self.precision, must_beat,
+                      self.confidence)
         t2 = time.perf_counter()
         self.timing.calibrate += t1 - t0
         self.timing.evaluate += t2 - t1
         self.timing.calls += 1
         self.timing.history.append((t1 - t0, t2 - t1))
         return result
-
-    @torch.inference_mode()
-    def _held_out(self, model: nn.Module, must_beat: float | None) -> Score:
-        model.eval()
-        total = len(self.val_y)
-        chunks = max(1, math.ceil(total / self.eval_batch_size))
-        delta = (1.0 - self.confidence) / chunks
-        correct = seen = 0
-        with self.precision.autocast():
-            for xb, yb in zip(self.val_x.split(self.eval_batch_size), self.val_y.split(self.eval_batch_size)):
-                correct += int((model(xb).argmax(1) == yb).sum())
-                seen += len(yb)
-                if (must_beat is not None and seen < total
-                        and accuracy_upper_bound(correct, seen, total, delta) < must_beat):
-                    return Score(correct / seen, seen, partial=True)
-        return Score(correct / max(1, total), total)

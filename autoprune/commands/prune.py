@@ -1,7 +1,6 @@
 """``autoprune prune``: apply an allocation file or a uniform ratio, report cost before and after, save."""
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +65,7 @@ def run(args) -> None:
               "params_before": before[1], "params_after": after[1], "params_ratio": after[1] / before[1]}
     vx, vy = ws.data.tensors("val", ws.device)
     if cfg.adaptive_bn_eval:
-        report["adaptive_bn_val_acc"] = ws.evaluator()(copy.deepcopy(pruned))
+        report["adaptive_bn_val_acc"] = ws.evaluator()(pruned)  # save_calibrated re-estimates BN below
         report["dense_val_acc"] = accuracy(ws.model, vx, vy)
     report["saved_model_val_acc"], _ = save_calibrated(pruned, cfg.model, ws.data.num_classes, out, batches, vx, vy,
                                                        criterion=cfg.criterion)
