@@ -10,9 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from autoprune.agents.base import Allocator
 from autoprune.errors import AutopruneError
-
-from .base import Allocator
 
 # name -> "module:Class" (imported on use, so a heuristic does not import SB3)
 _REGISTRY: dict[str, str] = {

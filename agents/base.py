@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from autoprune.allocation import Allocation
-from autoprune.problem import PruningProblem
+from autoprune.core.allocation import Allocation
+from autoprune.core.problem import PruningProblem
 
 
 class Allocator(Protocol):

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoprune.criteria import group_scores
-from autoprune.problem import PruningProblem
-from autoprune.structure import legal_step
+from autoprune.core.criteria import group_scores
+from autoprune.core.legal import legal_step
+from autoprune.core.problem import PruningProblem
 
 
 def criterion_scores(problem: PruningProblem, criterion: str | None = None) -> list[np.ndarray]:

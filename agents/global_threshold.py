@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoprune.allocation import Allocation
+from autoprune.agents.common import count_steps, criterion_scores
+from autoprune.core.allocation import Allocation
+from autoprune.core.problem import PruningProblem
 from autoprune.errors import AutopruneError
-from autoprune.problem import PruningProblem
-
-from .common import count_steps, criterion_scores
 
 
 def normalise(scores: np.ndarray, how: str) -> np.ndarray:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoprune.allocation import Allocation
-from autoprune.problem import PruningProblem, fill_to_budget
-
-from .common import count_steps
+from autoprune.agents.common import count_steps
+from autoprune.core.allocation import Allocation
+from autoprune.core.problem import PruningProblem, fill_to_budget
 
 
 class GreedyAllocator:

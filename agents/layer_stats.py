@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoprune.allocation import Allocation
-from autoprune.problem import PruningProblem, fill_to_budget
-
-from .common import count_steps, criterion_scores, floor_counts, kept_mask
+from autoprune.agents.common import count_steps, criterion_scores, floor_counts, kept_mask
+from autoprune.core.allocation import Allocation
+from autoprune.core.legal import bisect
+from autoprune.core.problem import PruningProblem, fill_to_budget
 
 
 class LayerStatsAllocator:
@@ -57,14 +57,8 @@ class LayerStatsAllocator:
                 # round the cut (not the count down): flooring would take a channel from every group each step
                 return floor_counts(problem, counts - np.round(np.minimum(1.0, scale * weight) * room / unit) * unit)
 
-            a, b = 0.0, 1.0 / weight.min()  # b: every group down to its floor
-            for _ in range(50):
-                mid = (a + b) / 2
-                if problem.cost(cut(mid)) <= goal:
-                    b = mid
-                else:
-                    a = mid
-            counts = cut(b)
+            # the largest cut's scale is 1 / weight.min(): every group down to its floor
+            counts = cut(bisect(lambda x: problem.cost(cut(x)) > goal, 0.0, 1.0 / weight.min(), iters=50)[1])
             self.history.append(counts.tolist())
         final = self.importance(problem, counts, order_scores, stats)
         counts = fill_to_budget(problem, counts, order=list(np.argsort(-final)))

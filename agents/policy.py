@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from autoprune.allocation import Allocation
+from autoprune.core.allocation import Allocation
+from autoprune.core.problem import PruningProblem
 from autoprune.envs import ENV_ID, FEATURES, OBS_VERSION, ChannelPruningEnv, rollout
 from autoprune.errors import AutopruneError
-from autoprune.problem import PruningProblem
 
 POLICY_FORMAT = "autoprune.policy/1"
 
@@ -59,7 +59,7 @@ class PolicyAllocator:
                                  f"{self.policy.observation_space.shape}, this env gives {env.observation_space.shape}")
 
         def act(obs: np.ndarray) -> np.ndarray:
-            from .rl import _one_thread
+            from autoprune.agents.rl import _one_thread
 
             with _one_thread():
                 return self.policy.predict(obs, deterministic=True)[0]

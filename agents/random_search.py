@@ -10,9 +10,10 @@ from typing import Callable
 
 import numpy as np
 
-from autoprune.allocation import Allocation
+from autoprune.core.allocation import Allocation
+from autoprune.core.legal import bisect
+from autoprune.core.problem import PruningProblem, fill_to_budget
 from autoprune.errors import AutopruneError
-from autoprune.problem import PruningProblem, fill_to_budget
 
 
 def random_feasible_counts(problem: PruningProblem, rng: np.random.Generator) -> np.ndarray:
@@ -25,11 +26,8 @@ def random_feasible_counts(problem: PruningProblem, rng: np.random.Generator) ->
         raw = [s.snap(g, scale * r * g.channels, problem.round_to) for g, r in zip(s.groups, ratios)]
         return np.clip(np.array(raw, dtype=np.int64), lo, hi)
 
-    a, b = 0.0, 1.0 / max(ratios.min(), 1e-6)
-    for _ in range(40):
-        mid = (a + b) / 2
-        a, b = (mid, b) if problem.cost(counts_at(mid)) <= problem.budget else (a, mid)
-    return fill_to_budget(problem, counts_at(a), order=list(rng.permutation(len(s.groups))))
+    scale, _ = bisect(lambda x: problem.cost(counts_at(x)) <= problem.budget, 0.0, 1.0 / max(ratios.min(), 1e-6))
+    return fill_to_budget(problem, counts_at(scale), order=list(rng.permutation(len(s.groups))))
 
 
 class RandomSearch:

@@ -25,14 +25,13 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.utils import update_learning_rate
 
-from autoprune.allocation import Allocation
+from autoprune.agents.policy import POLICY_FORMAT
+from autoprune.agents.search_log import Best, EpisodeLog
+from autoprune.core.allocation import Allocation
+from autoprune.core.problem import PruningProblem
 from autoprune.envs import ENV_ID, FEATURES, OBS_VERSION, ChannelPruningEnv
 from autoprune.errors import AutopruneError
-from autoprune.problem import PruningProblem
-
-from .policy import POLICY_FORMAT
-from .search_log import Best, EpisodeLog, write_json_atomic
-
+from autoprune.runs import write_json_atomic
 
 
 @dataclass

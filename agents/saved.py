@@ -1,9 +1,9 @@
 """``allocation:PATH``: a budget decided earlier (e.g. a search's ``best_allocation.json``), checked against the problem."""
 from __future__ import annotations
 
-from autoprune.allocation import Allocation
+from autoprune.core.allocation import Allocation
+from autoprune.core.problem import PruningProblem
 from autoprune.errors import AutopruneError
-from autoprune.problem import PruningProblem
 
 
 class SavedAllocation:

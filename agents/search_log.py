@@ -7,16 +7,13 @@ from a checkpoint taken at episode ``n``.
 from __future__ import annotations
 
 import csv
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from autoprune.allocation import Allocation
-from autoprune.structure import ModelStructure
+from autoprune.core.allocation import Allocation
+from autoprune.core.structure import ModelStructure
+from autoprune.runs import atomic_path
 
 BASE_COLUMNS = ["episode", "reward", "accuracy", "images", "partial", "macs", "params", "cost_ratio", "noise",
                 "seconds", "eval_seconds"]
@@ -49,8 +46,6 @@ class EpisodeLog:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.columns = BASE_COLUMNS + [f"keep:{g.name}" for g in structure.groups]
         self.best = Best()
-        self.rewards: list[float] = []
-        self.accuracies: list[float | None] = []
         self._file = None
         self._writer = None
         if self.run_dir is not None:
@@ -71,14 +66,10 @@ class EpisodeLog:
         if episodes and self.csv_path.exists():
             with self.csv_path.open(newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["episode"]) < episodes]
-        tmp = self.csv_path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_path(self.csv_path) as tmp, tmp.open("w", newline="") as f:
             w = csv.DictWriter(f, self.columns)
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, self.csv_path)
-        self.rewards = [float(r["reward"]) for r in rows]
-        self.accuracies = [float(r["accuracy"]) if r["accuracy"] not in ("", None) else None for r in rows]
         self._file = self.csv_path.open("a", newline="")
 
     def record(self, episode: int, reward: float, info: dict[str, Any], noise: float | None = None,
@@ -95,8 +86,6 @@ class EpisodeLog:
                "noise": "" if noise is None else f"{noise:.6f}", "seconds": f"{seconds:.3f}",
                "eval_seconds": f"{eval_seconds:.3f}"}
         row.update({f"keep:{g.name}": f"{r:.4f}" for g, r in zip(self.structure.groups, ratios)})
-        self.rewards.append(float(reward))
-        self.accuracies.append(acc)
         if self._file is not None:
             csv.DictWriter(self._file, self.columns).writerow(row)
             self._file.flush()
@@ -125,14 +114,10 @@ class EpisodeLog:
     def save_best(self) -> None:
         if self.run_dir is None or self.best.allocation is None:
             return
-        tmp = self.run_dir / "best_allocation.json.tmp"
-        self.best.allocation.save(tmp, self.structure, episode=self.best.episode,
-                                  adaptive_bn_accuracy=self.best.info.get("accuracy"), reward=self.best.info.get("reward"))
-        os.replace(tmp, self.run_dir / "best_allocation.json")
-
-    def running_best(self) -> np.ndarray:
-        scores = [a if a is not None else r for a, r in zip(self.accuracies, self.rewards)]
-        return np.maximum.accumulate(np.asarray(scores, dtype=np.float64)) if scores else np.zeros(0)
+        with atomic_path(self.run_dir / "best_allocation.json") as tmp:
+            self.best.allocation.save(tmp, self.structure, episode=self.best.episode,
+                                      adaptive_bn_accuracy=self.best.info.get("accuracy"),
+                                      reward=self.best.info.get("reward"))
 
     def close(self) -> None:
         if self._file is not None:
@@ -151,9 +136,3 @@ def read_episodes(path: str | Path) -> list[dict[str, str]]:
 def episode_totals(rows: list[dict[str, str]]) -> tuple[int, float, float]:
     """(episodes, wall seconds, evaluator seconds) over ``episodes.csv`` rows: exact across resumes."""
     return len(rows), sum(float(r["seconds"]) for r in rows), sum(float(r["eval_seconds"]) for r in rows)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -14,10 +14,10 @@ from typing import Sequence
 
 import numpy as np
 
-from autoprune.allocation import Allocation
-from autoprune.problem import PruningProblem, fill_to_budget
-
-from .common import count_steps
+from autoprune.agents.common import count_steps
+from autoprune.core.allocation import Allocation
+from autoprune.core.legal import bisect
+from autoprune.core.problem import PruningProblem, fill_to_budget
 
 
 class SensitivityAllocator:
@@ -66,28 +66,20 @@ class SensitivityAllocator:
             return np.array([cand[np.argmax(d <= drop + 1e-12)] if (d <= drop + 1e-12).any() else cand[-1]
                              for cand, d in options], dtype=np.int64)
 
-        a, b = min(0.0, min(float(d.min()) for _, d in options)), max(float(d.max()) for _, d in options)
-        for _ in range(60):
-            mid = (a + b) / 2
-            if problem.cost(counts_at(mid)) <= problem.budget:
-                b = mid
-            else:
-                a = mid
-        counts = counts_at(b)
-        self.accepted_drop = b
+        lowest, highest = min(0.0, min(float(d.min()) for _, d in options)), max(float(d.max()) for _, d in options)
+        _, drop = bisect(lambda x: problem.cost(counts_at(x)) > problem.budget, lowest, highest, iters=60)
+        counts = counts_at(drop)
+        self.accepted_drop = drop
         # give rounding leftovers to the most sensitive groups first
         worst = [float(d[0]) for _, d in options]
         counts = fill_to_budget(problem, counts, order=list(np.argsort(worst)[::-1]))
         return Allocation.from_counts(s, counts)
 
     def save(self, folder: str | Path) -> None:
-        """``sensitivity.csv`` and ``sensitivity.png`` (drop vs keep ratio, one curve per group)."""
-        from autoprune.compare_plots import plot_sensitivity
-
+        """``sensitivity.csv`` (drop vs keep ratio per group; ``compare`` also draws sensitivity.png)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "sensitivity.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(self.rows[0]))
             w.writeheader()
             w.writerows(self.rows)
-        plot_sensitivity(self.rows, folder / "sensitivity.png")

@@ -1,11 +1,13 @@
 """autoprune: learn per-layer channel-pruning budgets (RL, heuristics) and prune CNNs with them."""
-from .allocation import Allocation
-from .errors import AutopruneError
-from .deploy import export
-from .models import create_model
-from .problem import PruningProblem
-from .pruning import load_pruned, prune, save_pruned
-from .structure import ModelStructure, measure_cost
+from autoprune.core.allocation import Allocation
+from autoprune.core.cost import measure_cost
+from autoprune.core.io import load_pruned, save_pruned
+from autoprune.core.problem import PruningProblem
+from autoprune.core.prune import prune
+from autoprune.core.structure import ModelStructure
+from autoprune.deploy.export import export
+from autoprune.errors import AutopruneError
+from autoprune.models import create_model
 
 __version__ = "0.1.0"
 __all__ = ["Allocation", "AutopruneError", "ModelStructure", "PruningProblem", "create_model", "export",

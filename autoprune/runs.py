@@ -1,9 +1,13 @@
-"""The run-folder rule every command that writes a folder follows."""
+"""Run folders: the rule every command that writes one follows, and atomic writes for resumable files."""
 from __future__ import annotations
 
+import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
-from .errors import AutopruneError
+from autoprune.errors import AutopruneError
 
 
 def check_run_dir(out: str | Path, resume: bool = False, *, resumable: bool = True) -> None:
@@ -17,3 +21,21 @@ def check_run_dir(out: str | Path, resume: bool = False, *, resumable: bool = Tr
         what = "holds another run" if (out / "config.yaml").exists() else "is not an empty directory"
         hint = "pass --resume to continue it or choose another --output" if resumable else "choose another --output"
         raise AutopruneError(f"run directory '{out}' {what}: {hint}")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Write to the yielded temporary path; it replaces ``path`` only if the block finishes, so a
+    reader (or a resumed run after a kill) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: str | Path, obj: Any, indent: int = 2) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent, default=str) + "\n")

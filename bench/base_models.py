@@ -12,11 +12,11 @@ import json
 import sys
 from pathlib import Path
 
-from autoprune.commands.common import open_workspace
-from autoprune.data import cache_dir
-from autoprune.evaluator import accuracy
-from autoprune.pruning import save_pruned
-from autoprune.training import TrainRecipe, train
+from autoprune.core.io import save_pruned
+from autoprune.train.data import cache_dir
+from autoprune.train.evaluator import accuracy
+from autoprune.train.training import TrainRecipe, train
+from autoprune.workspace import open_workspace
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = f"imagefolder:{SHARED / 'data' / 'cifar10'}"

@@ -1,6 +1,7 @@
 """Shared benchmark plumbing: machine facts, timing with repeats, the JSON result format."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -83,7 +84,7 @@ def bare_forward_passes(model: torch.nn.Module, calib: list[torch.Tensor], val_x
                         precision: str = "fp32") -> None:
     """What an adaptive-BN evaluation must compute at least: calibration forwards in train mode, then eval
     forwards, in ``precision``."""
-    from autoprune.precision import resolve_precision
+    from autoprune.train.precision import resolve_precision
 
     prec = resolve_precision(precision, val_x.device)
     model.to(memory_format=prec.memory_format)
@@ -100,7 +101,7 @@ def bare_forward_passes(model: torch.nn.Module, calib: list[torch.Tensor], val_x
 def parse_parts(doc: str, parts: dict, argv: list[str] | None = None,
                 extra: Callable[["argparse.ArgumentParser"], None] | None = None):
     """Command line of a benchmark made of named, resumable parts: ``python -m bench.X [part ...]``."""
-    import argparse
+
 
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("parts", nargs="*", help=f"any of {', '.join(parts)} (default: all)")

@@ -29,14 +29,14 @@ from pathlib import Path
 import torch
 
 from autoprune.agents.uniform import UniformAllocator
-from autoprune.cli import main as cli_main
-from autoprune.commands.common import open_workspace
-from autoprune.criteria import group_scores
-from autoprune.data import DataBundle
-from autoprune.evaluator import AdaptiveBNEvaluator
-from autoprune.problem import PruningProblem
-from autoprune.pruning import prune
-from autoprune.report import summarize
+from autoprune.cli.main import main as cli_main
+from autoprune.core.criteria import group_scores
+from autoprune.core.problem import PruningProblem
+from autoprune.core.prune import prune
+from autoprune.experiments.report import summarize
+from autoprune.train.data import DataBundle
+from autoprune.train.evaluator import AdaptiveBNEvaluator
+from autoprune.workspace import open_workspace
 
 from .base_models import DATA, finetuned_checkpoint
 from .common import machine

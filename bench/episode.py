@@ -14,17 +14,17 @@ import time
 
 import torch
 
-from autoprune.allocation import Allocation
-from autoprune.evaluator import AdaptiveBNEvaluator
+from autoprune.core.allocation import Allocation
+from autoprune.core.problem import PruningProblem
+from autoprune.core.structure import ModelStructure
 from autoprune.models import IMAGENET_MEAN, IMAGENET_STD, create_model
-from autoprune.problem import PruningProblem
-from autoprune.structure import ModelStructure
+from autoprune.train.evaluator import AdaptiveBNEvaluator
 
 from .common import Report, bare_forward_passes, timed
 
 
 def run_episode_suite(quick: bool) -> Report:
-    from autoprune.data import make_bundle
+    from autoprune.train.data import make_bundle
 
     from .base_models import DATA
 

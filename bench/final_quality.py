@@ -25,22 +25,21 @@ same command); allocations and search runs are kept under ``bench/results/final-
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shlex
 import statistics
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 from autoprune.agents import get_allocator
-from autoprune.allocation import Allocation
-from autoprune.commands.common import open_workspace
-from autoprune.comparison import reinitialise
-from autoprune.evaluator import accuracy, recalibrate_bn
-from autoprune.problem import PruningProblem
-from autoprune.training import TrainRecipe, train
+from autoprune.core.allocation import Allocation
+from autoprune.core.problem import PruningProblem
+from autoprune.experiments.comparison import reinitialise
+from autoprune.runs import write_json_atomic
+from autoprune.train.evaluator import accuracy, recalibrate_bn
+from autoprune.train.training import TrainRecipe, train
+from autoprune.workspace import open_workspace
 
 from .base_models import DATA, finetuned_checkpoint
 from .common import RESULTS, machine
@@ -79,9 +78,7 @@ def load() -> dict:
 
 
 def save(record: dict) -> None:
-    tmp = OUT.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(OUT)
+    write_json_atomic(OUT, record, indent=1)
 
 
 class ModelBench:
@@ -146,7 +143,9 @@ class ModelBench:
                 "test_acc": accuracy(net, *self.test), "val_acc": accuracy(net, *self.ws.data.tensors("val")),
                 "macs": macs, "macs_ratio": ratio, "train_gmacs": result.train_macs / 1e9,
                 "seconds": time.perf_counter() - t0, "alloc_seconds": alloc_seconds,
-                "precision": self.ws.precision.name, "train_images": len(self.ws.data.train)}
+                "precision": self.ws.precision.name, "train_images": len(self.ws.data.train),
+                # the dense checkpoint is rebuilt per machine (same recipe, not bit-identical): name it
+                "dense_test_acc": json.loads(finetuned_checkpoint(self.model).with_suffix(".json").read_text())["test_acc"]}
 
 
 # -- the report ------------------------------------------------------------------------------

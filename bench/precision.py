@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from autoprune.agents.random_search import random_feasible_counts
-from autoprune.allocation import Allocation
-from autoprune.commands.common import open_workspace
-from autoprune.evaluator import AdaptiveBNEvaluator, accuracy
-from autoprune.problem import PruningProblem
-from autoprune.training import TrainRecipe, train
+from autoprune.core.allocation import Allocation
+from autoprune.core.problem import PruningProblem
+from autoprune.runs import write_json_atomic
+from autoprune.train.evaluator import AdaptiveBNEvaluator, accuracy
+from autoprune.train.training import TrainRecipe, train
+from autoprune.workspace import open_workspace
 
 from .base_models import DATA, finetuned_checkpoint
 from .common import RESULTS, machine, parse_parts, timed
@@ -51,9 +52,7 @@ def _load() -> dict:
 
 
 def _save(record: dict) -> None:
-    tmp = OUT.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(OUT)
+    write_json_atomic(OUT, record, indent=1)
 
 
 def speed(record: dict) -> None:
@@ -153,7 +152,7 @@ def training(record: dict, seeds: tuple[int, ...] = (0, 1), epochs: float = 2.0)
                 from autoprune.agents.uniform import UniformAllocator
 
                 pruned0 = problem.pruned_model(UniformAllocator().allocate(problem))
-                from autoprune.evaluator import recalibrate_bn
+                from autoprune.train.evaluator import recalibrate_bn
 
                 recalibrate_bn(pruned0, calib)
                 test_x, test_y = ws.data.tensors("test")

@@ -35,15 +35,17 @@ import numpy as np
 import torch
 
 from autoprune.agents import get_allocator
-from autoprune.data import make_bundle
-from autoprune.evaluator import accuracy
+from autoprune.core.io import load_model
+from autoprune.core.problem import PruningProblem
+from autoprune.core.prune import prune
+from autoprune.core.structure import ModelStructure
 from autoprune.models import create_model, model_info
-from autoprune.problem import PruningProblem
-from autoprune.progressive import progressive_train
-from autoprune.pruning import prune
-from autoprune.schedules import PruningSchedule, list_schedules
-from autoprune.structure import ModelStructure
-from autoprune.training import TrainRecipe, train
+from autoprune.runs import write_json_atomic
+from autoprune.train.data import make_bundle
+from autoprune.train.evaluator import accuracy
+from autoprune.train.progressive import progressive_train
+from autoprune.train.schedules import PruningSchedule, list_schedules
+from autoprune.train.training import TrainRecipe, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # options that change what an arm measures (the others only choose which arms and seeds run)
@@ -118,7 +120,7 @@ class Bench:
 
     # -- helpers ----------------------------------------------------------------------------
     def dense(self) -> torch.nn.Module:
-        return create_model(MODEL, self.data.num_classes, checkpoint=self.checkpoint)
+        return load_model(MODEL, self.data.num_classes, self.checkpoint)
 
     def recipe(self, epochs: float, lr: float, schedule: str = "cosine") -> TrainRecipe:
         return TrainRecipe(epochs=epochs, lr=lr, batch_size=self.args.batch_size, schedule=schedule)
@@ -221,9 +223,7 @@ class Bench:
                "torch_threads": torch.get_num_threads(), "table": table(self.records, dense_acc),
                "runs": self.records}
         self.args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(out, indent=2) + "\n")
-        tmp.replace(self.args.out)
+        write_json_atomic(self.args.out, out, indent=2)
         self.args.out.with_suffix(".md").write_text(markdown(out))
         return out
 

@@ -23,11 +23,12 @@ import time
 import numpy as np
 
 from autoprune.agents.random_search import random_feasible_counts
-from autoprune.allocation import Allocation
-from autoprune.commands.common import open_workspace
-from autoprune.evaluator import AdaptiveBNEvaluator, accuracy, recalibrate_bn
-from autoprune.problem import PruningProblem
-from autoprune.training import TrainRecipe, train
+from autoprune.core.allocation import Allocation
+from autoprune.core.problem import PruningProblem
+from autoprune.runs import write_json_atomic
+from autoprune.train.evaluator import AdaptiveBNEvaluator, accuracy, recalibrate_bn
+from autoprune.train.training import TrainRecipe, train
+from autoprune.workspace import open_workspace
 
 from .base_models import DATA, finetuned_checkpoint
 from .common import RESULTS, machine
@@ -110,9 +111,7 @@ def main() -> int:
                        seconds=time.perf_counter() - t0, precision=ws.precision.name)
             record["rows"].append(row)
             record["spearman_with_finetuned_test_acc"] = summarize(record["rows"])
-            tmp = OUT.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record, indent=1) + "\n")
-            tmp.replace(OUT)
+            write_json_atomic(OUT, record, indent=1)
             plot(record["rows"], RESULTS / "proxy-validity.png")
             print(f"@{target:g} #{i}: abn {100 * row['abn']:.2f} plain {100 * row['plain']:.2f} "
                   f"abn4x {100 * row['abn_4x']:.2f} ft100 {100 * row['ft100']:.2f} -> test {100 * row['test_acc']:.2f} "

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from autoprune.allocation import Allocation
+from autoprune.core.allocation import Allocation
+from autoprune.core.cost import measure_cost
+from autoprune.core.problem import PruningProblem
+from autoprune.core.prune import prune
+from autoprune.core.structure import ModelStructure
 from autoprune.models import IMAGENET_MEAN, IMAGENET_STD, create_model
-from autoprune.precision import resolve_precision
-from autoprune.problem import PruningProblem
-from autoprune.pruning import prune
-from autoprune.structure import ModelStructure, measure_cost
+from autoprune.train.precision import resolve_precision
 
 from .common import Report, bare_forward_passes, timed
 
@@ -132,8 +133,8 @@ def latency(quick: bool) -> Report:
 
 def evaluator(quick: bool) -> Report:
     """One adaptive-BN candidate (prune + recalibrate + evaluate) vs the bare forward passes inside it."""
-    from autoprune.data import make_bundle
-    from autoprune.evaluator import AdaptiveBNEvaluator
+    from autoprune.train.data import make_bundle
+    from autoprune.train.evaluator import AdaptiveBNEvaluator
 
     rep = Report("evaluator", quick)
     bundle = make_bundle("synthetic", IMAGENET_MEAN, IMAGENET_STD, val_size=1000, calib_size=1024) if quick else None

@@ -30,10 +30,10 @@ from autoprune.agents.random_search import RandomSearch
 from autoprune.agents.rl import RLConfig, RLSearch
 from autoprune.agents.search_log import episode_totals, read_episodes
 from autoprune.agents.uniform import UniformAllocator
-from autoprune.commands.common import open_workspace
+from autoprune.core.problem import PruningProblem
+from autoprune.core.structure import ModelStructure
 from autoprune.models import create_model
-from autoprune.problem import PruningProblem
-from autoprune.structure import ModelStructure
+from autoprune.workspace import open_workspace
 
 from .base_models import CHECKPOINTS, DATA, finetuned_checkpoint
 
@@ -61,7 +61,7 @@ def run_case(model: str, target: float, seeds: list[int], episodes: int, warmup:
     per_seed = []
     for seed in seeds:
         evaluator = ws.evaluator()
-        problem = PruningProblem(structure, target, evaluator=evaluator, calib_batches=calib, seed=seed)
+        problem = PruningProblem(structure, target, evaluator=evaluator, calib_batches=calib)
         uniform_acc = problem.score(UniformAllocator().allocate(problem))
         run_dir = run_root / f"{model}-m{target:g}-s{seed}"
         rl = RLSearch(RLConfig(episodes=episodes, warmup_episodes=warmup, seed=seed, checkpoint_every=25,

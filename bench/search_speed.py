@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 from autoprune.agents import get_allocator
-from autoprune.cli import main as cli_main
-from autoprune.commands.common import open_workspace
-from autoprune.problem import PruningProblem
+from autoprune.cli.main import main as cli_main
+from autoprune.core.problem import PruningProblem
+from autoprune.runs import write_json_atomic
+from autoprune.workspace import open_workspace
 
 from .base_models import DATA, finetuned_checkpoint
 from .common import RESULTS, machine, parse_parts
@@ -43,9 +44,7 @@ def load() -> dict:
 
 
 def save(record: dict) -> None:
-    tmp = OUT.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(OUT)
+    write_json_atomic(OUT, record, indent=1)
 
 
 def early_stop(record: dict, models: tuple[str, ...] = MODELS) -> None:

@@ -1,7 +1,7 @@
 """Gymnasium environments over the autoprune core (``autoprune/ChannelPruning-v0``)."""
 from gymnasium.envs.registration import register, registry
 
-from .channel_pruning import ACTIONS, FEATURES, OBS_VERSION, REWARDS, ChannelPruningEnv, rollout
+from autoprune.envs.channel_pruning import ACTIONS, FEATURES, OBS_VERSION, REWARDS, ChannelPruningEnv, rollout
 
 ENV_ID = "autoprune/ChannelPruning-v0"
 if ENV_ID not in registry:

@@ -34,9 +34,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from autoprune.allocation import Allocation
+from autoprune.core.allocation import Allocation
+from autoprune.core.legal import bisect
+from autoprune.core.problem import PruningProblem, fill_to_budget, uniform_allocation
 from autoprune.errors import AutopruneError
-from autoprune.problem import PruningProblem, fill_to_budget
 
 OBS_VERSION = 1
 FEATURES = (
@@ -157,11 +158,7 @@ class ChannelPruningEnv(gym.Env):
 
         if cost(1.0) <= p.budget:
             return 1.0
-        lo, hi = 0.0, 1.0
-        for _ in range(30):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if cost(mid) <= p.budget else (lo, mid)
-        return lo
+        return bisect(lambda ratio: cost(ratio) <= p.budget, iters=30)[0]
 
     def keep_ratio(self, action: float) -> float:
         p = self.problem
@@ -243,9 +240,7 @@ class ChannelPruningEnv(gym.Env):
         if self.reward_kind == "error_log_cost":
             return float(-(1.0 - acc) * math.log(self.problem.cost(allocation.counts(self.problem.structure)))), acc
         if self.reference is None:
-            from autoprune.agents.uniform import UniformAllocator
-
-            self.reference = self.problem.score(UniformAllocator().allocate(self.problem))
+            self.reference = self.problem.score(uniform_allocation(self.problem))
         return float(acc - self.reference), acc
 
 

@@ -26,16 +26,16 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def synthetic_bundle():
-    from autoprune.data import make_bundle
     from autoprune.models import IMAGENET_MEAN, IMAGENET_STD
+    from autoprune.train.data import make_bundle
 
     return make_bundle("synthetic", IMAGENET_MEAN, IMAGENET_STD, val_size=300, calib_size=256, seed=0)
 
 
 @pytest.fixture(scope="session")
 def resnet20_structure():
+    from autoprune.core.structure import ModelStructure
     from autoprune.models import create_model
-    from autoprune.structure import ModelStructure
 
     torch.manual_seed(0)
     model = create_model("resnet20", 10).eval()

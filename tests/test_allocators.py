@@ -7,10 +7,10 @@ import torch
 
 from autoprune.agents import get_allocator
 from autoprune.agents.global_threshold import normalise
+from autoprune.core.problem import PruningProblem
+from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
 from autoprune.models import create_model
-from autoprune.problem import PruningProblem
-from autoprune.structure import ModelStructure
 
 HEURISTICS = ["uniform", "global", "sensitivity", "layer-stats", "greedy"]
 
@@ -76,7 +76,6 @@ def test_evaluator_driven_allocators_spare_the_sensitive_group(name, tmp_path):
         assert {r["group"] for r in rows} == {g.name for g in s.groups}
         worst = max(rows, key=lambda r: float(r["drop"]))
         assert worst["group"] == sensitive
-        assert (tmp_path / "sensitivity.png").stat().st_size > 1000
 
 
 def _scale_gamma(s, group_name, factor):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from autoprune.cli import main
+from autoprune.cli.main import main
 
 from .conftest import RESNET20_CKPT
 
@@ -79,10 +79,10 @@ def test_yaml_values_are_type_checked_in_one_line(tmp_path, yaml_text, message):
 
 
 def test_well_typed_yaml_loads(tmp_path):
-    from autoprune.comparison import CompareConfig
-    from autoprune.config import add_config_args, resolve_config
-
     import argparse
+
+    from autoprune.cli.config import add_config_args, resolve_config
+    from autoprune.experiments.comparison import CompareConfig
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: resnet20\noutput: out\ntargets: [0.5, 1]\nepochs: 2\ntrain_subset: null\n")

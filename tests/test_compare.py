@@ -7,15 +7,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from autoprune.cli import main
-from autoprune.comparison import (CompareConfig, method_labels, parse_spec, recipe_for, reinitialise, run_comparison,
-                                  write_outputs)
-from autoprune.data import DataBundle, ImageSet
+from autoprune.cli.main import main
+from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
-from autoprune.evaluator import AdaptiveBNEvaluator
+from autoprune.experiments.comparison import (
+    CompareConfig,
+    method_labels,
+    parse_spec,
+    recipe_for,
+    reinitialise,
+    run_comparison,
+    write_outputs,
+)
+from autoprune.experiments.report import summarize, verdict
 from autoprune.models import create_model
-from autoprune.report import summarize, verdict
-from autoprune.structure import ModelStructure
+from autoprune.train.data import DataBundle, ImageSet
+from autoprune.train.evaluator import AdaptiveBNEvaluator
 
 METHODS = ["uniform", "layer-stats", "global@normalize=mean", "random@samples=2"]
 
@@ -169,7 +176,7 @@ def test_verdict_names_the_winner_and_the_learned_policy_rank():
 
 def test_every_seeded_allocator_gets_the_compare_seed(tmp_path):
     """compare --allocators ddpg --seeds 0 1 2 must run three different searches, not one three times."""
-    from autoprune.comparison import build_allocator
+    from autoprune.experiments.comparison import build_allocator
 
     for spec in ("ddpg", "td3", "sac", "random", "ddpg@episodes=5"):
         seeds = {build_allocator(spec, s, tmp_path).seed for s in (0, 1, 2)}

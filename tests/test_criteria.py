@@ -4,11 +4,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from autoprune.allocation import Allocation
-from autoprune.criteria import get_criterion, group_scores, list_criteria
+from autoprune.core.allocation import Allocation
+from autoprune.core.criteria import get_criterion, group_scores, list_criteria
+from autoprune.core.prune import prune
+from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
-from autoprune.pruning import prune
-from autoprune.structure import ModelStructure
 
 ALL = ["l1", "l2", "fpgm", "bn", "apoz", "activation-mean", "activation-std", "hrank", "taylor"]
 
@@ -153,9 +153,9 @@ def test_every_criterion_prunes_resnet20(resnet20_structure, synthetic_bundle, n
 def test_bn_criterion_on_a_model_without_batchnorm_is_a_clear_error():
     import torch.nn as nn
 
-    from autoprune.criteria import group_scores
+    from autoprune.core.criteria import group_scores
+    from autoprune.core.structure import ModelStructure
     from autoprune.errors import AutopruneError
-    from autoprune.structure import ModelStructure
 
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.LazyLinear(2))
     net(torch.randn(1, 3, 8, 8))

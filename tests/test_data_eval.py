@@ -1,13 +1,12 @@
 """Data specs, splits, caching, augmentation, and the adaptive-BN evaluator."""
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from autoprune.data import augment_batch, load_dataset, make_bundle
 from autoprune.errors import AutopruneError
-from autoprune.evaluator import AdaptiveBNEvaluator, accuracy, recalibrate_bn
 from autoprune.models import IMAGENET_MEAN, IMAGENET_STD
+from autoprune.train.data import augment_batch, load_dataset, make_bundle
+from autoprune.train.evaluator import AdaptiveBNEvaluator, accuracy, recalibrate_bn
 
 
 def _write_folder(root, n_per_class=6, size=16):

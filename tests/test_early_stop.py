@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from autoprune.agents.random_search import random_feasible_counts
-from autoprune.allocation import Allocation
-from autoprune.cli import main
-from autoprune.evaluator import AdaptiveBNEvaluator, accuracy_upper_bound
+from autoprune.cli.main import main
+from autoprune.core.allocation import Allocation
+from autoprune.core.problem import PruningProblem
 from autoprune.models import create_model
-from autoprune.problem import PruningProblem
+from autoprune.train.evaluator import AdaptiveBNEvaluator, accuracy_upper_bound
 
 from .conftest import RESNET20_CKPT, SHARED
 

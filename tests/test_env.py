@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from autoprune.core.problem import PruningProblem
 from autoprune.envs import ENV_ID, ChannelPruningEnv, rollout
-from autoprune.problem import PruningProblem
 
 
 def cheap_score(model: torch.nn.Module) -> float:
@@ -15,8 +15,8 @@ def cheap_score(model: torch.nn.Module) -> float:
 
 @pytest.fixture(scope="module")
 def resnet56_structure():
+    from autoprune.core.structure import ModelStructure
     from autoprune.models import create_model
-    from autoprune.structure import ModelStructure
 
     torch.manual_seed(0)
     return ModelStructure(create_model("resnet56", 10).eval(), torch.randn(1, 3, 32, 32))
@@ -143,10 +143,10 @@ def test_wall_actions_have_no_flat_region(target):
     and the stored (applied) action maps back to the width it produced."""
     import numpy as np
 
+    from autoprune.core.problem import PruningProblem
+    from autoprune.core.structure import ModelStructure
     from autoprune.envs import ChannelPruningEnv
     from autoprune.models import create_model
-    from autoprune.problem import PruningProblem
-    from autoprune.structure import ModelStructure
 
     s = ModelStructure(create_model("resnet56", 10), torch.randn(1, 3, 32, 32))
     env = ChannelPruningEnv(PruningProblem(s, target), evaluate=False, action="wall")

@@ -8,13 +8,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from autoprune.allocation import Allocation
-from autoprune.cli import main
+from autoprune.cli.main import main
+from autoprune.core.allocation import Allocation
+from autoprune.core.io import save_pruned
+from autoprune.core.prune import prune
+from autoprune.core.structure import ModelStructure
+from autoprune.deploy.export import export
 from autoprune.errors import AutopruneError
-from autoprune.deploy import export
 from autoprune.models import create_model
-from autoprune.pruning import prune, save_pruned
-from autoprune.structure import ModelStructure
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

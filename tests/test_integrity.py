@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoprune.cli import main
-from autoprune.data import make_bundle
+from autoprune.cli.main import main
+from autoprune.core.io import load_pruned
 from autoprune.errors import AutopruneError
-from autoprune.evaluator import accuracy
 from autoprune.models import IMAGENET_MEAN, IMAGENET_STD
-from autoprune.pruning import load_pruned
+from autoprune.train.data import make_bundle
+from autoprune.train.evaluator import accuracy
 
 from .conftest import RESNET20_CKPT, SHARED
 
@@ -172,7 +172,7 @@ def test_test_split_is_decoded_only_when_used(tmp_path):
 def test_failed_decode_leaves_no_cache_and_changed_files_are_not_reused(tmp_path):
     import os
 
-    from autoprune.data import cache_dir, load_dataset
+    from autoprune.train.data import cache_dir, load_dataset
 
     spec = _folder(tmp_path / "d", {"train": {"a": 3, "b": 3}, "test": {"a": 1, "b": 1}})
     before = set(cache_dir().iterdir())

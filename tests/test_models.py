@@ -1,9 +1,10 @@
 import pytest
 import torch
 
+from autoprune.core.cost import measure_cost
+from autoprune.core.io import load_model
 from autoprune.errors import AutopruneError
 from autoprune.models import create_model
-from autoprune.structure import measure_cost
 
 from .conftest import RESNET20_CKPT, RESNET56_CKPT, flop_counter_cost
 
@@ -27,7 +28,7 @@ def test_torchvision_resnet18_macs():
 
 @pytest.mark.skipif(not RESNET20_CKPT.exists(), reason="shared checkpoints not present")
 def test_shared_checkpoint_loads_and_predicts():
-    model = create_model("resnet20", 10, RESNET20_CKPT).eval()
+    model = load_model("resnet20", 10, RESNET20_CKPT).eval()
     w = torch.load(RESNET20_CKPT, map_location="cpu", weights_only=True)["state_dict"]["module.conv1.weight"]
     assert torch.equal(model.conv1.weight, w)
 
@@ -41,11 +42,11 @@ def test_unknown_model_is_one_line_error():
 
 def test_bad_checkpoints(tmp_path):
     with pytest.raises(AutopruneError, match="not found"):
-        create_model("resnet20", 10, tmp_path / "missing.th")
+        load_model("resnet20", 10, tmp_path / "missing.th")
     corrupt = tmp_path / "corrupt.th"
     corrupt.write_bytes(b"not a torch file")
     with pytest.raises(AutopruneError, match="cannot be read"):
-        create_model("resnet20", 10, corrupt)
+        load_model("resnet20", 10, corrupt)
     if RESNET56_CKPT.exists():
         with pytest.raises(AutopruneError, match="does not match the model"):
-            create_model("resnet20", 10, RESNET56_CKPT)
+            load_model("resnet20", 10, RESNET56_CKPT)

@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 
 from autoprune.errors import AutopruneError
-from autoprune.evaluator import AdaptiveBNEvaluator
 from autoprune.models import create_model
-from autoprune.precision import Precision, cpu_has_native_bf16, resolve_precision
-from autoprune.training import TrainRecipe, train
+from autoprune.train.evaluator import AdaptiveBNEvaluator
+from autoprune.train.precision import Precision, cpu_has_native_bf16, resolve_precision
+from autoprune.train.training import TrainRecipe, train
 
 needs_bf16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason="CPU without native bf16")
 
@@ -60,7 +60,7 @@ def test_unrunnable_precision_is_a_one_line_error():
 
 
 def test_run_folder_records_the_precision_used(tmp_path, capsys):
-    from autoprune.cli import main
+    from autoprune.cli.main import main
 
     run = tmp_path / "run"
     assert main(["search", "--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64",

@@ -12,15 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from autoprune.agents import get_allocator
-from autoprune.cli import main
-from autoprune.criteria import group_scores
-from autoprune.data import make_bundle
+from autoprune.cli.main import main
+from autoprune.core.criteria import group_scores
+from autoprune.core.io import load_pruned
+from autoprune.core.prune import channels_to_remove
+from autoprune.core.structure import ModelStructure
 from autoprune.models import IMAGENET_MEAN, IMAGENET_STD, create_model
-from autoprune.progressive import prune_with_optimizer, progressive_train
-from autoprune.pruning import channels_to_remove, load_pruned
-from autoprune.schedules import PruningSchedule
-from autoprune.structure import ModelStructure
-from autoprune.training import TrainRecipe, make_optimizer
+from autoprune.train.data import make_bundle
+from autoprune.train.progressive import progressive_train, prune_with_optimizer
+from autoprune.train.schedules import PruningSchedule
+from autoprune.train.training import TrainRecipe, make_optimizer
 
 from .conftest import flop_counter_cost
 
@@ -111,8 +112,8 @@ def _random_allocation(target: float, path: Path, seed: int = 0) -> dict[str, in
     import numpy as np
 
     from autoprune.agents.random_search import random_feasible_counts
-    from autoprune.allocation import Allocation
-    from autoprune.problem import PruningProblem
+    from autoprune.core.allocation import Allocation
+    from autoprune.core.problem import PruningProblem
 
     s = ModelStructure(create_model("resnet20", 10), torch.randn(1, 3, 32, 32))
     counts = random_feasible_counts(PruningProblem(s, target), np.random.default_rng(seed))

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from autoprune.allocation import Allocation
+from autoprune.core.allocation import Allocation
+from autoprune.core.io import load_model, load_pruned, save_pruned
+from autoprune.core.prune import prune
+from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
 from autoprune.models import create_model
-from autoprune.pruning import load_pruned, prune, save_pruned
-from autoprune.structure import ModelStructure
 
 LOAD_AND_RUN = """
 import sys, torch
-from autoprune.pruning import load_pruned
+from autoprune.core.io import load_pruned
 model, base = load_pruned(sys.argv[1])
 x = torch.load(sys.argv[2], weights_only=True)
 with torch.no_grad():
@@ -43,10 +44,10 @@ def test_create_model_reads_pruned_files(tmp_path, resnet20_structure):
     s = resnet20_structure
     pruned = prune(s, Allocation.uniform(s, 0.25))
     save_pruned(pruned, "resnet20", 10, tmp_path / "p.pt")
-    again = create_model("resnet20", 10, tmp_path / "p.pt")
+    again = load_model("resnet20", 10, tmp_path / "p.pt")
     assert again.layer1[0].conv1.out_channels == pruned.layer1[0].conv1.out_channels
     with pytest.raises(AutopruneError, match="pruned resnet20"):
-        create_model("resnet56", 10, tmp_path / "p.pt")
+        load_model("resnet56", 10, tmp_path / "p.pt")
     (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
     with pytest.raises(AutopruneError):
         load_pruned(tmp_path / "bad.pt")

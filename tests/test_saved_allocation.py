@@ -2,8 +2,8 @@ import pytest
 
 from autoprune.agents import get_allocator
 from autoprune.agents.uniform import UniformAllocator
+from autoprune.core.problem import PruningProblem
 from autoprune.errors import AutopruneError
-from autoprune.problem import PruningProblem
 
 
 def test_saved_allocation_round_trips_and_checks_the_budget(tmp_path, resnet20_structure):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from autoprune.errors import AutopruneError
-from autoprune.schedules import PruningSchedule, list_schedules
+from autoprune.train.schedules import PruningSchedule, list_schedules
 
 SHAPES = ["constant", "linear", "cosine", "exponential", "cubic"]
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from autoprune.agents import get_allocator
+from autoprune.core.problem import PruningProblem
 from autoprune.errors import AutopruneError
-from autoprune.problem import PruningProblem
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,8 +105,8 @@ SCRIPT = textwrap.dedent(f"""
     import os, signal, sys, torch
     from autoprune.agents.rl import RLSearch
     from autoprune.models import create_model
-    from autoprune.problem import PruningProblem
-    from autoprune.structure import ModelStructure
+    from autoprune.core.problem import PruningProblem
+    from autoprune.core.structure import ModelStructure
     torch.manual_seed(0)
     structure = ModelStructure(create_model("resnet20", 10).eval(), torch.randn(1, 3, 32, 32))
     score = {SCORE}
@@ -169,8 +169,8 @@ def test_random_search_keeps_best_of_feasible_samples(resnet20_structure):
 
 def test_policy_transfers_to_deeper_model_and_torchvision(tmp_path, resnet20_structure):
     from autoprune.agents.rl import RLSearch
+    from autoprune.core.structure import ModelStructure
     from autoprune.models import create_model
-    from autoprune.structure import ModelStructure
 
     RLSearch(episodes=5, warmup_episodes=2, seed=0).search(cheap_problem(resnet20_structure), tmp_path)
     allocator = get_allocator(f"policy:{tmp_path / 'policy.zip'}")

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from autoprune.cli import main
+from autoprune.cli.main import main
 
 
 def _cli(capsys, *args: str):
@@ -27,7 +27,7 @@ def test_cli_search_apply_and_errors(tmp_path, capsys):
     assert any((run / "tb").iterdir())
     best = json.loads((run / "best_allocation.json").read_text())
     assert 0.49 <= best["macs_ratio"] <= 0.5 and best["adaptive_bn_accuracy"] is not None
-    from autoprune.pruning import load_pruned
+    from autoprune.core.io import load_pruned
 
     assert load_pruned(run / "best_model.pt")[1] == "resnet20"
     stamp = (run / "episodes.csv").read_bytes()

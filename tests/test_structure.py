@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from autoprune.allocation import Allocation
+from autoprune.core.allocation import Allocation
+from autoprune.core.criteria import group_scores
+from autoprune.core.prune import channels_to_remove, prune
+from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
 from autoprune.models import create_model
-from autoprune.pruning import channels_to_remove, prune
-from autoprune.criteria import group_scores
-from autoprune.structure import ModelStructure
 
 from .conftest import flop_counter_cost
 
@@ -126,9 +126,9 @@ def test_snap_respects_floor_and_rounding(resnet20_structure):
 
 @pytest.mark.parametrize("round_to", [0, -8, 2.5])
 def test_round_to_must_be_a_positive_integer(resnet20_structure, round_to):
-    from autoprune.allocation import Allocation
+    from autoprune.core.allocation import Allocation
+    from autoprune.core.problem import PruningProblem
     from autoprune.errors import AutopruneError
-    from autoprune.problem import PruningProblem
 
     with pytest.raises(AutopruneError, match="must be a positive integer"):
         PruningProblem(resnet20_structure, 0.5, round_to=round_to)
@@ -137,7 +137,7 @@ def test_round_to_must_be_a_positive_integer(resnet20_structure, round_to):
 
 
 def test_legal_step_is_the_one_rule(resnet20_structure):
-    from autoprune.structure import legal_step
+    from autoprune.core.legal import legal_step
 
     assert legal_step(1, 8) == 8 and legal_step(4, 6) == 12 and legal_step(3, 1) == 3
     g = resnet20_structure.groups[0]

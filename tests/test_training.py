@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from autoprune.errors import AutopruneError
-from autoprune.evaluator import accuracy
 from autoprune.models import create_model
-from autoprune.training import TrainRecipe, train
+from autoprune.train.evaluator import accuracy
+from autoprune.train.training import TrainRecipe, train
 
 
 def test_training_improves_a_tiny_model(synthetic_bundle):

@@ -1,0 +1,5 @@
+import sys
+
+from autoprune.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,128 @@
+"""``autoprune apply``: roll a learned policy out on a model and target, prune, optionally fine-tune, export."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from autoprune.cli.commands.search import target_of
+from autoprune.cli.config import add_config_args, resolve_config, save_config
+from autoprune.runs import check_run_dir
+from autoprune.workspace import DEFAULT_DATA, open_workspace
+
+NAME = "apply"
+HELP = "Apply a learned pruning policy (policy.zip from search) to a model and target; prune, fine-tune, save."
+
+
+@dataclass
+class ApplyConfig:
+    policy: str
+    model: str
+    output: str
+    checkpoint: str | None = None
+    data: str = DEFAULT_DATA
+    macs: float | None = None
+    params: float | None = None
+    criterion: str = "l1"
+    min_keep: float | None = None  # default: the bounds the policy was trained with
+    max_keep: float | None = None
+    round_to: int = 1
+    evaluate: bool = True
+    report_test: bool = False
+    finetune_epochs: float = 0.0
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    train_subset: int | None = None
+    image_size: int | None = None
+    val_size: int = 2000
+    calib_size: int = 1024
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
+
+
+_HELP = {
+    "policy": "policy.zip written by autoprune search",
+    "output": "directory for model.pt, allocation.json, report.json (must be new or empty)",
+    "macs": "fraction of MACs to keep", "params": "fraction of parameters to keep (instead of --macs)",
+    "evaluate": "report adaptive-BN accuracy of the policy's allocation and of uniform at the same cost",
+    "report_test": "also score the saved model on the test split (decodes test/)",
+    "finetune_epochs": "epochs of fine-tuning after pruning (0: none)",
+    "image_size": "resize images (e.g. 224 for torchvision models); None keeps the stored size",
+}
+
+
+def add_arguments(parser) -> None:
+    add_config_args(parser, ApplyConfig, _HELP)
+
+
+def run(args) -> None:
+    cfg = resolve_config(ApplyConfig, args)
+    metric, target = target_of(cfg.macs, cfg.params)
+    out = Path(cfg.output)
+    check_run_dir(out, resumable=False)
+
+    from autoprune.agents.policy import PolicyAllocator
+    from autoprune.agents.uniform import UniformAllocator
+    from autoprune.core.cost import measure_cost
+    from autoprune.core.problem import PruningProblem
+    from autoprune.train.artifacts import save_calibrated
+    from autoprune.train.evaluator import accuracy
+    from autoprune.train.training import TrainRecipe, train
+
+    allocator = PolicyAllocator(cfg.policy)  # a corrupt policy fails before any data is loaded
+    min_keep = cfg.min_keep if cfg.min_keep is not None else float(allocator.meta["min_keep"])
+    max_keep = cfg.max_keep if cfg.max_keep is not None else float(allocator.meta["max_keep"])
+    ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
+                        seed=cfg.seed, device=cfg.device, precision=cfg.precision, image_size=cfg.image_size,
+                        train_subset=cfg.train_subset)
+    structure = ws.structure()
+    calib = ws.data.calibration_batches(128, ws.device)
+    problem = PruningProblem(structure, target, metric, ws.evaluator() if cfg.evaluate else None, cfg.criterion,
+                             calib, min_keep, max_keep, cfg.round_to)
+    allocation = allocator.allocate(problem)
+    cost_ratio = problem.cost(allocation.counts(structure)) / problem.dense_cost
+    pruned = problem.pruned_model(allocation)
+    x1 = ws.data.tensors("val")[0][:1].to(ws.device)
+    (macs0, params0), (macs1, params1) = measure_cost(ws.model, x1), measure_cost(pruned, x1)
+    report: dict = {"precision": ws.precision.name, "policy": cfg.policy, "policy_trained_on": allocator.meta,
+                    "model": cfg.model, "metric": metric,
+                    "target": target, "cost_ratio": cost_ratio, "meets_target": problem.feasible(allocation),
+                    "macs_before": macs0, "macs_after": macs1, "params_before": params0, "params_after": params1,
+                    "config": asdict(cfg)}
+    if cfg.evaluate:
+        uniform = UniformAllocator().allocate(problem)
+        report["adaptive_bn_accuracy"] = problem.score(allocation)
+        report["uniform_adaptive_bn_accuracy"] = problem.score(uniform)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    if cfg.finetune_epochs > 0:
+        from autoprune.train.evaluator import recalibrate_bn
+
+        recalibrate_bn(pruned, calib)  # start fine-tuning from recalibrated BN statistics, as scored
+        recipe = TrainRecipe(epochs=cfg.finetune_epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             batch_size=cfg.batch_size)
+        result = train(pruned, ws.data, recipe, device=ws.device, precision=ws.precision, seed=cfg.seed,
+                       log_dir=out / "tb",
+                       macs_per_image=macs1)
+        report["finetune"] = {"epochs": cfg.finetune_epochs, "steps": result.steps, "seconds": result.seconds}
+    vx, vy = ws.data.tensors("val", ws.device)
+    report["saved_model_val_accuracy"], saved = save_calibrated(
+        pruned, cfg.model, ws.data.num_classes, out / "model.pt", calib, vx, vy, criterion=cfg.criterion,
+        policy=cfg.policy)
+    if cfg.report_test:
+        report["saved_model_test_accuracy"] = accuracy(saved, *ws.data.tensors("test", ws.device))
+    allocation.save(out / "allocation.json", structure, metric=metric, target=target)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    line = (f"{cfg.model}: MACs {macs0:,} -> {macs1:,}, params {params0:,} -> {params1:,} "
+            f"({100 * cost_ratio:.1f}% of {metric}, target {100 * target:g}%)")
+    if cfg.evaluate:
+        line += (f"; adaptive-BN accuracy {100 * report['adaptive_bn_accuracy']:.2f}% "
+                 f"(uniform {100 * report['uniform_adaptive_bn_accuracy']:.2f}%)")
+    print(line)
+    line = (f"saved {out / 'model.pt'}: as loaded from disk, {100 * report['saved_model_val_accuracy']:.2f}% plain "
+            "accuracy on the held-out training images")
+    if cfg.report_test:
+        line += f", {100 * report['saved_model_test_accuracy']:.2f}% on the test split"
+    print(line)

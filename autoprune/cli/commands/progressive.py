@@ -1,0 +1,148 @@
+"""``autoprune progressive``: train-prune-train, the model shrinking on a schedule while it trains."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from autoprune.cli.config import add_config_args, load_yaml, resolve_config, save_config
+from autoprune.errors import AutopruneError
+from autoprune.experiments.plots import plot_channels_over_training, plot_schedule
+from autoprune.runs import check_run_dir
+from autoprune.workspace import DEFAULT_DATA, open_workspace
+
+NAME = "progressive"
+HELP = "Prune while training: an allocator splits each step's cut, a schedule sets its size."
+
+# options that may differ between a run and its --resume (they do not change the result)
+_RESUME_FREE = {"resume", "device", "output"}
+
+
+@dataclass
+class ProgressiveConfig:
+    model: str
+    output: str  # run directory
+    checkpoint: str | None = None  # None: train from scratch
+    data: str = DEFAULT_DATA
+    target: float = 0.5  # kept fraction of the original MACs at the end
+    allocator: str = "uniform"
+    trajectory: str | None = None  # final | per-step; default: final for policy:/allocation:, else per-step
+    criterion: str = "l1"
+    schedule: str = "cubic"
+    prune_start: float = 0.0  # fraction of training before the schedule starts
+    final_share: float = 0.25  # fraction of training left at the final width
+    prune_every: float = 0.25  # epochs between cuts
+    min_keep: float = 0.2  # per-cut lower bound on each group's keep ratio
+    round_to: int = 1
+    epochs: float = 4.0
+    lr: float = 0.05
+    lr_schedule: str = "cosine"
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    warmup_steps: int = 0
+    train_subset: int | None = None
+    val_size: int = 5000
+    calib_size: int = 2048
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
+    resume: bool = False
+
+
+def add_arguments(parser) -> None:
+    add_config_args(parser, ProgressiveConfig, {
+        "output": "run directory (config, TensorBoard, state.pt, model.pt, allocation.json, plots)",
+        "checkpoint": "dense (or pruned) checkpoint to start from; omit to train from scratch",
+        "target": "kept fraction of the original MACs at the end",
+        "allocator": "uniform, layer-stats, global, policy:PATH, allocation:PATH, search:EPISODES (random search "
+                     "with adaptive BN at each cut), ... (autoprune.agents)",
+        "trajectory": "final: fix each group's final width once (the allocator on the original model at --target) "
+                      "and move every group toward it at each cut | per-step: re-allocate on the current model at "
+                      "every cut (default: final for policy:/allocation:, per-step otherwise)",
+        "schedule": "pruning schedule: constant, linear, cosine, exponential, cubic",
+        "prune_start": "fraction of training before pruning starts",
+        "final_share": "fraction of training left at the final width (pruning ends before it)",
+        "prune_every": "epochs between cuts",
+        "min_keep": "lower bound on each group's keep ratio at any one cut",
+        "lr_schedule": "learning-rate schedule over the whole run: cosine or constant",
+        "resume": "continue the run in --output from its last epoch"})
+
+
+def _resolve(args) -> ProgressiveConfig:
+    """Flags over the saved config on --resume; refuse to mix two different runs in one directory."""
+    out = Path(args.output) if getattr(args, "output", None) else None
+    saved_path = out / "config.yaml" if out is not None else None
+    if args.resume and saved_path is not None and saved_path.exists() and args.config is None:
+        args.config = saved_path
+    cfg = resolve_config(ProgressiveConfig, args)
+    if not cfg.resume:
+        check_run_dir(cfg.output)
+    if saved_path is not None and saved_path.exists():
+        saved = load_yaml(saved_path)
+        changed = sorted(k for k, v in asdict(cfg).items() if k not in _RESUME_FREE and saved.get(k) != v)
+        if changed:
+            raise AutopruneError(f"--resume with options that differ from the saved run ({', '.join(changed)}): "
+                                 "drop them or choose another --output")
+    return cfg
+
+
+def run(args) -> None:
+    import torch
+
+    from autoprune.agents import get_allocator
+    from autoprune.core.criteria import get_criterion
+    from autoprune.train.artifacts import save_calibrated
+    from autoprune.train.evaluator import accuracy
+    from autoprune.train.progressive import TRAJECTORIES, default_trajectory, progressive_train
+    from autoprune.train.schedules import PruningSchedule, list_schedules
+    from autoprune.train.training import TrainRecipe
+
+    cfg = _resolve(args)
+    if not 0.0 < cfg.final_share < 1.0:
+        raise AutopruneError(f"--final-share {cfg.final_share} must be in (0, 1): the share of training at the final width")
+    get_criterion(cfg.criterion)  # fail on a bad name before loading data
+    allocator = get_allocator(cfg.allocator)
+    trajectory = cfg.trajectory or default_trajectory(cfg.allocator)
+    if trajectory not in TRAJECTORIES:
+        raise AutopruneError(f"unknown --trajectory '{trajectory}': use {' or '.join(TRAJECTORIES)}")
+    if cfg.schedule not in list_schedules():
+        raise AutopruneError(f"unknown pruning schedule '{cfg.schedule}': use one of {', '.join(list_schedules())}")
+    recipe = TrainRecipe(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                         schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps)
+    recipe.lr_at(recipe.warmup_steps, recipe.warmup_steps + 1)  # validates the lr schedule name
+    out = Path(cfg.output)
+    torch.manual_seed(cfg.seed)  # a from-scratch initialisation must be reproducible from the seed
+    ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
+                        seed=cfg.seed, device=cfg.device, precision=cfg.precision, train_subset=cfg.train_subset)
+    total = recipe.total_steps(len(ws.data.train))
+    steps_per_epoch = -(-len(ws.data.train) // cfg.batch_size)
+    schedule = PruningSchedule.over_training(cfg.schedule, cfg.target, total, cfg.prune_start, 1.0 - cfg.final_share,
+                                             every=round(cfg.prune_every * steps_per_epoch))
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    result = progressive_train(ws.model, ws.data, recipe, schedule, allocator, base_name=cfg.model,
+                               criterion=cfg.criterion, min_keep=cfg.min_keep, round_to=cfg.round_to,
+                               seed=cfg.seed, device=ws.device, precision=ws.precision, trajectory=trajectory,
+                               state_path=out / "state.pt",
+                               resume=cfg.resume,
+                               log_dir=out / "tb")
+    original = result.original
+    vx, vy = ws.data.tensors("val", ws.device)
+    trained_acc = accuracy(result.model, vx, vy)
+    saved_acc, _ = save_calibrated(result.model, cfg.model, ws.data.num_classes, out / "model.pt",
+                                   ws.data.calibration_batches(128, ws.device), vx, vy, allocator=cfg.allocator,
+                                   schedule=cfg.schedule, target=cfg.target)
+    result.allocation.save(out / "allocation.json", original, allocator=cfg.allocator, schedule=cfg.schedule)
+    planned = [(s, schedule.target(s)) for s in range(total + 1)]
+    summary = {"val_acc": saved_acc, "val_acc_training_bn": trained_acc, "macs": result.allocation.macs(original),
+               "macs_ratio": result.allocation.macs(original) / original.dense_macs, "target": cfg.target,
+               "train_macs": result.train_macs, "seconds": result.seconds, "precision": ws.precision.name,
+               "trajectory": trajectory, "steps": result.steps,
+               "events": [asdict(e) for e in result.events], "history": result.history, "config": asdict(cfg)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_schedule(planned, result.events, out / "macs_schedule.png")
+    plot_channels_over_training(result.events, {g.name: g.channels for g in original.groups}, total, out / "channels.png")
+    print(f"saved {out / 'model.pt'}: MACs {100 * summary['macs_ratio']:.1f}% of original "
+          f"(target {100 * cfg.target:.1f}%), held-out acc {100 * summary['val_acc']:.2f}% as loaded from disk "
+          f"(BN recalibrated; {100 * trained_acc:.2f}% with training-time BN statistics), "
+          f"training {result.train_macs / 1e12:.3f} TMACs in {result.seconds:.0f}s")

@@ -1,0 +1,253 @@
+"""``autoprune search``: learn per-group keep ratios for a budget (RL or random search), keep the best.
+
+The run directory holds config.yaml, episodes.csv, TensorBoard events (tb/), checkpoints/,
+policy.zip (RL agents: the actor whose noise-free episode scored best; final_policy.zip is the
+last one), best_allocation.json, best_model.pt, summary.json and PNG plots.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from autoprune.cli.config import add_config_args, load_yaml, resolve_config, save_config
+from autoprune.errors import AutopruneError
+from autoprune.runs import check_run_dir
+from autoprune.workspace import DEFAULT_DATA, open_workspace
+
+NAME = "search"
+HELP = "Search per-group pruning ratios for a MACs/params target with RL (DDPG/TD3/SAC) or random search."
+
+AGENTS = ("ddpg", "td3", "sac", "random")
+_RESUMABLE_CHANGES = {"episodes", "resume", "progress", "device"}
+
+
+@dataclass
+class SearchConfig:
+    model: str
+    output: str
+    checkpoint: str | None = None
+    data: str = DEFAULT_DATA
+    macs: float | None = None
+    params: float | None = None
+    agent: str = "ddpg"
+    # CPU-sized defaults (configs/quickstart.yaml): AMC used 300-800 episodes with 100 of warm-up
+    episodes: int = 200
+    warmup_episodes: int = 50
+    noise_sigma: float = 1.0
+    noise_decay: float = 0.95
+    gamma: float = 1.0
+    tau: float = 0.01
+    batch_size: int = 64
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    replay_episodes: int = 100
+    hidden: list[int] = field(default_factory=lambda: [300, 300])
+    updates_per_step: float = 1.0
+    credit: str = "episode"
+    early_stop: bool = False
+    eval_every: int = 5
+    reward: str = "accuracy"
+    action: str = "relative"
+    criterion: str = "l1"
+    min_keep: float = 0.2
+    max_keep: float = 1.0
+    round_to: int = 1
+    val_size: int = 2000
+    calib_size: int = 1024
+    calib_batch_size: int = 128
+    checkpoint_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
+    resume: bool = False
+    progress: bool = True
+
+
+_HELP = {
+    "output": "run directory (refused if it holds another run, unless --resume)",
+    "macs": "fraction of the dense model's MACs to keep, e.g. 0.5",
+    "params": "fraction of the dense model's parameters to keep (instead of --macs)",
+    "agent": f"one of {', '.join(AGENTS)}",
+    "episodes": "episodes (RL) or samples (random)",
+    "warmup_episodes": "RL episodes of random actions before learning",
+    "noise_sigma": "exploration noise (truncated normal, in the [-1, 1] action space)",
+    "noise_decay": "noise multiplier per episode after warm-up",
+    "credit": "episode (every step learns the episode's normalised outcome) | td (sparse reward, bootstrapped)",
+    "eval_every": "every Nth learning episode runs the actor without noise; the best such actor is saved as policy.zip",
+    "reward": "accuracy | error_log_cost | relative (accuracy minus uniform's)",
+    "action": "absolute (keep ratio within the bounds, AMC) | relative (x0.5-x2 on the ratio that spreads the "
+              "remaining budget evenly: transfers across targets) | wall (-1..1 spans exactly what the budget wall "
+              "allows for the group, 0 = the even share: no flat region)",
+    "val_size": "held-out training images scoring each episode",
+    "early_stop": "multi-fidelity scoring: stop scoring a candidate once it surely (99%) cannot beat the best so far; "
+                  "its partial estimate is flagged in episodes.csv (images, partial) and never reported as a full score",
+    "calib_size": "training images recalibrating BatchNorm for each episode",
+    "resume": "continue the interrupted run in --output",
+}
+
+
+def add_arguments(parser) -> None:
+    add_config_args(parser, SearchConfig, _HELP)
+
+
+def target_of(macs: float | None, params: float | None) -> tuple[str, float]:
+    """(metric, target) from the two mutually exclusive target options."""
+    if (macs is None) == (params is None):
+        raise AutopruneError("give exactly one target: --macs F or --params F (fraction to keep, in (0, 1])")
+    metric, value = ("macs", macs) if macs is not None else ("params", params)
+    if not 0.0 < value <= 1.0:
+        raise AutopruneError(f"--{metric} {value} is outside (0, 1]: it is the fraction of {metric} to keep")
+    return metric, float(value)
+
+
+def _resolve(args) -> SearchConfig:
+    """On --resume the saved config is the base; flags may only change episodes/device/progress."""
+    output = getattr(args, "output", None)
+    if output is None and getattr(args, "config", None) is not None:
+        output = load_yaml(args.config).get("output")
+    out = Path(output) if output else None
+    saved_path = out / "config.yaml" if out is not None else None
+    if getattr(args, "resume", None) and saved_path is not None and saved_path.exists() and args.config is None:
+        args.config = saved_path
+    cfg = resolve_config(SearchConfig, args)
+    if cfg.resume and saved_path is not None and saved_path.exists():
+        saved = load_yaml(saved_path)
+        now = asdict(cfg)
+        changed = sorted(k for k, v in saved.items() if k not in _RESUMABLE_CHANGES and now.get(k) != v)
+        if changed:
+            raise AutopruneError(f"--resume continues the run in '{out}' with its saved config; these options differ: "
+                                 f"{', '.join(changed)} (start a new --output instead)")
+    return cfg
+
+
+def run(args) -> None:
+    cfg = _resolve(args)
+    metric, target = target_of(cfg.macs, cfg.params)
+    if cfg.agent not in AGENTS:
+        raise AutopruneError(f"unknown agent '{cfg.agent}': use one of {', '.join(AGENTS)}")
+    if cfg.agent == "random" and cfg.resume:
+        raise AutopruneError("--resume is for RL agents; rerun random search with the same seed instead")
+    if cfg.episodes < 1:
+        raise AutopruneError(f"--episodes {cfg.episodes} must be at least 1")
+    from autoprune.envs import REWARDS
+
+    if cfg.reward not in REWARDS:
+        raise AutopruneError(f"unknown reward '{cfg.reward}': use one of {', '.join(REWARDS)}")
+    out = Path(cfg.output)
+    check_run_dir(out, cfg.resume)
+
+    from autoprune.agents.uniform import UniformAllocator
+    from autoprune.core.problem import PruningProblem
+    from autoprune.experiments.plots import plot_curve, plot_per_group
+    from autoprune.train.artifacts import save_calibrated
+    from autoprune.train.evaluator import accuracy
+
+    t_start = time.perf_counter()
+    ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
+                        seed=cfg.seed, device=cfg.device, precision=cfg.precision)
+    structure = ws.structure()
+    calib = ws.data.calibration_batches(cfg.calib_batch_size, ws.device)
+    evaluator = ws.evaluator(cfg.calib_batch_size)
+    problem = PruningProblem(structure, target, metric, evaluator, cfg.criterion, calib, cfg.min_keep, cfg.max_keep,
+                             cfg.round_to, early_stop=cfg.early_stop)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+
+    policy = None
+    if cfg.agent == "random":
+        best_alloc, best_acc = _random_search(cfg, problem, out)
+    else:
+        from autoprune.agents.rl import RLConfig, RLSearch
+
+        rl_cfg = RLConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(RLConfig) if f.name != "algo"},
+                          algo=cfg.agent)
+        result = RLSearch(rl_cfg).search(problem, out, resume=cfg.resume, progress=cfg.progress)
+        best_alloc, best_acc = result.allocation, result.best.info.get("accuracy")
+        if result.policy_episode >= 0:
+            policy = {"noise_free_reward": result.policy_score, "episode": result.policy_episode}
+
+    problem.early_stop = False  # every figure reported from here on is a full score
+    uniform = UniformAllocator().allocate(problem)
+    uniform_acc = problem.score(uniform)
+    best_acc = problem.score(best_alloc) if best_acc is None else best_acc
+    vx, vy = ws.data.tensors("val", ws.device)
+    dense_acc = accuracy(ws.model, vx, vy)
+    saved_acc, _ = save_calibrated(problem.pruned_model(best_alloc), cfg.model, ws.data.num_classes,
+                                   out / "best_model.pt", evaluator.calib_batches, vx, vy,
+                                   criterion=cfg.criterion, adaptive_bn_accuracy=best_acc)
+    best_alloc.save(out / "best_allocation.json", structure, adaptive_bn_accuracy=best_acc,
+                    uniform_adaptive_bn_accuracy=uniform_acc, metric=metric, target=target)
+
+    from autoprune.agents.search_log import episode_totals, read_episodes
+
+    rows = read_episodes(out / "episodes.csv")
+    episodes, seconds, eval_seconds = episode_totals(rows)
+    rewards = [float(r["reward"]) for r in rows]
+    noise_free = [i for i, r in enumerate(rows) if r["noise"] not in ("", None) and float(r["noise"]) == 0.0]
+    marks = {"uniform": uniform_acc} if cfg.reward == "accuracy" else None
+    plot_curve(rewards, out / "reward.png", title=f"{cfg.model}, {metric} x{target:g}, {cfg.agent}",
+               ylabel=cfg.reward, marks=marks, highlight={"policy without noise": noise_free} if noise_free else None)
+    plot_per_group([g.name for g in structure.groups],
+                   {"best": best_alloc.ratios(structure), "uniform": uniform.ratios(structure)},
+                   out / "allocation.png", title=f"channels kept per group ({metric} x{target:g})")
+    summary = {
+        "model": cfg.model, "agent": cfg.agent, "precision": ws.precision.name, "metric": metric, "target": target,
+        "episodes": episodes,
+        "best": {"adaptive_bn_accuracy": best_acc, "macs": best_alloc.macs(structure),
+                 "params": best_alloc.params(structure), "saved_model_val_accuracy": saved_acc,
+                 "cost_ratio": problem.cost(best_alloc.counts(structure)) / problem.dense_cost},
+        "uniform": {"adaptive_bn_accuracy": uniform_acc, "macs": uniform.macs(structure),
+                    "cost_ratio": problem.cost(uniform.counts(structure)) / problem.dense_cost},
+        "policy": policy,
+        "dense_val_accuracy": dense_acc,
+        "seconds_per_episode": seconds / max(1, episodes),
+        "evaluator_share": eval_seconds / seconds if seconds > 0 else None,
+        "wall_seconds_this_session": time.perf_counter() - t_start,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"dense: {100 * dense_acc:.2f}% val accuracy, {structure.dense_macs:,} MACs")
+    print(f"best {cfg.agent} allocation: {100 * best_acc:.2f}% adaptive-BN accuracy at "
+          f"{summary['best']['macs']:,} MACs ({100 * summary['best']['cost_ratio']:.1f}% of {metric})")
+    print(f"best_model.pt as loaded from disk: {100 * saved_acc:.2f}% plain accuracy on the same held-out images")
+    print(f"uniform allocation:  {100 * uniform_acc:.2f}% adaptive-BN accuracy at "
+          f"{summary['uniform']['macs']:,} MACs ({100 * summary['uniform']['cost_ratio']:.1f}% of {metric})")
+    if policy is not None:
+        score = (f"{100 * policy['noise_free_reward']:.2f}% adaptive-BN accuracy" if cfg.reward == "accuracy"
+                 else f"{cfg.reward} {policy['noise_free_reward']:.4f}")
+        print(f"kept policy (policy.zip): {score} when rolled out without noise (episode {policy['episode']})")
+    print(f"{episodes} episodes, {summary['seconds_per_episode']:.2f} s/episode "
+          f"({100 * (summary['evaluator_share'] or 0):.0f}% in adaptive-BN forward passes); run saved in {out}")
+
+
+def _random_search(cfg: SearchConfig, problem, out: Path):
+    """EagleEye's random search, logged like an RL run."""
+    from tqdm import tqdm
+
+    from autoprune.agents.random_search import RandomSearch
+    from autoprune.agents.search_log import EpisodeLog
+
+    log = EpisodeLog(out, problem.structure)
+    timing = problem.evaluator.timing
+    bar = tqdm(total=cfg.episodes, desc="search (random)", unit="ep", dynamic_ncols=True, disable=not cfg.progress)
+    clock = {"t": time.perf_counter(), "e": timing.calibrate + timing.evaluate}
+
+    def on_sample(i: int, alloc, score: float) -> None:
+        counts = alloc.counts(problem.structure)
+        now, ev = time.perf_counter(), timing.calibrate + timing.evaluate
+        info = {"allocation": alloc, "macs": problem.structure.macs(counts), "params": problem.structure.params(counts),
+                "cost_ratio": problem.cost(counts) / problem.dense_cost, "accuracy": score,
+                "score": problem.last_score}
+        log.record(i, score, info, seconds=now - clock["t"], eval_seconds=ev - clock["e"])
+        clock.update(t=now, e=ev)
+        bar.update(1)
+        bar.set_postfix(best=f"{100 * log.best.score:.2f}%", refresh=False)
+
+    try:
+        best = RandomSearch(cfg.episodes, cfg.seed, on_sample).allocate(problem)
+    finally:
+        bar.close()
+        log.close()
+    return best, problem.score(best)

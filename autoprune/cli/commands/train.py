@@ -1,0 +1,79 @@
+"""``autoprune train``: train or fine-tune a model (dense or pruned) with SGD + cosine."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from autoprune.cli.config import add_config_args, resolve_config, save_config
+from autoprune.core.cost import measure_cost
+from autoprune.core.io import save_pruned
+from autoprune.runs import check_run_dir
+from autoprune.train.evaluator import accuracy
+from autoprune.train.training import TrainRecipe, train
+from autoprune.workspace import DEFAULT_DATA, open_workspace
+
+NAME = "train"
+HELP = "Train or fine-tune a model (dense or pruned) with SGD and a cosine learning rate."
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    output: str  # run directory
+    checkpoint: str | None = None
+    data: str = DEFAULT_DATA
+    epochs: float = 1.0
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    schedule: str = "cosine"
+    bn_l1: float = 0.0
+    resume: bool = False
+    train_subset: int | None = None
+    val_size: int = 5000
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
+
+
+def add_arguments(parser) -> None:
+    add_config_args(parser, TrainConfig, {"output": "run directory (model.pt, TensorBoard events, config)",
+                                          "bn_l1": "Network Slimming L1 penalty on BN gammas"})
+
+
+def run(args) -> None:
+    cfg = resolve_config(TrainConfig, args)
+    out = Path(cfg.output)
+    check_run_dir(out, cfg.resume)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, seed=cfg.seed,
+                        device=cfg.device, precision=cfg.precision, train_subset=cfg.train_subset)
+    recipe = TrainRecipe(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                         schedule=cfg.schedule, bn_l1=cfg.bn_l1)
+    state_path = out / "state.pt"
+    start = 0
+    optimizer = None
+    if cfg.resume and state_path.exists():
+        from autoprune.train.training import make_optimizer
+
+        state = torch.load(state_path, map_location=ws.device, weights_only=True)
+        ws.model.load_state_dict(state["model"])
+        optimizer = make_optimizer(ws.model, recipe)
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    x, _ = ws.data.tensors("val")
+    macs = measure_cost(ws.model, x[:1].to(ws.device))[0]
+    result = train(ws.model, ws.data, recipe, device=ws.device, precision=ws.precision, seed=cfg.seed,
+                   log_dir=out / "tb",
+                   checkpoint=state_path, macs_per_image=macs, start_step=start, optimizer=optimizer)
+    save_pruned(ws.model, cfg.model, ws.data.num_classes, out / "model.pt")
+    vx, vy = ws.data.tensors("val", ws.device)
+    summary = {"val_acc": accuracy(ws.model, vx, vy), "steps": result.steps, "seconds": result.seconds,
+               "precision": ws.precision.name,
+               "config": asdict(cfg)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"saved {out / 'model.pt'}: val acc {100 * summary['val_acc']:.2f}%")

@@ -1,0 +1,80 @@
+"""The cost model and its oracle.
+
+``CostTable`` holds every weighted module's MACs and parameters as linear functions of the
+channels each group removes, so any allocation is costed with a few numpy products (the
+environment does this at every step). ``measure_cost`` measures a real model with forward hooks:
+the independent check of the table.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+class CostTable:
+    """MACs and parameters of every weighted module as linear functions of channels removed."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def finish(self, n_groups: int) -> None:
+        n = len(self.rows)
+        self.out0 = np.array([r["out"] for r in self.rows], dtype=np.float64)
+        self.in0 = np.array([r["in"] for r in self.rows], dtype=np.float64)
+        self.a_out = np.zeros((n, n_groups))
+        self.a_in = np.zeros((n, n_groups))
+        for i, r in enumerate(self.rows):
+            for g, mult in r["out_refs"]:
+                self.a_out[i, g] += mult
+            for g, mult in r["in_refs"]:
+                self.a_in[i, g] += mult
+        self.kind = np.array([r["kind"] for r in self.rows])
+        self.groups0 = np.array([r["groups"] for r in self.rows], dtype=np.float64)
+        self.kk = np.array([r["kk"] for r in self.rows], dtype=np.float64)
+        self.spatial = np.array([r["spatial"] for r in self.rows], dtype=np.float64)
+        self.bias = np.array([r["bias"] for r in self.rows], dtype=np.float64)
+        self.numel0 = np.array([r["numel"] for r in self.rows], dtype=np.float64)
+        self.is_mac = np.isin(self.kind, ("conv", "dwconv", "linear"))
+
+    def shapes(self, removed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.out0 - self.a_out @ removed, self.in0 - self.a_in @ removed
+
+    def macs(self, removed: np.ndarray) -> float:
+        out, inn = self.shapes(removed)
+        per_out = np.where(self.kind == "dwconv", self.in0 / self.groups0, inn / self.groups0)
+        m = self.spatial * out * per_out * self.kk
+        return float(np.round(m[self.is_mac].sum()))
+
+    def params(self, removed: np.ndarray) -> float:
+        out, inn = self.shapes(removed)
+        per_out = np.where(self.kind == "dwconv", self.in0 / self.groups0, inn / self.groups0)
+        weighted = out * per_out * self.kk + self.bias * out
+        # per-channel modules (BN, LayerNorm, loose parameters) scale with their channel count
+        scale = np.divide(out, self.out0, out=np.ones_like(out), where=self.out0 > 0)
+        p = np.where(self.is_mac, weighted, self.numel0 * scale)
+        return float(np.round(p.sum()))
+
+
+def measure_cost(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
+    """Measured (conv + linear MACs per image, parameters) from one forward pass with hooks."""
+    total = 0
+
+    def hook(mod, inp, out):
+        nonlocal total
+        if isinstance(mod, nn.Conv2d):
+            total += out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * int(np.prod(mod.kernel_size))
+        else:
+            total += out.numel() // out.shape[0] * mod.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input[:1])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return int(total), sum(p.numel() for p in model.parameters())

@@ -1,0 +1,293 @@
+"""The prunable structure of a model: groups of coupled channels and what they cost.
+
+``ModelStructure`` traces a model once with torch-pruning's ``DependencyGraph`` and keeps, for
+every group of coupled channels, which (module, dimension) pairs it touches and how the
+group's channel indices map onto each of them. From that it can
+
+* cost any allocation analytically (conv + linear MACs, parameters) with a few numpy
+  products, without building the pruned model -- the environment does this at every step;
+* prune a *copy* of the model by replaying torch-pruning's layer pruners by module name, so
+  the graph is built once per model, not once per episode.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning.pruner.function import DepthwiseConvPruner
+
+from autoprune.core.cost import CostTable
+from autoprune.core.legal import legal_step
+from autoprune.errors import AutopruneError
+
+
+@dataclass
+class Member:
+    """One (module or parameter, dimension) that a group prunes, with its index map."""
+
+    name: str  # module name, or parameter name when ``is_param``
+    handler: Callable  # torch-pruning's pruner function for this module and dimension
+    pruning_dim: int
+    is_param: bool
+    root_to_idxs: list[list[int]]  # for each channel of the group, the indices it owns here
+    per_channel: int  # len(root_to_idxs[i]), the same for every i (checked)
+
+
+@dataclass
+class PrunableGroup:
+    """A set of channels that must be removed together, named after its root layer."""
+
+    index: int
+    name: str  # root module name, e.g. "layer1.0.conv1"
+    channels: int
+    kind: str  # "conv", "dwconv" or "linear"
+    in_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    weight_count: int
+    ch_groups: int  # channels must be removed in equal shares from this many conv groups
+    members: list[Member] = field(repr=False, default_factory=list)
+
+    @property
+    def member_names(self) -> list[str]:
+        return sorted({m.name for m in self.members})
+
+
+def _is_dw(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def default_ignored_layers(model: nn.Module, num_classes: int | None) -> list[nn.Module]:
+    """Layers whose outputs must keep their width: the model's own list, else its classifier."""
+    own = getattr(model, "pruning_ignored_layers", None)
+    if callable(own):
+        return list(own())
+    weighted = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    ignored = [weighted[-1]] if weighted else []
+    if num_classes is not None:
+        ignored += [m for m in weighted
+                    if getattr(m, "out_features", getattr(m, "out_channels", None)) == num_classes]
+    return ignored
+
+
+class ModelStructure:
+    """Prunable groups of ``model`` and an analytical cost model, built once.
+
+    Args:
+        model: the dense model (kept as the reference for importance scores and pruning).
+        example_input: one input batch (batch size 1 is enough).
+        ignored_layers: layers whose output channels must not change (default: the model's
+            ``pruning_ignored_layers()`` if it has one, else the classifier).
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor,
+                 ignored_layers: Sequence[nn.Module] | None = None, num_classes: int | None = None):
+        self.model = model
+        self.example_input = example_input
+        was_training = model.training
+        model.eval()
+        self._module_names = {m: n for n, m in model.named_modules()}
+        try:
+            with warnings.catch_warnings():  # loose parameters (layer scales) are pruned on their channel dim
+                warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+                self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        except Exception as exc:
+            raise AutopruneError(
+                f"torch-pruning cannot trace this model ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+            ) from None
+        ignored = list(ignored_layers) if ignored_layers is not None else default_ignored_layers(model, num_classes)
+        order, spatial = self._forward_order(model, example_input)
+        self.tp_groups: list[tp.dependency.Group] = []
+        self.groups: list[PrunableGroup] = []
+        raw = [g for g in self.graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear])]
+        raw.sort(key=lambda g: order.get(g[0].dep.target.module, 1 << 30))
+        for tpg in raw:
+            group = self._describe(tpg, len(self.groups))
+            if group is not None:
+                self.groups.append(group)
+                self.tp_groups.append(tpg)
+        if not self.groups:
+            raise AutopruneError("this model has no prunable channel groups")
+        self._build_costs(model, spatial)
+        model.train(was_training)
+        self.channels = np.array([g.channels for g in self.groups], dtype=np.int64)
+        self.dense_macs = self.macs(self.channels)
+        self.dense_params = self.params(self.channels)
+        self._importance_cache: dict[str, list[torch.Tensor]] = {}
+
+    # -- discovery ---------------------------------------------------------------------------
+    @staticmethod
+    def _forward_order(model: nn.Module, x: torch.Tensor) -> tuple[dict[nn.Module, int], dict[nn.Module, float]]:
+        order: dict[nn.Module, int] = {}
+        spatial: dict[nn.Module, float] = {}
+
+        def hook(mod, inp, out):
+            order.setdefault(mod, len(order))
+            ch = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
+            spatial[mod] = out.numel() / (out.shape[0] * ch)
+
+        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return order, spatial
+
+    def _name_of(self, target) -> tuple[str | None, bool]:
+        if isinstance(target, nn.Parameter):
+            return self.graph._param_to_name.get(target), True
+        return self._module_names.get(target), False
+
+    def _describe(self, tpg, index: int) -> PrunableGroup | None:
+        root = tpg[0].dep.target.module
+        root_name = self._module_names[root]
+        n = len(tpg[0].idxs)
+        if n < 2:
+            return None
+        members: list[Member] = []
+        ch_groups = 1
+        for item in tpg:
+            dep = item.dep
+            name, is_param = self._name_of(dep.target.module)
+            if name is None:  # torch-pruning's bookkeeping ops (add, concat, ...): nothing to cut
+                continue
+            module = dep.target.module
+            if isinstance(module, nn.Conv2d) and 1 < module.groups and not _is_dw(module):
+                ch_groups = max(ch_groups, module.groups)
+            root_to: list[list[int]] = [[] for _ in range(n)]
+            for idx, r in zip(item.idxs, item.root_idxs):
+                root_to[r].append(idx)
+            counts = {len(x) for x in root_to}
+            if len(counts) != 1 or 0 in counts:
+                raise AutopruneError(
+                    f"group of '{root_name}' maps its channels unevenly onto '{name}' "
+                    "(channel shuffle, split or slicing): this model is not supported"
+                )
+            members.append(Member(name, dep.handler, dep.target.pruning_dim, is_param, root_to, counts.pop()))
+        if n % ch_groups:
+            return None
+        if isinstance(root, nn.Conv2d):
+            kind = "dwconv" if _is_dw(root) else "conv"
+            kernel, stride = tuple(root.kernel_size), tuple(root.stride)
+            in_ch = root.in_channels
+        else:
+            kind, kernel, stride, in_ch = "linear", (1, 1), (1, 1), root.in_features
+        return PrunableGroup(index, root_name, n, kind, in_ch, kernel, stride, root.weight.numel(), ch_groups, members)
+
+    def _build_costs(self, model: nn.Module, spatial: dict[nn.Module, float]) -> None:
+        table = CostTable()
+        refs: dict[str, tuple[list, list]] = {}
+        for g in self.groups:
+            for m in g.members:
+                out_refs, in_refs = refs.setdefault(m.name, ([], []))
+                fn_name = getattr(m.handler, "__name__", "")
+                owner = getattr(m.handler, "__self__", None)
+                if m.is_param or isinstance(owner, DepthwiseConvPruner) or "out" in fn_name:
+                    out_refs.append((g.index, m.per_channel))
+                if isinstance(owner, DepthwiseConvPruner) or "in_channels" in fn_name:
+                    in_refs.append((g.index, m.per_channel))
+        loose = {m.name for g in self.groups for m in g.members if m.is_param}
+        for name, module in model.named_modules():
+            own = [p for pn, p in module.named_parameters(recurse=False) if f"{name}.{pn}".lstrip(".") not in loose]
+            if not own:
+                continue
+            out_refs, in_refs = refs.get(name, ([], []))
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                is_conv = isinstance(module, nn.Conv2d)
+                table.rows.append(dict(
+                    kind="dwconv" if _is_dw(module) else ("conv" if is_conv else "linear"),
+                    out=module.out_channels if is_conv else module.out_features,
+                    **{"in": module.in_channels if is_conv else module.in_features},
+                    groups=module.groups if is_conv else 1,
+                    kk=int(np.prod(module.kernel_size)) if is_conv else 1,
+                    spatial=spatial.get(module, 0.0), bias=module.bias is not None,
+                    numel=sum(p.numel() for p in own), out_refs=out_refs, in_refs=in_refs))
+            else:  # per-channel modules: parameters scale with the channel count
+                c = self._channel_count(module)
+                table.rows.append(dict(kind="channel", out=c, **{"in": c}, groups=1, kk=1, spatial=0.0,
+                                       bias=False, numel=sum(p.numel() for p in own),
+                                       out_refs=out_refs + in_refs if c else [], in_refs=[]))
+        # loose parameters (e.g. ConvNeXt's layer_scale) that groups prune
+        named_params = dict(model.named_parameters())
+        for name in sorted(loose):
+            p = named_params[name]
+            c = p.shape[self._param_dim(name)]
+            table.rows.append(dict(kind="channel", out=c, **{"in": c}, groups=1, kk=1, spatial=0.0,
+                                   bias=False, numel=p.numel(), out_refs=refs[name][0], in_refs=[]))
+        table.finish(len(self.groups))
+        self._costs = table
+
+    def _param_dim(self, name: str) -> int:
+        return next(m.pruning_dim for g in self.groups for m in g.members if m.is_param and m.name == name)
+
+    @staticmethod
+    def _channel_count(module: nn.Module) -> int:
+        for attr in ("num_features", "num_channels"):
+            if hasattr(module, attr):
+                return int(getattr(module, attr))
+        shape = getattr(module, "normalized_shape", None)
+        if shape:
+            return int(shape[-1])
+        w = getattr(module, "weight", None)
+        return int(w.shape[0]) if isinstance(w, torch.Tensor) and w.dim() >= 1 else 0
+
+    # -- costs -------------------------------------------------------------------------------
+    def _removed(self, keep: Sequence[int] | np.ndarray) -> np.ndarray:
+        keep = np.asarray(keep, dtype=np.float64)
+        if keep.shape != (len(self.groups),):
+            raise ValueError(f"expected {len(self.groups)} keep counts, got shape {keep.shape}")
+        return self.channels - keep
+
+    def macs(self, keep: Sequence[int] | np.ndarray) -> int:
+        """Conv + linear multiply-accumulates per image of the model pruned to ``keep``."""
+        return int(self._costs.macs(self._removed(keep)))
+
+    def params(self, keep: Sequence[int] | np.ndarray) -> int:
+        """Parameter count of the model pruned to ``keep``."""
+        return int(self._costs.params(self._removed(keep)))
+
+    def min_keep(self, group: PrunableGroup | int, round_to: int = 1) -> int:
+        g = self.groups[group] if isinstance(group, int) else group
+        return min(g.channels, legal_step(g.ch_groups, round_to))
+
+    def snap(self, group: PrunableGroup | int, keep: float, round_to: int = 1) -> int:
+        """Nearest legal channel count: at least one channel, a multiple of the conv groups / ``round_to``."""
+        g = self.groups[group] if isinstance(group, int) else group
+        step = legal_step(g.ch_groups, round_to)
+        k = int(round(keep / step)) * step
+        return int(min(g.channels, max(self.min_keep(g, round_to), k)))
+
+    # -- pruning -----------------------------------------------------------------------------
+    def removal_plan(self, remove: Sequence[Sequence[int]]) -> dict[tuple[str, Callable, int, bool], list[int]]:
+        """Per (member, handler): the indices to cut, in the dense model's coordinates."""
+        plan: dict[tuple[str, Callable, int, bool], set[int]] = {}
+        for g, idxs in zip(self.groups, remove):
+            if len(idxs) == 0:
+                continue
+            for m in g.members:
+                key = (m.name, m.handler, m.pruning_dim, m.is_param)
+                bucket = plan.setdefault(key, set())
+                for r in idxs:
+                    bucket.update(m.root_to_idxs[r])
+        return {k: sorted(v) for k, v in plan.items()}
+
+    def prune_copy(self, remove: Sequence[Sequence[int]], model: nn.Module | None = None) -> nn.Module:
+        """A physically smaller deep copy of ``model`` (default: the reference) without ``remove[g]`` channels."""
+        pruned = copy.deepcopy(self.model if model is None else model)
+        for (name, handler, dim, is_param), idxs in self.removal_plan(remove).items():
+            handler.__self__.pruning_dim = dim
+            if is_param:
+                owner_name, _, attr = name.rpartition(".")
+                owner = pruned.get_submodule(owner_name)
+                setattr(owner, attr, handler(getattr(owner, attr), idxs))
+            else:
+                handler(pruned.get_submodule(name), idxs)
+        return pruned

@@ -1,0 +1,1 @@
+"""Experiments over allocators: the compare loop, its report and every figure."""

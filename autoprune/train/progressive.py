@@ -1,0 +1,361 @@
+"""Progressive train-prune-train: shrink the model a little at a time while it trains.
+
+Two ways to decide where each cut goes (``trajectory``):
+
+- ``final`` (the default for ``policy:`` and ``allocation:``): the allocator is asked ONCE, on the
+  original model at the final target, so every group's final width is fixed before training
+  starts. At each event every group moves from its current width toward its final width by the
+  same share of its remaining cut -- the smallest share that meets the step's planned MACs -- so
+  the run lands on the searched shape and the schedule only decides *when* channels go.
+- ``per-step``: at each event the allocator is asked again, on the current, partly pruned model at
+  the step's budget (for heuristics meant to re-look at the model, e.g. ``layer-stats``).
+
+At every event of a ``PruningSchedule`` the driver
+
+1. reads the step's planned cost (a fraction of the ORIGINAL model's MACs),
+2. builds a ``ModelStructure`` on the current, already smaller model,
+3. decides the widths (as above), lets the criterion pick the channels, prunes, and
+4. carries the optimizer state over: every per-parameter buffer (SGD momentum) is sliced to the
+   kept channels by replaying the same removal plan on a shadow copy of the model whose weights
+   are the buffers -- so torch-pruning's own layer pruners decide which slice survives.
+
+Training itself is ``autoprune.training.train``; the driver is its ``on_step`` hook, which also
+counts training MACs (batch MACs of the model that actually ran) and writes a resumable state
+file at every epoch boundary.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from autoprune.core.allocation import Allocation
+from autoprune.core.criteria import group_scores
+from autoprune.core.io import load_pruned, save_pruned
+from autoprune.core.legal import bisect, legal_step
+from autoprune.core.problem import PruningProblem
+from autoprune.core.prune import channels_to_remove
+from autoprune.core.structure import ModelStructure
+from autoprune.errors import AutopruneError
+from autoprune.runs import atomic_path
+from autoprune.train.data import DataBundle
+from autoprune.train.evaluator import AdaptiveBNEvaluator
+from autoprune.train.precision import Precision, resolve_precision
+from autoprune.train.schedules import PruningSchedule
+from autoprune.train.training import TrainRecipe, make_optimizer, train
+
+STATE_FORMAT = "autoprune.progressive-state/1"
+TRAJECTORIES = ("final", "per-step")
+
+
+def default_trajectory(allocator_spec: str) -> str:
+    """Head for a decided shape when the allocator is a learned policy or a saved allocation."""
+    return "final" if allocator_spec.startswith(("policy:", "allocation:")) else "per-step"
+
+
+@dataclass
+class PruneEvent:
+    """One cut: planned and realised kept fraction of the original MACs, and the widths after it."""
+
+    step: int
+    planned: float
+    realised: float
+    macs: int
+    channels: dict[str, int]
+    seconds: float
+
+
+@dataclass
+class ProgressiveResult:
+    model: nn.Module
+    original: ModelStructure  # the model before any cut: the reference of every MACs figure
+    allocation: Allocation  # channels kept per group of the original model
+    events: list[PruneEvent]
+    train_macs: float  # sum over steps of forward MACs per image x batch size
+    seconds: float
+    steps: int
+    history: list[dict] = field(default_factory=list)  # per-epoch val accuracy (of this process)
+
+
+# -- one cut -------------------------------------------------------------------------------
+def group_widths(model: nn.Module, names: Sequence[str]) -> dict[str, int]:
+    """Current output width of each group's root layer (groups are named after their root)."""
+    widths = {}
+    for name in names:
+        m = model.get_submodule(name)
+        widths[name] = int(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+    return widths
+
+
+def prune_with_optimizer(structure: ModelStructure, remove: Sequence[Sequence[int]], optimizer: torch.optim.Optimizer,
+                         make: Callable[[nn.Module], torch.optim.Optimizer]) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """Prune ``structure.model`` and build its optimizer with every per-parameter buffer sliced alike.
+
+    Buffers shaped like their parameter (SGD momentum, Adam moments) are written into a shadow
+    copy of the model and pruned with the same plan; scalars (Adam's step) are copied as is.
+    """
+    model = structure.model
+    pruned = structure.prune_copy(remove)
+    new_opt = make(pruned)
+    names = {p: n for n, p in model.named_parameters()}
+    states = {names[p]: st for p, st in optimizer.state.items() if p in names}
+    keys = sorted({k for st in states.values() for k in st})
+    new_params = dict(pruned.named_parameters())
+    for key in keys:
+        shaped = {n: st[key] for n, st in states.items()
+                  if isinstance(st.get(key), torch.Tensor) and st[key].shape == model.get_parameter(n).shape}
+        if shaped:
+            shadow = copy.deepcopy(model)
+            with torch.no_grad():
+                for n, p in shadow.named_parameters():
+                    if n in shaped:
+                        p.copy_(shaped[n])
+            sliced = dict(structure.prune_copy(remove, model=shadow).named_parameters())
+        for n, st in states.items():
+            if key not in st:
+                continue
+            value = st[key]
+            new_opt.state[new_params[n]][key] = (sliced[n].detach().clone() if n in shaped
+                                                 else value.clone() if isinstance(value, torch.Tensor) else value)
+    return pruned, new_opt
+
+
+# -- the driver ----------------------------------------------------------------------------
+class ProgressivePruner:
+    """``train(on_step=...)`` hook: prunes at the schedule's events, counts MACs, checkpoints.
+
+    ``original`` is the structure of the model before any cut: its dense MACs are the reference
+    of every planned target, and its group names index the widths recorded per event.
+    """
+
+    def __init__(self, original: ModelStructure, data: DataBundle, recipe: TrainRecipe, schedule: PruningSchedule,
+                 allocator: Any, *, base_name: str, criterion: str = "l1", min_keep: float = 0.2, round_to: int = 1,
+                 seed: int = 0, device: torch.device | str = "cpu", state_path: str | Path | None = None,
+                 writer: Any = None, progress: bool = True, precision: str | Precision = "auto",
+                 trajectory: str = "per-step"):
+        if trajectory not in TRAJECTORIES:
+            raise AutopruneError(f"unknown trajectory '{trajectory}': use {' or '.join(TRAJECTORIES)}")
+        self.trajectory = trajectory
+        self.final_widths: dict[str, int] | None = None  # trajectory "final": fixed before training
+        self.original = original
+        self.data, self.recipe, self.schedule, self.allocator = data, recipe, schedule, allocator
+        self.base_name, self.criterion, self.min_keep, self.round_to, self.seed = base_name, criterion, min_keep, round_to, seed
+        self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.state_path = Path(state_path) if state_path is not None else None
+        self.writer, self.progress = writer, progress
+        self.n_train = len(data.train)
+        self.steps_per_epoch = math.ceil(self.n_train / recipe.batch_size)
+        self.events: list[PruneEvent] = []
+        self._event_steps = set(schedule.events)
+        self.train_macs = 0.0
+        self.elapsed = 0.0  # wall seconds of earlier processes (resume)
+        self.resumed_at = -1
+        self.model: nn.Module = original.model
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.macs = original.dense_macs
+        self._calib: list[torch.Tensor] | None = None
+        self._evaluator: AdaptiveBNEvaluator | None = None
+        self._example = data.tensors("val")[0][:1].to(self.device)
+
+    # -- state --------------------------------------------------------------------------------
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return make_optimizer(model, self.recipe)
+
+    def widths(self, model: nn.Module) -> dict[str, int]:
+        return group_widths(model, [g.name for g in self.original.groups])
+
+    def allocation(self) -> Allocation:
+        """The current widths as an allocation of the original model."""
+        return Allocation(self.widths(self.model))
+
+    def save_state(self, step: int) -> None:
+        if self.state_path is None:
+            return
+        with atomic_path(self.state_path) as tmp:
+            save_pruned(self.model, self.base_name, self.data.num_classes, tmp, format=STATE_FORMAT, step=step,
+                        optimizer=self.optimizer.state_dict(), events=[asdict(e) for e in self.events],
+                        train_macs=self.train_macs, seconds=self.elapsed + time.perf_counter() - self._t0,
+                        final_widths=self.final_widths)
+
+    def load_state(self) -> int:
+        """Restore model, optimizer, events and counters from ``state_path``; returns the step to resume at."""
+        model, base = load_pruned(self.state_path)
+        meta = torch.load(self.state_path, map_location="cpu", weights_only=True)["meta"]
+        if meta.get("format") != STATE_FORMAT or base != self.base_name:
+            raise AutopruneError(f"'{self.state_path}' is not a progressive state of a {self.base_name}: "
+                                 "choose another --output or drop --resume")
+        self.model = model.to(self.device)
+        self.optimizer = self.make_optimizer(self.model)
+        self.optimizer.load_state_dict(meta["optimizer"])
+        self.events = [PruneEvent(**e) for e in meta["events"]]
+        self.train_macs, self.elapsed = float(meta["train_macs"]), float(meta["seconds"])
+        self.final_widths = meta.get("final_widths")
+        self.macs = self.original.macs([self.widths(self.model)[g.name] for g in self.original.groups])
+        self.resumed_at = int(meta["step"])
+        return self.resumed_at
+
+    # -- the hook -----------------------------------------------------------------------------
+    def __call__(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+        if step % self.steps_per_epoch == 0 and step > self.resumed_at and step > 0:
+            self.save_state(step)
+        replaced = None
+        if step in self._event_steps and all(e.step != step for e in self.events):
+            replaced = self.prune(step)
+        batch = min(self.recipe.batch_size, self.n_train - (step % self.steps_per_epoch) * self.recipe.batch_size)
+        self.train_macs += self.macs * batch
+        if self.writer is not None and step % 20 == 0:
+            self.writer.add_scalar("cost/train_gmacs", self.train_macs / 1e9, step)
+        return replaced
+
+    def _calibration(self) -> list[torch.Tensor]:
+        """Calibration batches (criteria, adaptive BN) and the evaluator, built on first use."""
+        if self._calib is None:
+            self._calib = self.data.calibration_batches(128, self.device)
+            vx, vy = self.data.tensors("val", self.device)
+            self._evaluator = AdaptiveBNEvaluator(self._calib, vx, vy, precision=self.precision)
+        return self._calib
+
+    def _problem(self, structure: ModelStructure, target: float) -> PruningProblem:
+        self._calibration()
+        return PruningProblem(structure, target=target, metric="macs", evaluator=self._evaluator,
+                              criterion=self.criterion, calib_batches=self._calib, min_keep=self.min_keep,
+                              round_to=self.round_to)
+
+    def prune(self, step: int) -> tuple[nn.Module, torch.optim.Optimizer] | None:
+        """Cut the current model to the schedule's target at ``step``."""
+        t0 = time.perf_counter()
+        planned = self.schedule.target(step)
+        structure = ModelStructure(self.model, self._example, num_classes=self.data.num_classes)
+        relative = planned * self.original.dense_macs / structure.dense_macs
+        replaced = None
+        if self.trajectory == "final":
+            counts = self.trajectory_counts(structure, planned)
+        elif relative < 1.0:
+            counts = self.allocator.allocate(self._problem(structure, relative)).counts(structure)
+        else:
+            counts = np.array([g.channels for g in structure.groups])
+        if any(int(k) < g.channels for g, k in zip(structure.groups, counts)):
+            scores = group_scores(structure, self.criterion, self._calibration())
+            remove = channels_to_remove(structure, counts, scores)
+            replaced = prune_with_optimizer(structure, remove, self.optimizer, self.make_optimizer)
+            self.model, self.optimizer = replaced
+            self.macs = structure.macs(counts)
+        widths = self.widths(self.model)
+        event = PruneEvent(step, planned, self.macs / self.original.dense_macs, int(self.macs), widths,
+                           time.perf_counter() - t0)
+        self.events.append(event)
+        self.log_event(event)
+        return replaced
+
+    def plan_final_widths(self) -> dict[str, int]:
+        """Trajectory ``final``: the allocator decides every group's final width once, on the original model."""
+        if self.final_widths is None:
+            problem = self._problem(self.original, self.schedule.final)
+            counts = self.allocator.allocate(problem).counts(self.original)
+            self.final_widths = {g.name: int(k) for g, k in zip(self.original.groups, counts)}
+        return self.final_widths
+
+    def trajectory_counts(self, structure: ModelStructure, planned: float) -> np.ndarray:
+        """Widths (in ``structure``'s group order) after moving every group the same share of the way
+        from its current width to its final one: the smallest share whose MACs meet ``planned``."""
+        final = self.plan_final_widths()
+        names = [g.name for g in structure.groups]
+        current = np.array([g.channels for g in structure.groups], dtype=float)
+        target = np.array([final[n] for n in names], dtype=float)
+        budget = planned * self.original.dense_macs
+
+        def counts_at(share: float) -> np.ndarray:
+            raw = [structure.snap(g, c - share * (c - f), self.round_to) for g, c, f in zip(structure.groups, current, target)]
+            return np.clip(np.array(raw, dtype=np.int64), target.astype(np.int64), current.astype(np.int64))
+
+        if structure.macs(counts_at(0.0)) <= budget:
+            return counts_at(0.0)
+        if planned <= self.schedule.final + 1e-12:
+            return counts_at(1.0)  # the last cut lands exactly on the decided shape
+        counts = counts_at(bisect(lambda share: structure.macs(counts_at(share)) > budget, iters=30)[1])
+        # rounding overshoots the cut a little: give channels back, one legal step at a time, largest gap first
+        steps = [legal_step(g.ch_groups, self.round_to) for g in structure.groups]
+        for i in np.argsort(-(current - counts)):
+            while counts[i] + steps[i] <= current[i]:
+                counts[i] += steps[i]
+                if structure.macs(counts) > budget:
+                    counts[i] -= steps[i]
+                    break
+        return counts
+
+    def log_event(self, event: PruneEvent) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("cost/macs_planned", event.planned, event.step)
+            self.writer.add_scalar("cost/macs_realised", event.realised, event.step)
+            for name, c in event.channels.items():
+                self.writer.add_scalar(f"channels/{name}", c, event.step)
+        if self.progress:
+            print(f"step {event.step}: MACs {100 * event.realised:.1f}% of original "
+                  f"(planned {100 * event.planned:.1f}%), cut in {event.seconds:.2f}s", flush=True)
+
+    # -- the whole run ------------------------------------------------------------------------
+    def run(self, resume: bool = False, log_dir: str | Path | None = None) -> ProgressiveResult:
+        start = 0
+        if resume and self.state_path is not None and self.state_path.exists():
+            start = self.load_state()
+        if self.optimizer is None:
+            self.optimizer = self.make_optimizer(self.model)
+        if self.trajectory == "final":
+            self.plan_final_widths()
+        total = self.recipe.total_steps(self.n_train)
+        if self.schedule.end >= total:
+            raise AutopruneError(f"the pruning schedule ends at step {self.schedule.end}, after training ({total} steps)")
+        self._t0 = time.perf_counter()
+        if self.writer is not None and start == 0:
+            self.log_event(PruneEvent(0, 1.0, self.macs / self.original.dense_macs, int(self.macs),
+                                      self.widths(self.model), 0.0))
+        history: list[dict] = []
+        if start < total:
+            result = train(self.model, self.data, self.recipe, device=self.device, seed=self.seed, log_dir=log_dir,
+                           progress=self.progress, on_step=self, start_step=start, optimizer=self.optimizer,
+                           precision=self.precision)
+            history = result.history
+        self.save_state(total)
+        return ProgressiveResult(self.model, self.original, self.allocation(), self.events, self.train_macs,
+                                 self.elapsed + time.perf_counter() - self._t0, total, history)
+
+
+def progressive_train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, schedule: PruningSchedule,
+                      allocator: Any, *, base_name: str, criterion: str = "l1", min_keep: float = 0.2,
+                      round_to: int = 1, seed: int = 0, device: torch.device | str = "cpu",
+                      state_path: str | Path | None = None, resume: bool = False,
+                      log_dir: str | Path | None = None, progress: bool = True,
+                      precision: str | Precision = "auto", trajectory: str = "per-step") -> ProgressiveResult:
+    """Train ``model`` for ``recipe.epochs`` while pruning it to ``schedule.final`` of its MACs.
+
+    ``allocator`` is any ``Allocator`` (``autoprune.agents.get_allocator(name)``); ``trajectory``
+    says whether it decides the final shape once (``final``) or every cut anew (``per-step``). With
+    ``state_path`` a resumable state is written at every epoch boundary; ``resume`` continues from it.
+    """
+    device = torch.device(device)
+    model.to(device)
+    example = data.tensors("val")[0][:1].to(device)
+    original = ModelStructure(model, example, num_classes=data.num_classes)
+    writer = None
+    if log_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(Path(log_dir) / "pruning"))
+    try:
+        pruner = ProgressivePruner(original, data, recipe, schedule, allocator, base_name=base_name,
+                                   criterion=criterion, min_keep=min_keep, round_to=round_to, seed=seed,
+                                   device=device, state_path=state_path, writer=writer, progress=progress,
+                                   precision=precision, trajectory=trajectory)
+        return pruner.run(resume=resume, log_dir=log_dir)
+    finally:
+        if writer is not None:
+            writer.close()

@@ -1,0 +1,51 @@
+"""What most commands share: model + data + structure + evaluator from one set of options."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from autoprune.core.io import load_model
+from autoprune.core.structure import ModelStructure
+from autoprune.errors import AutopruneError
+from autoprune.models import model_info
+from autoprune.train.data import DataBundle, make_bundle
+from autoprune.train.evaluator import AdaptiveBNEvaluator, resolve_device
+from autoprune.train.precision import Precision, resolve_precision
+
+DEFAULT_DATA = "imagefolder:../shared/data/cifar10"
+
+
+@dataclass
+class Workspace:
+    model: nn.Module
+    model_name: str
+    data: DataBundle
+    device: torch.device
+    precision: Precision
+
+    def structure(self) -> ModelStructure:
+        x, _ = self.data.tensors("val")
+        return ModelStructure(self.model, x[:1].to(self.device), num_classes=self.data.num_classes)
+
+    def evaluator(self, calib_batch_size: int = 128) -> AdaptiveBNEvaluator:
+        x, y = self.data.tensors("val", self.device)
+        return AdaptiveBNEvaluator(self.data.calibration_batches(calib_batch_size, self.device), x, y,
+                                   precision=self.precision)
+
+
+def open_workspace(model: str, checkpoint: str | None, data: str, *, val_size: int = 5000, calib_size: int = 2048,
+                   seed: int = 0, device: str = "auto", image_size: int | None = None,
+                   train_subset: int | None = None, precision: str = "auto") -> Workspace:
+    """Load data first (to learn the class count), then the model (and its checkpoint) on the device."""
+    info = model_info(model)
+    prec = resolve_precision(precision, resolve_device(device))  # a bad precision fails before data is read
+    bundle = make_bundle(data, info.mean, info.std, val_size=val_size, calib_size=calib_size, seed=seed,
+                         image_size=image_size, train_subset=train_subset)
+    dev = resolve_device(device)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise AutopruneError(f"checkpoint '{checkpoint}' not found: check the path")
+    net = load_model(model, bundle.num_classes, checkpoint).to(dev)
+    return Workspace(net, model, bundle, dev, prec)
