@@ -81,7 +81,7 @@ def test_yaml_values_are_type_checked_in_one_line(tmp_path, yaml_text, message):
 def test_well_typed_yaml_loads(tmp_path):
     import argparse
 
-    from autoprune.cli.config import add_config_args, resolve_config
+    from autoprune.config import add_config_args, resolve_config
     from autoprune.experiments.comparison import CompareConfig
 
     cfg = tmp_path / "c.yaml"
@@ -89,7 +89,28 @@ def test_well_typed_yaml_loads(tmp_path):
     parser = argparse.ArgumentParser()
     add_config_args(parser, CompareConfig)
     resolved = resolve_config(CompareConfig, parser.parse_args(["--config", str(cfg)]))
-    assert resolved.targets == [0.5, 1] and resolved.epochs == 2 and resolved.train_subset is None
+    assert resolved.targets == [0.5, 1] and resolved.train.epochs == 2 and resolved.train_subset is None
+
+
+def test_nested_options_read_flat_or_nested_and_save_flat(tmp_path):
+    """Command configs nest TrainRecipe / RLConfig; YAML may give their options either way, and the
+    saved config.yaml uses the flag names, so it reads back as the same config."""
+    import argparse
+
+    from autoprune.cli.commands.progressive import ProgressiveConfig
+    from autoprune.config import add_config_args, resolve_config, save_config
+
+    flat, nested = tmp_path / "flat.yaml", tmp_path / "nested.yaml"
+    flat.write_text("model: resnet20\noutput: out\nepochs: 2\nlr_schedule: constant\n")
+    nested.write_text("model: resnet20\noutput: out\nrecipe: {epochs: 2, schedule: constant}\n")
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, ProgressiveConfig)
+    a = resolve_config(ProgressiveConfig, parser.parse_args(["--config", str(flat)]))
+    b = resolve_config(ProgressiveConfig, parser.parse_args(["--config", str(nested)]))
+    assert a == b and a.recipe.epochs == 2 and a.recipe.schedule == "constant" and a.recipe.lr == 0.05
+    save_config(a, tmp_path / "saved.yaml")
+    assert "lr_schedule: constant" in (tmp_path / "saved.yaml").read_text()
+    assert resolve_config(ProgressiveConfig, parser.parse_args(["--config", str(tmp_path / "saved.yaml")])) == a
 
 
 def test_train_refuses_a_folder_holding_another_run(tmp_path):

@@ -23,6 +23,7 @@ from autoprune.experiments.report import summarize, verdict
 from autoprune.models import create_model
 from autoprune.train.data import DataBundle, ImageSet
 from autoprune.train.evaluator import AdaptiveBNEvaluator
+from autoprune.train.training import TrainRecipe
 
 METHODS = ["uniform", "layer-stats", "global@normalize=mean", "random@samples=2"]
 
@@ -63,7 +64,7 @@ def tiny_setup(synthetic_bundle):
 
 def _config(out, **over):
     kw = dict(model="small", output=str(out), targets=[0.6], seeds=[0, 1], allocators=METHODS,
-              recipes=["lr-rewind", "scratch-E"], epochs=0.5, batch_size=64, device="cpu")
+              recipes=["lr-rewind", "scratch-E"], train=TrainRecipe(epochs=0.5, batch_size=64), device="cpu")
     kw.update(over)
     return CompareConfig(**kw)
 
@@ -118,7 +119,7 @@ def test_rerun_resumes_without_new_work_and_other_settings_are_refused(run_dir, 
     record = _run(_config(run_dir), tiny_setup)
     assert record["rows"] == json.loads(before)["rows"]
     with pytest.raises(AutopruneError, match="holds another run"):
-        _run(_config(run_dir, epochs=1.0), tiny_setup)
+        _run(_config(run_dir, train=TrainRecipe(epochs=1.0, batch_size=64)), tiny_setup)
     assert (run_dir / "results.json").read_text() == before  # nothing lost
 
 
@@ -152,7 +153,7 @@ def test_spec_options_recipes_and_reinitialisation():
     assert parse_spec("sensitivity@rates=[0.8,0.5]") == ("sensitivity", {"rates": [0.8, 0.5]})
     assert method_labels(["global@normalize=none", "global", "policy:a/p.zip", "random@samples=3"]) == [
         "global@normalize=none", "global", "policy", "random"]
-    cfg = CompareConfig(model="resnet20", output="x", epochs=2, scratch_epochs=4)
+    cfg = CompareConfig(model="resnet20", output="x", train=TrainRecipe(epochs=2), scratch_epochs=4)
     assert recipe_for(cfg, "finetune", 0.5).schedule == "constant" and recipe_for(cfg, "finetune", 0.5).lr == 0.001
     assert recipe_for(cfg, "lr-rewind", 0.5).lr == cfg.rewind_lr == 0.01
     assert recipe_for(cfg, "scratch-E", 0.5).epochs == 4 and recipe_for(cfg, "scratch-B", 0.5).epochs == 8

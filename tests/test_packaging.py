@@ -14,7 +14,7 @@ def test_wheel_maps_envs_and_agents_under_autoprune(tmp_path):
     tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
     names = set(zipfile.ZipFile(wheel).namelist())
     assert tops == {"autoprune", next(t for t in tops if t.endswith(".dist-info"))}
-    assert {"autoprune/envs/channel_pruning.py", "autoprune/agents/rl.py", "autoprune/commands/search.py"} <= names
+    assert {"autoprune/envs/channel_pruning.py", "autoprune/agents/rl/search.py", "autoprune/cli/commands/search.py"} <= names
 
 
 def test_installed_subpackages_resolve_from_anywhere(tmp_path):

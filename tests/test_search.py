@@ -63,7 +63,7 @@ def test_episode_credit_gives_every_step_the_normalised_outcome():
     from gymnasium import spaces
     from stable_baselines3.common.buffers import ReplayBuffer
 
-    from autoprune.agents.rl import _credit_episode
+    from autoprune.agents.rl.amc import credit_episode
 
     buffer = ReplayBuffer(7, spaces.Box(0, 1, (2,)), spaces.Box(-1, 1, (1,)), device="cpu")
     outcomes = [0.2, 0.5, 0.9, 0.4]  # 4 episodes of 3 steps through a 7-slot buffer
@@ -74,7 +74,7 @@ def test_episode_credit_gives_every_step_the_normalised_outcome():
             buffer.add(np.zeros(2), np.zeros(2), np.zeros(1), np.array([outcome if done else 0.0]),
                        np.array([done]), [{}])
             owner = (owner + [outcome])[-7:]
-            _credit_episode(buffer, outcome if done else 0.0, done)
+            credit_episode(buffer, outcome if done else 0.0, done)
         live = np.array(owner)
         # slot i holds the (len(owner) - 7 + i)-th step written, modulo the wrap
         held = np.roll(live, buffer.pos) if buffer.full else live
@@ -221,3 +221,19 @@ def test_env_is_registered_with_gymnasium(resnet20_structure):
 
     env = gym.make(ENV_ID, problem=PruningProblem(resnet20_structure, 0.5), evaluate=False)
     assert isinstance(env.unwrapped, ChannelPruningEnv) and env.unwrapped.n == len(resnet20_structure.groups)
+
+
+def test_tensorboard_shows_actor_and_critic_losses(tmp_path, resnet20_structure):
+    """SB3's own logger is on: the losses it records while learning reach tb/ next to the episode scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from autoprune.agents.rl import RLSearch
+
+    RLSearch(episodes=4, warmup_episodes=2, seed=0).search(cheap_problem(resnet20_structure), tmp_path)
+    tags = set()
+    for events in (tmp_path / "tb").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"train/actor_loss", "train/critic_loss", "episode/accuracy"} <= tags
+

@@ -6,7 +6,7 @@ to one score tensor per group, higher = more important. Register new ones with
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn as nn
@@ -15,6 +15,7 @@ import torch_pruning as tp
 
 from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
+from autoprune.registry import Registry
 
 
 class Criterion(Protocol):
@@ -24,24 +25,20 @@ class Criterion(Protocol):
         ...
 
 
-_REGISTRY: dict[str, Callable[[], Criterion]] = {}
+CRITERIA: Registry[Criterion] = Registry("criterion")
 
 
-def register_criterion(name: str) -> Callable:
-    def wrap(factory: Callable[[], Criterion]) -> Callable[[], Criterion]:
-        _REGISTRY[name] = factory
-        return factory
-    return wrap
+def register_criterion(name: str, **preset: Any) -> Callable:
+    return CRITERIA.register(name, **preset)
 
 
 def list_criteria() -> list[str]:
-    return sorted(_REGISTRY)
+    return CRITERIA.names()
 
 
-def get_criterion(name: str) -> Criterion:
-    if name not in _REGISTRY:
-        raise AutopruneError(f"unknown criterion '{name}': use one of {', '.join(list_criteria())}")
-    return _REGISTRY[name]()
+def get_criterion(spec: str) -> Criterion:
+    """A criterion by name, with options as ``name@key=value``."""
+    return CRITERIA.build(spec)
 
 
 class TorchPruningImportance:

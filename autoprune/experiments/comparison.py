@@ -12,17 +12,18 @@ import copy
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-import yaml
 
+from autoprune.config import flat_config, nested, save_config
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
 from autoprune.errors import AutopruneError
+from autoprune.registry import parse_spec
 from autoprune.runs import write_json_atomic
 from autoprune.train.data import DataBundle
 from autoprune.train.evaluator import AdaptiveBNEvaluator, accuracy
@@ -46,14 +47,11 @@ class CompareConfig:
                                                            "random", "greedy"])
     seeds: list[int] = field(default_factory=lambda: [0])
     recipes: list[str] = field(default_factory=lambda: ["lr-rewind"])
-    epochs: float = 1.0
+    train: TrainRecipe = nested(TrainRecipe, exclude=("lr", "momentum", "schedule", "warmup_steps", "augment"))
     finetune_lr: float = 0.001  # classic fine-tuning: constant small learning rate
     rewind_lr: float = 0.01  # learning-rate rewinding: cosine from this rate (Renda et al. 2020)
     scratch_lr: float = 0.1
     scratch_epochs: float | None = None  # scratch-E epochs (default: --epochs); scratch-B scales it by dense/pruned MACs
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    bn_l1: float = 0.0
     min_keep: float = 0.2
     max_keep: float = 1.0
     round_to: int = 1
@@ -77,18 +75,6 @@ HELP = {
 
 
 # -- allocator specs -------------------------------------------------------------------------
-def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``name@k=v,k=v`` -> (name, {k: v}); values are YAML (``rates=[0.8,0.5]`` is a list)."""
-    name, sep, opts = spec.rpartition("@")
-    if not sep or not re.match(r"\w+=", opts):
-        return spec, {}
-    try:
-        kwargs = yaml.safe_load("{" + re.sub(r"(^|,)\s*(\w+)=", r"\1 \2: ", opts) + "}")
-    except yaml.YAMLError:
-        raise AutopruneError(f"cannot read the options of allocator '{spec}': write NAME@key=value,key=value") from None
-    return name, kwargs
-
-
 def method_labels(specs: list[str]) -> list[str]:
     """Short names for the table: the allocator name (``policy`` for a policy file), unless two specs
     share it (then the full specs, e.g. ``global@normalize=none`` vs ``global@normalize=lamp``)."""
@@ -103,8 +89,8 @@ def _slug(text: str) -> str:
 def build_allocator(spec: str, seed: int, folder: Path):
     from autoprune.agents import get_allocator
 
-    name, kwargs = parse_spec(spec)
-    alloc = get_allocator(name, **kwargs)
+    _, kwargs = parse_spec(spec)
+    alloc = get_allocator(spec)
     if hasattr(alloc, "seed") and "seed" not in kwargs:
         alloc.seed = seed
     if hasattr(alloc, "output_dir") and "output_dir" not in kwargs:
@@ -114,16 +100,15 @@ def build_allocator(spec: str, seed: int, folder: Path):
 
 # -- training --------------------------------------------------------------------------------
 def recipe_for(cfg: CompareConfig, recipe: str, macs_ratio: float) -> TrainRecipe:
-    common = dict(weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, bn_l1=cfg.bn_l1)
     if recipe == "finetune":
-        return TrainRecipe(epochs=cfg.epochs, lr=cfg.finetune_lr, schedule="constant", **common)
+        return replace(cfg.train, lr=cfg.finetune_lr, schedule="constant")
     if recipe == "lr-rewind":
-        return TrainRecipe(epochs=cfg.epochs, lr=cfg.rewind_lr, schedule="cosine", **common)
-    scratch = cfg.scratch_epochs if cfg.scratch_epochs is not None else cfg.epochs
+        return replace(cfg.train, lr=cfg.rewind_lr, schedule="cosine")
+    scratch = cfg.scratch_epochs if cfg.scratch_epochs is not None else cfg.train.epochs
     if recipe == "scratch-E":
-        return TrainRecipe(epochs=scratch, lr=cfg.scratch_lr, schedule="cosine", **common)
+        return replace(cfg.train, epochs=scratch, lr=cfg.scratch_lr, schedule="cosine")
     if recipe == "scratch-B":  # same training MACs as scratch-E on the dense model (Liu et al. 2019)
-        return TrainRecipe(epochs=scratch / macs_ratio, lr=cfg.scratch_lr, schedule="cosine", **common)
+        return replace(cfg.train, epochs=scratch / macs_ratio, lr=cfg.scratch_lr, schedule="cosine")
     raise AutopruneError(f"unknown recipe '{recipe}': use any of {', '.join(RECIPES)}")
 
 
@@ -148,18 +133,15 @@ def validate(cfg: CompareConfig) -> None:
     bad = [r for r in cfg.recipes if r not in RECIPES]
     if bad:
         raise AutopruneError(f"unknown recipe(s) {bad}: use any of {', '.join(RECIPES)}")
-    if cfg.epochs <= 0:
-        raise AutopruneError(f"--epochs {cfg.epochs} must be positive")
+    if cfg.train.epochs <= 0:
+        raise AutopruneError(f"--epochs {cfg.train.epochs} must be positive")
     for t in cfg.targets:
         if not 0 < t <= 1:
             raise AutopruneError(f"target {t} is outside (0, 1]: it is the fraction of {cfg.metric} to keep")
-    from autoprune.agents import list_allocators
+    from autoprune.agents import ALLOCATORS
 
-    known = list_allocators()
     for spec in cfg.allocators:
-        name, _ = parse_spec(spec)
-        if name not in known and not name.startswith(("policy:", "allocation:")):
-            raise AutopruneError(f"unknown allocator '{name}': use one of {', '.join(known)}")
+        ALLOCATORS.check(spec)
     labels = method_labels(cfg.allocators)
     if len(set(labels)) != len(labels):
         raise AutopruneError(f"allocator list {cfg.allocators} names a method twice")
@@ -167,7 +149,7 @@ def validate(cfg: CompareConfig) -> None:
 
 # -- results file ----------------------------------------------------------------------------
 def _comparable(cfg: CompareConfig) -> dict:
-    d = asdict(cfg)
+    d = flat_config(cfg)  # flat, as results.json has always stored it
     d.pop("output")
     d.pop("device")
     return d
@@ -210,7 +192,7 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
     (out / "allocations").mkdir(exist_ok=True)
     yaml_path = out / "config.yaml"
     if not yaml_path.exists():
-        yaml_path.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        save_config(cfg, yaml_path)
     test_x, test_y = data.tensors("test", device)
     val_x, val_y = data.tensors("val", device)
     if record["dense"] is None:

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from autoprune.errors import AutopruneError
 from autoprune.models.cifar_resnet import CifarResNet
+from autoprune.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,27 +28,14 @@ class ModelInfo:
     std: tuple[float, float, float] = IMAGENET_STD
 
 
-_CIFAR: dict[str, Callable[[int], nn.Module]] = {
-    f"resnet{d}": (lambda nc, d=d: CifarResNet(d, nc)) for d in (20, 32, 44, 56, 110)
-}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+for _depth in (20, 32, 44, 56, 110):
+    MODELS.register(f"resnet{_depth}", CifarResNet, depth=_depth)
 
 
-def list_models() -> list[str]:
-    return sorted(_CIFAR) + ["tv:<any torchvision classification model>"]
-
-
-def model_info(name: str) -> ModelInfo:
-    if name in _CIFAR:
-        return ModelInfo(name, input_size=32)
-    if name.startswith("tv:"):
-        return ModelInfo(name, input_size=224)
-    raise AutopruneError(f"unknown model '{name}': use one of {', '.join(list_models())}")
-
-
-def _torchvision_model(name: str, num_classes: int) -> nn.Module:
+def _torchvision_model(tv_name: str, num_classes: int) -> nn.Module:
     import torchvision
 
-    tv_name = name[3:]
     if tv_name not in torchvision.models.list_models(module=torchvision.models):
         raise AutopruneError(
             f"unknown torchvision model '{tv_name}': see torchvision.models.list_models()"
@@ -55,14 +43,22 @@ def _torchvision_model(name: str, num_classes: int) -> nn.Module:
     return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes)
 
 
+MODELS.register_prefix("tv:", _torchvision_model, lambda tv_name: {"tv_name": tv_name},
+                       "tv:<any torchvision classification model>")
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def model_info(name: str) -> ModelInfo:
+    MODELS.check(name)
+    return ModelInfo(name, input_size=224 if name.startswith("tv:") else 32)
+
+
 def create_model(name: str, num_classes: int = 10) -> nn.Module:
     """Build a model by registry name, freshly initialised (checkpoints: ``autoprune.core.io.load_model``)."""
-    if name in _CIFAR:
-        return _CIFAR[name](num_classes)
-    if name.startswith("tv:"):
-        return _torchvision_model(name, num_classes)
-    model_info(name)  # raises the unknown-model error
-    raise AssertionError(name)
+    return MODELS.build(name, num_classes=num_classes)
 
 
 __all__ = ["create_model", "model_info", "list_models", "ModelInfo", "CifarResNet"]

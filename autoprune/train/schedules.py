@@ -22,22 +22,20 @@ from dataclasses import dataclass
 from typing import Callable
 
 from autoprune.errors import AutopruneError
+from autoprune.registry import Registry
 
 Shape = Callable[[float, float], float]
-_SHAPES: dict[str, Shape] = {}
+SHAPES: Registry[Shape] = Registry("pruning schedule")
 
 EXPONENTIAL_RATE = 5.0
 
 
 def register_schedule(name: str) -> Callable[[Shape], Shape]:
-    def wrap(fn: Shape) -> Shape:
-        _SHAPES[name] = fn
-        return fn
-    return wrap
+    return SHAPES.register(name)
 
 
 def list_schedules() -> list[str]:
-    return sorted(_SHAPES)
+    return SHAPES.names()
 
 
 @register_schedule("constant")
@@ -86,8 +84,7 @@ class PruningSchedule:
     frequency: int
 
     def __post_init__(self) -> None:
-        if self.shape not in _SHAPES:
-            raise AutopruneError(f"unknown pruning schedule '{self.shape}': use one of {', '.join(list_schedules())}")
+        SHAPES.check(self.shape)
         if not 0.0 < self.final <= 1.0:
             raise AutopruneError(f"final kept fraction {self.final} is outside (0, 1]")
         if self.frequency < 1:
@@ -107,7 +104,7 @@ class PruningSchedule:
         done = sum(1 for e in events if e <= step)
         if done == 0:
             return 0.0
-        return min(1.0, max(0.0, _SHAPES[self.shape](done / len(events), self.final)))
+        return min(1.0, max(0.0, SHAPES.lookup(self.shape)(done / len(events), self.final)))
 
     def target(self, step: int) -> float:
         """Kept fraction of the original cost planned at ``step``."""

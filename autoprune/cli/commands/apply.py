@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from autoprune.cli.commands.search import target_of
-from autoprune.cli.config import add_config_args, resolve_config, save_config
+from autoprune.config import add_config_args, flat_config, nested, resolve_config, save_config
 from autoprune.runs import check_run_dir
+from autoprune.train.training import TrainRecipe
 from autoprune.workspace import DEFAULT_DATA, open_workspace
 
 NAME = "apply"
@@ -29,10 +30,8 @@ class ApplyConfig:
     round_to: int = 1
     evaluate: bool = True
     report_test: bool = False
-    finetune_epochs: float = 0.0
-    lr: float = 0.01
-    weight_decay: float = 5e-4
-    batch_size: int = 128
+    finetune: TrainRecipe = nested(TrainRecipe, exclude=("momentum", "schedule", "warmup_steps", "bn_l1", "augment"),
+                                   rename={"epochs": "finetune_epochs"}, epochs=0.0)
     train_subset: int | None = None
     image_size: int | None = None
     val_size: int = 2000
@@ -69,7 +68,7 @@ def run(args) -> None:
     from autoprune.core.problem import PruningProblem
     from autoprune.train.artifacts import save_calibrated
     from autoprune.train.evaluator import accuracy
-    from autoprune.train.training import TrainRecipe, train
+    from autoprune.train.training import train
 
     allocator = PolicyAllocator(cfg.policy)  # a corrupt policy fails before any data is loaded
     min_keep = cfg.min_keep if cfg.min_keep is not None else float(allocator.meta["min_keep"])
@@ -90,23 +89,22 @@ def run(args) -> None:
                     "model": cfg.model, "metric": metric,
                     "target": target, "cost_ratio": cost_ratio, "meets_target": problem.feasible(allocation),
                     "macs_before": macs0, "macs_after": macs1, "params_before": params0, "params_after": params1,
-                    "config": asdict(cfg)}
+                    "config": flat_config(cfg)}
     if cfg.evaluate:
         uniform = UniformAllocator().allocate(problem)
         report["adaptive_bn_accuracy"] = problem.score(allocation)
         report["uniform_adaptive_bn_accuracy"] = problem.score(uniform)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    if cfg.finetune_epochs > 0:
+    if cfg.finetune.epochs > 0:
         from autoprune.train.evaluator import recalibrate_bn
 
         recalibrate_bn(pruned, calib)  # start fine-tuning from recalibrated BN statistics, as scored
-        recipe = TrainRecipe(epochs=cfg.finetune_epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             batch_size=cfg.batch_size)
+        recipe = cfg.finetune
         result = train(pruned, ws.data, recipe, device=ws.device, precision=ws.precision, seed=cfg.seed,
                        log_dir=out / "tb",
                        macs_per_image=macs1)
-        report["finetune"] = {"epochs": cfg.finetune_epochs, "steps": result.steps, "seconds": result.seconds}
+        report["finetune"] = {"epochs": recipe.epochs, "steps": result.steps, "seconds": result.seconds}
     vx, vy = ws.data.tensors("val", ws.device)
     report["saved_model_val_accuracy"], saved = save_calibrated(
         pruned, cfg.model, ws.data.num_classes, out / "model.pt", calib, vx, vy, criterion=cfg.criterion,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoprune.cli.config import add_config_args, resolve_config
+from autoprune.config import add_config_args, resolve_config
 from autoprune.experiments.comparison import HELP as FIELD_HELP
 from autoprune.experiments.comparison import CompareConfig, open_results, run_comparison, validate, write_outputs
 from autoprune.workspace import open_workspace

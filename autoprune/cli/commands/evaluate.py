@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from autoprune.cli.config import add_config_args, resolve_config
+from autoprune.config import add_config_args, resolve_config
 from autoprune.train.evaluator import accuracy, recalibrate_bn
 from autoprune.workspace import DEFAULT_DATA, open_workspace
 

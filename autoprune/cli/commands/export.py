@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoprune.cli.config import add_config_args, resolve_config
+from autoprune.config import add_config_args, resolve_config
 from autoprune.core.io import load_model
 from autoprune.deploy.export import FORMATS, export
 from autoprune.errors import AutopruneError

@@ -5,17 +5,18 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from autoprune.cli.config import add_config_args, load_yaml, resolve_config, save_config
+from autoprune.config import add_config_args, flat_config, nested, resolve_resumable, save_config
 from autoprune.errors import AutopruneError
 from autoprune.experiments.plots import plot_channels_over_training, plot_schedule
 from autoprune.runs import check_run_dir
+from autoprune.train.training import TrainRecipe
 from autoprune.workspace import DEFAULT_DATA, open_workspace
 
 NAME = "progressive"
 HELP = "Prune while training: an allocator splits each step's cut, a schedule sets its size."
 
 # options that may differ between a run and its --resume (they do not change the result)
-_RESUME_FREE = {"resume", "device", "output"}
+_RESUME_FREE = {"device", "output"}
 
 
 @dataclass
@@ -34,12 +35,8 @@ class ProgressiveConfig:
     prune_every: float = 0.25  # epochs between cuts
     min_keep: float = 0.2  # per-cut lower bound on each group's keep ratio
     round_to: int = 1
-    epochs: float = 4.0
-    lr: float = 0.05
-    lr_schedule: str = "cosine"
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    warmup_steps: int = 0
+    recipe: TrainRecipe = nested(TrainRecipe, exclude=("momentum", "bn_l1", "augment"), rename={"schedule": "lr_schedule"},
+                                 epochs=4.0, lr=0.05)
     train_subset: int | None = None
     val_size: int = 5000
     calib_size: int = 2048
@@ -68,24 +65,6 @@ def add_arguments(parser) -> None:
         "resume": "continue the run in --output from its last epoch"})
 
 
-def _resolve(args) -> ProgressiveConfig:
-    """Flags over the saved config on --resume; refuse to mix two different runs in one directory."""
-    out = Path(args.output) if getattr(args, "output", None) else None
-    saved_path = out / "config.yaml" if out is not None else None
-    if args.resume and saved_path is not None and saved_path.exists() and args.config is None:
-        args.config = saved_path
-    cfg = resolve_config(ProgressiveConfig, args)
-    if not cfg.resume:
-        check_run_dir(cfg.output)
-    if saved_path is not None and saved_path.exists():
-        saved = load_yaml(saved_path)
-        changed = sorted(k for k, v in asdict(cfg).items() if k not in _RESUME_FREE and saved.get(k) != v)
-        if changed:
-            raise AutopruneError(f"--resume with options that differ from the saved run ({', '.join(changed)}): "
-                                 "drop them or choose another --output")
-    return cfg
-
-
 def run(args) -> None:
     import torch
 
@@ -95,9 +74,10 @@ def run(args) -> None:
     from autoprune.train.evaluator import accuracy
     from autoprune.train.progressive import TRAJECTORIES, default_trajectory, progressive_train
     from autoprune.train.schedules import PruningSchedule, list_schedules
-    from autoprune.train.training import TrainRecipe
 
-    cfg = _resolve(args)
+    cfg = resolve_resumable(ProgressiveConfig, args, _RESUME_FREE)
+    if not cfg.resume:
+        check_run_dir(cfg.output)
     if not 0.0 < cfg.final_share < 1.0:
         raise AutopruneError(f"--final-share {cfg.final_share} must be in (0, 1): the share of training at the final width")
     get_criterion(cfg.criterion)  # fail on a bad name before loading data
@@ -107,15 +87,14 @@ def run(args) -> None:
         raise AutopruneError(f"unknown --trajectory '{trajectory}': use {' or '.join(TRAJECTORIES)}")
     if cfg.schedule not in list_schedules():
         raise AutopruneError(f"unknown pruning schedule '{cfg.schedule}': use one of {', '.join(list_schedules())}")
-    recipe = TrainRecipe(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-                         schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps)
+    recipe = cfg.recipe
     recipe.lr_at(recipe.warmup_steps, recipe.warmup_steps + 1)  # validates the lr schedule name
     out = Path(cfg.output)
     torch.manual_seed(cfg.seed)  # a from-scratch initialisation must be reproducible from the seed
     ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
                         seed=cfg.seed, device=cfg.device, precision=cfg.precision, train_subset=cfg.train_subset)
     total = recipe.total_steps(len(ws.data.train))
-    steps_per_epoch = -(-len(ws.data.train) // cfg.batch_size)
+    steps_per_epoch = -(-len(ws.data.train) // recipe.batch_size)
     schedule = PruningSchedule.over_training(cfg.schedule, cfg.target, total, cfg.prune_start, 1.0 - cfg.final_share,
                                              every=round(cfg.prune_every * steps_per_epoch))
     out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +117,7 @@ def run(args) -> None:
                "macs_ratio": result.allocation.macs(original) / original.dense_macs, "target": cfg.target,
                "train_macs": result.train_macs, "seconds": result.seconds, "precision": ws.precision.name,
                "trajectory": trajectory, "steps": result.steps,
-               "events": [asdict(e) for e in result.events], "history": result.history, "config": asdict(cfg)}
+               "events": [asdict(e) for e in result.events], "history": result.history, "config": flat_config(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_schedule(planned, result.events, out / "macs_schedule.png")
     plot_channels_over_training(result.events, {g.name: g.channels for g in original.groups}, total, out / "channels.png")

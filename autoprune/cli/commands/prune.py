@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoprune.cli.config import add_config_args, resolve_config
+from autoprune.config import add_config_args, resolve_config
 from autoprune.core.allocation import Allocation
 from autoprune.core.cost import measure_cost
 from autoprune.core.prune import prune

@@ -6,13 +6,14 @@ last one), best_allocation.json, best_model.pt, summary.json and PNG plots.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from autoprune.cli.config import add_config_args, load_yaml, resolve_config, save_config
+from autoprune.agents.rl.config import HELP as RL_HELP
+from autoprune.agents.rl.config import RLConfig
+from autoprune.config import add_config_args, nested, resolve_resumable, save_config
 from autoprune.errors import AutopruneError
 from autoprune.runs import check_run_dir
 from autoprune.workspace import DEFAULT_DATA, open_workspace
@@ -21,7 +22,7 @@ NAME = "search"
 HELP = "Search per-group pruning ratios for a MACs/params target with RL (DDPG/TD3/SAC) or random search."
 
 AGENTS = ("ddpg", "td3", "sac", "random")
-_RESUMABLE_CHANGES = {"episodes", "resume", "progress", "device"}
+_RESUMABLE_CHANGES = {"episodes", "progress", "device"}
 
 
 @dataclass
@@ -33,24 +34,8 @@ class SearchConfig:
     macs: float | None = None
     params: float | None = None
     agent: str = "ddpg"
-    # CPU-sized defaults (configs/quickstart.yaml): AMC used 300-800 episodes with 100 of warm-up
-    episodes: int = 200
-    warmup_episodes: int = 50
-    noise_sigma: float = 1.0
-    noise_decay: float = 0.95
-    gamma: float = 1.0
-    tau: float = 0.01
-    batch_size: int = 64
-    actor_lr: float = 1e-4
-    critic_lr: float = 1e-3
-    replay_episodes: int = 100
-    hidden: list[int] = field(default_factory=lambda: [300, 300])
-    updates_per_step: float = 1.0
-    credit: str = "episode"
+    rl: RLConfig = nested(RLConfig, exclude=("algo", "seed"))  # episodes, noise, learning rates, reward, action, ...
     early_stop: bool = False
-    eval_every: int = 5
-    reward: str = "accuracy"
-    action: str = "relative"
     criterion: str = "l1"
     min_keep: float = 0.2
     max_keep: float = 1.0
@@ -58,7 +43,6 @@ class SearchConfig:
     val_size: int = 2000
     calib_size: int = 1024
     calib_batch_size: int = 128
-    checkpoint_every: int = 10
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
@@ -67,20 +51,11 @@ class SearchConfig:
 
 
 _HELP = {
+    **RL_HELP,
     "output": "run directory (refused if it holds another run, unless --resume)",
     "macs": "fraction of the dense model's MACs to keep, e.g. 0.5",
     "params": "fraction of the dense model's parameters to keep (instead of --macs)",
     "agent": f"one of {', '.join(AGENTS)}",
-    "episodes": "episodes (RL) or samples (random)",
-    "warmup_episodes": "RL episodes of random actions before learning",
-    "noise_sigma": "exploration noise (truncated normal, in the [-1, 1] action space)",
-    "noise_decay": "noise multiplier per episode after warm-up",
-    "credit": "episode (every step learns the episode's normalised outcome) | td (sparse reward, bootstrapped)",
-    "eval_every": "every Nth learning episode runs the actor without noise; the best such actor is saved as policy.zip",
-    "reward": "accuracy | error_log_cost | relative (accuracy minus uniform's)",
-    "action": "absolute (keep ratio within the bounds, AMC) | relative (x0.5-x2 on the ratio that spreads the "
-              "remaining budget evenly: transfers across targets) | wall (-1..1 spans exactly what the budget wall "
-              "allows for the group, 0 = the even share: no flat region)",
     "val_size": "held-out training images scoring each episode",
     "early_stop": "multi-fidelity scoring: stop scoring a candidate once it surely (99%) cannot beat the best so far; "
                   "its partial estimate is flagged in episodes.csv (images, partial) and never reported as a full score",
@@ -103,39 +78,19 @@ def target_of(macs: float | None, params: float | None) -> tuple[str, float]:
     return metric, float(value)
 
 
-def _resolve(args) -> SearchConfig:
-    """On --resume the saved config is the base; flags may only change episodes/device/progress."""
-    output = getattr(args, "output", None)
-    if output is None and getattr(args, "config", None) is not None:
-        output = load_yaml(args.config).get("output")
-    out = Path(output) if output else None
-    saved_path = out / "config.yaml" if out is not None else None
-    if getattr(args, "resume", None) and saved_path is not None and saved_path.exists() and args.config is None:
-        args.config = saved_path
-    cfg = resolve_config(SearchConfig, args)
-    if cfg.resume and saved_path is not None and saved_path.exists():
-        saved = load_yaml(saved_path)
-        now = asdict(cfg)
-        changed = sorted(k for k, v in saved.items() if k not in _RESUMABLE_CHANGES and now.get(k) != v)
-        if changed:
-            raise AutopruneError(f"--resume continues the run in '{out}' with its saved config; these options differ: "
-                                 f"{', '.join(changed)} (start a new --output instead)")
-    return cfg
-
-
 def run(args) -> None:
-    cfg = _resolve(args)
+    cfg = resolve_resumable(SearchConfig, args, _RESUMABLE_CHANGES)
     metric, target = target_of(cfg.macs, cfg.params)
     if cfg.agent not in AGENTS:
         raise AutopruneError(f"unknown agent '{cfg.agent}': use one of {', '.join(AGENTS)}")
     if cfg.agent == "random" and cfg.resume:
         raise AutopruneError("--resume is for RL agents; rerun random search with the same seed instead")
-    if cfg.episodes < 1:
-        raise AutopruneError(f"--episodes {cfg.episodes} must be at least 1")
+    if cfg.rl.episodes < 1:
+        raise AutopruneError(f"--episodes {cfg.rl.episodes} must be at least 1")
     from autoprune.envs import REWARDS
 
-    if cfg.reward not in REWARDS:
-        raise AutopruneError(f"unknown reward '{cfg.reward}': use one of {', '.join(REWARDS)}")
+    if cfg.rl.reward not in REWARDS:
+        raise AutopruneError(f"unknown reward '{cfg.rl.reward}': use one of {', '.join(REWARDS)}")
     out = Path(cfg.output)
     check_run_dir(out, cfg.resume)
 
@@ -160,11 +115,9 @@ def run(args) -> None:
     if cfg.agent == "random":
         best_alloc, best_acc = _random_search(cfg, problem, out)
     else:
-        from autoprune.agents.rl import RLConfig, RLSearch
+        from autoprune.agents.rl import RLSearch
 
-        rl_cfg = RLConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(RLConfig) if f.name != "algo"},
-                          algo=cfg.agent)
-        result = RLSearch(rl_cfg).search(problem, out, resume=cfg.resume, progress=cfg.progress)
+        result = RLSearch(cfg.rl, algo=cfg.agent, seed=cfg.seed).search(problem, out, resume=cfg.resume, progress=cfg.progress)
         best_alloc, best_acc = result.allocation, result.best.info.get("accuracy")
         if result.policy_episode >= 0:
             policy = {"noise_free_reward": result.policy_score, "episode": result.policy_episode}
@@ -187,9 +140,9 @@ def run(args) -> None:
     episodes, seconds, eval_seconds = episode_totals(rows)
     rewards = [float(r["reward"]) for r in rows]
     noise_free = [i for i, r in enumerate(rows) if r["noise"] not in ("", None) and float(r["noise"]) == 0.0]
-    marks = {"uniform": uniform_acc} if cfg.reward == "accuracy" else None
+    marks = {"uniform": uniform_acc} if cfg.rl.reward == "accuracy" else None
     plot_curve(rewards, out / "reward.png", title=f"{cfg.model}, {metric} x{target:g}, {cfg.agent}",
-               ylabel=cfg.reward, marks=marks, highlight={"policy without noise": noise_free} if noise_free else None)
+               ylabel=cfg.rl.reward, marks=marks, highlight={"policy without noise": noise_free} if noise_free else None)
     plot_per_group([g.name for g in structure.groups],
                    {"best": best_alloc.ratios(structure), "uniform": uniform.ratios(structure)},
                    out / "allocation.png", title=f"channels kept per group ({metric} x{target:g})")
@@ -215,8 +168,8 @@ def run(args) -> None:
     print(f"uniform allocation:  {100 * uniform_acc:.2f}% adaptive-BN accuracy at "
           f"{summary['uniform']['macs']:,} MACs ({100 * summary['uniform']['cost_ratio']:.1f}% of {metric})")
     if policy is not None:
-        score = (f"{100 * policy['noise_free_reward']:.2f}% adaptive-BN accuracy" if cfg.reward == "accuracy"
-                 else f"{cfg.reward} {policy['noise_free_reward']:.4f}")
+        score = (f"{100 * policy['noise_free_reward']:.2f}% adaptive-BN accuracy" if cfg.rl.reward == "accuracy"
+                 else f"{cfg.rl.reward} {policy['noise_free_reward']:.4f}")
         print(f"kept policy (policy.zip): {score} when rolled out without noise (episode {policy['episode']})")
     print(f"{episodes} episodes, {summary['seconds_per_episode']:.2f} s/episode "
           f"({100 * (summary['evaluator_share'] or 0):.0f}% in adaptive-BN forward passes); run saved in {out}")
@@ -231,7 +184,7 @@ def _random_search(cfg: SearchConfig, problem, out: Path):
 
     log = EpisodeLog(out, problem.structure)
     timing = problem.evaluator.timing
-    bar = tqdm(total=cfg.episodes, desc="search (random)", unit="ep", dynamic_ncols=True, disable=not cfg.progress)
+    bar = tqdm(total=cfg.rl.episodes, desc="search (random)", unit="ep", dynamic_ncols=True, disable=not cfg.progress)
     clock = {"t": time.perf_counter(), "e": timing.calibrate + timing.evaluate}
 
     def on_sample(i: int, alloc, score: float) -> None:
@@ -246,7 +199,7 @@ def _random_search(cfg: SearchConfig, problem, out: Path):
         bar.set_postfix(best=f"{100 * log.best.score:.2f}%", refresh=False)
 
     try:
-        best = RandomSearch(cfg.episodes, cfg.seed, on_sample).allocate(problem)
+        best = RandomSearch(cfg.rl.episodes, cfg.seed, on_sample).allocate(problem)
     finally:
         bar.close()
         log.close()

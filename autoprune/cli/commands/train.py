@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from autoprune.cli.config import add_config_args, resolve_config, save_config
+from autoprune.config import add_config_args, flat_config, nested, resolve_config, save_config
 from autoprune.core.cost import measure_cost
 from autoprune.core.io import save_pruned
 from autoprune.runs import check_run_dir
@@ -25,12 +25,7 @@ class TrainConfig:
     output: str  # run directory
     checkpoint: str | None = None
     data: str = DEFAULT_DATA
-    epochs: float = 1.0
-    lr: float = 0.01
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    schedule: str = "cosine"
-    bn_l1: float = 0.0
+    recipe: TrainRecipe = nested(TrainRecipe)  # epochs, lr, momentum, weight decay, batch size, schedule, ...
     resume: bool = False
     train_subset: int | None = None
     val_size: int = 5000
@@ -52,8 +47,7 @@ def run(args) -> None:
     save_config(cfg, out / "config.yaml")
     ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, seed=cfg.seed,
                         device=cfg.device, precision=cfg.precision, train_subset=cfg.train_subset)
-    recipe = TrainRecipe(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-                         schedule=cfg.schedule, bn_l1=cfg.bn_l1)
+    recipe = cfg.recipe
     state_path = out / "state.pt"
     start = 0
     optimizer = None
@@ -74,6 +68,6 @@ def run(args) -> None:
     vx, vy = ws.data.tensors("val", ws.device)
     summary = {"val_acc": accuracy(ws.model, vx, vy), "steps": result.steps, "seconds": result.seconds,
                "precision": ws.precision.name,
-               "config": asdict(cfg)}
+               "config": flat_config(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"saved {out / 'model.pt'}: val acc {100 * summary['val_acc']:.2f}%")

@@ -1,0 +1,19 @@
+"""Learned allocators: AMC-flavoured SB3 agents (DDPG, TD3, SAC) searching over ``ChannelPruningEnv``.
+
+``config`` (settings), ``amc`` (the agents), ``checkpoint`` (exact resume), ``search`` (the loop),
+``policy_io`` (the ``policy.zip`` format). SB3 is imported only when the search is.
+"""
+from typing import Any
+
+from autoprune.agents.rl.config import RLConfig
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("RLSearch", "SearchResult"):
+        from autoprune.agents.rl import search
+
+        return getattr(search, name)
+    raise AttributeError(name)
+
+
+__all__ = ["RLConfig", "RLSearch", "SearchResult"]

@@ -1,0 +1,205 @@
+"""The RL search: an AMC agent over ``ChannelPruningEnv``, one ``learn`` call per episode.
+
+After every episode the replay buffer, the networks and the bookkeeping agree, so a checkpoint
+taken there is exact: ``search(..., resume=True)`` restores policy + optimisers, replay buffer,
+exploration noise, every RNG and the score cache, and continues at the next episode. Every
+``eval_every``-th learning episode runs the actor without noise; the best such actor is kept as
+``policy.zip``. SB3's own logger writes the actor and critic losses to TensorBoard (``tb/``).
+"""
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
+
+from autoprune.agents.rl.amc import AGENT_CLASSES, TruncatedNormalNoise
+from autoprune.agents.rl.checkpoint import load_checkpoint, save_checkpoint
+from autoprune.agents.rl.config import RLConfig
+from autoprune.agents.rl.policy_io import PolicyMeta
+from autoprune.agents.search_log import Best, EpisodeLog
+from autoprune.core.allocation import Allocation
+from autoprune.core.problem import PruningProblem
+from autoprune.envs import ChannelPruningEnv
+from autoprune.errors import AutopruneError
+
+
+class EpisodeEnd(BaseCallback):
+    """Collects the final info of each episode; decays the exploration noise after warm-up."""
+
+    def __init__(self, noise: TruncatedNormalNoise | None, decay: float, learning_starts: int):
+        super().__init__()
+        self.noise, self.decay, self.learning_starts = noise, decay, learning_starts
+        self.finished: list[tuple[float, dict]] = []
+
+    def _on_step(self) -> bool:
+        for done, reward, info in zip(self.locals["dones"], self.locals["rewards"], self.locals["infos"]):
+            if done:
+                self.finished.append((float(reward), info))
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.noise is not None and self.num_timesteps > self.learning_starts:
+            self.noise.sigma *= self.decay
+
+
+@dataclass
+class SearchResult:
+    best: Best
+    episodes: int
+    seconds: float
+    eval_seconds: float
+    policy_path: Path | None = None
+    policy_score: float = -float("inf")  # the kept policy's noise-free episode reward
+    policy_episode: int = -1
+
+    @property
+    def allocation(self) -> Allocation:
+        assert self.best.allocation is not None
+        return self.best.allocation
+
+
+class RLSearch:
+    """Allocator that learns a policy by RL and returns the best allocation it evaluated."""
+
+    def __init__(self, config: RLConfig | None = None, **overrides: Any):
+        self.config = RLConfig(**{**asdict(config or RLConfig()), **overrides})
+        if self.config.algo not in AGENT_CLASSES:
+            raise AutopruneError(f"unknown RL agent '{self.config.algo}': use one of {', '.join(AGENT_CLASSES)}")
+        if self.config.credit not in ("episode", "td"):
+            raise AutopruneError(f"unknown credit '{self.config.credit}': use episode or td")
+        if self.config.episodes < 1 or self.config.warmup_episodes < 0:
+            raise AutopruneError("episodes must be >= 1 and warm-up episodes >= 0")
+        self.name = self.config.algo
+        self.model = None
+
+    @property
+    def seed(self) -> int:
+        """The search's seed (``compare --seeds`` sets it per seed, like random search's)."""
+        return self.config.seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self.config = RLConfig(**{**asdict(self.config), "seed": int(value)})
+
+    def allocate(self, problem: PruningProblem) -> Allocation:
+        return self.search(problem).allocation
+
+    def _build(self, env: ChannelPruningEnv):
+        c, n = self.config, env.n
+        kwargs: dict[str, Any] = dict(
+            learning_rate=c.actor_lr, actor_lr=c.actor_lr, critic_lr=c.critic_lr, credit=c.credit,
+            buffer_size=max(1, c.replay_episodes * n), learning_starts=c.warmup_episodes * n,
+            batch_size=c.batch_size, tau=c.tau, gamma=c.gamma, train_freq=(1, "episode"),
+            gradient_steps=max(1, int(round(c.updates_per_step * n))), policy_kwargs={"net_arch": list(c.hidden)},
+            seed=c.seed, device="cpu", verbose=0)
+        if c.algo != "sac":
+            kwargs["action_noise"] = TruncatedNormalNoise(c.noise_sigma, c.seed)
+        model = AGENT_CLASSES[c.algo]("MlpPolicy", env, **kwargs)
+        p = env.problem
+        model.autoprune_meta = PolicyMeta(algo=c.algo, min_keep=p.min_keep, max_keep=p.max_keep, reward=c.reward,
+                                          action=c.action, metric=p.metric, target=p.target,
+                                          groups=len(p.structure.groups)).to_dict()
+        return model
+
+    def _is_noise_free(self, episode: int) -> bool:
+        """Every ``eval_every``-th episode after warm-up runs the actor without noise."""
+        c = self.config
+        learned = episode - c.warmup_episodes
+        return c.eval_every > 0 and learned >= 0 and (learned + 1) % c.eval_every == 0
+
+    def _policy_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        self.model.save(buf)
+        return buf.getvalue()
+
+    def search(self, problem: PruningProblem, run_dir: str | Path | None = None, resume: bool = False,
+               progress: bool = False, on_episode: Callable[[int, float, dict], None] | None = None) -> SearchResult:
+        """Run (or continue) the search.
+
+        With ``run_dir``: episodes.csv, TensorBoard, checkpoints, ``policy.zip`` (the actor whose
+        noise-free episode scored best) and ``final_policy.zip`` (the actor after the last episode).
+        """
+        c = self.config
+        run_dir = Path(run_dir) if run_dir is not None else None
+        env = ChannelPruningEnv(problem, reward=c.reward, action=c.action)
+        loaded = (load_checkpoint(run_dir / "checkpoints", AGENT_CLASSES[c.algo], env)
+                  if (resume and run_dir is not None) else None)
+        state = loaded[1] if loaded else None
+        start = state["episode"] if state else 0
+        elapsed = state["elapsed"] if state else 0.0
+        if loaded is None:
+            torch.manual_seed(c.seed)
+            self.model = self._build(env)
+        else:
+            self.model = loaded[0]
+            problem.restore_cache(state["cache"])
+        # SB3's logger: actor / critic losses next to the episode scalars in tb/ (nothing without a run folder)
+        self.model.set_logger(configure(str(run_dir / "tb"), ["tensorboard"]) if run_dir is not None
+                              else configure(None, []))
+        self.best_policy = (state or {}).get("best_policy") or {"score": -float("inf"), "episode": -1, "zip": None}
+        log = EpisodeLog(run_dir, problem.structure, start_episode=start)
+        if state is not None:
+            log.best = Best.from_state(state["best"])
+        n = env.n
+        callback = EpisodeEnd(self.model.action_noise, c.noise_decay, self.model.learning_starts)
+        timing = getattr(problem.evaluator, "timing", None)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=c.episodes, initial=start, desc=f"search ({c.algo})", unit="ep", dynamic_ncols=True)
+        eval_total = state.get("eval_elapsed", 0.0) if state else 0.0  # both totals span resumes
+        try:
+            for episode in range(start, c.episodes):
+                t0 = time.perf_counter()
+                e0 = (timing.calibrate + timing.evaluate) if timing is not None else 0.0
+                noise_free = self._is_noise_free(episode)
+                self.model.noise_free = noise_free
+                acting = self._policy_bytes() if noise_free else None  # learn() updates the actor after the episode
+                sigma = self.model.action_noise.sigma if self.model.action_noise is not None else None
+                explore = None if self.model.num_timesteps < self.model.learning_starts else (0.0 if noise_free else sigma)
+                self.model.learn(total_timesteps=n, reset_num_timesteps=False, callback=callback, log_interval=None)
+                if noise_free and self.model.action_noise is not None:  # evaluation episodes do not decay exploration
+                    self.model.action_noise.sigma = sigma
+                self.model.logger.dump(step=episode)
+                reward, info = callback.finished.pop()
+                callback.finished.clear()
+                seconds = time.perf_counter() - t0
+                eval_s = ((timing.calibrate + timing.evaluate) if timing is not None else 0.0) - e0
+                eval_total += eval_s
+                elapsed += seconds
+                log.record(episode, reward, info, noise=explore, seconds=seconds, eval_seconds=eval_s)
+                if noise_free and reward > self.best_policy["score"]:
+                    self.best_policy = {"score": float(reward), "episode": episode, "zip": acting}
+                if on_episode is not None:
+                    on_episode(episode, reward, info)
+                if bar is not None:
+                    bar.update(1)
+                    if log.best.info.get("accuracy") is not None:
+                        bar.set_postfix(best=f"{100 * log.best.info['accuracy']:.2f}%", refresh=False)
+                done = episode + 1
+                if run_dir is not None and (done % max(1, c.checkpoint_every) == 0 or done == c.episodes):
+                    save_checkpoint(run_dir / "checkpoints", done, self.model,
+                                    {"best": log.best.to_state(), "cache": problem.cache_state(), "elapsed": elapsed,
+                                     "eval_elapsed": eval_total, "best_policy": self.best_policy})
+        finally:
+            if bar is not None:
+                bar.close()
+            log.close()
+            self.model.logger.close()
+        policy_path = None
+        if run_dir is not None:
+            policy_path = run_dir / "policy.zip"
+            self.model.save(run_dir / "final_policy.zip")
+            if self.best_policy["zip"] is not None:
+                policy_path.write_bytes(self.best_policy["zip"])
+            else:  # no noise-free episode ran (episodes <= warm-up + eval_every - 1): the final actor
+                self.model.save(policy_path)
+        return SearchResult(log.best, c.episodes, elapsed, eval_total, policy_path, self.best_policy["score"],
+                            self.best_policy["episode"])
