@@ -1,7 +1,7 @@
 """What most commands share: model + data + structure + evaluator from one set of options."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +16,25 @@ from autoprune.train.evaluator import AdaptiveBNEvaluator, resolve_device
 from autoprune.train.precision import Precision, resolve_precision
 
 DEFAULT_DATA = "imagefolder:../shared/data/cifar10"
+
+
+@dataclass
+class WorkspaceOptions:
+    """The model and data a command runs on (every command nests these; ``open()`` loads them)."""
+
+    model: str
+    checkpoint: str | None = None
+    data: str = DEFAULT_DATA
+    val_size: int = 5000  # held-out training images (the adaptive-BN score's split)
+    calib_size: int = 2048  # training images recalibrating BatchNorm
+    train_subset: int | None = None
+    image_size: int | None = None
+    seed: int = 0  # fixes the held-out / calibration split (and the command's other randomness)
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.train.precision)
+
+    def open(self) -> "Workspace":
+        return open_workspace(**asdict(self))
 
 
 @dataclass

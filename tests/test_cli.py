@@ -89,7 +89,7 @@ def test_well_typed_yaml_loads(tmp_path):
     parser = argparse.ArgumentParser()
     add_config_args(parser, CompareConfig)
     resolved = resolve_config(CompareConfig, parser.parse_args(["--config", str(cfg)]))
-    assert resolved.targets == [0.5, 1] and resolved.train.epochs == 2 and resolved.train_subset is None
+    assert resolved.targets == [0.5, 1] and resolved.train.epochs == 2 and resolved.ws.train_subset is None
 
 
 def test_nested_options_read_flat_or_nested_and_save_flat(tmp_path):

@@ -24,6 +24,7 @@ from autoprune.models import create_model
 from autoprune.train.data import DataBundle, ImageSet
 from autoprune.train.evaluator import AdaptiveBNEvaluator
 from autoprune.train.training import TrainRecipe
+from autoprune.workspace import WorkspaceOptions
 
 METHODS = ["uniform", "layer-stats", "global@normalize=mean", "random@samples=2"]
 
@@ -63,8 +64,8 @@ def tiny_setup(synthetic_bundle):
 
 
 def _config(out, **over):
-    kw = dict(model="small", output=str(out), targets=[0.6], seeds=[0, 1], allocators=METHODS,
-              recipes=["lr-rewind", "scratch-E"], train=TrainRecipe(epochs=0.5, batch_size=64), device="cpu")
+    kw = dict(output=str(out), ws=WorkspaceOptions(model="small", device="cpu"), targets=[0.6], seeds=[0, 1],
+              allocators=METHODS, recipes=["lr-rewind", "scratch-E"], train=TrainRecipe(epochs=0.5, batch_size=64))
     kw.update(over)
     return CompareConfig(**kw)
 
@@ -153,7 +154,7 @@ def test_spec_options_recipes_and_reinitialisation():
     assert parse_spec("sensitivity@rates=[0.8,0.5]") == ("sensitivity", {"rates": [0.8, 0.5]})
     assert method_labels(["global@normalize=none", "global", "policy:a/p.zip", "random@samples=3"]) == [
         "global@normalize=none", "global", "policy", "random"]
-    cfg = CompareConfig(model="resnet20", output="x", train=TrainRecipe(epochs=2), scratch_epochs=4)
+    cfg = CompareConfig(output="x", ws=WorkspaceOptions(model="resnet20"), train=TrainRecipe(epochs=2), scratch_epochs=4)
     assert recipe_for(cfg, "finetune", 0.5).schedule == "constant" and recipe_for(cfg, "finetune", 0.5).lr == 0.001
     assert recipe_for(cfg, "lr-rewind", 0.5).lr == cfg.rewind_lr == 0.01
     assert recipe_for(cfg, "scratch-E", 0.5).epochs == 4 and recipe_for(cfg, "scratch-B", 0.5).epochs == 8

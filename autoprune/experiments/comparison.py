@@ -28,7 +28,7 @@ from autoprune.runs import write_json_atomic
 from autoprune.train.data import DataBundle
 from autoprune.train.evaluator import AdaptiveBNEvaluator, accuracy
 from autoprune.train.training import TrainRecipe, train
-from autoprune.workspace import DEFAULT_DATA
+from autoprune.workspace import WorkspaceOptions
 
 RECIPES = ("finetune", "lr-rewind", "scratch-E", "scratch-B")
 RESULT_FORMAT = "autoprune.compare/1"
@@ -36,10 +36,9 @@ RESULT_FORMAT = "autoprune.compare/1"
 
 @dataclass
 class CompareConfig:
-    model: str
     output: str  # run directory
-    checkpoint: str | None = None
-    data: str = DEFAULT_DATA
+    # --model, --checkpoint, --data, ...; --data-seed fixes the validation / calibration split for every seed
+    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("image_size",), rename={"seed": "data_seed"})
     targets: list[float] = field(default_factory=lambda: [0.5])
     metric: str = "macs"
     criterion: str = "l1"
@@ -55,12 +54,6 @@ class CompareConfig:
     min_keep: float = 0.2
     max_keep: float = 1.0
     round_to: int = 1
-    train_subset: int | None = None
-    val_size: int = 5000
-    calib_size: int = 2048
-    data_seed: int = 0  # fixes the validation / calibration split for every seed
-    device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
 
 
 HELP = {
@@ -252,7 +245,7 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                     log(f"[{target:g}] {method} seed {seed}: {recipe_name} ({recipe.epochs:g} epochs)")
                     t1 = time.perf_counter()
                     result = train(net, data, recipe, device=device, seed=seed, macs_per_image=macs, progress=False,
-                                   precision=cfg.precision)
+                                   precision=cfg.ws.precision)
                     test_acc = accuracy(net, test_x, test_y)
                     record["rows"].append({
                         "method": method, "spec": spec, "recipe": recipe_name, "seed": seed, "target": target,

@@ -9,7 +9,7 @@ from autoprune.cli.commands.search import target_of
 from autoprune.config import add_config_args, flat_config, nested, resolve_config, save_config
 from autoprune.runs import check_run_dir
 from autoprune.train.training import TrainRecipe
-from autoprune.workspace import DEFAULT_DATA, open_workspace
+from autoprune.workspace import WorkspaceOptions
 
 NAME = "apply"
 HELP = "Apply a learned pruning policy (policy.zip from search) to a model and target; prune, fine-tune, save."
@@ -18,10 +18,8 @@ HELP = "Apply a learned pruning policy (policy.zip from search) to a model and t
 @dataclass
 class ApplyConfig:
     policy: str
-    model: str
     output: str
-    checkpoint: str | None = None
-    data: str = DEFAULT_DATA
+    ws: WorkspaceOptions = nested(WorkspaceOptions, val_size=2000, calib_size=1024)  # --model, --checkpoint, --data, ...
     macs: float | None = None
     params: float | None = None
     criterion: str = "l1"
@@ -32,13 +30,6 @@ class ApplyConfig:
     report_test: bool = False
     finetune: TrainRecipe = nested(TrainRecipe, exclude=("momentum", "schedule", "warmup_steps", "bn_l1", "augment"),
                                    rename={"epochs": "finetune_epochs"}, epochs=0.0)
-    train_subset: int | None = None
-    image_size: int | None = None
-    val_size: int = 2000
-    calib_size: int = 1024
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
 
 
 _HELP = {
@@ -73,9 +64,7 @@ def run(args) -> None:
     allocator = PolicyAllocator(cfg.policy)  # a corrupt policy fails before any data is loaded
     min_keep = cfg.min_keep if cfg.min_keep is not None else float(allocator.meta["min_keep"])
     max_keep = cfg.max_keep if cfg.max_keep is not None else float(allocator.meta["max_keep"])
-    ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
-                        seed=cfg.seed, device=cfg.device, precision=cfg.precision, image_size=cfg.image_size,
-                        train_subset=cfg.train_subset)
+    ws = cfg.ws.open()
     structure = ws.structure()
     calib = ws.data.calibration_batches(128, ws.device)
     problem = PruningProblem(structure, target, metric, ws.evaluator() if cfg.evaluate else None, cfg.criterion,
@@ -86,7 +75,7 @@ def run(args) -> None:
     x1 = ws.data.tensors("val")[0][:1].to(ws.device)
     (macs0, params0), (macs1, params1) = measure_cost(ws.model, x1), measure_cost(pruned, x1)
     report: dict = {"precision": ws.precision.name, "policy": cfg.policy, "policy_trained_on": allocator.meta,
-                    "model": cfg.model, "metric": metric,
+                    "model": cfg.ws.model, "metric": metric,
                     "target": target, "cost_ratio": cost_ratio, "meets_target": problem.feasible(allocation),
                     "macs_before": macs0, "macs_after": macs1, "params_before": params0, "params_after": params1,
                     "config": flat_config(cfg)}
@@ -101,19 +90,19 @@ def run(args) -> None:
 
         recalibrate_bn(pruned, calib)  # start fine-tuning from recalibrated BN statistics, as scored
         recipe = cfg.finetune
-        result = train(pruned, ws.data, recipe, device=ws.device, precision=ws.precision, seed=cfg.seed,
+        result = train(pruned, ws.data, recipe, device=ws.device, precision=ws.precision, seed=cfg.ws.seed,
                        log_dir=out / "tb",
                        macs_per_image=macs1)
         report["finetune"] = {"epochs": recipe.epochs, "steps": result.steps, "seconds": result.seconds}
     vx, vy = ws.data.tensors("val", ws.device)
     report["saved_model_val_accuracy"], saved = save_calibrated(
-        pruned, cfg.model, ws.data.num_classes, out / "model.pt", calib, vx, vy, criterion=cfg.criterion,
+        pruned, cfg.ws.model, ws.data.num_classes, out / "model.pt", calib, vx, vy, criterion=cfg.criterion,
         policy=cfg.policy)
     if cfg.report_test:
         report["saved_model_test_accuracy"] = accuracy(saved, *ws.data.tensors("test", ws.device))
     allocation.save(out / "allocation.json", structure, metric=metric, target=target)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    line = (f"{cfg.model}: MACs {macs0:,} -> {macs1:,}, params {params0:,} -> {params1:,} "
+    line = (f"{cfg.ws.model}: MACs {macs0:,} -> {macs1:,}, params {params0:,} -> {params1:,} "
             f"({100 * cost_ratio:.1f}% of {metric}, target {100 * target:g}%)")
     if cfg.evaluate:
         line += (f"; adaptive-BN accuracy {100 * report['adaptive_bn_accuracy']:.2f}% "

@@ -6,7 +6,6 @@ from pathlib import Path
 from autoprune.config import add_config_args, resolve_config
 from autoprune.experiments.comparison import HELP as FIELD_HELP
 from autoprune.experiments.comparison import CompareConfig, open_results, run_comparison, validate, write_outputs
-from autoprune.workspace import open_workspace
 
 NAME = "compare"
 HELP = "Compare budget allocators (heuristics, random search, learned policies) after fine-tuning, over seeds."
@@ -20,8 +19,7 @@ def run(args) -> None:
     cfg = resolve_config(CompareConfig, args)
     validate(cfg)
     open_results(cfg)  # refuse a folder holding another run before loading anything
-    ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
-                        seed=cfg.data_seed, device=cfg.device, train_subset=cfg.train_subset)
+    ws = cfg.ws.open()
     record = run_comparison(cfg, ws.model, ws.data, ws.device, ws.evaluator(), ws.structure)
     write_outputs(record, cfg.output)
     print((Path(cfg.output) / "report.md").read_text())

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from autoprune.config import add_config_args, resolve_config
+from autoprune.config import add_config_args, nested, resolve_config
 from autoprune.train.evaluator import accuracy, recalibrate_bn
-from autoprune.workspace import DEFAULT_DATA, open_workspace
+from autoprune.workspace import WorkspaceOptions
 
 NAME = "evaluate"
 HELP = "Top-1 accuracy of a model (or pruned model file) on a data split."
@@ -14,16 +14,9 @@ HELP = "Top-1 accuracy of a model (or pruned model file) on a data split."
 
 @dataclass
 class EvaluateConfig:
-    model: str
-    checkpoint: str | None = None
-    data: str = DEFAULT_DATA
+    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("train_subset", "image_size"))  # --model, --checkpoint, --data, ...
     split: str = "test"
     adaptive_bn: bool = False  # recalibrate BN on the calibration split first (EagleEye)
-    val_size: int = 5000
-    calib_size: int = 2048
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
 
 
 def add_arguments(parser) -> None:
@@ -33,11 +26,10 @@ def add_arguments(parser) -> None:
 
 def run(args) -> None:
     cfg = resolve_config(EvaluateConfig, args)
-    ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
-                        seed=cfg.seed, device=cfg.device, precision=cfg.precision)
+    ws = cfg.ws.open()
     if cfg.adaptive_bn:
         recalibrate_bn(ws.model, ws.data.calibration_batches(128, ws.device))
     x, y = ws.data.tensors(cfg.split, ws.device)
     acc = accuracy(ws.model, x, y, precision=ws.precision)
-    print(f"{cfg.model} on {cfg.split} ({len(y)} images): top-1 {100 * acc:.2f}%")
-    print(json.dumps({"model": cfg.model, "split": cfg.split, "images": len(y), "top1": acc}))
+    print(f"{cfg.ws.model} on {cfg.split} ({len(y)} images): top-1 {100 * acc:.2f}%")
+    print(json.dumps({"model": cfg.ws.model, "split": cfg.split, "images": len(y), "top1": acc}))

@@ -10,7 +10,7 @@ from autoprune.errors import AutopruneError
 from autoprune.experiments.plots import plot_channels_over_training, plot_schedule
 from autoprune.runs import check_run_dir
 from autoprune.train.training import TrainRecipe
-from autoprune.workspace import DEFAULT_DATA, open_workspace
+from autoprune.workspace import WorkspaceOptions
 
 NAME = "progressive"
 HELP = "Prune while training: an allocator splits each step's cut, a schedule sets its size."
@@ -21,10 +21,8 @@ _RESUME_FREE = {"device", "output"}
 
 @dataclass
 class ProgressiveConfig:
-    model: str
     output: str  # run directory
-    checkpoint: str | None = None  # None: train from scratch
-    data: str = DEFAULT_DATA
+    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("image_size",))  # --model, --checkpoint, --data, ...
     target: float = 0.5  # kept fraction of the original MACs at the end
     allocator: str = "uniform"
     trajectory: str | None = None  # final | per-step; default: final for policy:/allocation:, else per-step
@@ -37,12 +35,6 @@ class ProgressiveConfig:
     round_to: int = 1
     recipe: TrainRecipe = nested(TrainRecipe, exclude=("momentum", "bn_l1", "augment"), rename={"schedule": "lr_schedule"},
                                  epochs=4.0, lr=0.05)
-    train_subset: int | None = None
-    val_size: int = 5000
-    calib_size: int = 2048
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
     resume: bool = False
 
 
@@ -90,25 +82,24 @@ def run(args) -> None:
     recipe = cfg.recipe
     recipe.lr_at(recipe.warmup_steps, recipe.warmup_steps + 1)  # validates the lr schedule name
     out = Path(cfg.output)
-    torch.manual_seed(cfg.seed)  # a from-scratch initialisation must be reproducible from the seed
-    ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
-                        seed=cfg.seed, device=cfg.device, precision=cfg.precision, train_subset=cfg.train_subset)
+    torch.manual_seed(cfg.ws.seed)  # a from-scratch initialisation must be reproducible from the seed
+    ws = cfg.ws.open()
     total = recipe.total_steps(len(ws.data.train))
     steps_per_epoch = -(-len(ws.data.train) // recipe.batch_size)
     schedule = PruningSchedule.over_training(cfg.schedule, cfg.target, total, cfg.prune_start, 1.0 - cfg.final_share,
                                              every=round(cfg.prune_every * steps_per_epoch))
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    result = progressive_train(ws.model, ws.data, recipe, schedule, allocator, base_name=cfg.model,
+    result = progressive_train(ws.model, ws.data, recipe, schedule, allocator, base_name=cfg.ws.model,
                                criterion=cfg.criterion, min_keep=cfg.min_keep, round_to=cfg.round_to,
-                               seed=cfg.seed, device=ws.device, precision=ws.precision, trajectory=trajectory,
+                               seed=cfg.ws.seed, device=ws.device, precision=ws.precision, trajectory=trajectory,
                                state_path=out / "state.pt",
                                resume=cfg.resume,
                                log_dir=out / "tb")
     original = result.original
     vx, vy = ws.data.tensors("val", ws.device)
     trained_acc = accuracy(result.model, vx, vy)
-    saved_acc, _ = save_calibrated(result.model, cfg.model, ws.data.num_classes, out / "model.pt",
+    saved_acc, _ = save_calibrated(result.model, cfg.ws.model, ws.data.num_classes, out / "model.pt",
                                    ws.data.calibration_batches(128, ws.device), vx, vy, allocator=cfg.allocator,
                                    schedule=cfg.schedule, target=cfg.target)
     result.allocation.save(out / "allocation.json", original, allocator=cfg.allocator, schedule=cfg.schedule)

@@ -5,14 +5,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoprune.config import add_config_args, resolve_config
+from autoprune.config import add_config_args, nested, resolve_config
 from autoprune.core.allocation import Allocation
 from autoprune.core.cost import measure_cost
 from autoprune.core.prune import prune
 from autoprune.errors import AutopruneError
 from autoprune.train.artifacts import save_calibrated
 from autoprune.train.evaluator import accuracy
-from autoprune.workspace import DEFAULT_DATA, open_workspace
+from autoprune.workspace import WorkspaceOptions
 
 NAME = "prune"
 HELP = "Prune a model to an allocation file or a uniform keep ratio and save it."
@@ -20,20 +20,13 @@ HELP = "Prune a model to an allocation file or a uniform keep ratio and save it.
 
 @dataclass
 class PruneConfig:
-    model: str
     output: str
-    checkpoint: str | None = None
-    data: str = DEFAULT_DATA
+    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("train_subset", "image_size"))  # --model, --checkpoint, --data, ...
     allocation: str | None = None
     ratio: float | None = None  # uniform channel keep ratio, if no allocation file
     criterion: str = "l1"
     round_to: int = 1
     adaptive_bn_eval: bool = True
-    val_size: int = 5000
-    calib_size: int = 2048
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
 
 
 def add_arguments(parser) -> None:
@@ -49,8 +42,7 @@ def run(args) -> None:
     if cfg.ratio is not None and not 0 < cfg.ratio <= 1:
         raise AutopruneError(f"--ratio {cfg.ratio} is outside (0, 1]")
     out = Path(cfg.output)
-    ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
-                        seed=cfg.seed, device=cfg.device, precision=cfg.precision)
+    ws = cfg.ws.open()
     structure = ws.structure()
     if cfg.allocation is not None:
         alloc = Allocation.load(cfg.allocation, structure)
@@ -60,14 +52,14 @@ def run(args) -> None:
     pruned = prune(structure, alloc, cfg.criterion, batches)
     x, _ = ws.data.tensors("val")
     before, after = measure_cost(ws.model, x[:1].to(ws.device)), measure_cost(pruned, x[:1].to(ws.device))
-    report = {"model": cfg.model, "criterion": cfg.criterion, "precision": ws.precision.name,
+    report = {"model": cfg.ws.model, "criterion": cfg.criterion, "precision": ws.precision.name,
               "macs_before": before[0], "macs_after": after[0], "macs_ratio": after[0] / before[0],
               "params_before": before[1], "params_after": after[1], "params_ratio": after[1] / before[1]}
     vx, vy = ws.data.tensors("val", ws.device)
     if cfg.adaptive_bn_eval:
         report["adaptive_bn_val_acc"] = ws.evaluator()(pruned)  # save_calibrated re-estimates BN below
         report["dense_val_acc"] = accuracy(ws.model, vx, vy)
-    report["saved_model_val_acc"], _ = save_calibrated(pruned, cfg.model, ws.data.num_classes, out, batches, vx, vy,
+    report["saved_model_val_acc"], _ = save_calibrated(pruned, cfg.ws.model, ws.data.num_classes, out, batches, vx, vy,
                                                        criterion=cfg.criterion)
     alloc.save(out.with_suffix(".allocation.json"), structure)
     print(f"MACs {before[0]:,} -> {after[0]:,} ({100 * report['macs_ratio']:.1f}%), "

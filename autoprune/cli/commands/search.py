@@ -16,7 +16,7 @@ from autoprune.agents.rl.config import RLConfig
 from autoprune.config import add_config_args, nested, resolve_resumable, save_config
 from autoprune.errors import AutopruneError
 from autoprune.runs import check_run_dir
-from autoprune.workspace import DEFAULT_DATA, open_workspace
+from autoprune.workspace import WorkspaceOptions
 
 NAME = "search"
 HELP = "Search per-group pruning ratios for a MACs/params target with RL (DDPG/TD3/SAC) or random search."
@@ -27,10 +27,9 @@ _RESUMABLE_CHANGES = {"episodes", "progress", "device"}
 
 @dataclass
 class SearchConfig:
-    model: str
     output: str
-    checkpoint: str | None = None
-    data: str = DEFAULT_DATA
+    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("train_subset", "image_size"), val_size=2000,
+                                  calib_size=1024)  # --model, --checkpoint, --data, ...
     macs: float | None = None
     params: float | None = None
     agent: str = "ddpg"
@@ -40,12 +39,7 @@ class SearchConfig:
     min_keep: float = 0.2
     max_keep: float = 1.0
     round_to: int = 1
-    val_size: int = 2000
-    calib_size: int = 1024
     calib_batch_size: int = 128
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
     resume: bool = False
     progress: bool = True
 
@@ -101,8 +95,7 @@ def run(args) -> None:
     from autoprune.train.evaluator import accuracy
 
     t_start = time.perf_counter()
-    ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, calib_size=cfg.calib_size,
-                        seed=cfg.seed, device=cfg.device, precision=cfg.precision)
+    ws = cfg.ws.open()
     structure = ws.structure()
     calib = ws.data.calibration_batches(cfg.calib_batch_size, ws.device)
     evaluator = ws.evaluator(cfg.calib_batch_size)
@@ -117,7 +110,7 @@ def run(args) -> None:
     else:
         from autoprune.agents.rl import RLSearch
 
-        result = RLSearch(cfg.rl, algo=cfg.agent, seed=cfg.seed).search(problem, out, resume=cfg.resume, progress=cfg.progress)
+        result = RLSearch(cfg.rl, algo=cfg.agent, seed=cfg.ws.seed).search(problem, out, resume=cfg.resume, progress=cfg.progress)
         best_alloc, best_acc = result.allocation, result.best.info.get("accuracy")
         if result.policy_episode >= 0:
             policy = {"noise_free_reward": result.policy_score, "episode": result.policy_episode}
@@ -128,7 +121,7 @@ def run(args) -> None:
     best_acc = problem.score(best_alloc) if best_acc is None else best_acc
     vx, vy = ws.data.tensors("val", ws.device)
     dense_acc = accuracy(ws.model, vx, vy)
-    saved_acc, _ = save_calibrated(problem.pruned_model(best_alloc), cfg.model, ws.data.num_classes,
+    saved_acc, _ = save_calibrated(problem.pruned_model(best_alloc), cfg.ws.model, ws.data.num_classes,
                                    out / "best_model.pt", evaluator.calib_batches, vx, vy,
                                    criterion=cfg.criterion, adaptive_bn_accuracy=best_acc)
     best_alloc.save(out / "best_allocation.json", structure, adaptive_bn_accuracy=best_acc,
@@ -141,13 +134,13 @@ def run(args) -> None:
     rewards = [float(r["reward"]) for r in rows]
     noise_free = [i for i, r in enumerate(rows) if r["noise"] not in ("", None) and float(r["noise"]) == 0.0]
     marks = {"uniform": uniform_acc} if cfg.rl.reward == "accuracy" else None
-    plot_curve(rewards, out / "reward.png", title=f"{cfg.model}, {metric} x{target:g}, {cfg.agent}",
+    plot_curve(rewards, out / "reward.png", title=f"{cfg.ws.model}, {metric} x{target:g}, {cfg.agent}",
                ylabel=cfg.rl.reward, marks=marks, highlight={"policy without noise": noise_free} if noise_free else None)
     plot_per_group([g.name for g in structure.groups],
                    {"best": best_alloc.ratios(structure), "uniform": uniform.ratios(structure)},
                    out / "allocation.png", title=f"channels kept per group ({metric} x{target:g})")
     summary = {
-        "model": cfg.model, "agent": cfg.agent, "precision": ws.precision.name, "metric": metric, "target": target,
+        "model": cfg.ws.model, "agent": cfg.agent, "precision": ws.precision.name, "metric": metric, "target": target,
         "episodes": episodes,
         "best": {"adaptive_bn_accuracy": best_acc, "macs": best_alloc.macs(structure),
                  "params": best_alloc.params(structure), "saved_model_val_accuracy": saved_acc,
@@ -199,7 +192,7 @@ def _random_search(cfg: SearchConfig, problem, out: Path):
         bar.set_postfix(best=f"{100 * log.best.score:.2f}%", refresh=False)
 
     try:
-        best = RandomSearch(cfg.rl.episodes, cfg.seed, on_sample).allocate(problem)
+        best = RandomSearch(cfg.rl.episodes, cfg.ws.seed, on_sample).allocate(problem)
     finally:
         bar.close()
         log.close()

@@ -13,7 +13,7 @@ from autoprune.core.io import save_pruned
 from autoprune.runs import check_run_dir
 from autoprune.train.evaluator import accuracy
 from autoprune.train.training import TrainRecipe, train
-from autoprune.workspace import DEFAULT_DATA, open_workspace
+from autoprune.workspace import WorkspaceOptions
 
 NAME = "train"
 HELP = "Train or fine-tune a model (dense or pruned) with SGD and a cosine learning rate."
@@ -21,17 +21,10 @@ HELP = "Train or fine-tune a model (dense or pruned) with SGD and a cosine learn
 
 @dataclass
 class TrainConfig:
-    model: str
     output: str  # run directory
-    checkpoint: str | None = None
-    data: str = DEFAULT_DATA
+    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("calib_size", "image_size"))  # --model, --checkpoint, --data, ...
     recipe: TrainRecipe = nested(TrainRecipe)  # epochs, lr, momentum, weight decay, batch size, schedule, ...
     resume: bool = False
-    train_subset: int | None = None
-    val_size: int = 5000
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.precision)
 
 
 def add_arguments(parser) -> None:
@@ -45,8 +38,7 @@ def run(args) -> None:
     check_run_dir(out, cfg.resume)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    ws = open_workspace(cfg.model, cfg.checkpoint, cfg.data, val_size=cfg.val_size, seed=cfg.seed,
-                        device=cfg.device, precision=cfg.precision, train_subset=cfg.train_subset)
+    ws = cfg.ws.open()
     recipe = cfg.recipe
     state_path = out / "state.pt"
     start = 0
@@ -61,10 +53,10 @@ def run(args) -> None:
         start = state["step"]
     x, _ = ws.data.tensors("val")
     macs = measure_cost(ws.model, x[:1].to(ws.device))[0]
-    result = train(ws.model, ws.data, recipe, device=ws.device, precision=ws.precision, seed=cfg.seed,
+    result = train(ws.model, ws.data, recipe, device=ws.device, precision=ws.precision, seed=cfg.ws.seed,
                    log_dir=out / "tb",
                    checkpoint=state_path, macs_per_image=macs, start_step=start, optimizer=optimizer)
-    save_pruned(ws.model, cfg.model, ws.data.num_classes, out / "model.pt")
+    save_pruned(ws.model, cfg.ws.model, ws.data.num_classes, out / "model.pt")
     vx, vy = ws.data.tensors("val", ws.device)
     summary = {"val_acc": accuracy(ws.model, vx, vy), "steps": result.steps, "seconds": result.seconds,
                "precision": ws.precision.name,
