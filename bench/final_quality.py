@@ -35,7 +35,7 @@ from dataclasses import asdict
 from autoprune.agents import get_allocator
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
-from autoprune.experiments.comparison import reinitialise
+from autoprune.experiments.compare_config import reinitialise
 from autoprune.runs import write_json_atomic
 from autoprune.train.evaluator import accuracy, recalibrate_bn
 from autoprune.train.training import TrainRecipe, train

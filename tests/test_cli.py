@@ -82,7 +82,7 @@ def test_well_typed_yaml_loads(tmp_path):
     import argparse
 
     from autoprune.config import add_config_args, resolve_config
-    from autoprune.experiments.comparison import CompareConfig
+    from autoprune.experiments.compare_config import CompareConfig
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: resnet20\noutput: out\ntargets: [0.5, 1]\nepochs: 2\ntrain_subset: null\n")

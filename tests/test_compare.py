@@ -10,17 +10,11 @@ import torch.nn.functional as F
 from autoprune.cli.main import main
 from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
-from autoprune.experiments.comparison import (
-    CompareConfig,
-    method_labels,
-    parse_spec,
-    recipe_for,
-    reinitialise,
-    run_comparison,
-    write_outputs,
-)
+from autoprune.experiments.compare_config import CompareConfig, method_labels, recipe_for, reinitialise
+from autoprune.experiments.comparison import run_comparison, write_outputs
 from autoprune.experiments.report import summarize, verdict
 from autoprune.models import create_model
+from autoprune.registry import parse_spec
 from autoprune.train.data import DataBundle, ImageSet
 from autoprune.train.evaluator import AdaptiveBNEvaluator
 from autoprune.train.training import TrainRecipe

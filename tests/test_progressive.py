@@ -19,8 +19,9 @@ from autoprune.core.prune import channels_to_remove
 from autoprune.core.structure import ModelStructure
 from autoprune.models import IMAGENET_MEAN, IMAGENET_STD, create_model
 from autoprune.train.data import make_bundle
-from autoprune.train.progressive import progressive_train, prune_with_optimizer
+from autoprune.train.progressive import progressive_train
 from autoprune.train.schedules import PruningSchedule
+from autoprune.train.surgery import prune_with_optimizer
 from autoprune.train.training import TrainRecipe, make_optimizer
 
 from .conftest import flop_counter_cost

@@ -12,67 +12,24 @@ import copy
 import json
 import re
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-from autoprune.config import flat_config, nested, save_config
+from autoprune.config import flat_config, save_config
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
 from autoprune.errors import AutopruneError
+from autoprune.experiments.compare_config import CompareConfig, method_labels, recipe_for, reinitialise, validate
 from autoprune.registry import parse_spec
 from autoprune.runs import write_json_atomic
 from autoprune.train.data import DataBundle
 from autoprune.train.evaluator import AdaptiveBNEvaluator, accuracy
-from autoprune.train.training import TrainRecipe, train
-from autoprune.workspace import WorkspaceOptions
+from autoprune.train.training import train
 
-RECIPES = ("finetune", "lr-rewind", "scratch-E", "scratch-B")
 RESULT_FORMAT = "autoprune.compare/1"
-
-
-@dataclass
-class CompareConfig:
-    output: str  # run directory
-    # --model, --checkpoint, --data, ...; --data-seed fixes the validation / calibration split for every seed
-    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("image_size",), rename={"seed": "data_seed"})
-    targets: list[float] = field(default_factory=lambda: [0.5])
-    metric: str = "macs"
-    criterion: str = "l1"
-    allocators: list[str] = field(default_factory=lambda: ["uniform", "global", "sensitivity", "layer-stats",
-                                                           "random", "greedy"])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    recipes: list[str] = field(default_factory=lambda: ["lr-rewind"])
-    train: TrainRecipe = nested(TrainRecipe, exclude=("lr", "momentum", "schedule", "warmup_steps", "augment"))
-    finetune_lr: float = 0.001  # classic fine-tuning: constant small learning rate
-    rewind_lr: float = 0.01  # learning-rate rewinding: cosine from this rate (Renda et al. 2020)
-    scratch_lr: float = 0.1
-    scratch_epochs: float | None = None  # scratch-E epochs (default: --epochs); scratch-B scales it by dense/pruned MACs
-    min_keep: float = 0.2
-    max_keep: float = 1.0
-    round_to: int = 1
-
-
-HELP = {
-    "output": "run directory (results.csv/json, report.md, plots, allocations)",
-    "allocators": "allocator specs: uniform global sensitivity layer-stats random greedy policy:PATH allocation:PATH; "
-                  "options as NAME@key=value,key=value (e.g. random@samples=30)",
-    "recipes": f"training after pruning, any of {', '.join(RECIPES)}",
-    "epochs": "fine-tune epochs (fractions allowed)",
-    "targets": "fractions of dense MACs (or params) to keep",
-    "train_subset": "train on this many images of the training split (CPU-sized runs)",
-}
-
-
-# -- allocator specs -------------------------------------------------------------------------
-def method_labels(specs: list[str]) -> list[str]:
-    """Short names for the table: the allocator name (``policy`` for a policy file), unless two specs
-    share it (then the full specs, e.g. ``global@normalize=none`` vs ``global@normalize=lamp``)."""
-    short = [parse_spec(s)[0].split(":")[0] for s in specs]
-    return [sp if short.count(sh) > 1 else sh for sh, sp in zip(short, specs)]
 
 
 def _slug(text: str) -> str:
@@ -89,55 +46,6 @@ def build_allocator(spec: str, seed: int, folder: Path):
     if hasattr(alloc, "output_dir") and "output_dir" not in kwargs:
         alloc.output_dir = folder
     return alloc
-
-
-# -- training --------------------------------------------------------------------------------
-def recipe_for(cfg: CompareConfig, recipe: str, macs_ratio: float) -> TrainRecipe:
-    if recipe == "finetune":
-        return replace(cfg.train, lr=cfg.finetune_lr, schedule="constant")
-    if recipe == "lr-rewind":
-        return replace(cfg.train, lr=cfg.rewind_lr, schedule="cosine")
-    scratch = cfg.scratch_epochs if cfg.scratch_epochs is not None else cfg.train.epochs
-    if recipe == "scratch-E":
-        return replace(cfg.train, epochs=scratch, lr=cfg.scratch_lr, schedule="cosine")
-    if recipe == "scratch-B":  # same training MACs as scratch-E on the dense model (Liu et al. 2019)
-        return replace(cfg.train, epochs=scratch / macs_ratio, lr=cfg.scratch_lr, schedule="cosine")
-    raise AutopruneError(f"unknown recipe '{recipe}': use any of {', '.join(RECIPES)}")
-
-
-def reinitialise(model: nn.Module, seed: int) -> nn.Module:
-    """Same architecture, fresh weights (conv/linear Kaiming-normal as in the CIFAR ResNets, BN reset)."""
-    torch.manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif hasattr(m, "reset_parameters"):  # BatchNorm: gamma 1, beta 0, running statistics reset
-            m.reset_parameters()
-    return model
-
-
-def validate(cfg: CompareConfig) -> None:
-    if not cfg.allocators:
-        raise AutopruneError("no allocators given: pass --allocators uniform global ...")
-    if not cfg.seeds:
-        raise AutopruneError("no seeds given: pass --seeds 0 1 2")
-    bad = [r for r in cfg.recipes if r not in RECIPES]
-    if bad:
-        raise AutopruneError(f"unknown recipe(s) {bad}: use any of {', '.join(RECIPES)}")
-    if cfg.train.epochs <= 0:
-        raise AutopruneError(f"--epochs {cfg.train.epochs} must be positive")
-    for t in cfg.targets:
-        if not 0 < t <= 1:
-            raise AutopruneError(f"target {t} is outside (0, 1]: it is the fraction of {cfg.metric} to keep")
-    from autoprune.agents import ALLOCATORS
-
-    for spec in cfg.allocators:
-        ALLOCATORS.check(spec)
-    labels = method_labels(cfg.allocators)
-    if len(set(labels)) != len(labels):
-        raise AutopruneError(f"allocator list {cfg.allocators} names a method twice")
 
 
 # -- results file ----------------------------------------------------------------------------

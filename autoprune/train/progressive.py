@@ -15,9 +15,7 @@ At every event of a ``PruningSchedule`` the driver
 1. reads the step's planned cost (a fraction of the ORIGINAL model's MACs),
 2. builds a ``ModelStructure`` on the current, already smaller model,
 3. decides the widths (as above), lets the criterion pick the channels, prunes, and
-4. carries the optimizer state over: every per-parameter buffer (SGD momentum) is sliced to the
-   kept channels by replaying the same removal plan on a shadow copy of the model whose weights
-   are the buffers -- so torch-pruning's own layer pruners decide which slice survives.
+4. carries the optimizer state over (``surgery.prune_with_optimizer``).
 
 Training itself is ``autoprune.training.train``; the driver is its ``on_step`` hook, which also
 counts training MACs (batch MACs of the model that actually ran) and writes a resumable state
@@ -25,12 +23,11 @@ file at every epoch boundary.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +46,7 @@ from autoprune.train.data import DataBundle
 from autoprune.train.evaluator import AdaptiveBNEvaluator
 from autoprune.train.precision import Precision, resolve_precision
 from autoprune.train.schedules import PruningSchedule
+from autoprune.train.surgery import group_widths, prune_with_optimizer
 from autoprune.train.training import TrainRecipe, make_optimizer, train
 
 STATE_FORMAT = "autoprune.progressive-state/1"
@@ -82,49 +80,6 @@ class ProgressiveResult:
     seconds: float
     steps: int
     history: list[dict] = field(default_factory=list)  # per-epoch val accuracy (of this process)
-
-
-# -- one cut -------------------------------------------------------------------------------
-def group_widths(model: nn.Module, names: Sequence[str]) -> dict[str, int]:
-    """Current output width of each group's root layer (groups are named after their root)."""
-    widths = {}
-    for name in names:
-        m = model.get_submodule(name)
-        widths[name] = int(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
-    return widths
-
-
-def prune_with_optimizer(structure: ModelStructure, remove: Sequence[Sequence[int]], optimizer: torch.optim.Optimizer,
-                         make: Callable[[nn.Module], torch.optim.Optimizer]) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """Prune ``structure.model`` and build its optimizer with every per-parameter buffer sliced alike.
-
-    Buffers shaped like their parameter (SGD momentum, Adam moments) are written into a shadow
-    copy of the model and pruned with the same plan; scalars (Adam's step) are copied as is.
-    """
-    model = structure.model
-    pruned = structure.prune_copy(remove)
-    new_opt = make(pruned)
-    names = {p: n for n, p in model.named_parameters()}
-    states = {names[p]: st for p, st in optimizer.state.items() if p in names}
-    keys = sorted({k for st in states.values() for k in st})
-    new_params = dict(pruned.named_parameters())
-    for key in keys:
-        shaped = {n: st[key] for n, st in states.items()
-                  if isinstance(st.get(key), torch.Tensor) and st[key].shape == model.get_parameter(n).shape}
-        if shaped:
-            shadow = copy.deepcopy(model)
-            with torch.no_grad():
-                for n, p in shadow.named_parameters():
-                    if n in shaped:
-                        p.copy_(shaped[n])
-            sliced = dict(structure.prune_copy(remove, model=shadow).named_parameters())
-        for n, st in states.items():
-            if key not in st:
-                continue
-            value = st[key]
-            new_opt.state[new_params[n]][key] = (sliced[n].detach().clone() if n in shaped
-                                                 else value.clone() if isinstance(value, torch.Tensor) else value)
-    return pruned, new_opt
 
 
 # -- the driver ----------------------------------------------------------------------------

@@ -4,8 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoprune.config import add_config_args, resolve_config
-from autoprune.experiments.comparison import HELP as FIELD_HELP
-from autoprune.experiments.comparison import CompareConfig, open_results, run_comparison, validate, write_outputs
+from autoprune.experiments.compare_config import HELP as FIELD_HELP
+from autoprune.experiments.compare_config import CompareConfig, validate
+from autoprune.experiments.comparison import open_results, run_comparison, write_outputs
 
 NAME = "compare"
 HELP = "Compare budget allocators (heuristics, random search, learned policies) after fine-tuning, over seeds."
