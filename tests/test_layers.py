@@ -6,9 +6,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # lowest first; a module may import its own layer and any layer listed before it
-LAYERS = ["autoprune.errors", "autoprune.runs", "autoprune.registry", "autoprune.config", "autoprune.models", "autoprune.core",
-          "autoprune.train", "autoprune.envs", "autoprune.agents", "autoprune.workspace", "autoprune.deploy",
-          "autoprune.experiments", "autoprune.cli", "autoprune"]
+LAYERS = ["autoprune.errors", "autoprune.runs", "autoprune.registry", "autoprune.config", "autoprune.models",
+          "autoprune.core", "autoprune.train", "autoprune.envs", "autoprune.agents", "autoprune.deploy",
+          "autoprune.workspace", "autoprune.experiments", "autoprune.cli", "autoprune"]
 
 
 def _module(path: Path) -> str:

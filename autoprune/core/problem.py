@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,9 +24,14 @@ class Score:
     partial: bool = False
 
 
+METRICS = ("macs", "params", "latency")
+
+
 @dataclass
 class PruningProblem:
-    """Prune ``structure.model`` to ``target`` x its dense cost (``metric``: "macs" or "params").
+    """Prune ``structure.model`` to ``target`` x its dense cost (``metric``: "macs", "params", or
+    "latency" predicted by ``latency``, a lookup table with ``predict(counts)`` and ``dense``,
+    e.g. ``autoprune.deploy.latency.latency_table``).
 
     ``evaluator`` scores a pruned copy (adaptive-BN accuracy on the held-out split); ``score``
     prunes with ``criterion`` and caches by allocation, so no allocation is evaluated twice.
@@ -47,13 +52,16 @@ class PruningProblem:
     max_keep: float = 1.0
     round_to: int = 1
     early_stop: bool = False
+    latency: Any = None  # LatencyTable for metric="latency"
     _cache: dict[tuple[int, ...], Score] = field(default_factory=dict, repr=False)
     best_full: float = field(default=-float("inf"), repr=False)
     last_score: Score | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.metric not in ("macs", "params"):
-            raise AutopruneError(f"unknown budget metric '{self.metric}': use macs or params")
+        if self.metric not in METRICS:
+            raise AutopruneError(f"unknown budget metric '{self.metric}': use {', '.join(METRICS)}")
+        if self.metric == "latency" and self.latency is None:
+            raise AutopruneError("a latency target needs a latency table (autoprune.deploy.latency.latency_table)")
         if not 0.0 < self.target <= 1.0:
             raise AutopruneError(f"target {self.target} is outside (0, 1]: it is the fraction of {self.metric} to keep")
         legal_step(1, self.round_to)  # rejects --round-to 0 with a one-line error
@@ -66,11 +74,15 @@ class PruningProblem:
                 f"with every group at min_keep={self.min_keep}): lower --min-keep or raise the target")
 
     # -- costs -------------------------------------------------------------------------------
-    def cost(self, counts: Sequence[int] | np.ndarray) -> int:
+    def cost(self, counts: Sequence[int] | np.ndarray) -> float:
+        if self.metric == "latency":
+            return self.latency.predict(counts)
         return self.structure.macs(counts) if self.metric == "macs" else self.structure.params(counts)
 
     @property
-    def dense_cost(self) -> int:
+    def dense_cost(self) -> float:
+        if self.metric == "latency":
+            return self.latency.dense
         return self.structure.dense_macs if self.metric == "macs" else self.structure.dense_params
 
     @property

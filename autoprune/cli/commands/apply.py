@@ -5,7 +5,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoprune.cli.commands.search import target_of
+from autoprune.cli.targets import HELP as TARGET_HELP
+from autoprune.cli.targets import TargetOptions
 from autoprune.config import add_config_args, flat_config, nested, resolve_config, save_config
 from autoprune.runs import check_run_dir
 from autoprune.train.training import TrainRecipe
@@ -20,8 +21,7 @@ class ApplyConfig:
     policy: str
     output: str
     ws: WorkspaceOptions = nested(WorkspaceOptions, val_size=2000, calib_size=1024)  # --model, --checkpoint, --data, ...
-    macs: float | None = None
-    params: float | None = None
+    target: TargetOptions = nested(TargetOptions)  # --macs | --params | --latency, --latency-batch, ...
     criterion: str = "l1"
     min_keep: float | None = None  # default: the bounds the policy was trained with
     max_keep: float | None = None
@@ -35,7 +35,7 @@ class ApplyConfig:
 _HELP = {
     "policy": "policy.zip written by autoprune search",
     "output": "directory for model.pt, allocation.json, report.json (must be new or empty)",
-    "macs": "fraction of MACs to keep", "params": "fraction of parameters to keep (instead of --macs)",
+    **TARGET_HELP,
     "evaluate": "report adaptive-BN accuracy of the policy's allocation and of uniform at the same cost",
     "report_test": "also score the saved model on the test split (decodes test/)",
     "finetune_epochs": "epochs of fine-tuning after pruning (0: none)",
@@ -49,7 +49,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> None:
     cfg = resolve_config(ApplyConfig, args)
-    metric, target = target_of(cfg.macs, cfg.params)
+    metric, target = cfg.target.resolve()
     out = Path(cfg.output)
     check_run_dir(out, resumable=False)
 
@@ -68,7 +68,7 @@ def run(args) -> None:
     structure = ws.structure()
     calib = ws.data.calibration_batches(128, ws.device)
     problem = PruningProblem(structure, target, metric, ws.evaluator() if cfg.evaluate else None, cfg.criterion,
-                             calib, min_keep, max_keep, cfg.round_to)
+                             calib, min_keep, max_keep, cfg.round_to, latency=cfg.target.table(structure, cfg.round_to))
     allocation = allocator.allocate(problem)
     cost_ratio = problem.cost(allocation.counts(structure)) / problem.dense_cost
     pruned = problem.pruned_model(allocation)
@@ -98,6 +98,8 @@ def run(args) -> None:
     report["saved_model_val_accuracy"], saved = save_calibrated(
         pruned, cfg.ws.model, ws.data.num_classes, out / "model.pt", calib, vx, vy, criterion=cfg.criterion,
         policy=cfg.policy)
+    if problem.latency is not None:
+        report["latency"] = cfg.target.measured(saved, problem.latency, allocation.counts(structure))
     if cfg.report_test:
         report["saved_model_test_accuracy"] = accuracy(saved, *ws.data.tensors("test", ws.device))
     allocation.save(out / "allocation.json", structure, metric=metric, target=target)

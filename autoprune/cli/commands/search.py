@@ -13,6 +13,8 @@ from pathlib import Path
 
 from autoprune.agents.rl.config import HELP as RL_HELP
 from autoprune.agents.rl.config import RLConfig
+from autoprune.cli.targets import HELP as TARGET_HELP
+from autoprune.cli.targets import TargetOptions
 from autoprune.config import add_config_args, nested, resolve_resumable, save_config
 from autoprune.errors import AutopruneError
 from autoprune.runs import check_run_dir
@@ -30,8 +32,7 @@ class SearchConfig:
     output: str
     ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("train_subset", "image_size"), val_size=2000,
                                   calib_size=1024)  # --model, --checkpoint, --data, ...
-    macs: float | None = None
-    params: float | None = None
+    target: TargetOptions = nested(TargetOptions)  # --macs | --params | --latency, --latency-batch, ...
     agent: str = "ddpg"
     rl: RLConfig = nested(RLConfig, exclude=("algo", "seed"))  # episodes, noise, learning rates, reward, action, ...
     early_stop: bool = False
@@ -47,8 +48,7 @@ class SearchConfig:
 _HELP = {
     **RL_HELP,
     "output": "run directory (refused if it holds another run, unless --resume)",
-    "macs": "fraction of the dense model's MACs to keep, e.g. 0.5",
-    "params": "fraction of the dense model's parameters to keep (instead of --macs)",
+    **TARGET_HELP,
     "agent": f"one of {', '.join(AGENTS)}",
     "val_size": "held-out training images scoring each episode",
     "early_stop": "multi-fidelity scoring: stop scoring a candidate once it surely (99%) cannot beat the best so far; "
@@ -62,19 +62,9 @@ def add_arguments(parser) -> None:
     add_config_args(parser, SearchConfig, _HELP)
 
 
-def target_of(macs: float | None, params: float | None) -> tuple[str, float]:
-    """(metric, target) from the two mutually exclusive target options."""
-    if (macs is None) == (params is None):
-        raise AutopruneError("give exactly one target: --macs F or --params F (fraction to keep, in (0, 1])")
-    metric, value = ("macs", macs) if macs is not None else ("params", params)
-    if not 0.0 < value <= 1.0:
-        raise AutopruneError(f"--{metric} {value} is outside (0, 1]: it is the fraction of {metric} to keep")
-    return metric, float(value)
-
-
 def run(args) -> None:
     cfg = resolve_resumable(SearchConfig, args, _RESUMABLE_CHANGES)
-    metric, target = target_of(cfg.macs, cfg.params)
+    metric, target = cfg.target.resolve()
     if cfg.agent not in AGENTS:
         raise AutopruneError(f"unknown agent '{cfg.agent}': use one of {', '.join(AGENTS)}")
     if cfg.agent == "random" and cfg.resume:
@@ -100,7 +90,7 @@ def run(args) -> None:
     calib = ws.data.calibration_batches(cfg.calib_batch_size, ws.device)
     evaluator = ws.evaluator(cfg.calib_batch_size)
     problem = PruningProblem(structure, target, metric, evaluator, cfg.criterion, calib, cfg.min_keep, cfg.max_keep,
-                             cfg.round_to, early_stop=cfg.early_stop)
+                             cfg.round_to, early_stop=cfg.early_stop, latency=cfg.target.table(structure, cfg.round_to))
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
 
@@ -121,7 +111,7 @@ def run(args) -> None:
     best_acc = problem.score(best_alloc) if best_acc is None else best_acc
     vx, vy = ws.data.tensors("val", ws.device)
     dense_acc = accuracy(ws.model, vx, vy)
-    saved_acc, _ = save_calibrated(problem.pruned_model(best_alloc), cfg.ws.model, ws.data.num_classes,
+    saved_acc, saved = save_calibrated(problem.pruned_model(best_alloc), cfg.ws.model, ws.data.num_classes,
                                    out / "best_model.pt", evaluator.calib_batches, vx, vy,
                                    criterion=cfg.criterion, adaptive_bn_accuracy=best_acc)
     best_alloc.save(out / "best_allocation.json", structure, adaptive_bn_accuracy=best_acc,
@@ -148,6 +138,8 @@ def run(args) -> None:
         "uniform": {"adaptive_bn_accuracy": uniform_acc, "macs": uniform.macs(structure),
                     "cost_ratio": problem.cost(uniform.counts(structure)) / problem.dense_cost},
         "policy": policy,
+        "latency": (cfg.target.measured(saved, problem.latency, best_alloc.counts(structure))
+                    if problem.latency is not None else None),
         "dense_val_accuracy": dense_acc,
         "seconds_per_episode": seconds / max(1, episodes),
         "evaluator_share": eval_seconds / seconds if seconds > 0 else None,
@@ -160,6 +152,11 @@ def run(args) -> None:
     print(f"best_model.pt as loaded from disk: {100 * saved_acc:.2f}% plain accuracy on the same held-out images")
     print(f"uniform allocation:  {100 * uniform_acc:.2f}% adaptive-BN accuracy at "
           f"{summary['uniform']['macs']:,} MACs ({100 * summary['uniform']['cost_ratio']:.1f}% of {metric})")
+    if summary["latency"] is not None:
+        lat = summary["latency"]
+        print(f"best_model.pt latency (batch {lat['batch_size']}, {lat['precision']}): measured "
+              f"{1e3 * lat['measured_seconds']:.2f} ms = {100 * lat['measured_ratio']:.1f}% of dense, "
+              f"predicted {1e3 * lat['predicted_seconds']:.2f} ms")
     if policy is not None:
         score = (f"{100 * policy['noise_free_reward']:.2f}% adaptive-BN accuracy" if cfg.rl.reward == "accuracy"
                  else f"{cfg.rl.reward} {policy['noise_free_reward']:.4f}")

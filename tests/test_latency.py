@@ -1,0 +1,96 @@
+"""The latency budget: a per-group lookup table, cached by its keys, driving the same problem/allocators."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from autoprune.agents import get_allocator
+from autoprune.core.cost import measure_cost
+from autoprune.core.problem import PruningProblem
+from autoprune.deploy import latency as lat
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """Latency proportional to measured MACs (a deterministic stand-in for the clock), counting calls."""
+    calls = []
+
+    def fake(model, x, precision="fp32", repeats=20, warmup=3):
+        calls.append(1)
+        return 1e-9 * measure_cost(model, x)[0] * x.shape[0] + 1e-4
+
+    monkeypatch.setattr(lat, "measure_latency", fake)
+    return calls
+
+
+def test_table_predicts_additive_costs_and_is_monotone(resnet20_structure, fake_clock):
+    s = resnet20_structure
+    table = lat.latency_table(s, batch_size=2, points=4, cache=False)
+    assert table.predict(s.channels) == pytest.approx(table.dense)
+    rng = np.random.default_rng(0)
+    x = torch.randn(2, 3, 32, 32)
+    for _ in range(5):  # block-internal groups touch disjoint layers: the additive model is exact for MACs
+        counts = np.array([rng.integers(g.channels // 4, g.channels + 1) for g in s.groups])
+        remove = [list(range(g.channels - k)) for g, k in zip(s.groups, counts)]
+        truth = 1e-9 * measure_cost(s.prune_copy(remove), x)[0] * 2 + 1e-4
+        assert table.predict(counts) == pytest.approx(truth, rel=0.02)
+    for g, (w, d) in enumerate(zip(table.widths, table.deltas)):
+        assert w == sorted(w) and w[-1] == s.groups[g].channels and np.all(np.diff(d) >= 0)
+
+
+def test_table_is_cached_by_its_keys_and_remeasured_on_mismatch(resnet20_structure, fake_clock):
+    s = resnet20_structure
+    first = lat.latency_table(s, batch_size=1, points=2)
+    n = len(fake_clock)
+    assert n > len(s.groups) and lat.latency_table(s, batch_size=1, points=2) == first
+    assert len(fake_clock) == n  # reused
+    lat.latency_table(s, batch_size=4, points=2)  # another batch size: another table
+    assert len(fake_clock) > n
+    # a cached file whose stored key does not match (e.g. other threads) is measured again, not trusted
+    path = next(p for p in (lat.cache_dir() / "latency").glob("*.json")
+                if json.loads(p.read_text())["key"]["batch_size"] == 1)
+    saved = json.loads(path.read_text())
+    saved["key"]["cpu_threads"] = 99
+    path.write_text(json.dumps(saved))
+    n = len(fake_clock)
+    lat.latency_table(s, batch_size=1, points=2)
+    assert len(fake_clock) > n
+
+
+def test_allocators_meet_a_latency_budget(resnet20_structure, fake_clock):
+    s = resnet20_structure
+    table = lat.latency_table(s, batch_size=1, points=3, cache=False)
+    for target in (0.5, 0.7):
+        problem = PruningProblem(s, target, metric="latency", latency=table,
+                                 evaluator=lambda m: sum(p.numel() for p in m.parameters()) % 97 / 97)
+        for name in ("uniform", "layer-stats", "search:5"):
+            alloc = get_allocator(name).allocate(problem)
+            ratio = table.predict(alloc.counts(s)) / table.dense
+            assert target - 0.02 <= ratio <= target + 1e-9, (name, target, ratio)
+
+
+def test_latency_needs_a_table(resnet20_structure):
+    from autoprune.errors import AutopruneError
+
+    with pytest.raises(AutopruneError, match="latency table"):
+        PruningProblem(resnet20_structure, 0.5, metric="latency")
+
+
+def test_search_with_a_latency_target_reports_measured_latency(tmp_path):
+    """The CLI end to end on synthetic data, with the real clock: the summary holds both figures."""
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "autoprune.cli", "search", "--model", "resnet20", "--output", str(out),
+                          "--data", "synthetic", "--val-size", "300", "--calib-size", "256", "--device", "cpu",
+                          "--latency", "0.6", "--agent", "random", "--episodes", "3", "--no-progress"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    latency = summary["latency"]
+    assert summary["metric"] == "latency" and latency["batch_size"] == 1
+    assert latency["measured_seconds"] > 0 and latency["predicted_seconds"] <= 0.6 * latency["dense_seconds"] + 1e-12
+    assert "best_model.pt latency" in res.stdout
