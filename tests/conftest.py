@@ -53,3 +53,19 @@ def flop_counter_cost(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int
     ops = counter.get_flop_counts()["Global"]
     flops = sum(v for op, v in ops.items() if str(op).split(".")[1] in ("convolution", "addmm", "mm"))
     return flops // 2 // x.shape[0], sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """Latency proportional to measured MACs (a deterministic stand-in for the clock), counting calls."""
+    calls = []
+
+    def fake(model, x, precision="fp32", repeats=20, warmup=3):
+        calls.append(1)
+        return 1e-9 * measure_cost(model, x)[0] * x.shape[0] + 1e-4
+
+    from autoprune.core.cost import measure_cost
+    from autoprune.deploy import latency as lat
+
+    monkeypatch.setattr(lat, "measure_latency", fake)
+    return calls

@@ -178,3 +178,22 @@ def test_every_seeded_allocator_gets_the_compare_seed(tmp_path):
         seeds = {build_allocator(spec, s, tmp_path).seed for s in (0, 1, 2)}
         assert seeds == {0, 1, 2}, spec
     assert build_allocator("ddpg@episodes=5", 1, tmp_path).config.episodes == 5
+
+
+def test_compare_with_a_latency_budget(tmp_path, tiny_setup, fake_clock):
+    """--metric latency: the table is measured on the model (a MACs-proportional stand-in clock, so the
+    toy model's figures do not depend on this machine's load), and every allocation meets its prediction."""
+    from autoprune.deploy.latency import latency_table
+
+    cfg = _config(tmp_path / "lat", metric="latency", allocators=["uniform", "layer-stats"], seeds=[0],
+                  recipes=["lr-rewind"], train=TrainRecipe(epochs=0.1, batch_size=64))
+    record = _run(cfg, tiny_setup)
+    model = tiny_setup[0]
+    table = latency_table(ModelStructure(model, torch.randn(1, 3, 8, 8)), cfg.latency_batch, cfg.latency_precision)
+    assert len(record["rows"]) == 2
+    for row in record["rows"]:
+        assert row["within_budget"]
+        counts = list(record["allocations"][f"{row['method']}|0.6|0"].values())
+        chans = [g.channels for g in ModelStructure(model, torch.randn(1, 3, 8, 8)).groups]
+        predicted = table.predict([round(r * c) for r, c in zip(counts, chans)])
+        assert predicted <= 0.6 * table.dense * 1.001

@@ -100,7 +100,8 @@ class PruningProblem:
     def feasible(self, allocation: Allocation, tolerance: float = 0.01) -> bool:
         """Within ``tolerance`` below the budget and not above it."""
         c = self.cost(allocation.counts(self.structure))
-        return self.budget * (1 - tolerance) <= c <= self.budget + 0.5
+        slack = 0.5 if self.metric != "latency" else 1e-9 * self.budget  # MACs/params are integers, seconds are not
+        return self.budget * (1 - tolerance) <= c <= self.budget + slack
 
     # -- scoring -----------------------------------------------------------------------------
     def pruned_model(self, allocation: Allocation) -> nn.Module:

@@ -9,6 +9,7 @@ precision and cached on disk with those keys; a key that differs is measured aga
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import statistics
@@ -28,15 +29,15 @@ from autoprune.train.precision import Precision, resolve_precision
 TABLE_FORMAT = "autoprune.latency/1"
 
 
-@torch.inference_mode()
 def measure_latency(model: nn.Module, x: torch.Tensor, precision: Precision | str = "fp32",
                     repeats: int = 20, warmup: int = 3) -> float:
-    """Median seconds of one forward pass of ``x`` (eval mode, the precision's autocast and memory format)."""
+    """Median seconds of one forward pass of ``x`` (eval mode, the precision's autocast and memory
+    format), timed on a copy: ``model`` itself is left as it was."""
     prec = resolve_precision(precision, x.device)
-    model = model.eval().to(memory_format=prec.memory_format)
+    model = copy.deepcopy(model).eval().to(memory_format=prec.memory_format)
     x = x.contiguous(memory_format=prec.memory_format)
     times = []
-    with prec.autocast():
+    with torch.inference_mode(), prec.autocast():
         for i in range(warmup + repeats):
             if x.device.type == "cuda":
                 torch.cuda.synchronize()

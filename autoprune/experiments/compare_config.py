@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from autoprune.config import nested
+from autoprune.core.problem import METRICS
 from autoprune.errors import AutopruneError
 from autoprune.registry import parse_spec
 from autoprune.train.training import TrainRecipe
@@ -21,7 +22,9 @@ class CompareConfig:
     # --model, --checkpoint, --data, ...; --data-seed fixes the validation / calibration split for every seed
     ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("image_size",), rename={"seed": "data_seed"})
     targets: list[float] = field(default_factory=lambda: [0.5])
-    metric: str = "macs"
+    metric: str = "macs"  # macs | params | latency
+    latency_batch: int = 1
+    latency_precision: str = "fp32"
     criterion: str = "l1"
     allocators: list[str] = field(default_factory=lambda: ["uniform", "global", "sensitivity", "layer-stats",
                                                            "random", "greedy"])
@@ -38,6 +41,7 @@ class CompareConfig:
 
 
 HELP = {
+    "metric": "budget metric: macs, params or latency (measured lookup table at --latency-batch / --latency-precision)",
     "output": "run directory (results.csv/json, report.md, plots, allocations)",
     "allocators": "allocator specs: uniform global sensitivity layer-stats random greedy policy:PATH allocation:PATH; "
                   "options as NAME@key=value,key=value (e.g. random@samples=30)",
@@ -96,6 +100,8 @@ def validate(cfg: CompareConfig) -> None:
     for t in cfg.targets:
         if not 0 < t <= 1:
             raise AutopruneError(f"target {t} is outside (0, 1]: it is the fraction of {cfg.metric} to keep")
+    if cfg.metric not in METRICS:
+        raise AutopruneError(f"unknown --metric '{cfg.metric}': use one of {', '.join(METRICS)}")
     from autoprune.agents import ALLOCATORS
 
     for spec in cfg.allocators:

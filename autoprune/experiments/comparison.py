@@ -21,6 +21,7 @@ import torch.nn as nn
 from autoprune.config import flat_config, save_config
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
+from autoprune.deploy.latency import latency_table
 from autoprune.errors import AutopruneError
 from autoprune.experiments.compare_config import CompareConfig, method_labels, recipe_for, reinitialise, validate
 from autoprune.registry import parse_spec
@@ -104,8 +105,11 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
     structure = structure_factory()
     calib = data.calibration_batches(128, device)
     record["dense"].update(macs=structure.dense_macs, params=structure.dense_params)
+    latency = (latency_table(structure, cfg.latency_batch, cfg.latency_precision, cfg.round_to)
+               if cfg.metric == "latency" else None)
     for target in cfg.targets:
         problem = PruningProblem(structure, target, metric=cfg.metric, evaluator=evaluator, criterion=cfg.criterion,
+                                 latency=latency,
                                  calib_batches=calib, min_keep=cfg.min_keep, max_keep=cfg.max_keep,
                                  round_to=cfg.round_to)
         for spec, method in zip(cfg.allocators, method_labels(cfg.allocators)):
