@@ -101,8 +101,6 @@ def bare_forward_passes(model: torch.nn.Module, calib: list[torch.Tensor], val_x
 def parse_parts(doc: str, parts: dict, argv: list[str] | None = None,
                 extra: Callable[["argparse.ArgumentParser"], None] | None = None):
     """Command line of a benchmark made of named, resumable parts: ``python -m bench.X [part ...]``."""
-
-
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("parts", nargs="*", help=f"any of {', '.join(parts)} (default: all)")
     if extra is not None:

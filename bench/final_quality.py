@@ -135,7 +135,7 @@ class ModelBench:
         else:
             recalibrate_bn(net, self.calib)
             recipe = TrainRecipe(epochs=epochs, lr=0.01, schedule="cosine")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = train(net, self.ws.data, recipe, seed=seed, macs_per_image=macs, progress=False,
                        precision=self.ws.precision)
         return {"model": self.model, "target": target, "arm": arm, "recipe": recipe_name, "seed": seed,
@@ -143,6 +143,8 @@ class ModelBench:
                 "test_acc": accuracy(net, *self.test), "val_acc": accuracy(net, *self.ws.data.tensors("val")),
                 "macs": macs, "macs_ratio": ratio, "train_gmacs": result.train_macs / 1e9,
                 "seconds": time.perf_counter() - t0, "alloc_seconds": alloc_seconds,
+                # CPU seconds of the training (both threads): unaffected when the run is paused (SIGSTOP) for timings
+                "cpu_seconds": time.process_time() - c0,
                 "precision": self.ws.precision.name, "train_images": len(self.ws.data.train),
                 # the dense checkpoint is rebuilt per machine (same recipe, not bit-identical): name it
                 "dense_test_acc": json.loads(finetuned_checkpoint(self.model).with_suffix(".json").read_text())["test_acc"]}

@@ -193,3 +193,16 @@ def test_killed_and_resumed_run_ends_with_the_same_allocation(tmp_path, allocato
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+def test_progressive_heads_for_a_latency_shape(tmp_path, fake_clock):
+    """--latency: the final shape is decided against the latency table, and the run lands on it."""
+    out = tmp_path / "lat"
+    assert main(["progressive", "--output", str(out), "--latency", "0.6", "--allocator", "layer-stats",
+                 "--trajectory", "final"] + TINY) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["latency"]["predicted_seconds"] <= 0.6 * summary["latency"]["dense_seconds"] * (1 + 1e-9)
+    model, _ = load_pruned(out / "model.pt")
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    assert main(["progressive", "--output", str(tmp_path / "bad"), "--latency", "0.6", "--trajectory", "per-step"]
+                + TINY) == 2

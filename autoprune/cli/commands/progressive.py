@@ -5,6 +5,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from autoprune.cli.targets import TargetOptions
 from autoprune.config import add_config_args, flat_config, nested, resolve_resumable, save_config
 from autoprune.errors import AutopruneError
 from autoprune.experiments.plots import plot_channels_over_training, plot_schedule
@@ -24,6 +25,9 @@ class ProgressiveConfig:
     output: str  # run directory
     ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("image_size",))  # --model, --checkpoint, --data, ...
     target: float = 0.5  # kept fraction of the original MACs at the end
+    latency: float | None = None  # instead: kept fraction of the measured latency (the final shape is decided on it)
+    latency_batch: int = 1
+    latency_precision: str = "fp32"
     allocator: str = "uniform"
     trajectory: str | None = None  # final | per-step; default: final for policy:/allocation:, else per-step
     criterion: str = "l1"
@@ -43,6 +47,9 @@ def add_arguments(parser) -> None:
         "output": "run directory (config, TensorBoard, state.pt, model.pt, allocation.json, plots)",
         "checkpoint": "dense (or pruned) checkpoint to start from; omit to train from scratch",
         "target": "kept fraction of the original MACs at the end",
+        "latency": "instead of --target: kept fraction of the measured latency (lookup table at --latency-batch, "
+                   "--latency-precision); the allocator decides the final shape on the original model against it, "
+                   "and every cut heads for that shape (--trajectory final)",
         "allocator": "uniform, layer-stats, global, policy:PATH, allocation:PATH, search:EPISODES (random search "
                      "with adaptive BN at each cut), ... (autoprune.agents)",
         "trajectory": "final: fix each group's final width once (the allocator on the original model at --target) "
@@ -79,6 +86,8 @@ def run(args) -> None:
         raise AutopruneError(f"unknown --trajectory '{trajectory}': use {' or '.join(TRAJECTORIES)}")
     if cfg.schedule not in list_schedules():
         raise AutopruneError(f"unknown pruning schedule '{cfg.schedule}': use one of {', '.join(list_schedules())}")
+    if cfg.latency is not None and trajectory != "final":
+        raise AutopruneError("--latency decides the final shape once on the original model: use --trajectory final")
     recipe = cfg.recipe
     recipe.lr_at(recipe.warmup_steps, recipe.warmup_steps + 1)  # validates the lr schedule name
     out = Path(cfg.output)
@@ -86,7 +95,10 @@ def run(args) -> None:
     ws = cfg.ws.open()
     total = recipe.total_steps(len(ws.data.train))
     steps_per_epoch = -(-len(ws.data.train) // recipe.batch_size)
-    schedule = PruningSchedule.over_training(cfg.schedule, cfg.target, total, cfg.prune_start, 1.0 - cfg.final_share,
+    target, latency = cfg.target, None
+    if cfg.latency is not None:  # decide the shape against the latency table, then schedule its MACs
+        allocator, target, latency = _latency_shape(cfg, ws, allocator)
+    schedule = PruningSchedule.over_training(cfg.schedule, target, total, cfg.prune_start, 1.0 - cfg.final_share,
                                              every=round(cfg.prune_every * steps_per_epoch))
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -108,6 +120,8 @@ def run(args) -> None:
                "macs_ratio": result.allocation.macs(original) / original.dense_macs, "target": cfg.target,
                "train_macs": result.train_macs, "seconds": result.seconds, "precision": ws.precision.name,
                "trajectory": trajectory, "steps": result.steps,
+               "latency": (latency[0].measured(result.model, latency[1], result.allocation.counts(original))
+                           if latency else None),
                "events": [asdict(e) for e in result.events], "history": result.history, "config": flat_config(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_schedule(planned, result.events, out / "macs_schedule.png")
@@ -116,3 +130,27 @@ def run(args) -> None:
           f"(target {100 * cfg.target:.1f}%), held-out acc {100 * summary['val_acc']:.2f}% as loaded from disk "
           f"(BN recalibrated; {100 * trained_acc:.2f}% with training-time BN statistics), "
           f"training {result.train_macs / 1e12:.3f} TMACs in {result.seconds:.0f}s")
+
+
+class _Decided:
+    """An allocation decided before training (the shape every cut heads for)."""
+
+    def __init__(self, allocation):
+        self.allocation = allocation
+
+    def allocate(self, problem):
+        return self.allocation
+
+
+def _latency_shape(cfg: ProgressiveConfig, ws, allocator):
+    """(fixed allocator, its MACs fraction as the schedule's final target, (target options, latency table))."""
+    from autoprune.core.problem import PruningProblem
+
+    options = TargetOptions(latency=cfg.latency, latency_batch=cfg.latency_batch,
+                            latency_precision=cfg.latency_precision)
+    structure = ws.structure()
+    table = options.table(structure, cfg.round_to)
+    problem = PruningProblem(structure, cfg.latency, "latency", ws.evaluator(), cfg.criterion,
+                             ws.data.calibration_batches(128, ws.device), cfg.min_keep, 1.0, cfg.round_to, latency=table)
+    allocation = allocator.allocate(problem)
+    return _Decided(allocation), allocation.macs(structure) / structure.dense_macs, (options, table)

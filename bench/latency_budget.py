@@ -1,0 +1,130 @@
+"""Latency budgets (issue 16): does the lookup table predict real latency, and does targeting
+latency beat targeting MACs at the same measured latency?
+
+Two parts, rows in ``bench/results/latency-budget.json``, resumable row by row. Timing needs an
+idle machine: run nothing else (every figure is a median of repeated forward passes, fp32, the
+threads torch uses here).
+
+- ``predict``: ResNet-56 (32 px), tv:resnet18 and tv:mobilenet_v2 (224 px), batch 1 and 64: the
+  table (4 widths per group), then allocations at 50% of the predicted latency (uniform, layer
+  statistics, 4 random feasible ones): predicted vs measured latency of the pruned model.
+- ``search``: ResNet-56 adapted to the JPEG copy, batch 1 and 64: random search (50 samples,
+  adaptive BN on 1,024 / 2,000 training images) with ``--latency 0.5`` vs with a MACs target
+  chosen so that the uniform allocation lands on 50% of the predicted latency (what a user
+  targeting MACs would pick); each winner's adaptive-BN accuracy and measured latency.
+
+    python -m bench.latency_budget                 # both parts (~40 min on 2 idle cores)
+    python -m bench.latency_budget predict         # one part
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import torch
+
+from autoprune.agents import get_allocator
+from autoprune.agents.random_search import random_feasible_counts
+from autoprune.core.allocation import Allocation
+from autoprune.core.legal import bisect
+from autoprune.core.problem import PruningProblem, uniform_allocation
+from autoprune.core.structure import ModelStructure
+from autoprune.deploy.latency import latency_table, measure_latency
+from autoprune.models import create_model, model_info
+from autoprune.runs import write_json_atomic
+from autoprune.workspace import open_workspace
+
+from .base_models import DATA, finetuned_checkpoint
+from .common import RESULTS, machine, parse_parts
+
+OUT = RESULTS / "latency-budget.json"
+MODELS, BATCHES, TARGET = ("resnet56", "tv:resnet18", "tv:mobilenet_v2"), (1, 64), 0.5
+REPEATS = {1: 30, 64: 5}
+
+
+def load() -> dict:
+    if OUT.exists():
+        return json.loads(OUT.read_text())
+    return {"command": "python -m bench.latency_budget", "machine": machine(), "predict": [], "search": []}
+
+
+def _structure(model: str) -> ModelStructure:
+    torch.manual_seed(0)
+    size = model_info(model).input_size
+    return ModelStructure(create_model(model, 10).eval(), torch.randn(1, 3, size, size), num_classes=10)
+
+
+def predict(record: dict) -> None:
+    for model in MODELS:
+        for batch in BATCHES:
+            if any(r["model"] == model and r["batch"] == batch for r in record["predict"]):
+                continue
+            s = _structure(model)
+            table = latency_table(s, batch, "fp32", points=4)
+            problem = PruningProblem(s, TARGET, metric="latency", latency=table)
+            allocs = {"uniform": uniform_allocation(problem), "layer-stats": get_allocator("layer-stats").allocate(problem)}
+            rng = np.random.default_rng(0)
+            for i in range(4):
+                allocs[f"random{i}"] = Allocation.from_counts(s, random_feasible_counts(problem, rng))
+            x = torch.randn(batch, *s.example_input.shape[1:])
+            dense = measure_latency(s.model, x, "fp32", REPEATS[batch])
+            for name, alloc in allocs.items():
+                counts = alloc.counts(s)
+                remove = [list(range(g.channels - k)) for g, k in zip(s.groups, counts)]
+                measured = measure_latency(s.prune_copy(remove), x, "fp32", REPEATS[batch])
+                predicted = table.predict(counts)
+                record["predict"].append({
+                    "model": model, "batch": batch, "allocation": name, "target": TARGET,
+                    "predicted_ms": 1e3 * predicted, "measured_ms": 1e3 * measured, "dense_ms": 1e3 * dense,
+                    "table_dense_ms": 1e3 * table.dense, "error": predicted / measured - 1,
+                    "measured_ratio": measured / dense, "macs_ratio": s.macs(counts) / s.dense_macs})
+                print(json.dumps(record["predict"][-1]), flush=True)
+            write_json_atomic(OUT, record, indent=1)
+
+
+def search(record: dict) -> None:
+    ws = None
+    for batch in BATCHES:
+        if any(r["batch"] == batch for r in record["search"]):
+            continue
+        if ws is None:
+            ws = open_workspace("resnet56", str(finetuned_checkpoint("resnet56")), DATA, val_size=2000, calib_size=1024)
+            structure, evaluator = ws.structure(), ws.evaluator()
+            calib = ws.data.calibration_batches(128)
+        table = latency_table(structure, batch, "fp32", points=4)
+        lat_problem = PruningProblem(structure, TARGET, metric="latency", latency=table, evaluator=evaluator,
+                                     calib_batches=calib)
+        # the MACs target a user would pick: the one whose uniform allocation has 50% of the latency
+        macs_target, _ = bisect(lambda t: table.predict(uniform_allocation(
+            PruningProblem(structure, t)).counts(structure)) <= TARGET * table.dense, 0.05, 1.0)
+        macs_problem = PruningProblem(structure, macs_target, evaluator=evaluator, calib_batches=calib)
+        x = torch.randn(batch, *structure.example_input.shape[1:])
+        dense = measure_latency(structure.model, x, "fp32", REPEATS[batch])
+        row = {"model": "resnet56", "batch": batch, "target_latency": TARGET, "macs_target": macs_target,
+               "samples": 50, "dense_ms": 1e3 * dense}
+        for name, problem in (("latency", lat_problem), ("macs", macs_problem)):
+            best = get_allocator("random", samples=50, seed=0).allocate(problem)
+            counts = best.counts(structure)
+            measured = measure_latency(problem.pruned_model(best), x, "fp32", REPEATS[batch])
+            row[name] = {"adaptive_bn_accuracy": problem.score(best), "measured_ms": 1e3 * measured,
+                         "measured_ratio": measured / dense, "predicted_ratio": table.predict(counts) / table.dense,
+                         "macs_ratio": structure.macs(counts) / structure.dense_macs}
+        record["search"].append(row)
+        print(json.dumps(row), flush=True)
+        write_json_atomic(OUT, record, indent=1)
+
+
+PARTS = {"predict": predict, "search": search}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_parts(__doc__, PARTS, argv)
+    record = load()
+    for part in args.parts:
+        PARTS[part](record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
