@@ -237,3 +237,22 @@ def test_tensorboard_shows_actor_and_critic_losses(tmp_path, resnet20_structure)
         tags |= set(acc.Tags()["scalars"])
     assert {"train/actor_loss", "train/critic_loss", "episode/accuracy"} <= tags
 
+
+
+def test_init_policy_continues_from_a_saved_policy(tmp_path, resnet20_structure):
+    """--init-policy: the new search starts from the saved actor and critic, not from random weights."""
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    from autoprune.agents.rl import RLSearch
+    from autoprune.envs import ChannelPruningEnv
+    from autoprune.errors import AutopruneError
+
+    RLSearch(episodes=4, warmup_episodes=2, eval_every=1, seed=0).search(cheap_problem(resnet20_structure), tmp_path / "a")
+    saved = load_from_zip_file(tmp_path / "a" / "policy.zip", device="cpu")[1]["policy"]
+    warm = RLSearch(episodes=1, warmup_episodes=0, seed=7, init_policy=str(tmp_path / "a" / "policy.zip"))
+    env = ChannelPruningEnv(cheap_problem(resnet20_structure), action=warm.config.action)
+    model = warm._build(env)
+    for name, tensor in model.policy.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    with pytest.raises(AutopruneError, match="td3 policy|ddpg policy"):
+        RLSearch(episodes=1, algo="td3", init_policy=str(tmp_path / "a" / "policy.zip"))._build(env)

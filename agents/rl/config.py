@@ -35,6 +35,7 @@ class RLConfig:
     reward: str = "accuracy"
     action: str = "relative"  # absolute: keep ratio in the bounds (AMC) | relative: factor on the even keep ratio
     checkpoint_every: int = 10  # episodes
+    init_policy: str | None = None  # warm start: a policy.zip (actor, critic and their optimisers) to continue from
     seed: int = 0
 
 
@@ -47,6 +48,8 @@ HELP = {
     "credit": "episode (every step learns the episode's normalised outcome) | td (sparse reward, bootstrapped)",
     "eval_every": "every Nth learning episode runs the actor without noise; the best such actor is saved as policy.zip",
     "reward": "accuracy | error_log_cost | relative (accuracy minus uniform's)",
+    "init_policy": "warm start from a policy.zip of an earlier search (same algorithm; pair it with fewer "
+                   "--warmup-episodes)",
     "action": "absolute (keep ratio within the bounds, AMC) | relative (x0.5-x2 on the ratio that spreads the "
               "remaining budget evenly: transfers across targets) | wall (-1..1 spans exactly what the budget wall "
               "allows for the group, 0 = the even share: no flat region)",

@@ -21,7 +21,7 @@ from stable_baselines3.common.logger import configure
 from autoprune.agents.rl.amc import AGENT_CLASSES, TruncatedNormalNoise
 from autoprune.agents.rl.checkpoint import load_checkpoint, save_checkpoint
 from autoprune.agents.rl.config import RLConfig
-from autoprune.agents.rl.policy_io import PolicyMeta
+from autoprune.agents.rl.policy_io import PolicyMeta, load_policy
 from autoprune.agents.search_log import Best, EpisodeLog
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
@@ -101,11 +101,25 @@ class RLSearch:
         if c.algo != "sac":
             kwargs["action_noise"] = TruncatedNormalNoise(c.noise_sigma, c.seed)
         model = AGENT_CLASSES[c.algo]("MlpPolicy", env, **kwargs)
+        if c.init_policy is not None:
+            self._warm_start(model, env, c.init_policy)
         p = env.problem
         model.autoprune_meta = PolicyMeta(algo=c.algo, min_keep=p.min_keep, max_keep=p.max_keep, reward=c.reward,
                                           action=c.action, metric=p.metric, target=p.target,
                                           groups=len(p.structure.groups)).to_dict()
         return model
+
+    def _warm_start(self, model, env: ChannelPruningEnv, path: str) -> None:
+        """Continue from a saved policy: its actor, critic and optimiser states (``set_parameters``)."""
+        _, meta = load_policy(path)  # one-line errors for a missing, corrupt or foreign file
+        if meta.get("algo") != self.config.algo or meta.get("action") != self.config.action:
+            raise AutopruneError(f"--init-policy '{path}' is a {meta.get('algo')} policy with {meta.get('action')} "
+                                 f"actions; this search is {self.config.algo} with {self.config.action} actions")
+        try:
+            model.set_parameters(str(path), exact_match=True, device="cpu")
+        except Exception as exc:
+            raise AutopruneError(f"--init-policy '{path}' does not fit this search's networks "
+                                 f"({type(exc).__name__}): use the same --hidden sizes") from None
 
     def _is_noise_free(self, episode: int) -> bool:
         """Every ``eval_every``-th episode after warm-up runs the actor without noise."""
