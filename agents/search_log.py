@@ -15,8 +15,8 @@ from autoprune.core.allocation import Allocation
 from autoprune.core.structure import ModelStructure
 from autoprune.runs import atomic_path
 
-BASE_COLUMNS = ["episode", "reward", "accuracy", "images", "partial", "macs", "params", "cost_ratio", "noise",
-                "seconds", "eval_seconds"]
+BASE_COLUMNS = ["episode", "reward", "accuracy", "images", "partial", "macs", "params", "cost_ratio", "target",
+                "noise", "seconds", "eval_seconds"]
 
 
 @dataclass
@@ -83,6 +83,7 @@ class EpisodeLog:
                "images": "" if scored is None else scored.images,
                "partial": "" if scored is None else int(scored.partial),
                "macs": info["macs"], "params": info["params"], "cost_ratio": f"{info['cost_ratio']:.6f}",
+               "target": "" if info.get("target") is None else f"{info['target']:g}",
                "noise": "" if noise is None else f"{noise:.6f}", "seconds": f"{seconds:.3f}",
                "eval_seconds": f"{eval_seconds:.3f}"}
         row.update({f"keep:{g.name}": f"{r:.4f}" for g, r in zip(self.structure.groups, ratios)})
@@ -104,7 +105,8 @@ class EpisodeLog:
         if score > self.best.score:
             self.best = Best(score, episode, alloc, {"accuracy": acc, "reward": float(reward), "macs": int(info["macs"]),
                                                       "params": int(info["params"]),
-                                                      "cost_ratio": float(info["cost_ratio"])})
+                                                      "cost_ratio": float(info["cost_ratio"]),
+                                                      "target": info.get("target")})
             if self._writer is not None:
                 self._writer.add_scalar("episode/best_score", score, episode)
             self.save_best()

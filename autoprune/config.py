@@ -55,6 +55,7 @@ class _Leaf:
     path: tuple[str, ...]  # (field,) or (nested field, inner field)
     hint: Any
     default: Any
+    parse: Any = None  # a field's own parser (metadata "parse"), for values one type cannot say
 
 
 def _leaves(cls: type) -> list[_Leaf]:
@@ -64,14 +65,15 @@ def _leaves(cls: type) -> list[_Leaf]:
     for f in dataclasses.fields(cls):
         inner = f.metadata.get("nested")
         if inner is None:
-            out.append(_Leaf(f.name, (f.name,), hints[f.name], _default(f)))
+            out.append(_Leaf(f.name, (f.name,), hints[f.name], _default(f), f.metadata.get("parse")))
             continue
         inner_hints = typing.get_type_hints(inner)
         for g in dataclasses.fields(inner):
             if g.name in f.metadata["exclude"]:
                 continue
             default = f.metadata["defaults"].get(g.name, _default(g))
-            out.append(_Leaf(f.metadata["rename"].get(g.name, g.name), (f.name, g.name), inner_hints[g.name], default))
+            out.append(_Leaf(f.metadata["rename"].get(g.name, g.name), (f.name, g.name), inner_hints[g.name], default,
+                             g.metadata.get("parse")))
     names = [leaf.name for leaf in out]
     assert len(names) == len(set(names)), f"{cls.__name__}: two options share a flag name"
     return out
@@ -89,7 +91,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, help: dict[str, 
         desc = (help or {}).get(leaf.name, "").replace("%", "%%")  # argparse formats help with %
         tail = "(required)" if leaf.default is dataclasses.MISSING else f"(default: {leaf.default})"
         text = f"{desc} {tail}" if desc else tail
-        if typ is bool:
+        if leaf.parse is not None:
+            parser.add_argument(_flag(leaf.name), type=leaf.parse, default=None, help=text)
+        elif typ is bool:
             parser.add_argument(_flag(leaf.name), action=argparse.BooleanOptionalAction, default=None, help=text)
         elif typing.get_origin(typ) is list:
             item = typing.get_args(typ)[0]
@@ -132,7 +136,13 @@ def resolve_config(cls: type[T], args: argparse.Namespace) -> T:
     if unknown:
         raise AutopruneError(f"config file '{path}' has unknown keys {unknown}: valid keys are {sorted(leaves)}")
     for key, value in values.items():
-        check_type(key, value, leaves[key].hint, f"config file '{path}'")
+        if leaves[key].parse is not None and value is not None:
+            try:
+                values[key] = leaves[key].parse(value)
+            except (TypeError, ValueError) as exc:
+                raise AutopruneError(f"config file '{path}': key '{key}': {exc}") from None
+        else:
+            check_type(key, value, leaves[key].hint, f"config file '{path}'")
     for name in leaves:
         v = getattr(args, name, None)
         if v is not None:

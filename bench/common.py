@@ -111,3 +111,12 @@ def parse_parts(doc: str, parts: dict, argv: list[str] | None = None,
         p.error(f"unknown part(s) {unknown}: use {', '.join(parts)}")
     args.parts = args.parts or list(parts)
     return args
+
+
+def run_parts(doc: str, parts: dict, load: Callable[[], dict], argv: list[str] | None = None) -> int:
+    """``main`` of a benchmark made of parts: each chosen part runs on the loaded (resumable) record."""
+    args = parse_parts(doc, parts, argv)
+    record = load()
+    for name in args.parts:
+        parts[name](record)
+    return 0

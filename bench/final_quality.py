@@ -155,6 +155,12 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _cpu(rows: list[dict]) -> str:
+    """Mean CPU seconds of the rows that recorded them (wall time includes pauses for timing runs)."""
+    cpu = [r["cpu_seconds"] for r in rows if "cpu_seconds" in r]
+    return f"{statistics.mean(cpu):.0f} ({len(cpu)} of {len(rows)})" if cpu else "-"
+
+
 def report(record: dict, models: list[str]) -> str:
     base = json.loads((RESULTS / "base-models.json").read_text())["models"]
     done = {_key(r["model"], r["recipe"], r["seed"], r["target"], r["arm"]) for r in record["rows"]}
@@ -164,6 +170,13 @@ def report(record: dict, models: list[str]) -> str:
     for model in models:
         dense = base[model]["test_acc"]
         lines += [f"## {model} (dense test accuracy {100 * dense:.2f}%)", ""]
+        starts = sorted({r.get("dense_test_acc") for r in record["rows"] if r["model"] == model},
+                        key=lambda v: -1 if v is None else v)
+        if len(starts) > 1:  # the cached dense checkpoint is rebuilt per machine (same recipe, not bit-identical)
+            lines += ["Rows started from more than one build of the dense checkpoint (same recipe and seed, another "
+                      "machine): " + ", ".join("first build (row has no dense_test_acc)" if v is None
+                                               else f"{100 * v:.2f}% test" for v in starts)
+                      + f"; drops are from {100 * dense:.2f}%.", ""]
         for target in TARGETS:
             for recipe in ("lr-rewind", "scratch-B"):
                 rows = [r for r in record["rows"] if r["model"] == model and r["target"] == target
@@ -174,7 +187,8 @@ def report(record: dict, models: list[str]) -> str:
                               key=lambda a: -statistics.mean(r["test_acc"] for r in rows if r["arm"] == a))
                 lines += [f"### {100 * target:g}% of MACs, {recipe}", "",
                           "| rank | arm | test acc % (mean ± std) | drop (points) | adaptive-BN % | seeds | "
-                          "epochs | MACs kept % | train GMACs | s per run |", "|---|---|---|---|---|---|---|---|---|---|"]
+                          "epochs | MACs kept % | train GMACs | wall s per run | CPU s per run |",
+                          "|---|---|---|---|---|---|---|---|---|---|---|"]
                 for rank, arm in enumerate(arms, 1):
                     sel = [r for r in rows if r["arm"] == arm]
                     m, s = _mean_std([100 * r["test_acc"] for r in sel])
@@ -183,7 +197,7 @@ def report(record: dict, models: list[str]) -> str:
                     lines.append(f"| {rank} | {arm} | {m:.2f} ± {s:.2f} | {100 * dense - m:.2f} | {proxy_text} | "
                                  f"{','.join(str(r['seed']) for r in sel)} | {sel[0]['epochs']:.3g} | "
                                  f"{100 * sel[0]['macs_ratio']:.1f} | {statistics.mean(r['train_gmacs'] for r in sel):,.0f} | "
-                                 f"{statistics.mean(r['seconds'] for r in sel):.0f} |")
+                                 f"{statistics.mean(r['seconds'] for r in sel):.0f} | {_cpu(sel)} |")
                 lines.append("")
     missing = [k for k in (_key(*p) for p in planned_rows(models)) if k not in done]
     lines += ["## Rows still missing", ""]

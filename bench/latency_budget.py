@@ -12,6 +12,8 @@ threads torch uses here).
   adaptive BN on 1,024 / 2,000 training images) with ``--latency 0.5`` vs with a MACs target
   chosen so that the uniform allocation lands on 50% of the predicted latency (what a user
   targeting MACs would pick); each winner's adaptive-BN accuracy and measured latency.
+- ``round-to``: ResNet-56 and tv:mobilenet_v2, batch 1 and 64: the uniform allocation at 50% of
+  MACs with channel counts rounded to multiples of 1, 8 and 16, measured latency.
 
     python -m bench.latency_budget                 # both parts (~40 min on 2 idle cores)
     python -m bench.latency_budget predict         # one part
@@ -36,7 +38,7 @@ from autoprune.runs import write_json_atomic
 from autoprune.workspace import open_workspace
 
 from .base_models import DATA, finetuned_checkpoint
-from .common import RESULTS, machine, parse_parts
+from .common import RESULTS, machine, run_parts
 
 OUT = RESULTS / "latency-budget.json"
 MODELS, BATCHES, TARGET = ("resnet56", "tv:resnet18", "tv:mobilenet_v2"), (1, 64), 0.5
@@ -115,15 +117,33 @@ def search(record: dict) -> None:
         write_json_atomic(OUT, record, indent=1)
 
 
-PARTS = {"predict": predict, "search": search}
+def round_to(record: dict) -> None:
+    """Channel rounding for speed: the uniform allocation at 50% of MACs with --round-to 1, 8, 16."""
+    record.setdefault("round_to", [])
+    for model in ("resnet56", "tv:mobilenet_v2"):
+        for batch in BATCHES:
+            if any(r["model"] == model and r["batch"] == batch for r in record["round_to"]):
+                continue
+            s = _structure(model)
+            x = torch.randn(batch, *s.example_input.shape[1:])
+            dense = measure_latency(s.model, x, "fp32", REPEATS[batch])
+            for step in (1, 8, 16):
+                alloc = uniform_allocation(PruningProblem(s, TARGET, round_to=step))
+                counts = alloc.counts(s)
+                remove = [list(range(g.channels - k)) for g, k in zip(s.groups, counts)]
+                measured = measure_latency(s.prune_copy(remove), x, "fp32", REPEATS[batch])
+                record["round_to"].append({"model": model, "batch": batch, "round_to": step, "macs_target": TARGET,
+                                           "macs_ratio": s.macs(counts) / s.dense_macs, "measured_ms": 1e3 * measured,
+                                           "dense_ms": 1e3 * dense, "speedup": dense / measured})
+                print(json.dumps(record["round_to"][-1]), flush=True)
+            write_json_atomic(OUT, record, indent=1)
+
+
+PARTS = {"predict": predict, "search": search, "round-to": round_to}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_parts(__doc__, PARTS, argv)
-    record = load()
-    for part in args.parts:
-        PARTS[part](record)
-    return 0
+    return run_parts(__doc__, PARTS, load, argv)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from autoprune.train.training import TrainRecipe, train
 from autoprune.workspace import open_workspace
 
 from .base_models import DATA, finetuned_checkpoint
-from .common import RESULTS, machine, parse_parts, timed
+from .common import RESULTS, machine, run_parts, timed
 
 OUT = RESULTS / "precision.json"
 COMMAND = "python -m bench.precision " + " ".join(map(shlex.quote, sys.argv[1:]))
@@ -171,11 +171,7 @@ PARTS = {"speed": speed, "agreement": agreement, "training": training}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_parts(__doc__, PARTS, argv)
-    record = _load()
-    for name in args.parts:
-        PARTS[name](record)
-    return 0
+    return run_parts(__doc__, PARTS, _load, argv)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ class ChannelPruningEnv(gym.Env):
         self.reward_kind = reward
         self.evaluate = evaluate and problem.evaluator is not None
         self.reference = reference
+        self._references: dict[float, float] = {}  # relative reward: uniform's score per target
         s = problem.structure
         self.n = len(s.groups)
         self.lo, self.hi = problem.min_counts(), problem.max_counts()
@@ -187,6 +188,9 @@ class ChannelPruningEnv(gym.Env):
     # -- gymnasium API -----------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
+        rng = self.problem.target_range
+        if rng is not None:  # budget-conditioned: this episode's target (on a 0.01 grid, so references repeat)
+            self.problem.target = round(float(self.np_random.uniform(*rng)), 2)
         self.counts = self.hi.copy()
         self.t = 0
         self.prev_keep = 1.0
@@ -228,20 +232,28 @@ class ChannelPruningEnv(gym.Env):
         s = self.problem.structure
         info.update(allocation=allocation, counts=self.counts.copy(), macs=s.macs(self.counts),
                     params=s.params(self.counts), cost_ratio=self.problem.cost(self.counts) / self.problem.dense_cost,
-                    accuracy=acc, score=self.problem.last_score if self.evaluate else None)
+                    accuracy=acc, score=self.problem.last_score if self.evaluate else None, target=self.problem.target)
         return self._observation(), reward, True, False, info
 
     def _reward(self, allocation: Allocation) -> tuple[float, float | None]:
         if not self.evaluate:
             return 0.0, None
+        reference = self._reference() if self.reward_kind == "relative" else 0.0  # first: last_score is the candidate's
         acc = self.problem.score(allocation)
         if self.reward_kind == "accuracy":
             return float(acc), acc
         if self.reward_kind == "error_log_cost":
             return float(-(1.0 - acc) * math.log(self.problem.cost(allocation.counts(self.problem.structure)))), acc
-        if self.reference is None:
-            self.reference = self.problem.score(uniform_allocation(self.problem))
-        return float(acc - self.reference), acc
+        return float(acc - reference), acc
+
+    def _reference(self) -> float:
+        """The relative reward's baseline: the given one, else uniform's score at this episode's target."""
+        if self.reference is not None:
+            return self.reference
+        t = self.problem.target
+        if t not in self._references:
+            self._references[t] = self.problem.score(uniform_allocation(self.problem))
+        return self._references[t]
 
 
 def rollout(env: ChannelPruningEnv, act) -> dict:

@@ -121,3 +121,40 @@ def test_train_refuses_a_folder_holding_another_run(tmp_path):
     res = run_cli("train", "--model", "resnet20", "--output", str(run_dir), "--epochs", "0.01", *SYN)
     assert res.returncode == 2 and "holds another run" in res.stderr and "Traceback" not in res.stderr
     assert (run_dir / "model.pt").read_bytes() == b"weights of another run"  # nothing overwritten
+
+
+def test_weight_rewinding_from_a_training_run(tmp_path):
+    """train --save-every keeps early weights; compare --recipes weight-rewind restarts the kept channels from
+    them (chosen on the final weights); without that history the error says how to make it."""
+    import torch
+
+    from autoprune.core.allocation import Allocation
+    from autoprune.core.io import load_pruned
+    from autoprune.core.problem import PruningProblem
+    from autoprune.core.structure import ModelStructure
+    from autoprune.experiments.compare_config import CompareConfig
+    from autoprune.experiments.comparison import rewound
+    from autoprune.workspace import WorkspaceOptions
+
+    run = tmp_path / "dense"
+    res = run_cli("train", "--model", "resnet20", "--output", str(run), "--epochs", "2", "--save-every", "1",
+                  "--train-subset", "64", "--batch-size", "32", *SYN)
+    assert res.returncode == 0, res.stderr[-1500:]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-0.pt", "epoch-1.pt"]
+    final, early = load_pruned(run / "model.pt")[0], load_pruned(run / "checkpoints" / "epoch-1.pt")[0]
+    s = ModelStructure(final.eval(), torch.randn(1, 3, 32, 32))
+    problem = PruningProblem(s, 0.5)
+    alloc = Allocation.uniform(s, 0.5)
+    cfg = CompareConfig(output="x", ws=WorkspaceOptions(model="resnet20", checkpoint=str(run / "model.pt")),
+                        recipes=["weight-rewind"], rewind_to=1)
+    net = rewound(cfg, problem, alloc, 10)
+    cut = problem.pruned_model(alloc)  # the same channels, final values
+    kept = (cut.layer1[0].conv1.weight[:, None] == final.layer1[0].conv1.weight[None]).flatten(2).all(-1)
+    idx = kept.float().argmax(1)
+    assert torch.equal(net.layer1[0].conv1.weight, early.layer1[0].conv1.weight[idx])
+    common = ["compare", "--model", "resnet20", "--output", str(tmp_path / "c"), "--recipes", "weight-rewind",
+              "--allocators", "uniform", *SYN]
+    res = run_cli(*common, "--checkpoint", str(run / "model.pt"), "--rewind-to", "5")
+    assert res.returncode == 2 and "has no training history at epoch 5" in res.stderr
+    res = run_cli(*common, "--checkpoint", str(run / "model.pt"))
+    assert res.returncode == 2 and "needs --rewind-to" in res.stderr

@@ -71,3 +71,32 @@ def test_cli_random_search_logs_like_rl(tmp_path, capsys):
     code, _, err = _cli(capsys, "search", "--model", "resnet20", "--data", "synthetic", "--params", "0.6",
                         "--agent", "random", "--output", str(run), "--resume")
     assert code == 2 and "--resume is for RL agents" in err
+
+
+def test_budget_conditioned_search_over_a_target_range(tmp_path, capsys):
+    """--macs 0.3:0.6: every episode samples its target from the range (on a 0.01 grid) and meets it; the
+    kept policy is scored at the range's ends and middle; a range where one target is expected is refused."""
+    import csv
+
+    run = tmp_path / "range"
+    common = ["--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64"]
+    code, out, err = _cli(capsys, "search", *common, "--macs", "0.3:0.6", "--output", str(run), "--episodes", "8",
+                          "--warmup-episodes", "3", "--eval-every", "2", "--no-progress")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(run / "episodes.csv")))
+    targets = [float(r["target"]) for r in rows]
+    assert all(0.3 <= t <= 0.6 and round(t, 2) == t for t in targets) and len(set(targets)) > 3
+    for r in rows:
+        assert float(r["target"]) * 0.99 <= float(r["cost_ratio"]) <= float(r["target"]) + 1e-6
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["target_range"] == [0.3, 0.6]
+    assert [p["target"] for p in summary["policy_at_targets"]] == [0.3, 0.45, 0.6]
+    for p in summary["policy_at_targets"]:
+        assert p["target"] * 0.99 <= p["cost_ratio"] <= p["target"] + 1e-6
+    assert "reward 'relative'" in out
+    code, _, err = _cli(capsys, "apply", *common, "--macs", "0.3:0.6", "--policy", str(run / "policy.zip"),
+                        "--output", str(tmp_path / "a"))
+    assert code == 2 and "not a range" in err
+    with pytest.raises(SystemExit) as exit_:  # argparse's own one-line error for a malformed flag
+        main(["search", *common, "--macs", "0.6:0.3", "--output", str(tmp_path / "b")])
+    assert exit_.value.code == 2 and "LOW < HIGH" in capsys.readouterr().err

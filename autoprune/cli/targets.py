@@ -1,7 +1,8 @@
 """The budget options of search and apply: one of --macs, --params, --latency (fractions to keep)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -11,29 +12,69 @@ from autoprune.deploy.latency import LatencyTable, latency_table, measure_latenc
 from autoprune.errors import AutopruneError
 
 
+class BadTarget(argparse.ArgumentTypeError, ValueError):
+    """A target that is neither a fraction nor a range (argparse prints it as the flag's one-line error)."""
+
+
+def fraction_or_range(value: float | str) -> float | str:
+    """``0.5`` (a fraction to keep) or ``0.25:0.75`` (a range: each episode samples its target)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value)
+    parts = text.split(":")
+    try:
+        numbers = [float(x) for x in parts]
+    except ValueError:
+        raise BadTarget(f"'{text}' is neither a fraction (0.5) nor a range (0.25:0.75)") from None
+    if len(numbers) == 1:
+        return numbers[0]
+    if len(numbers) != 2 or not numbers[0] < numbers[1]:
+        raise BadTarget(f"'{text}': write a range as LOW:HIGH with LOW < HIGH")
+    return text
+
+
+def _bounds(value: float | str) -> tuple[float, float]:
+    if isinstance(value, str):
+        lo, hi = (float(x) for x in value.split(":"))
+        return lo, hi
+    return float(value), float(value)
+
+
+_TARGET = {"parse": fraction_or_range}
+
+
 @dataclass
 class TargetOptions:
-    macs: float | None = None
-    params: float | None = None
-    latency: float | None = None
+    macs: float | str | None = field(default=None, metadata=_TARGET)
+    params: float | str | None = field(default=None, metadata=_TARGET)
+    latency: float | str | None = field(default=None, metadata=_TARGET)
     latency_batch: int = 1
     latency_precision: str = "fp32"
 
-    def resolve(self) -> tuple[str, float]:
-        """(metric, target) from the mutually exclusive target options."""
+    def resolve_range(self) -> tuple[str, float, float]:
+        """(metric, lowest target, highest target) from the mutually exclusive target options."""
         given = [(m, v) for m, v in (("macs", self.macs), ("params", self.params), ("latency", self.latency))
                  if v is not None]
         if len(given) != 1:
             raise AutopruneError("give exactly one target: --macs F, --params F or --latency F (fraction to keep, "
                                  "in (0, 1])")
         metric, value = given[0]
-        if not 0.0 < value <= 1.0:
+        lo, hi = _bounds(value)
+        if not 0.0 < lo <= hi <= 1.0:
             raise AutopruneError(f"--{metric} {value} is outside (0, 1]: it is the fraction of {metric} to keep")
-        return metric, float(value)
+        return metric, lo, hi
+
+    def resolve(self) -> tuple[str, float]:
+        """(metric, target) for commands that take one target, not a range."""
+        metric, lo, hi = self.resolve_range()
+        if lo != hi:
+            raise AutopruneError(f"--{metric} takes one fraction here, not a range (ranges train budget-conditioned "
+                                 "policies in search)")
+        return metric, lo
 
     def table(self, structure: ModelStructure, round_to: int) -> LatencyTable | None:
         """The latency lookup table (measured on first use, then cached) when the target is latency."""
-        if self.resolve()[0] != "latency":
+        if self.resolve_range()[0] != "latency":
             return None
         print(f"latency table: batch {self.latency_batch}, {self.latency_precision} (measured once, then cached)")
         return latency_table(structure, self.latency_batch, self.latency_precision, round_to)
@@ -48,7 +89,8 @@ class TargetOptions:
 
 
 HELP = {
-    "macs": "fraction of the dense model's MACs to keep, e.g. 0.5",
+    "macs": "fraction of the dense model's MACs to keep, e.g. 0.5; in search also a range, e.g. 0.25:0.75: each "
+            "episode samples its target, so one policy learns every budget",
     "params": "fraction of the dense model's parameters to keep (instead of --macs)",
     "latency": "fraction of the dense model's measured latency to keep (instead of --macs): a per-group lookup "
                "table is measured once per model, device, batch, threads and precision, and cached",

@@ -53,6 +53,8 @@ class PruningProblem:
     round_to: int = 1
     early_stop: bool = False
     latency: Any = None  # LatencyTable for metric="latency"
+    # budget-conditioned search: each episode of ChannelPruningEnv samples ``target`` from this range
+    target_range: tuple[float, float] | None = None
     _cache: dict[tuple[int, ...], Score] = field(default_factory=dict, repr=False)
     best_full: float = field(default=-float("inf"), repr=False)
     last_score: Score | None = field(default=None, repr=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -13,7 +14,7 @@ from autoprune.registry import parse_spec
 from autoprune.train.training import TrainRecipe
 from autoprune.workspace import WorkspaceOptions
 
-RECIPES = ("finetune", "lr-rewind", "scratch-E", "scratch-B")
+RECIPES = ("finetune", "lr-rewind", "weight-rewind", "scratch-E", "scratch-B")
 
 
 @dataclass
@@ -34,6 +35,7 @@ class CompareConfig:
     finetune_lr: float = 0.001  # classic fine-tuning: constant small learning rate
     rewind_lr: float = 0.01  # learning-rate rewinding: cosine from this rate (Renda et al. 2020)
     scratch_lr: float = 0.1
+    rewind_to: int | None = None  # weight-rewind: the epoch of the dense run's checkpoints/epoch-K.pt
     scratch_epochs: float | None = None  # scratch-E epochs (default: --epochs); scratch-B scales it by dense/pruned MACs
     min_keep: float = 0.2
     max_keep: float = 1.0
@@ -49,6 +51,9 @@ HELP = {
     "epochs": "fine-tune epochs (fractions allowed)",
     "targets": "fractions of dense MACs (or params) to keep",
     "train_subset": "train on this many images of the training split (CPU-sized runs)",
+    "rewind_to": "weight-rewind recipe: the kept channels restart from the dense run's weights at this epoch "
+                 "(checkpoints/epoch-K.pt beside --checkpoint, kept by autoprune train --save-every N), then the "
+                 "LR-rewinding schedule",
 }
 
 
@@ -64,7 +69,7 @@ def method_labels(specs: list[str]) -> list[str]:
 def recipe_for(cfg: CompareConfig, recipe: str, macs_ratio: float) -> TrainRecipe:
     if recipe == "finetune":
         return replace(cfg.train, lr=cfg.finetune_lr, schedule="constant")
-    if recipe == "lr-rewind":
+    if recipe in ("lr-rewind", "weight-rewind"):  # weight rewinding replays the LR-rewinding schedule
         return replace(cfg.train, lr=cfg.rewind_lr, schedule="cosine")
     scratch = cfg.scratch_epochs if cfg.scratch_epochs is not None else cfg.train.epochs
     if recipe == "scratch-E":
@@ -95,6 +100,8 @@ def validate(cfg: CompareConfig) -> None:
     bad = [r for r in cfg.recipes if r not in RECIPES]
     if bad:
         raise AutopruneError(f"unknown recipe(s) {bad}: use any of {', '.join(RECIPES)}")
+    if "weight-rewind" in cfg.recipes:
+        rewind_checkpoint(cfg)  # fails now, not after hours of other rows
     if cfg.train.epochs <= 0:
         raise AutopruneError(f"--epochs {cfg.train.epochs} must be positive")
     for t in cfg.targets:
@@ -109,3 +116,17 @@ def validate(cfg: CompareConfig) -> None:
     labels = method_labels(cfg.allocators)
     if len(set(labels)) != len(labels):
         raise AutopruneError(f"allocator list {cfg.allocators} names a method twice")
+
+
+def rewind_checkpoint(cfg: CompareConfig) -> Path:
+    """The dense run's kept weights at ``--rewind-to`` (written by ``autoprune train --save-every``)."""
+    if cfg.rewind_to is None:
+        raise AutopruneError("--recipes weight-rewind needs --rewind-to EPOCH (a checkpoint kept by "
+                             "autoprune train --save-every N)")
+    if cfg.ws.checkpoint is None:
+        raise AutopruneError("weight rewinding needs --checkpoint: the model.pt of an autoprune train run")
+    path = Path(cfg.ws.checkpoint).parent / "checkpoints" / f"epoch-{cfg.rewind_to}.pt"
+    if not path.is_file():
+        raise AutopruneError(f"checkpoint '{cfg.ws.checkpoint}' has no training history at epoch {cfg.rewind_to} "
+                             f"({path} is missing): train it with autoprune train --save-every N")
+    return path

@@ -20,10 +20,20 @@ import torch.nn as nn
 
 from autoprune.config import flat_config, save_config
 from autoprune.core.allocation import Allocation
+from autoprune.core.criteria import group_scores
+from autoprune.core.io import load_model
 from autoprune.core.problem import PruningProblem
+from autoprune.core.prune import channels_to_remove
 from autoprune.deploy.latency import latency_table
 from autoprune.errors import AutopruneError
-from autoprune.experiments.compare_config import CompareConfig, method_labels, recipe_for, reinitialise, validate
+from autoprune.experiments.compare_config import (
+    CompareConfig,
+    method_labels,
+    recipe_for,
+    reinitialise,
+    rewind_checkpoint,
+    validate,
+)
 from autoprune.registry import parse_spec
 from autoprune.runs import write_json_atomic
 from autoprune.train.data import DataBundle
@@ -153,6 +163,8 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                     net = copy.deepcopy(pruned)
                     if recipe_name.startswith("scratch"):
                         reinitialise(net, seed)
+                    elif recipe_name == "weight-rewind":  # the same channels, their values from the rewind epoch
+                        net = rewound(cfg, problem, alloc, data.num_classes).to(device)
                     recipe = recipe_for(cfg, recipe_name, macs / structure.dense_macs)
                     log(f"[{target:g}] {method} seed {seed}: {recipe_name} ({recipe.epochs:g} epochs)")
                     t1 = time.perf_counter()
@@ -188,3 +200,13 @@ def write_outputs(record: dict, folder: str | Path, title: str = "autoprune comp
               if int(k.split("|")[2]) == seed0}
     if chosen:
         plot_allocations(chosen, folder / "channels.png")
+
+
+def rewound(cfg: CompareConfig, problem: PruningProblem, alloc: Allocation, num_classes: int) -> nn.Module:
+    """``alloc`` pruned as ``problem`` prunes it (channels chosen on the final dense weights), with the
+    kept channels' values taken from the dense run's checkpoint at ``--rewind-to``."""
+    structure = problem.structure
+    scores = group_scores(structure, problem.criterion, problem.calib_batches)
+    remove = channels_to_remove(structure, alloc.counts(structure), scores)
+    early = load_model(cfg.ws.model, num_classes, rewind_checkpoint(cfg)).to(next(structure.model.parameters()).device)
+    return structure.prune_copy(remove, model=early)

@@ -64,7 +64,15 @@ def add_arguments(parser) -> None:
 
 def run(args) -> None:
     cfg = resolve_resumable(SearchConfig, args, _RESUMABLE_CHANGES)
-    metric, target = cfg.target.resolve()
+    metric, target, target_hi = cfg.target.resolve_range()
+    target_range = (target, target_hi) if target_hi > target else None
+    if target_range is not None:
+        if cfg.agent == "random":
+            raise AutopruneError("a target range trains a budget-conditioned policy: use an RL --agent, not random")
+        if cfg.rl.reward == "accuracy":  # episodes at different budgets must compare: accuracy minus uniform's
+            print(f"target range {target:g}:{target_hi:g}: reward 'relative' (adaptive-BN accuracy minus the uniform "
+                  "allocation's at each episode's target)")
+            cfg.rl.reward = "relative"
     if cfg.agent not in AGENTS:
         raise AutopruneError(f"unknown agent '{cfg.agent}': use one of {', '.join(AGENTS)}")
     if cfg.agent == "random" and cfg.resume:
@@ -90,7 +98,8 @@ def run(args) -> None:
     calib = ws.data.calibration_batches(cfg.calib_batch_size, ws.device)
     evaluator = ws.evaluator(cfg.calib_batch_size)
     problem = PruningProblem(structure, target, metric, evaluator, cfg.criterion, calib, cfg.min_keep, cfg.max_keep,
-                             cfg.round_to, early_stop=cfg.early_stop, latency=cfg.target.table(structure, cfg.round_to))
+                             cfg.round_to, early_stop=cfg.early_stop, latency=cfg.target.table(structure, cfg.round_to),
+                             target_range=target_range)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
 
@@ -106,6 +115,11 @@ def run(args) -> None:
             policy = {"noise_free_reward": result.policy_score, "episode": result.policy_episode}
 
     problem.early_stop = False  # every figure reported from here on is a full score
+    if target_range is not None:  # the best episode's own budget, and the kept policy at the range's ends and middle
+        problem.target_range = None  # from here on, targets are set, not sampled
+        target = problem.target = float(result.best.info.get("target") or target)
+        policy_at = _policy_at_targets(out / "policy.zip", problem, target_range)
+        problem.target = target
     uniform = UniformAllocator().allocate(problem)
     uniform_acc = problem.score(uniform)
     best_acc = problem.score(best_alloc) if best_acc is None else best_acc
@@ -138,6 +152,8 @@ def run(args) -> None:
         "uniform": {"adaptive_bn_accuracy": uniform_acc, "macs": uniform.macs(structure),
                     "cost_ratio": problem.cost(uniform.counts(structure)) / problem.dense_cost},
         "policy": policy,
+        "target_range": list(target_range) if target_range else None,
+        "policy_at_targets": policy_at if target_range else None,
         "latency": (cfg.target.measured(saved, problem.latency, best_alloc.counts(structure))
                     if problem.latency is not None else None),
         "dense_val_accuracy": dense_acc,
@@ -194,3 +210,21 @@ def _random_search(cfg: SearchConfig, problem, out: Path):
         bar.close()
         log.close()
     return best, problem.score(best)
+
+
+def _policy_at_targets(policy_path: Path, problem, target_range: tuple[float, float]) -> list[dict]:
+    """The kept policy rolled out (no noise, no search) at the range's ends and middle, against uniform."""
+    from autoprune.agents.policy import PolicyAllocator
+    from autoprune.core.problem import uniform_allocation
+
+    allocator, rows = PolicyAllocator(policy_path), []
+    lo, hi = target_range
+    for t in (lo, round((lo + hi) / 2, 2), hi):
+        problem.target = t
+        alloc = allocator.allocate(problem)
+        rows.append({"target": t, "policy_adaptive_bn_accuracy": problem.score(alloc),
+                     "uniform_adaptive_bn_accuracy": problem.score(uniform_allocation(problem)),
+                     "cost_ratio": problem.cost(alloc.counts(problem.structure)) / problem.dense_cost})
+        print(f"policy at {100 * t:g}% of {problem.metric}: {100 * rows[-1]['policy_adaptive_bn_accuracy']:.2f}% "
+              f"adaptive-BN accuracy (uniform {100 * rows[-1]['uniform_adaptive_bn_accuracy']:.2f}%)")
+    return rows

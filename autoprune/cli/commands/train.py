@@ -10,6 +10,7 @@ import torch
 from autoprune.config import add_config_args, flat_config, nested, resolve_config, save_config
 from autoprune.core.cost import measure_cost
 from autoprune.core.io import save_pruned
+from autoprune.errors import AutopruneError
 from autoprune.runs import check_run_dir
 from autoprune.train.evaluator import accuracy
 from autoprune.train.training import TrainRecipe, train
@@ -25,11 +26,14 @@ class TrainConfig:
     ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("calib_size", "image_size"))  # --model, --checkpoint, --data, ...
     recipe: TrainRecipe = nested(TrainRecipe)  # epochs, lr, momentum, weight decay, batch size, schedule, ...
     resume: bool = False
+    save_every: int | None = None  # epochs between kept checkpoints (checkpoints/epoch-K.pt; weight rewinding)
 
 
 def add_arguments(parser) -> None:
     add_config_args(parser, TrainConfig, {"output": "run directory (model.pt, TensorBoard events, config)",
-                                          "bn_l1": "Network Slimming L1 penalty on BN gammas"})
+                                          "bn_l1": "Network Slimming L1 penalty on BN gammas",
+                                          "save_every": "keep the weights every N epochs (and at the start) as "
+                                                        "checkpoints/epoch-K.pt, for compare --recipes weight-rewind"})
 
 
 def run(args) -> None:
@@ -53,8 +57,18 @@ def run(args) -> None:
         start = state["step"]
     x, _ = ws.data.tensors("val")
     macs = measure_cost(ws.model, x[:1].to(ws.device))[0]
+    on_step = None
+    if cfg.save_every is not None:
+        if cfg.save_every < 1:
+            raise AutopruneError(f"--save-every {cfg.save_every} must be a positive number of epochs")
+        every = cfg.save_every * -(-len(ws.data.train) // recipe.batch_size)
+
+        def on_step(step, model, optimizer):  # before the step's update: weights after `step` updates
+            if step % every == 0:
+                save_pruned(model, cfg.ws.model, ws.data.num_classes,
+                            out / "checkpoints" / f"epoch-{step // (every // cfg.save_every)}.pt", step=step)
     result = train(ws.model, ws.data, recipe, device=ws.device, precision=ws.precision, seed=cfg.ws.seed,
-                   log_dir=out / "tb",
+                   log_dir=out / "tb", on_step=on_step,
                    checkpoint=state_path, macs_per_image=macs, start_step=start, optimizer=optimizer)
     save_pruned(ws.model, cfg.ws.model, ws.data.num_classes, out / "model.pt")
     vx, vy = ws.data.tensors("val", ws.device)
