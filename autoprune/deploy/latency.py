@@ -26,7 +26,7 @@ from autoprune.runs import write_json_atomic
 from autoprune.train.data import cache_dir
 from autoprune.train.precision import Precision, resolve_precision
 
-TABLE_FORMAT = "autoprune.latency/1"
+TABLE_FORMAT = "autoprune.latency/2"
 
 
 def measure_latency(model: nn.Module, x: torch.Tensor, precision: Precision | str = "fp32",
@@ -58,9 +58,13 @@ class LatencyTable:
     dense: float
     widths: list[list[int]]  # per group, ascending, the last one the dense width
     deltas: list[list[float]]  # per group, seconds added (<= 0) at those widths, monotone in width
+    scale: float = 1.0  # calibration: measured joint change / sum of the groups' single changes
+
+    def summed(self, counts: Sequence[int] | np.ndarray) -> float:
+        return float(sum(np.interp(float(k), w, d) for k, w, d in zip(counts, self.widths, self.deltas)))
 
     def predict(self, counts: Sequence[int] | np.ndarray) -> float:
-        return self.dense + float(sum(np.interp(float(k), w, d) for k, w, d in zip(counts, self.widths, self.deltas)))
+        return self.dense + self.scale * self.summed(counts)
 
 
 def table_key(structure: ModelStructure, batch_size: int, precision: Precision, round_to: int, points: int) -> dict:
@@ -80,12 +84,28 @@ def _grid(structure: ModelStructure, g: int, round_to: int, points: int) -> list
     return sorted({structure.snap(g, float(k), round_to) for k in raw} | {group.channels})
 
 
+def _isotonic(values: Sequence[float]) -> list[float]:
+    """Least-squares non-decreasing fit (pool adjacent violators): monotone without a running minimum's
+    bias toward the most negative noise."""
+    blocks: list[list[float]] = []  # [sum, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, c = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += c
+    return [s / c for s, c in blocks for _ in range(int(c))]
+
+
 def measure_table(structure: ModelStructure, batch_size: int = 1, precision: Precision | str = "fp32",
-                  round_to: int = 1, points: int = 5, repeats: int = 20) -> LatencyTable:
+                  round_to: int = 1, points: int = 5, repeats: int = 20, rounds: int = 5) -> LatencyTable:
+    """Each width's change is a paired measurement: the dense model and the cut one, timed in
+    alternating rounds, the median of the differences (drift and load cancel out of each pair)."""
     device = next(structure.model.parameters()).device
     prec = resolve_precision(precision, device)
     x = torch.randn(batch_size, *structure.example_input.shape[1:], device=device)
-    dense = measure_latency(structure.model, x, prec, repeats)
+    per_round = max(1, repeats // rounds)
+    dense_times: list[float] = []
     widths, deltas = [], []
     for g, group in enumerate(structure.groups):
         ws = _grid(structure, g, round_to, points)
@@ -96,10 +116,41 @@ def measure_table(structure: ModelStructure, batch_size: int = 1, precision: Pre
                 continue
             remove = [[] for _ in structure.groups]
             remove[g] = list(range(group.channels - k))  # which channels go does not change the time
-            d.append(measure_latency(structure.prune_copy(remove), x, prec, repeats) - dense)
+            cut = structure.prune_copy(remove)
+            diffs = []
+            for _ in range(rounds):
+                base = measure_latency(structure.model, x, prec, per_round)
+                dense_times.append(base)
+                diffs.append(measure_latency(cut, x, prec, per_round) - base)
+            d.append(statistics.median(diffs))
         widths.append(ws)
-        deltas.append(np.minimum.accumulate(np.asarray(d)[::-1])[::-1].tolist())  # fewer channels never slower
-    return LatencyTable(table_key(structure, batch_size, prec, round_to, points), dense, widths, deltas)
+        deltas.append(_isotonic(d))  # fewer channels never slower, within the measurements' noise
+    dense = statistics.median(dense_times) if dense_times else measure_latency(structure.model, x, prec, repeats)
+    table = LatencyTable(table_key(structure, batch_size, prec, round_to, points), dense, widths, deltas)
+    table.scale = _calibrate(structure, table, x, prec, round_to, per_round, rounds)
+    return table
+
+
+def _calibrate(structure: ModelStructure, table: LatencyTable, x: torch.Tensor, prec: Precision, round_to: int,
+               per_round: int, rounds: int, samples: int = 6) -> float:
+    """Single-group changes do not add up exactly (per-layer overheads, kernel choices): time a few
+    random allocations whole, paired with the dense model, and fit one factor on their sum
+    (least squares through the origin). Measured on allocations of its own, seeded, not the user's."""
+    rng = np.random.default_rng(0)
+    summed, measured = [], []
+    for _ in range(samples):
+        ratios = rng.uniform(0.2, 1.0, size=len(structure.groups))
+        counts = [structure.snap(g, r * grp.channels, round_to) for g, (grp, r) in enumerate(zip(structure.groups, ratios))]
+        remove = [list(range(grp.channels - k)) for grp, k in zip(structure.groups, counts)]
+        cut = structure.prune_copy(remove)
+        diffs = []
+        for _ in range(rounds):
+            base = measure_latency(structure.model, x, prec, per_round)
+            diffs.append(measure_latency(cut, x, prec, per_round) - base)
+        summed.append(table.summed(counts))
+        measured.append(statistics.median(diffs))
+    s, m = np.asarray(summed), np.asarray(measured)
+    return float((s @ m) / (s @ s)) if (s @ s) > 0 else 1.0
 
 
 def latency_table(structure: ModelStructure, batch_size: int = 1, precision: Precision | str = "fp32",
