@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 from autoprune.core.structure import ModelStructure
-from autoprune.deploy.latency import LatencyTable, latency_table, measure_latency
+from autoprune.deploy import latency as lat
+from autoprune.deploy.latency import LatencyTable
 from autoprune.errors import AutopruneError
 
 
@@ -77,12 +78,12 @@ class TargetOptions:
         if self.resolve_range()[0] != "latency":
             return None
         print(f"latency table: batch {self.latency_batch}, {self.latency_precision} (measured once, then cached)")
-        return latency_table(structure, self.latency_batch, self.latency_precision, round_to)
+        return lat.latency_table(structure, self.latency_batch, self.latency_precision, round_to)
 
     def measured(self, model: nn.Module, table: LatencyTable, counts) -> dict:
         """The saved model's measured latency next to the table's prediction."""
         x = torch.randn(table.key["batch_size"], *table.key["input_shape"], device=next(model.parameters()).device)
-        measured = measure_latency(model, x, self.latency_precision, repeats=50)
+        measured = lat.measure_latency(model, x, self.latency_precision, repeats=50)
         return {"predicted_seconds": table.predict(counts), "measured_seconds": measured,
                 "dense_seconds": table.dense, "measured_ratio": measured / table.dense,
                 "batch_size": self.latency_batch, "precision": self.latency_precision}
