@@ -206,3 +206,15 @@ def test_progressive_heads_for_a_latency_shape(tmp_path, fake_clock):
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
     assert main(["progressive", "--output", str(tmp_path / "bad"), "--latency", "0.6", "--trajectory", "per-step"]
                 + TINY) == 2
+
+
+def test_no_cut_during_lr_warmup_and_events_record_the_lr(tmp_path):
+    """The pruning and LR schedules are configured together: cuts start after the warm-up, each event
+    records the learning rate it happened at, and the last cut leaves >= --final-share at the final width."""
+    out = tmp_path / "warm"
+    assert main(["progressive", "--output", str(out), "--epochs", "4", "--warmup-steps", "5"] + TINY) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    events = summary["events"]
+    assert events and min(e["step"] for e in events) >= 5
+    assert all(0 < e["lr"] <= 0.05 for e in events)
+    assert max(e["step"] for e in events) <= 0.75 * summary["steps"]

@@ -56,7 +56,7 @@ def add_arguments(parser) -> None:
                       "and move every group toward it at each cut | per-step: re-allocate on the current model at "
                       "every cut (default: final for policy:/allocation:, per-step otherwise)",
         "schedule": "pruning schedule: constant, linear, cosine, exponential, cubic",
-        "prune_start": "fraction of training before pruning starts",
+        "prune_start": "fraction of training before pruning starts (never before the LR warm-up ends)",
         "final_share": "fraction of training left at the final width (pruning ends before it)",
         "prune_every": "epochs between cuts",
         "min_keep": "lower bound on each group's keep ratio at any one cut",
@@ -98,7 +98,9 @@ def run(args) -> None:
     target, latency = cfg.target, None
     if cfg.latency is not None:  # decide the shape against the latency table, then schedule its MACs
         allocator, target, latency = _latency_shape(cfg, ws, allocator)
-    schedule = PruningSchedule.over_training(cfg.schedule, target, total, cfg.prune_start, 1.0 - cfg.final_share,
+    # the two schedules together: no cut while the learning rate is still warming up
+    start = max(cfg.prune_start, recipe.warmup_steps / total)
+    schedule = PruningSchedule.over_training(cfg.schedule, target, total, start, 1.0 - cfg.final_share,
                                              every=round(cfg.prune_every * steps_per_epoch))
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -122,7 +124,7 @@ def run(args) -> None:
                "trajectory": trajectory, "steps": result.steps,
                "latency": (latency[0].measured(result.model, latency[1], result.allocation.counts(original))
                            if latency else None),
-               "events": [asdict(e) for e in result.events], "history": result.history, "config": flat_config(cfg)}
+               "events": [{**asdict(e), "lr": recipe.lr_at(e.step, total)} for e in result.events], "history": result.history, "config": flat_config(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_schedule(planned, result.events, out / "macs_schedule.png")
     plot_channels_over_training(result.events, {g.name: g.channels for g in original.groups}, total, out / "channels.png")
