@@ -256,3 +256,49 @@ def test_init_policy_continues_from_a_saved_policy(tmp_path, resnet20_structure)
         assert torch.equal(tensor, saved[name]), name
     with pytest.raises(AutopruneError, match="td3 policy|ddpg policy"):
         RLSearch(episodes=1, algo="td3", init_policy=str(tmp_path / "a" / "policy.zip"))._build(env)
+
+
+MULTI_SCRIPT = textwrap.dedent(f"""
+    import os, signal, sys, torch
+    from autoprune.agents.rl import RLSearch
+    from autoprune.models import create_model
+    from autoprune.core.problem import PruningProblem
+    from autoprune.core.structure import ModelStructure
+    torch.manual_seed(0)
+    score = {SCORE}
+    calls = [0]
+    def dying(m):
+        calls[0] += 1
+        if calls[0] == int(sys.argv[3]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return score(m)
+    problems = [PruningProblem(ModelStructure(create_model(name, 10).eval(), torch.randn(1, 3, 32, 32)), 0.5,
+                               evaluator=dying) for name in ("resnet20", "resnet32")]
+    RLSearch(episodes=int(sys.argv[2]), warmup_episodes=3, checkpoint_every=2, seed=1, reward="relative").search(
+        problems, sys.argv[1], resume=len(sys.argv) > 4)
+""")
+
+
+def test_multi_model_search_alternates_models_and_resumes_after_sigkill(tmp_path):
+    """One policy over ResNet-20 (9 groups) and ResNet-32 (15): episodes alternate, each model has its own
+    log, and a SIGKILL'ed run resumes to the same rows as an uninterrupted one."""
+    def run(args):
+        return subprocess.Popen([sys.executable, "-c", MULTI_SCRIPT, *map(str, args)], cwd=ROOT)
+
+    episodes = 8
+    reference = tmp_path / "straight"
+    assert run([reference, episodes, 0]).wait(timeout=180) == 0
+    logs = sorted(p.name for p in reference.iterdir() if p.is_dir() and p.name[0].isdigit())
+    assert logs == ["0-9g", "1-15g"]
+    for name, groups in (("0-9g", 9), ("1-15g", 15)):
+        rows = _rows(reference / name / "episodes.csv")
+        assert [int(r["episode"]) for r in rows] == list(range(0 if name == "0-9g" else 1, episodes, 2))
+        assert sum(k.startswith("keep:") for k in rows[0]) == groups
+    killed = tmp_path / "killed"
+    # scoring calls: one per episode plus one uniform reference per model (relative reward); die in episode 6
+    assert run([killed, episodes, 8, 0]).wait(timeout=180) == -signal.SIGKILL
+    assert run([killed, episodes, 0, "resume"]).wait(timeout=180) == 0
+    for name in logs:
+        ref, got = _rows(reference / name / "episodes.csv"), _rows(killed / name / "episodes.csv")
+        keys = [k for k in ref[0] if k.startswith("keep:") or k in ("episode", "reward", "macs")]
+        assert [[r[k] for k in keys] for r in got] == [[r[k] for k in keys] for r in ref]

@@ -26,6 +26,7 @@ from autoprune.agents.search_log import Best, EpisodeLog
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
 from autoprune.envs import ChannelPruningEnv
+from autoprune.envs.multi import MultiModelEnv
 from autoprune.errors import AutopruneError
 
 
@@ -57,6 +58,7 @@ class SearchResult:
     policy_path: Path | None = None
     policy_score: float = -float("inf")  # the kept policy's noise-free episode reward
     policy_episode: int = -1
+    bests: list[Best] | None = None  # per problem, for a multi-model search
 
     @property
     def allocation(self) -> Allocation:
@@ -90,11 +92,15 @@ class RLSearch:
     def allocate(self, problem: PruningProblem) -> Allocation:
         return self.search(problem).allocation
 
-    def _build(self, env: ChannelPruningEnv):
-        c, n = self.config, env.n
+    def _build(self, env: ChannelPruningEnv | MultiModelEnv):
+        c = self.config
+        multi = isinstance(env, MultiModelEnv)
+        envs = env.envs if multi else [env]
+        n = env.steps_of(0) if multi else env.n
+        warmup_steps = env.steps_before(c.warmup_episodes) if multi else c.warmup_episodes * n
         kwargs: dict[str, Any] = dict(
             learning_rate=c.actor_lr, actor_lr=c.actor_lr, critic_lr=c.critic_lr, credit=c.credit,
-            buffer_size=max(1, c.replay_episodes * n), learning_starts=c.warmup_episodes * n,
+            buffer_size=max(1, c.replay_episodes * max(e.n for e in envs)), learning_starts=warmup_steps,
             batch_size=c.batch_size, tau=c.tau, gamma=c.gamma, train_freq=(1, "episode"),
             gradient_steps=max(1, int(round(c.updates_per_step * n))), policy_kwargs={"net_arch": list(c.hidden)},
             seed=c.seed, device="cpu", verbose=0)
@@ -103,7 +109,7 @@ class RLSearch:
         model = AGENT_CLASSES[c.algo]("MlpPolicy", env, **kwargs)
         if c.init_policy is not None:
             self._warm_start(model, env, c.init_policy)
-        p = env.problem
+        p = envs[0].problem
         model.autoprune_meta = PolicyMeta(algo=c.algo, min_keep=p.min_keep, max_keep=p.max_keep, reward=c.reward,
                                           action=c.action, metric=p.metric, target=p.target,
                                           groups=len(p.structure.groups)).to_dict()
@@ -132,37 +138,52 @@ class RLSearch:
         self.model.save(buf)
         return buf.getvalue()
 
-    def search(self, problem: PruningProblem, run_dir: str | Path | None = None, resume: bool = False,
-               progress: bool = False, on_episode: Callable[[int, float, dict], None] | None = None) -> SearchResult:
-        """Run (or continue) the search.
+    def search(self, problem: PruningProblem | list[PruningProblem], run_dir: str | Path | None = None,
+               resume: bool = False, progress: bool = False,
+               on_episode: Callable[[int, float, dict], None] | None = None) -> SearchResult:
+        """Run (or continue) the search; a list of problems (several models) trains one policy on all of
+        them, episode ``e`` on problem ``e % len``, each logged in its own ``run_dir/<i>-<group count>g/``.
 
         With ``run_dir``: episodes.csv, TensorBoard, checkpoints, ``policy.zip`` (the actor whose
         noise-free episode scored best) and ``final_policy.zip`` (the actor after the last episode).
         """
         c = self.config
         run_dir = Path(run_dir) if run_dir is not None else None
-        env = ChannelPruningEnv(problem, reward=c.reward, action=c.action)
-        loaded = (load_checkpoint(run_dir / "checkpoints", AGENT_CLASSES[c.algo], env)
-                  if (resume and run_dir is not None) else None)
-        state = loaded[1] if loaded else None
+        problems = problem if isinstance(problem, list) else [problem]
+        envs = [ChannelPruningEnv(p, reward=c.reward, action=c.action) for p in problems]
+        state = None
+        if resume and run_dir is not None:
+            probe = envs[0] if len(envs) == 1 else MultiModelEnv(envs)
+            loaded = load_checkpoint(run_dir / "checkpoints", AGENT_CLASSES[c.algo], probe)
+            state = loaded[1] if loaded else None
         start = state["episode"] if state else 0
+        env = envs[0] if len(envs) == 1 else MultiModelEnv(envs, start_episode=start)
         elapsed = state["elapsed"] if state else 0.0
-        if loaded is None:
+        if state is None:
             torch.manual_seed(c.seed)
             self.model = self._build(env)
         else:
             self.model = loaded[0]
-            problem.restore_cache(state["cache"])
+            if env is not probe:
+                self.model.set_env(env)
+            for p, cache in zip(problems, state.get("caches") or [state["cache"]]):
+                p.restore_cache(cache)
         # SB3's logger: actor / critic losses next to the episode scalars in tb/ (nothing without a run folder)
         self.model.set_logger(configure(str(run_dir / "tb"), ["tensorboard"]) if run_dir is not None
                               else configure(None, []))
         self.best_policy = (state or {}).get("best_policy") or {"score": -float("inf"), "episode": -1, "zip": None}
-        log = EpisodeLog(run_dir, problem.structure, start_episode=start)
+        log_dirs = ([run_dir] * len(problems) if len(problems) == 1 or run_dir is None
+                    else [run_dir / f"{i}-{len(p.structure.groups)}g" for i, p in enumerate(problems)])
+        logs = [EpisodeLog(d, p.structure, start_episode=start) for d, p in zip(log_dirs, problems)]
         if state is not None:
-            log.best = Best.from_state(state["best"])
-        n = env.n
+            for lg, best in zip(logs, state.get("bests") or [state["best"]]):
+                lg.best = Best.from_state(best)
         callback = EpisodeEnd(self.model.action_noise, c.noise_decay, self.model.learning_starts)
-        timing = getattr(problem.evaluator, "timing", None)
+        timings = [getattr(p.evaluator, "timing", None) for p in problems]
+
+        def eval_clock() -> float:
+            return sum(t.calibrate + t.evaluate for t in timings if t is not None)
+
         bar = None
         if progress:
             from tqdm import tqdm
@@ -172,7 +193,10 @@ class RLSearch:
         try:
             for episode in range(start, c.episodes):
                 t0 = time.perf_counter()
-                e0 = (timing.calibrate + timing.evaluate) if timing is not None else 0.0
+                e0 = eval_clock()
+                n = env.steps_of(episode) if len(envs) > 1 else env.n  # models differ in group count
+                self.model.gradient_steps = max(1, int(round(c.updates_per_step * n)))
+                log = logs[episode % len(logs)]
                 noise_free = self._is_noise_free(episode)
                 self.model.noise_free = noise_free
                 acting = self._policy_bytes() if noise_free else None  # learn() updates the actor after the episode
@@ -185,7 +209,7 @@ class RLSearch:
                 reward, info = callback.finished.pop()
                 callback.finished.clear()
                 seconds = time.perf_counter() - t0
-                eval_s = ((timing.calibrate + timing.evaluate) if timing is not None else 0.0) - e0
+                eval_s = eval_clock() - e0
                 eval_total += eval_s
                 elapsed += seconds
                 log.record(episode, reward, info, noise=explore, seconds=seconds, eval_seconds=eval_s)
@@ -200,12 +224,15 @@ class RLSearch:
                 done = episode + 1
                 if run_dir is not None and (done % max(1, c.checkpoint_every) == 0 or done == c.episodes):
                     save_checkpoint(run_dir / "checkpoints", done, self.model,
-                                    {"best": log.best.to_state(), "cache": problem.cache_state(), "elapsed": elapsed,
+                                    {"best": logs[0].best.to_state(), "cache": problems[0].cache_state(),
+                                     "bests": [lg.best.to_state() for lg in logs],
+                                     "caches": [p.cache_state() for p in problems], "elapsed": elapsed,
                                      "eval_elapsed": eval_total, "best_policy": self.best_policy})
         finally:
             if bar is not None:
                 bar.close()
-            log.close()
+            for lg in logs:
+                lg.close()
             self.model.logger.close()
         policy_path = None
         if run_dir is not None:
@@ -215,5 +242,5 @@ class RLSearch:
                 policy_path.write_bytes(self.best_policy["zip"])
             else:  # no noise-free episode ran (episodes <= warm-up + eval_every - 1): the final actor
                 self.model.save(policy_path)
-        return SearchResult(log.best, c.episodes, elapsed, eval_total, policy_path, self.best_policy["score"],
-                            self.best_policy["episode"])
+        return SearchResult(logs[0].best, c.episodes, elapsed, eval_total, policy_path, self.best_policy["score"],
+                            self.best_policy["episode"], [lg.best for lg in logs])
