@@ -100,3 +100,21 @@ def test_budget_conditioned_search_over_a_target_range(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:  # argparse's own one-line error for a malformed flag
         main(["search", *common, "--macs", "0.6:0.3", "--output", str(tmp_path / "b")])
     assert exit_.value.code == 2 and "LOW < HIGH" in capsys.readouterr().err
+
+
+def test_search_trains_one_policy_on_several_models(tmp_path, capsys):
+    """--more-models: episodes alternate between ResNet-20 and ResNet-32, one log each, relative reward."""
+    import csv
+
+    run = tmp_path / "multi"
+    code, out, err = _cli(capsys, "search", "--model", "resnet20", "--more-models", "resnet32", "--data", "synthetic",
+                          "--val-size", "100", "--calib-size", "64", "--macs", "0.5", "--output", str(run),
+                          "--episodes", "4", "--warmup-episodes", "2", "--eval-every", "2", "--no-progress")
+    assert code == 0, err
+    assert "reward 'relative'" in out and (run / "policy.zip").exists() and (run / "best_model.pt").exists()
+    first = [int(r["episode"]) for r in csv.DictReader(open(run / "0-9g" / "episodes.csv"))]
+    second = [int(r["episode"]) for r in csv.DictReader(open(run / "1-15g" / "episodes.csv"))]
+    assert first == [0, 2] and second == [1, 3]
+    code, _, err = _cli(capsys, "search", "--model", "resnet20", "--more-models", "resnet32", "--agent", "random",
+                        "--data", "synthetic", "--macs", "0.5", "--output", str(tmp_path / "r"))
+    assert code == 2 and "RL --agent" in err

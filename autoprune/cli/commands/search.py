@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoprune.agents.rl.config import HELP as RL_HELP
@@ -34,6 +34,7 @@ class SearchConfig:
                                   calib_size=1024)  # --model, --checkpoint, --data, ...
     target: TargetOptions = nested(TargetOptions)  # --macs | --params | --latency, --latency-batch, ...
     agent: str = "ddpg"
+    more_models: list[str] = field(default_factory=list)  # NAME or NAME=CHECKPOINT: one policy for all of them
     rl: RLConfig = nested(RLConfig, exclude=("algo", "seed"))  # episodes, noise, learning rates, reward, action, ...
     early_stop: bool = False
     criterion: str = "l1"
@@ -55,6 +56,8 @@ _HELP = {
                   "its partial estimate is flagged in episodes.csv (images, partial) and never reported as a full score",
     "calib_size": "training images recalibrating BatchNorm for each episode",
     "resume": "continue the interrupted run in --output",
+    "more_models": "train the same policy on these models too (NAME or NAME=CHECKPOINT, same data and target): "
+                   "episodes alternate between the models, reward 'relative', one log per model (0-<groups>g/, ...)",
 }
 
 
@@ -66,6 +69,11 @@ def run(args) -> None:
     cfg = resolve_resumable(SearchConfig, args, _RESUMABLE_CHANGES)
     metric, target, target_hi = cfg.target.resolve_range()
     target_range = (target, target_hi) if target_hi > target else None
+    if cfg.more_models and cfg.agent == "random":
+        raise AutopruneError("--more-models trains one policy on several models: use an RL --agent, not random")
+    if cfg.more_models and cfg.rl.reward == "accuracy":  # the models' accuracies differ: compare to each one's uniform
+        print("several models: reward 'relative' (adaptive-BN accuracy minus each model's uniform allocation's)")
+        cfg.rl.reward = "relative"
     if target_range is not None:
         if cfg.agent == "random":
             raise AutopruneError("a target range trains a budget-conditioned policy: use an RL --agent, not random")
@@ -109,7 +117,9 @@ def run(args) -> None:
     else:
         from autoprune.agents.rl import RLSearch
 
-        result = RLSearch(cfg.rl, algo=cfg.agent, seed=cfg.ws.seed).search(problem, out, resume=cfg.resume, progress=cfg.progress)
+        problems = [problem] + [_other_problem(cfg, spec, problem) for spec in cfg.more_models]
+        result = RLSearch(cfg.rl, algo=cfg.agent, seed=cfg.ws.seed).search(
+            problems if len(problems) > 1 else problem, out, resume=cfg.resume, progress=cfg.progress)
         best_alloc, best_acc = result.allocation, result.best.info.get("accuracy")
         if result.policy_episode >= 0:
             policy = {"noise_free_reward": result.policy_score, "episode": result.policy_episode}
@@ -133,7 +143,8 @@ def run(args) -> None:
 
     from autoprune.agents.search_log import episode_totals, read_episodes
 
-    rows = read_episodes(out / "episodes.csv")
+    log_dir = out if not cfg.more_models else out / f"0-{len(structure.groups)}g"  # the main model's log
+    rows = read_episodes(log_dir / "episodes.csv")
     episodes, seconds, eval_seconds = episode_totals(rows)
     rewards = [float(r["reward"]) for r in rows]
     noise_free = [i for i, r in enumerate(rows) if r["noise"] not in ("", None) and float(r["noise"]) == 0.0]
@@ -228,3 +239,18 @@ def _policy_at_targets(policy_path: Path, problem, target_range: tuple[float, fl
         print(f"policy at {100 * t:g}% of {problem.metric}: {100 * rows[-1]['policy_adaptive_bn_accuracy']:.2f}% "
               f"adaptive-BN accuracy (uniform {100 * rows[-1]['uniform_adaptive_bn_accuracy']:.2f}%)")
     return rows
+
+
+def _other_problem(cfg: SearchConfig, spec: str, main):
+    """The same target, data and bounds on another model (``NAME`` or ``NAME=CHECKPOINT``)."""
+    from dataclasses import replace
+
+    from autoprune.core.problem import PruningProblem
+
+    name, _, checkpoint = spec.partition("=")
+    ws = replace(cfg.ws, model=name, checkpoint=checkpoint or None).open()
+    structure = ws.structure()
+    return PruningProblem(structure, main.target, main.metric, ws.evaluator(cfg.calib_batch_size), cfg.criterion,
+                          ws.data.calibration_batches(cfg.calib_batch_size, ws.device), cfg.min_keep, cfg.max_keep,
+                          cfg.round_to, early_stop=cfg.early_stop, target_range=main.target_range,
+                          latency=cfg.target.table(structure, cfg.round_to))
