@@ -44,7 +44,8 @@ class GreedyAllocator:
             proposals = [p for i in range(len(counts)) if (p := self._proposal(problem, counts, i, goal, lo, unit)) is not None]
             if not proposals:  # every group at its floor (cannot happen for a valid problem)
                 break
-            scored = [(problem.score(Allocation.from_counts(s, p)), -problem.cost(p), p) for p in proposals]
+            scores = problem.score_many([Allocation.from_counts(s, p) for p in proposals])  # in parallel with a pool
+            scored = [(sc.accuracy, -problem.cost(p), p) for sc, p in zip(scores, proposals)]
             acc, _, counts = max(scored, key=lambda t: (t[0], t[1]))
             self.history.append({"counts": counts.tolist(), "cost": problem.cost(counts), "accuracy": acc})
         counts = fill_to_budget(problem, counts)

@@ -12,7 +12,7 @@ import numpy as np
 
 from autoprune.core.allocation import Allocation
 from autoprune.core.legal import bisect
-from autoprune.core.problem import PruningProblem, fill_to_budget
+from autoprune.core.problem import PruningProblem, Score, fill_to_budget
 from autoprune.errors import AutopruneError
 
 
@@ -31,29 +31,41 @@ def random_feasible_counts(problem: PruningProblem, rng: np.random.Generator) ->
 
 
 class RandomSearch:
-    """Best of ``samples`` random feasible allocations by ``problem.score``."""
+    """Best of ``samples`` random feasible allocations by ``problem.score``.
+
+    Candidates are drawn one after another from the seed, then scored ``batch`` at a time
+    (default: one per worker of ``problem.pool``) and compared in draw order, so the candidates
+    and the best allocation are the same whatever the number of workers. ``start`` skips the
+    callback for candidates a resumed run has already logged (their scores come from the cache).
+    """
 
     name = "random"
 
     def __init__(self, samples: int = 60, seed: int = 0,
-                 on_sample: Callable[[int, Allocation, float], None] | None = None):
+                 on_sample: Callable[[int, Allocation, Score], None] | None = None, batch: int | None = None):
         if samples < 1:
             raise AutopruneError(f"random search needs at least one sample, got {samples}")
-        self.samples, self.seed, self.on_sample = samples, seed, on_sample
+        self.samples, self.seed, self.on_sample, self.batch = samples, seed, on_sample, batch
         self.history: list[tuple[Allocation, float]] = []
 
-    def allocate(self, problem: PruningProblem) -> Allocation:
+    def candidates(self, problem: PruningProblem) -> list[Allocation]:
         rng = np.random.default_rng(self.seed)
+        groups = problem.structure.groups
+        return [Allocation({g.name: int(k) for g, k in zip(groups, random_feasible_counts(problem, rng))})
+                for _ in range(self.samples)]
+
+    def allocate(self, problem: PruningProblem, start: int = 0) -> Allocation:
+        candidates = self.candidates(problem)
+        batch = self.batch or (problem.pool.workers if problem.pool is not None else 1)
         best: tuple[float, Allocation] | None = None
         self.history = []
-        for i in range(self.samples):
-            counts = random_feasible_counts(problem, rng)
-            alloc = Allocation({g.name: int(k) for g, k in zip(problem.structure.groups, counts)})
-            score = problem.score(alloc)
-            self.history.append((alloc, score))
-            if self.on_sample is not None:
-                self.on_sample(i, alloc, score)
-            if best is None or score > best[0]:
-                best = (score, alloc)
+        for first in range(0, self.samples, batch):
+            chunk = candidates[first:first + batch]
+            for i, (alloc, score) in enumerate(zip(chunk, problem.score_many(chunk)), start=first):
+                self.history.append((alloc, score.accuracy))
+                if self.on_sample is not None and i >= start:
+                    self.on_sample(i, alloc, score)
+                if best is None or score.accuracy > best[0]:
+                    best = (score.accuracy, alloc)
         assert best is not None
         return best[1]

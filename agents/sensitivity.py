@@ -33,8 +33,7 @@ class SensitivityAllocator:
         """One row per (group, keep ratio): keep count, adaptive-BN accuracy, drop from the unpruned score."""
         s = problem.structure
         dense = s.channels.copy()
-        base = problem.score(Allocation.from_counts(s, dense))
-        rows = []
+        trials: list[tuple[int, int, Allocation]] = [(-1, int(dense[0]), Allocation.from_counts(s, dense))]
         lo = problem.min_counts()
         for i, g in enumerate(s.groups):
             counts = sorted({max(int(lo[i]), s.snap(g, r * g.channels, problem.round_to))
@@ -42,10 +41,12 @@ class SensitivityAllocator:
             for k in counts:
                 keep = dense.copy()
                 keep[i] = k
-                acc = problem.score(Allocation.from_counts(s, keep))
-                rows.append({"group": g.name, "channels": g.channels, "keep": k, "keep_ratio": k / g.channels,
-                             "accuracy": acc, "drop": base - acc})
-        return rows
+                trials.append((i, k, Allocation.from_counts(s, keep)))
+        scores = [sc.accuracy for sc in problem.score_many([a for _, _, a in trials])]  # in parallel with a pool
+        base = scores[0]
+        return [{"group": s.groups[i].name, "channels": s.groups[i].channels, "keep": k,
+                 "keep_ratio": k / s.groups[i].channels, "accuracy": acc, "drop": base - acc}
+                for (i, k, _), acc in zip(trials[1:], scores[1:])]
 
     def allocate(self, problem: PruningProblem) -> Allocation:
         s = problem.structure

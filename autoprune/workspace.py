@@ -37,6 +37,27 @@ class WorkspaceOptions:
         return open_workspace(**asdict(self))
 
 
+PARALLEL_HELP = {
+    "workers": "score candidates on this many Ray actors, each holding the model and data once "
+               "(needs pip install 'autoprune[distributed]'); RL agents then learn from that many episodes per round",
+    "ray_address": "run the workers on an existing Ray cluster (ray://HOST:10001 or auto) instead of a local one",
+}
+
+
+@dataclass
+class ParallelOptions:
+    """Where candidates are scored: in this process, or on Ray actors (``--workers``, ``--ray-address``)."""
+
+    workers: int = 1  # > 1: score candidates on this many Ray actors (pip install 'autoprune[distributed]')
+    ray_address: str | None = None  # an existing Ray cluster (e.g. ray://head:10001); default: start one locally
+
+    def attach(self, problem):
+        """Give ``problem`` a Ray scoring pool when asked for; returns it (close it when done) or None."""
+        from autoprune.train.ray_pool import scoring_pool
+
+        return scoring_pool(problem, self.workers, self.ray_address)
+
+
 @dataclass
 class Workspace:
     model: nn.Module

@@ -228,14 +228,15 @@ class ChannelPruningEnv(gym.Env):
             return self._observation(), 0.0, False, False, info
         self.counts = fill_to_budget(self.problem, self.counts)
         allocation = Allocation({gr.name: int(c) for gr, c in zip(self.problem.structure.groups, self.counts)})
-        reward, acc = self._reward(allocation)
+        reward, acc = self.reward_of(allocation)
         s = self.problem.structure
         info.update(allocation=allocation, counts=self.counts.copy(), macs=s.macs(self.counts),
                     params=s.params(self.counts), cost_ratio=self.problem.cost(self.counts) / self.problem.dense_cost,
                     accuracy=acc, score=self.problem.last_score if self.evaluate else None, target=self.problem.target)
         return self._observation(), reward, True, False, info
 
-    def _reward(self, allocation: Allocation) -> tuple[float, float | None]:
+    def reward_of(self, allocation: Allocation) -> tuple[float, float | None]:
+        """(reward, adaptive-BN accuracy) of a final allocation at the current target; (0, None) unscored."""
         if not self.evaluate:
             return 0.0, None
         reference = self._reference() if self.reward_kind == "relative" else 0.0  # first: last_score is the candidate's

@@ -68,9 +68,12 @@ def test_cli_random_search_logs_like_rl(tmp_path, capsys):
     assert best["metric"] == "params" and 0.594 <= best["params"] / best["dense_params"] <= 0.6
     accs = [float(line.split(",")[2]) for line in lines[1:]]
     assert best["adaptive_bn_accuracy"] == pytest.approx(max(accs), abs=1e-6)
+    # resuming continues the same seeded sequence: the 3 scored candidates are kept, 2 more are drawn
     code, _, err = _cli(capsys, "search", "--model", "resnet20", "--data", "synthetic", "--params", "0.6",
-                        "--agent", "random", "--output", str(run), "--resume")
-    assert code == 2 and "--resume is for RL agents" in err
+                        "--agent", "random", "--output", str(run), "--resume", "--episodes", "5", "--no-progress")
+    assert code == 0, err
+    more = (run / "episodes.csv").read_text().strip().splitlines()
+    assert len(more) == 6 and [line.split(",")[:4] for line in more[:4]] == [line.split(",")[:4] for line in lines]
 
 
 def test_budget_conditioned_search_over_a_target_range(tmp_path, capsys):

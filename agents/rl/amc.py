@@ -112,16 +112,30 @@ def credit_episode(buffer, reward: float, done: bool) -> None:
         buffer.outcome[last] = np.nan
         return
     steps = (last - buffer.episode_start) % size + 1
-    idx = (buffer.episode_start + np.arange(steps)) % size
-    buffer.outcome[idx] = reward
+    buffer.outcome[(buffer.episode_start + np.arange(steps)) % size] = reward
     buffer.episode_start = buffer.pos % size
-    filled = size if buffer.full else buffer.pos
+    _normalise_outcomes(buffer)
+
+
+def _normalise_outcomes(buffer) -> None:
+    filled = buffer.buffer_size if buffer.full else buffer.pos
     known = ~np.isnan(buffer.outcome[:filled])
     values = buffer.outcome[:filled][known]
     scale = values.std() if values.size > 1 else 1.0
     normed = (buffer.outcome[:filled] - values.mean()) / max(scale, 1e-6)
     buffer.rewards[:filled, 0] = np.where(known, normed, 0.0)
     buffer.dones[:filled, 0] = 1.0  # a Monte Carlo target: never bootstrap
+
+
+def set_episode_reward(buffer, first: int, steps: int, reward: float, credit: str) -> None:
+    """Give an episode stored unscored at ``first`` (``steps`` transitions) its reward, once it is known
+    (parallel rounds score their episodes after collecting them)."""
+    idx = (first + np.arange(steps)) % buffer.buffer_size
+    if credit == "episode":
+        buffer.outcome[idx] = reward
+        _normalise_outcomes(buffer)
+    else:  # td: the sparse reward sits on the last transition
+        buffer.rewards[idx[-1], 0] = reward
 
 
 class AMCDDPG(AMCAgent, DDPG):

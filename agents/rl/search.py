@@ -18,7 +18,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 
-from autoprune.agents.rl.amc import AGENT_CLASSES, TruncatedNormalNoise
+from autoprune.agents.rl.amc import AGENT_CLASSES, TruncatedNormalNoise, set_episode_reward
 from autoprune.agents.rl.checkpoint import load_checkpoint, save_checkpoint
 from autoprune.agents.rl.config import RLConfig
 from autoprune.agents.rl.policy_io import PolicyMeta, load_policy
@@ -47,6 +47,21 @@ class EpisodeEnd(BaseCallback):
     def _on_rollout_end(self) -> None:
         if self.noise is not None and self.num_timesteps > self.learning_starts:
             self.noise.sigma *= self.decay
+
+
+@dataclass
+class Finished:
+    """One finished episode: what the log, the kept policy and a parallel round's reward patch need."""
+
+    episode: int
+    reward: float
+    info: dict
+    explore: float | None
+    acting: bytes | None  # the actor that ran it, when it ran without noise
+    first: int  # replay-buffer position of its first transition
+    steps: int
+    seconds: float = 0.0
+    eval_seconds: float = 0.0
 
 
 @dataclass
@@ -138,6 +153,59 @@ class RLSearch:
         self.model.save(buf)
         return buf.getvalue()
 
+    def _collect(self, env, episode: int, callback: EpisodeEnd) -> "Finished":
+        """Run one episode with the current actor (noise-free every ``eval_every``-th) and store its transitions."""
+        n = env.steps_of(episode) if isinstance(env, MultiModelEnv) else env.n  # models differ in group count
+        noise_free = self._is_noise_free(episode)
+        self.model.noise_free = noise_free
+        acting = self._policy_bytes() if noise_free else None  # learn() may update the actor after the episode
+        sigma = self.model.action_noise.sigma if self.model.action_noise is not None else None
+        explore = None if self.model.num_timesteps < self.model.learning_starts else (0.0 if noise_free else sigma)
+        first = self.model.replay_buffer.pos
+        self.model.learn(total_timesteps=n, reset_num_timesteps=False, callback=callback, log_interval=None)
+        if noise_free and self.model.action_noise is not None:  # evaluation episodes do not decay exploration
+            self.model.action_noise.sigma = sigma
+        reward, info = callback.finished.pop()
+        callback.finished.clear()
+        return Finished(episode, reward, info, explore, acting, first, n)
+
+    def _episode(self, env, episode: int, callback: EpisodeEnd, eval_clock: Callable[[], float]) -> "Finished":
+        """AMC's loop: one episode, scored at its last step, then ``updates_per_step`` x steps gradient steps."""
+        t0, e0 = time.perf_counter(), eval_clock()
+        n = env.steps_of(episode) if isinstance(env, MultiModelEnv) else env.n
+        self.model.gradient_steps = max(1, int(round(self.config.updates_per_step * n)))
+        ep = self._collect(env, episode, callback)
+        ep.seconds, ep.eval_seconds = time.perf_counter() - t0, eval_clock() - e0
+        return ep
+
+    def _parallel_round(self, env: ChannelPruningEnv, first: int, count: int, callback: EpisodeEnd) -> list["Finished"]:
+        """``count`` episodes with the same actor (each with its own noise), scored together on the problem's
+        pool, then one update of ``count`` x ``updates_per_step`` x steps gradient steps: the same number of
+        updates per transition as the one-episode loop, applied once per round instead of after each episode."""
+        t0 = time.perf_counter()
+        steps = max(1, int(round(self.config.updates_per_step * env.n)))
+        self.model.gradient_steps = 0  # collect only: learn after the round is scored
+        env.evaluate = False
+        try:
+            finished = [self._collect(env, e, callback) for e in range(first, first + count)]
+        finally:
+            env.evaluate = True
+        problem = env.problem
+        scores = problem.score_many([ep.info["allocation"] for ep in finished])
+        buffer = self.model.replay_buffer
+        for ep, score in zip(finished, scores):
+            if ep.info.get("target") is not None:  # budget-conditioned: the reference is uniform's at this target
+                problem.target = ep.info["target"]
+            ep.reward, acc = env.reward_of(ep.info["allocation"])
+            ep.info.update(accuracy=acc, score=score)
+            set_episode_reward(buffer, ep.first, ep.steps, ep.reward, self.config.credit)
+        if self.model.num_timesteps > self.model.learning_starts:
+            self.model.train(gradient_steps=steps * count, batch_size=self.model.batch_size)
+        seconds = (time.perf_counter() - t0) / count
+        for ep in finished:
+            ep.seconds = seconds  # the round's wall time, shared; adaptive-BN time is spent in the workers
+        return finished
+
     def search(self, problem: PruningProblem | list[PruningProblem], run_dir: str | Path | None = None,
                resume: bool = False, progress: bool = False,
                on_episode: Callable[[int, float, dict], None] | None = None) -> SearchResult:
@@ -190,44 +258,41 @@ class RLSearch:
 
             bar = tqdm(total=c.episodes, initial=start, desc=f"search ({c.algo})", unit="ep", dynamic_ncols=True)
         eval_total = state.get("eval_elapsed", 0.0) if state else 0.0  # both totals span resumes
+        workers = problems[0].pool.workers if problems[0].pool is not None else 1
+        if workers > 1 and len(problems) > 1:
+            raise AutopruneError("--workers with --more-models is not supported yet: run one model per search")
         try:
-            for episode in range(start, c.episodes):
-                t0 = time.perf_counter()
-                e0 = eval_clock()
-                n = env.steps_of(episode) if len(envs) > 1 else env.n  # models differ in group count
-                self.model.gradient_steps = max(1, int(round(c.updates_per_step * n)))
-                log = logs[episode % len(logs)]
-                noise_free = self._is_noise_free(episode)
-                self.model.noise_free = noise_free
-                acting = self._policy_bytes() if noise_free else None  # learn() updates the actor after the episode
-                sigma = self.model.action_noise.sigma if self.model.action_noise is not None else None
-                explore = None if self.model.num_timesteps < self.model.learning_starts else (0.0 if noise_free else sigma)
-                self.model.learn(total_timesteps=n, reset_num_timesteps=False, callback=callback, log_interval=None)
-                if noise_free and self.model.action_noise is not None:  # evaluation episodes do not decay exploration
-                    self.model.action_noise.sigma = sigma
-                self.model.logger.dump(step=episode)
-                reward, info = callback.finished.pop()
-                callback.finished.clear()
-                seconds = time.perf_counter() - t0
-                eval_s = eval_clock() - e0
-                eval_total += eval_s
-                elapsed += seconds
-                log.record(episode, reward, info, noise=explore, seconds=seconds, eval_seconds=eval_s)
-                if noise_free and reward > self.best_policy["score"]:
-                    self.best_policy = {"score": float(reward), "episode": episode, "zip": acting}
-                if on_episode is not None:
-                    on_episode(episode, reward, info)
-                if bar is not None:
-                    bar.update(1)
-                    if log.best.info.get("accuracy") is not None:
-                        bar.set_postfix(best=f"{100 * log.best.info['accuracy']:.2f}%", refresh=False)
-                done = episode + 1
-                if run_dir is not None and (done % max(1, c.checkpoint_every) == 0 or done == c.episodes):
+            episode = start
+            while episode < c.episodes:
+                count = min(workers, c.episodes - episode)
+                if workers == 1:
+                    finished = [self._episode(env, episode, callback, eval_clock)]
+                else:
+                    finished = self._parallel_round(env, episode, count, callback)
+                self.model.logger.dump(step=episode + count - 1)
+                for ep in finished:
+                    eval_total += ep.eval_seconds
+                    elapsed += ep.seconds
+                    log = logs[ep.episode % len(logs)]
+                    log.record(ep.episode, ep.reward, ep.info, noise=ep.explore, seconds=ep.seconds,
+                               eval_seconds=ep.eval_seconds)
+                    if ep.acting is not None and ep.reward > self.best_policy["score"]:
+                        self.best_policy = {"score": float(ep.reward), "episode": ep.episode, "zip": ep.acting}
+                    if on_episode is not None:
+                        on_episode(ep.episode, ep.reward, ep.info)
+                    if bar is not None:
+                        bar.update(1)
+                        if log.best.info.get("accuracy") is not None:
+                            bar.set_postfix(best=f"{100 * log.best.info['accuracy']:.2f}%", refresh=False)
+                every = max(1, c.checkpoint_every)
+                done = episode + count
+                if run_dir is not None and (done // every > episode // every or done == c.episodes):
                     save_checkpoint(run_dir / "checkpoints", done, self.model,
                                     {"best": logs[0].best.to_state(), "cache": problems[0].cache_state(),
                                      "bests": [lg.best.to_state() for lg in logs],
                                      "caches": [p.cache_state() for p in problems], "elapsed": elapsed,
                                      "eval_elapsed": eval_total, "best_policy": self.best_policy})
+                episode = done
         finally:
             if bar is not None:
                 bar.close()

@@ -55,6 +55,9 @@ class PruningProblem:
     latency: Any = None  # LatencyTable for metric="latency"
     # budget-conditioned search: each episode of ChannelPruningEnv samples ``target`` from this range
     target_range: tuple[float, float] | None = None
+    # parallel scoring (e.g. ``autoprune.train.ray_pool.RayScoringPool``): ``score(keys, must_beat)``
+    # returns one Score per keep-count tuple; ``score_many`` sends it every uncached candidate at once
+    pool: Any = None
     _cache: dict[tuple[int, ...], Score] = field(default_factory=dict, repr=False)
     best_full: float = field(default=-float("inf"), repr=False)
     last_score: Score | None = field(default=None, repr=False)
@@ -121,24 +124,53 @@ class PruningProblem:
             if not score.partial:
                 self.best_full = max(self.best_full, score.accuracy)
 
+    def key(self, allocation: Allocation) -> tuple[int, ...]:
+        """The score cache's key: the allocation's keep counts."""
+        return tuple(int(k) for k in allocation.counts(self.structure))
+
+    def _needs_scoring(self, key: tuple[int, ...]) -> bool:
+        cached = self._cache.get(key)
+        return cached is None or (cached.partial and not self.early_stop)
+
+    def _must_beat(self) -> float | None:
+        return self.best_full if self.early_stop and self.best_full > -float("inf") else None
+
+    def _store(self, key: tuple[int, ...], score: Score) -> Score:
+        self._cache[key] = score
+        if not score.partial:
+            self.best_full = max(self.best_full, score.accuracy)
+        return score
+
     def score(self, allocation: Allocation) -> float:
         """Adaptive-BN accuracy of ``allocation`` (cached); see ``last_score`` for how many images."""
         if self.evaluator is None:
             raise AutopruneError("this problem has no evaluator: pass held-out data")
-        key = tuple(int(k) for k in allocation.counts(self.structure))
-        cached = self._cache.get(key)
-        if cached is None or (cached.partial and not self.early_stop):
+        key = self.key(allocation)
+        if self._needs_scoring(key):
             model = self.pruned_model(allocation)
             if hasattr(self.evaluator, "score"):
-                stop = self.early_stop and self.best_full > -float("inf")
-                cached = self.evaluator.score(model, self.best_full if stop else None)
+                self._store(key, self.evaluator.score(model, self._must_beat()))
             else:  # any callable scorer: full scores, image count unknown
-                cached = Score(float(self.evaluator(model)), 0)
-            self._cache[key] = cached
-        if not cached.partial:
-            self.best_full = max(self.best_full, cached.accuracy)
-        self.last_score = cached
-        return cached.accuracy
+                self._store(key, Score(float(self.evaluator(model)), 0))
+        self.last_score = self._cache[key]
+        return self.last_score.accuracy
+
+    def score_many(self, allocations: Sequence[Allocation]) -> list[Score]:
+        """Score several allocations, in parallel on ``pool`` when there is one (same cache as ``score``).
+
+        Early stopping compares every candidate of the batch with the best full score known when the
+        batch is sent, so a batch may stop fewer candidates early than one-by-one scoring would.
+        """
+        keys = [self.key(a) for a in allocations]
+        todo = list(dict.fromkeys(k for k in keys if self._needs_scoring(k)))
+        if todo and self.pool is not None:
+            for key, score in zip(todo, self.pool.score(todo, self._must_beat())):
+                self._store(key, score)
+        else:
+            for key, alloc in zip(keys, allocations):
+                if key in todo:
+                    self.score(alloc)
+        return [self._cache[k] for k in keys]
 
 
 def fill_to_budget(problem: PruningProblem, counts: np.ndarray, order: Sequence[int] | None = None) -> np.ndarray:

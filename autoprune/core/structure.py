@@ -90,6 +90,7 @@ class ModelStructure:
                  ignored_layers: Sequence[nn.Module] | None = None, num_classes: int | None = None):
         self.model = model
         self.example_input = example_input
+        self.num_classes = num_classes
         was_training = model.training
         model.eval()
         self._module_names = {m: n for n, m in model.named_modules()}

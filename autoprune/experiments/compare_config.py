@@ -12,7 +12,7 @@ from autoprune.core.problem import METRICS
 from autoprune.errors import AutopruneError
 from autoprune.registry import parse_spec
 from autoprune.train.training import TrainRecipe
-from autoprune.workspace import WorkspaceOptions
+from autoprune.workspace import PARALLEL_HELP, ParallelOptions, WorkspaceOptions
 
 RECIPES = ("finetune", "lr-rewind", "weight-rewind", "scratch-E", "scratch-B")
 
@@ -22,6 +22,7 @@ class CompareConfig:
     output: str  # run directory
     # --model, --checkpoint, --data, ...; --data-seed fixes the validation / calibration split for every seed
     ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("image_size",), rename={"seed": "data_seed"})
+    parallel: ParallelOptions = nested(ParallelOptions)  # --workers, --ray-address: allocators score on Ray
     targets: list[float] = field(default_factory=lambda: [0.5])
     metric: str = "macs"  # macs | params | latency
     latency_batch: int = 1
@@ -43,6 +44,7 @@ class CompareConfig:
 
 
 HELP = {
+    **PARALLEL_HELP,
     "metric": "budget metric: macs, params or latency (measured lookup table at --latency-batch / --latency-precision)",
     "output": "run directory (results.csv/json, report.md, plots, allocations)",
     "allocators": "allocator specs: uniform global sensitivity layer-stats random greedy policy:PATH allocation:PATH; "

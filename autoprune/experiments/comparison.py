@@ -117,11 +117,13 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
     record["dense"].update(macs=structure.dense_macs, params=structure.dense_params)
     latency = (latency_table(structure, cfg.latency_batch, cfg.latency_precision, cfg.round_to)
                if cfg.metric == "latency" else None)
+    pool = None
     for target in cfg.targets:
         problem = PruningProblem(structure, target, metric=cfg.metric, evaluator=evaluator, criterion=cfg.criterion,
                                  latency=latency,
                                  calib_batches=calib, min_keep=cfg.min_keep, max_keep=cfg.max_keep,
                                  round_to=cfg.round_to)
+        pool = problem.pool = pool if pool is not None else cfg.parallel.attach(problem)  # one pool, every target
         for spec, method in zip(cfg.allocators, method_labels(cfg.allocators)):
             reuse: tuple[Allocation, float] | None = None
             for seed in cfg.seeds:
@@ -182,6 +184,8 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                         "wall_seconds": alloc_seconds + time.perf_counter() - t1})
                     save_results(cfg, record)
                     log(f"    test {100 * test_acc:.2f}% (adaptive-BN before: {100 * abn:.2f}%)")
+    if pool is not None:
+        pool.close()
     return record
 
 

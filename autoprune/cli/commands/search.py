@@ -18,13 +18,13 @@ from autoprune.cli.targets import TargetOptions
 from autoprune.config import add_config_args, nested, resolve_resumable, save_config
 from autoprune.errors import AutopruneError
 from autoprune.runs import check_run_dir
-from autoprune.workspace import WorkspaceOptions
+from autoprune.workspace import PARALLEL_HELP, ParallelOptions, WorkspaceOptions
 
 NAME = "search"
 HELP = "Search per-group pruning ratios for a MACs/params target with RL (DDPG/TD3/SAC) or random search."
 
 AGENTS = ("ddpg", "td3", "sac", "random")
-_RESUMABLE_CHANGES = {"episodes", "progress", "device"}
+_RESUMABLE_CHANGES = {"episodes", "progress", "device", "workers", "ray_address"}
 
 
 @dataclass
@@ -33,6 +33,7 @@ class SearchConfig:
     ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("train_subset", "image_size"), val_size=2000,
                                   calib_size=1024)  # --model, --checkpoint, --data, ...
     target: TargetOptions = nested(TargetOptions)  # --macs | --params | --latency, --latency-batch, ...
+    parallel: ParallelOptions = nested(ParallelOptions)  # --workers, --ray-address
     agent: str = "ddpg"
     more_models: list[str] = field(default_factory=list)  # NAME or NAME=CHECKPOINT: one policy for all of them
     rl: RLConfig = nested(RLConfig, exclude=("algo", "seed"))  # episodes, noise, learning rates, reward, action, ...
@@ -48,6 +49,7 @@ class SearchConfig:
 
 _HELP = {
     **RL_HELP,
+    **PARALLEL_HELP,
     "output": "run directory (refused if it holds another run, unless --resume)",
     **TARGET_HELP,
     "agent": f"one of {', '.join(AGENTS)}",
@@ -83,8 +85,6 @@ def run(args) -> None:
             cfg.rl.reward = "relative"
     if cfg.agent not in AGENTS:
         raise AutopruneError(f"unknown agent '{cfg.agent}': use one of {', '.join(AGENTS)}")
-    if cfg.agent == "random" and cfg.resume:
-        raise AutopruneError("--resume is for RL agents; rerun random search with the same seed instead")
     if cfg.rl.episodes < 1:
         raise AutopruneError(f"--episodes {cfg.rl.episodes} must be at least 1")
     from autoprune.envs import REWARDS
@@ -112,6 +112,7 @@ def run(args) -> None:
     save_config(cfg, out / "config.yaml")
 
     policy = None
+    pool = cfg.parallel.attach(problem)
     if cfg.agent == "random":
         best_alloc, best_acc = _random_search(cfg, problem, out)
     else:
@@ -124,6 +125,9 @@ def run(args) -> None:
         if result.policy_episode >= 0:
             policy = {"noise_free_reward": result.policy_score, "episode": result.policy_episode}
 
+    if pool is not None:
+        pool.close()
+        problem.pool = None
     problem.early_stop = False  # every figure reported from here on is a full score
     if target_range is not None:  # the best episode's own budget, and the kept policy at the range's ends and middle
         problem.target_range = None  # from here on, targets are set, not sampled
@@ -169,7 +173,8 @@ def run(args) -> None:
                     if problem.latency is not None else None),
         "dense_val_accuracy": dense_acc,
         "seconds_per_episode": seconds / max(1, episodes),
-        "evaluator_share": eval_seconds / seconds if seconds > 0 else None,
+        "evaluator_share": eval_seconds / seconds if seconds > 0 and eval_seconds > 0 else None,  # None: workers
+        "workers": cfg.parallel.workers,
         "wall_seconds_this_session": time.perf_counter() - t_start,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -188,35 +193,53 @@ def run(args) -> None:
         score = (f"{100 * policy['noise_free_reward']:.2f}% adaptive-BN accuracy" if cfg.rl.reward == "accuracy"
                  else f"{cfg.rl.reward} {policy['noise_free_reward']:.4f}")
         print(f"kept policy (policy.zip): {score} when rolled out without noise (episode {policy['episode']})")
-    print(f"{episodes} episodes, {summary['seconds_per_episode']:.2f} s/episode "
-          f"({100 * (summary['evaluator_share'] or 0):.0f}% in adaptive-BN forward passes); run saved in {out}")
+    share = summary["evaluator_share"]
+    where = (f"{100 * share:.0f}% in adaptive-BN forward passes" if share is not None
+             else f"scored on {cfg.parallel.workers} Ray workers")
+    print(f"{episodes} episodes, {summary['seconds_per_episode']:.2f} s/episode ({where}); run saved in {out}")
 
 
 def _random_search(cfg: SearchConfig, problem, out: Path):
-    """EagleEye's random search, logged like an RL run."""
+    """EagleEye's random search, logged like an RL run; ``checkpoints/random.json`` (the scores so far and
+    the best) is rewritten after every candidate, so ``--resume`` continues with nothing scored twice."""
     from tqdm import tqdm
 
     from autoprune.agents.random_search import RandomSearch
-    from autoprune.agents.search_log import EpisodeLog
+    from autoprune.agents.search_log import Best, EpisodeLog
+    from autoprune.core.problem import Score
+    from autoprune.runs import write_json_atomic
 
-    log = EpisodeLog(out, problem.structure)
+    state_path = out / "checkpoints" / "random.json"
+    state = json.loads(state_path.read_text()) if cfg.resume and state_path.exists() else None
+    start = state["done"] if state else 0
+    if state:
+        problem.restore_cache({tuple(k): Score(a, n, bool(p)) for k, a, n, p in state["cache"]})
+    log = EpisodeLog(out, problem.structure, start_episode=start)
+    if state:
+        log.best = Best.from_state(state["best"])
     timing = problem.evaluator.timing
-    bar = tqdm(total=cfg.rl.episodes, desc="search (random)", unit="ep", dynamic_ncols=True, disable=not cfg.progress)
+    bar = tqdm(total=cfg.rl.episodes, initial=start, desc="search (random)", unit="ep", dynamic_ncols=True,
+               disable=not cfg.progress)
     clock = {"t": time.perf_counter(), "e": timing.calibrate + timing.evaluate}
+    workers = problem.pool.workers if problem.pool is not None else 1
 
-    def on_sample(i: int, alloc, score: float) -> None:
+    def on_sample(i: int, alloc, score: Score) -> None:
         counts = alloc.counts(problem.structure)
         now, ev = time.perf_counter(), timing.calibrate + timing.evaluate
         info = {"allocation": alloc, "macs": problem.structure.macs(counts), "params": problem.structure.params(counts),
-                "cost_ratio": problem.cost(counts) / problem.dense_cost, "accuracy": score,
-                "score": problem.last_score}
-        log.record(i, score, info, seconds=now - clock["t"], eval_seconds=ev - clock["e"])
+                "cost_ratio": problem.cost(counts) / problem.dense_cost, "accuracy": score.accuracy, "score": score}
+        # with workers, a batch's wall time is shared by its candidates; evaluator time is spent in the workers
+        log.record(i, score.accuracy, info, seconds=now - clock["t"],
+                   eval_seconds=(ev - clock["e"]) if workers == 1 else 0.0)
         clock.update(t=now, e=ev)
+        cache = [[list(k), v.accuracy, v.images, int(v.partial)] for k, v in problem.cache_state().items()]
+        write_json_atomic(state_path, {"done": i + 1, "cache": cache, "best": log.best.to_state()}, indent=None)
         bar.update(1)
         bar.set_postfix(best=f"{100 * log.best.score:.2f}%", refresh=False)
 
+    state_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        best = RandomSearch(cfg.rl.episodes, cfg.ws.seed, on_sample).allocate(problem)
+        best = RandomSearch(cfg.rl.episodes, cfg.ws.seed, on_sample).allocate(problem, start=start)
     finally:
         bar.close()
         log.close()

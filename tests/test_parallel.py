@@ -1,0 +1,119 @@
+"""Parallel scoring on Ray (``--workers``): same results as one process, resumable, with a clear error without Ray."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autoprune.cli.main import main
+
+from .conftest import RESNET20_CKPT
+
+ray = pytest.importorskip("ray", reason="the [distributed] extra is part of the test install")
+pytestmark = pytest.mark.skipif(not RESNET20_CKPT.exists(), reason="shared checkpoints not present")
+
+# a trained network on the synthetic images: candidates score differently (a random net ties them all)
+COMMON = ["--model", "resnet20", "--checkpoint", str(RESNET20_CKPT), "--data", "synthetic", "--val-size", "200",
+          "--calib-size", "64", "--macs", "0.5", "--precision", "fp32", "--no-progress"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    yield
+    ray.shutdown()
+
+
+def _rows(run: Path) -> list[dict]:
+    with open(run / "episodes.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _candidates(run: Path) -> list[tuple]:
+    """(episode, accuracy, keep ratios) per row: what a search scored, in order."""
+    return [(r["episode"], r["accuracy"], tuple(v for k, v in r.items() if k.startswith("keep:"))) for r in _rows(run)]
+
+
+def test_random_search_on_two_workers_equals_one_process(tmp_path):
+    random = ["--agent", "random", "--episodes", "8"]
+    assert main(["search", *COMMON, *random, "--output", str(tmp_path / "one")]) == 0
+    assert main(["search", *COMMON, *random, "--workers", "2", "--output", str(tmp_path / "two")]) == 0
+    one, two = _candidates(tmp_path / "one"), _candidates(tmp_path / "two")
+    assert len({acc for _, acc, _ in one}) > 1  # the comparison below can fail
+    assert two == one
+    assert (tmp_path / "two" / "best_allocation.json").read_text() == (tmp_path / "one" / "best_allocation.json").read_text()
+
+
+def _run_killed(args: list[str], run: Path, when: Path) -> None:
+    """Start the search in a subprocess and SIGKILL it once ``when`` exists."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not when.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()  # still running: the kill interrupts it
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_killed_parallel_random_search_resumes_with_nothing_lost_or_repeated(tmp_path):
+    random = ["--agent", "random", "--episodes", "8", "--workers", "2"]
+    run = tmp_path / "killed"
+    _run_killed(["search", *COMMON, *random, "--output", str(run)], run, run / "best_allocation.json")
+    assert len(_rows(run)) < 8
+    assert main(["search", *COMMON, *random, "--output", str(run), "--resume"]) == 0
+    assert main(["search", *COMMON, *random, "--output", str(tmp_path / "whole")]) == 0
+    assert [r["episode"] for r in _rows(run)] == [str(i) for i in range(8)]
+    assert _candidates(run) == _candidates(tmp_path / "whole")
+
+
+def test_two_worker_ddpg_search_runs_and_resumes(tmp_path):
+    rl = ["--episodes", "6", "--warmup-episodes", "2", "--eval-every", "2", "--checkpoint-every", "2",
+          "--workers", "2"]
+    run = tmp_path / "ddpg"
+    _run_killed(["search", *COMMON, *rl, "--output", str(run)], run, run / "checkpoints" / "ep-000002")
+    assert main(["search", *COMMON, *rl, "--output", str(run), "--resume"]) == 0
+    rows = _rows(run)
+    assert [r["episode"] for r in rows] == [str(i) for i in range(6)]
+    assert all(r["accuracy"] for r in rows)  # every episode scored (by the workers)
+    assert (run / "policy.zip").exists()
+
+
+def test_parallel_rounds_keep_the_update_to_data_ratio(synthetic_bundle, one_thread):
+    """K episodes per round, K x (steps x updates_per_step) gradient steps after it: as many updates
+    per transition as AMC's one-episode loop."""
+    import torch
+
+    from autoprune.agents.rl import RLSearch
+    from autoprune.core.io import load_model
+    from autoprune.core.problem import PruningProblem
+    from autoprune.core.structure import ModelStructure
+    from autoprune.train.evaluator import AdaptiveBNEvaluator
+    from autoprune.train.ray_pool import scoring_pool
+
+    x, y = synthetic_bundle.tensors("val")
+    model = load_model("resnet20", 10, str(RESNET20_CKPT))
+    structure = ModelStructure(model, x[:1])
+    updates = {}
+    for workers in (1, 2):
+        problem = PruningProblem(structure, 0.5, evaluator=AdaptiveBNEvaluator([x[:64]], x[:100], y[:100], precision="fp32"))
+        pool = scoring_pool(problem, workers)
+        search = RLSearch(episodes=6, warmup_episodes=2, eval_every=0, seed=0)
+        search.search(problem)
+        updates[workers] = search.model._n_updates
+        if pool is not None:
+            pool.close()
+    assert updates[1] == updates[2] == 4 * len(structure.groups)  # the 4 episodes after warm-up, 1 update per step
+    assert torch.get_num_threads() == 1
+
+
+def test_workers_without_ray_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    code = main(["search", *COMMON, "--agent", "random", "--episodes", "2", "--workers", "2",
+                 "--output", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "autoprune[distributed]" in err[0]
