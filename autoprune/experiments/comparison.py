@@ -36,6 +36,7 @@ from autoprune.experiments.compare_config import (
 )
 from autoprune.registry import parse_spec
 from autoprune.runs import write_json_atomic
+from autoprune.train import distributed
 from autoprune.train.data import DataBundle
 from autoprune.train.evaluator import AdaptiveBNEvaluator, accuracy
 from autoprune.train.training import train
@@ -85,7 +86,8 @@ def open_results(cfg: CompareConfig) -> dict:
 
 
 def save_results(cfg: CompareConfig, record: dict) -> None:
-    write_json_atomic(Path(cfg.output) / "results.json", record, indent=1)
+    if distributed.is_main():
+        write_json_atomic(Path(cfg.output) / "results.json", record, indent=1)
 
 
 def row_key(target: float, method: str, recipe: str, seed: int) -> str:
@@ -98,13 +100,18 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                    log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the comparison; returns the results record (also in ``cfg.output``)."""
     validate(cfg)
+    main = distributed.is_main()  # under torchrun: every rank trains, rank 0 allocates, logs and writes
+    if cfg.metric == "latency" and distributed.active():
+        raise AutopruneError("--metric latency measures timings that differ between processes: run it without torchrun")
+    log = log if main else (lambda _: None)
     out = Path(cfg.output)
     record = open_results(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "allocations").mkdir(exist_ok=True)
-    yaml_path = out / "config.yaml"
-    if not yaml_path.exists():
-        save_config(cfg, yaml_path)
+    distributed.barrier()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "allocations").mkdir(exist_ok=True)
+        if not (out / "config.yaml").exists():
+            save_config(cfg, out / "config.yaml")
     test_x, test_y = data.tensors("test", device)
     val_x, val_y = data.tensors("val", device)
     if record["dense"] is None:
@@ -123,7 +130,8 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                                  latency=latency,
                                  calib_batches=calib, min_keep=cfg.min_keep, max_keep=cfg.max_keep,
                                  round_to=cfg.round_to)
-        pool = problem.pool = pool if pool is not None else cfg.parallel.attach(problem)  # one pool, every target
+        if main:  # one pool for every target; allocators run on rank 0 only
+            pool = problem.pool = pool if pool is not None else cfg.parallel.attach(problem)
         for spec, method in zip(cfg.allocators, method_labels(cfg.allocators)):
             reuse: tuple[Allocation, float] | None = None
             for seed in cfg.seeds:
@@ -132,30 +140,34 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                     continue
                 alloc_file = out / "allocations" / f"{_slug(method)}_t{target:g}_s{seed}.json"
                 t0 = time.perf_counter()
-                if alloc_file.exists():  # computed before an interruption: do not search again
-                    saved = json.loads(alloc_file.read_text())
-                    alloc, alloc_seconds = Allocation.from_dict(saved, structure), float(saved["alloc_seconds"])
-                elif reuse is not None:
-                    alloc, alloc_seconds = reuse
-                else:
+                def choose() -> tuple[Allocation, float, bool]:
+                    """(allocation, seconds, reusable for the other seeds); on rank 0 only under DDP."""
+                    if alloc_file.exists():  # computed before an interruption: do not search again
+                        saved = json.loads(alloc_file.read_text())
+                        return Allocation.from_dict(saved, structure), float(saved["alloc_seconds"]), False
+                    if reuse is not None:
+                        return reuse[0], reuse[1], False
                     folder = out / "allocators" / f"{_slug(method)}_t{target:g}_s{seed}"
                     allocator = build_allocator(spec, seed, folder)
                     log(f"[{target:g}] {method} seed {seed}: allocating")
                     alloc = allocator.allocate(problem)
-                    alloc_seconds = time.perf_counter() - t0
                     if getattr(allocator, "rows", None) and getattr(allocator, "output_dir", None):
                         from autoprune.experiments.plots import plot_sensitivity
 
                         plot_sensitivity(allocator.rows, Path(allocator.output_dir) / "sensitivity.png")
-                    if not getattr(allocator, "seeded", True):
-                        reuse = (alloc, alloc_seconds)
+                    return alloc, time.perf_counter() - t0, not getattr(allocator, "seeded", True)
+
+                alloc, alloc_seconds, reusable = distributed.from_main(choose)
+                if reusable:
+                    reuse = (alloc, alloc_seconds)
                 within = problem.feasible(alloc)
                 if not within:  # keep the row (hours of work elsewhere in the run) but say so
                     log(f"warning: allocator '{method}' missed the budget at target {target:g} "
                         f"({problem.cost(alloc.counts(structure)) / problem.dense_cost:.4f} of dense)")
                 abn = problem.score(alloc)
-                alloc.save(alloc_file, structure, method=method, spec=spec, target=target, seed=seed,
-                           adaptive_bn_acc=abn, alloc_seconds=alloc_seconds)
+                if main:
+                    alloc.save(alloc_file, structure, method=method, spec=spec, target=target, seed=seed,
+                               adaptive_bn_acc=abn, alloc_seconds=alloc_seconds)
                 counts = alloc.counts(structure)
                 record["allocations"][f"{method}|{target:g}|{seed}"] = {g.name: int(k) / g.channels
                                                                         for g, k in zip(structure.groups, counts)}

@@ -42,6 +42,7 @@ from autoprune.core.prune import channels_to_remove
 from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
 from autoprune.runs import atomic_path
+from autoprune.train import distributed
 from autoprune.train.data import DataBundle
 from autoprune.train.evaluator import AdaptiveBNEvaluator
 from autoprune.train.precision import Precision, resolve_precision
@@ -132,7 +133,7 @@ class ProgressivePruner:
         return Allocation(self.widths(self.model))
 
     def save_state(self, step: int) -> None:
-        if self.state_path is None:
+        if self.state_path is None or not distributed.is_main():
             return
         with atomic_path(self.state_path) as tmp:
             save_pruned(self.model, self.base_name, self.data.num_classes, tmp, format=STATE_FORMAT, step=step,
@@ -192,15 +193,21 @@ class ProgressivePruner:
         structure = ModelStructure(self.model, self._example, num_classes=self.data.num_classes)
         relative = planned * self.original.dense_macs / structure.dense_macs
         replaced = None
-        if self.trajectory == "final":
-            counts = self.trajectory_counts(structure, planned)
-        elif relative < 1.0:
-            counts = self.allocator.allocate(self._problem(structure, relative)).counts(structure)
-        else:
-            counts = np.array([g.channels for g in structure.groups])
-        if any(int(k) < g.channels for g, k in zip(structure.groups, counts)):
-            scores = group_scores(structure, self.criterion, self._calibration())
-            remove = channels_to_remove(structure, counts, scores)
+
+        def decide() -> tuple[np.ndarray, list[list[int]] | None]:
+            if self.trajectory == "final":
+                counts = self.trajectory_counts(structure, planned)
+            elif relative < 1.0:
+                counts = self.allocator.allocate(self._problem(structure, relative)).counts(structure)
+            else:
+                counts = np.array([g.channels for g in structure.groups])
+            if not any(int(k) < g.channels for g, k in zip(structure.groups, counts)):
+                return counts, None
+            return counts, channels_to_remove(structure, counts, group_scores(structure, self.criterion,
+                                                                              self._calibration()))
+
+        counts, remove = distributed.from_main(decide)  # under DDP every rank makes rank 0's cut
+        if remove is not None:
             replaced = prune_with_optimizer(structure, remove, self.optimizer, self.make_optimizer)
             self.model, self.optimizer = replaced
             self.macs = structure.macs(counts)
@@ -214,9 +221,11 @@ class ProgressivePruner:
     def plan_final_widths(self) -> dict[str, int]:
         """Trajectory ``final``: the allocator decides every group's final width once, on the original model."""
         if self.final_widths is None:
-            problem = self._problem(self.original, self.schedule.final)
-            counts = self.allocator.allocate(problem).counts(self.original)
-            self.final_widths = {g.name: int(k) for g, k in zip(self.original.groups, counts)}
+            def decide() -> dict[str, int]:
+                counts = self.allocator.allocate(self._problem(self.original, self.schedule.final)).counts(self.original)
+                return {g.name: int(k) for g, k in zip(self.original.groups, counts)}
+
+            self.final_widths = distributed.from_main(decide)
         return self.final_widths
 
     def trajectory_counts(self, structure: ModelStructure, planned: float) -> np.ndarray:
@@ -253,7 +262,7 @@ class ProgressivePruner:
             self.writer.add_scalar("cost/macs_realised", event.realised, event.step)
             for name, c in event.channels.items():
                 self.writer.add_scalar(f"channels/{name}", c, event.step)
-        if self.progress:
+        if self.progress and distributed.is_main():
             print(f"step {event.step}: MACs {100 * event.realised:.1f}% of original "
                   f"(planned {100 * event.planned:.1f}%), cut in {event.seconds:.2f}s", flush=True)
 
@@ -301,7 +310,7 @@ def progressive_train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, s
     example = data.tensors("val")[0][:1].to(device)
     original = ModelStructure(model, example, num_classes=data.num_classes)
     writer = None
-    if log_dir is not None:
+    if log_dir is not None and distributed.is_main():
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(Path(log_dir) / "pruning"))

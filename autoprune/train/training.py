@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from autoprune.errors import AutopruneError
 from autoprune.runs import atomic_path
+from autoprune.train import distributed
 from autoprune.train.data import DataBundle
 from autoprune.train.evaluator import accuracy
 from autoprune.train.precision import Precision, resolve_precision
@@ -82,7 +83,9 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
     every epoch end (model + optimizer + step) so a run can be resumed with ``start_step``.
     A NaN loss stops training with an error after saving what was trained so far. ``precision``
     runs forward and backward passes under autocast (weights, BN statistics, loss and optimizer
-    state stay fp32; fp16 adds a gradient scaler).
+    state stay fp32; fp16 adds a gradient scaler). Under ``torchrun`` the model trains in DDP
+    (``autoprune.train.distributed``): each rank takes its slice of every global batch, the model is
+    re-wrapped after ``on_step`` replaces it, and only rank 0 logs, shows progress and checkpoints.
     """
     device = torch.device(device)
     prec = resolve_precision(precision, device)
@@ -90,8 +93,11 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
     scaler = prec.grad_scaler()
     model.to(device, memory_format=fmt)
     opt = optimizer or make_optimizer(model, recipe)
+    _, world = distributed.rank_and_world()
+    main = distributed.is_main()
+    net = distributed.wrap(model)
     writer = None
-    if log_dir is not None:
+    if log_dir is not None and main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(log_dir))
@@ -104,7 +110,7 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
     torch.manual_seed(seed)
     step = 0
     t0 = time.perf_counter()
-    bar = tqdm(total=total, initial=start_step, disable=not progress, desc="train", unit="step", dynamic_ncols=True,
+    bar = tqdm(total=total, initial=start_step, disable=not (progress and main), desc="train", unit="step", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 30.0)
     epoch = 0
     while step < total:
@@ -120,17 +126,23 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
                 if replaced is not None:
                     model, opt = replaced
                     model.to(memory_format=fmt)
+                    net = distributed.wrap(model)  # DDP after the cut: its buckets are built for the new shapes
             lr = recipe.lr_at(step, total)
             for group in opt.param_groups:
                 group["lr"] = lr
-            model.train()
+            batch = len(y)  # the global batch: every rank drew the same one
+            x, y = distributed.shard(x, y)
+            net.train()
             with prec.autocast():
-                logits = model(x.contiguous(memory_format=fmt))
-            loss = F.cross_entropy(logits.float(), y)
+                logits = net(x.contiguous(memory_format=fmt))
+            if world == 1:
+                loss = F.cross_entropy(logits.float(), y)
+            else:  # DDP averages over ranks: sum / global batch x world gives the whole batch's mean gradient
+                loss = F.cross_entropy(logits.float(), y, reduction="sum") * (world / batch)
             if recipe.bn_l1:
                 loss = loss + recipe.bn_l1 * bn_l1_penalty(model)
             if not torch.isfinite(loss):
-                if checkpoint is not None:
+                if checkpoint is not None and main:
                     save_training_state(checkpoint, model, opt, step)
                 raise AutopruneError(f"loss became {loss.item()} at step {step}: lower --lr (state saved to {checkpoint})")
             opt.zero_grad(set_to_none=True)
@@ -142,7 +154,7 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
                 scaler.step(opt)
                 scaler.update()
             step += 1
-            result.train_macs += macs_per_image * len(y)
+            result.train_macs += macs_per_image * batch
             running += loss.item() * len(y)
             seen += len(y)
             bar.update(1)
@@ -155,10 +167,11 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
             val_acc = accuracy(model, val_x, val_y, precision=prec)
             entry = {"epoch": epoch, "step": step, "train_loss": running / seen, "val_acc": val_acc}
             result.history.append(entry)
-            bar.write(f"epoch {epoch}: train loss {running / seen:.4f}, val acc {100 * val_acc:.2f}%")
+            if main:
+                bar.write(f"epoch {epoch}: train loss {running / seen:.4f}, val acc {100 * val_acc:.2f}%")
             if writer is not None:
                 writer.add_scalar("val/accuracy", val_acc, step)
-            if checkpoint is not None:
+            if checkpoint is not None and main:
                 save_training_state(checkpoint, model, opt, step)
         if steps_per_epoch == 0:
             break

@@ -7,6 +7,7 @@ from autoprune.config import add_config_args, resolve_config
 from autoprune.experiments.compare_config import HELP as FIELD_HELP
 from autoprune.experiments.compare_config import CompareConfig, validate
 from autoprune.experiments.comparison import open_results, run_comparison, write_outputs
+from autoprune.train import distributed
 
 NAME = "compare"
 HELP = "Compare budget allocators (heuristics, random search, learned policies) after fine-tuning, over seeds."
@@ -22,5 +23,6 @@ def run(args) -> None:
     open_results(cfg)  # refuse a folder holding another run before loading anything
     ws = cfg.ws.open()
     record = run_comparison(cfg, ws.model, ws.data, ws.device, ws.evaluator(), ws.structure)
-    write_outputs(record, cfg.output)
-    print((Path(cfg.output) / "report.md").read_text())
+    if distributed.is_main():  # under torchrun, rank 0 writes
+        write_outputs(record, cfg.output)
+        print((Path(cfg.output) / "report.md").read_text())

@@ -10,6 +10,7 @@ from autoprune.config import add_config_args, flat_config, nested, resolve_resum
 from autoprune.errors import AutopruneError
 from autoprune.experiments.plots import plot_channels_over_training, plot_schedule
 from autoprune.runs import check_run_dir
+from autoprune.train import distributed
 from autoprune.train.training import TrainRecipe
 from autoprune.workspace import WorkspaceOptions
 
@@ -77,6 +78,10 @@ def run(args) -> None:
     cfg = resolve_resumable(ProgressiveConfig, args, _RESUME_FREE)
     if not cfg.resume:
         check_run_dir(cfg.output)
+    distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
+    if cfg.latency is not None and distributed.active():
+        raise AutopruneError("--latency measures timings that differ between processes: decide the shape first "
+                             "(autoprune search --latency ...), then progressive --allocator allocation:PATH")
     if not 0.0 < cfg.final_share < 1.0:
         raise AutopruneError(f"--final-share {cfg.final_share} must be in (0, 1): the share of training at the final width")
     get_criterion(cfg.criterion)  # fail on a bad name before loading data
@@ -102,14 +107,17 @@ def run(args) -> None:
     start = max(cfg.prune_start, recipe.warmup_steps / total)
     schedule = PruningSchedule.over_training(cfg.schedule, target, total, start, 1.0 - cfg.final_share,
                                              every=round(cfg.prune_every * steps_per_epoch))
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
     result = progressive_train(ws.model, ws.data, recipe, schedule, allocator, base_name=cfg.ws.model,
                                criterion=cfg.criterion, min_keep=cfg.min_keep, round_to=cfg.round_to,
                                seed=cfg.ws.seed, device=ws.device, precision=ws.precision, trajectory=trajectory,
                                state_path=out / "state.pt",
                                resume=cfg.resume,
                                log_dir=out / "tb")
+    if not distributed.is_main():
+        return
     original = result.original
     vx, vy = ws.data.tensors("val", ws.device)
     trained_acc = accuracy(result.model, vx, vy)

@@ -12,6 +12,7 @@ from autoprune.core.cost import measure_cost
 from autoprune.core.io import save_pruned
 from autoprune.errors import AutopruneError
 from autoprune.runs import check_run_dir
+from autoprune.train import distributed
 from autoprune.train.evaluator import accuracy
 from autoprune.train.training import TrainRecipe, train
 from autoprune.workspace import WorkspaceOptions
@@ -40,8 +41,10 @@ def run(args) -> None:
     cfg = resolve_config(TrainConfig, args)
     out = Path(cfg.output)
     check_run_dir(out, cfg.resume)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
     ws = cfg.ws.open()
     recipe = cfg.recipe
     state_path = out / "state.pt"
@@ -64,16 +67,18 @@ def run(args) -> None:
         every = cfg.save_every * -(-len(ws.data.train) // recipe.batch_size)
 
         def on_step(step, model, optimizer):  # before the step's update: weights after `step` updates
-            if step % every == 0:
+            if step % every == 0 and distributed.is_main():
                 save_pruned(model, cfg.ws.model, ws.data.num_classes,
                             out / "checkpoints" / f"epoch-{step // (every // cfg.save_every)}.pt", step=step)
     result = train(ws.model, ws.data, recipe, device=ws.device, precision=ws.precision, seed=cfg.ws.seed,
                    log_dir=out / "tb", on_step=on_step,
                    checkpoint=state_path, macs_per_image=macs, start_step=start, optimizer=optimizer)
+    if not distributed.is_main():
+        return
     save_pruned(ws.model, cfg.ws.model, ws.data.num_classes, out / "model.pt")
     vx, vy = ws.data.tensors("val", ws.device)
     summary = {"val_acc": accuracy(ws.model, vx, vy), "steps": result.steps, "seconds": result.seconds,
-               "precision": ws.precision.name,
+               "precision": ws.precision.name, "processes": distributed.rank_and_world()[1],
                "config": flat_config(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"saved {out / 'model.pt'}: val acc {100 * summary['val_acc']:.2f}%")
