@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger, configure
 
 from autoprune.agents.rl.amc import AGENT_CLASSES, TruncatedNormalNoise, set_episode_reward
 from autoprune.agents.rl.checkpoint import load_checkpoint, save_checkpoint
@@ -237,8 +237,9 @@ class RLSearch:
             for p, cache in zip(problems, state.get("caches") or [state["cache"]]):
                 p.restore_cache(cache)
         # SB3's logger: actor / critic losses next to the episode scalars in tb/ (nothing without a run folder)
+        # (configure(None, []) would still create a /tmp/SB3-<date> folder: a bare Logger writes nowhere)
         self.model.set_logger(configure(str(run_dir / "tb"), ["tensorboard"]) if run_dir is not None
-                              else configure(None, []))
+                              else Logger(None, []))
         self.best_policy = (state or {}).get("best_policy") or {"score": -float("inf"), "episode": -1, "zip": None}
         log_dirs = ([run_dir] * len(problems) if len(problems) == 1 or run_dir is None
                     else [run_dir / f"{i}-{len(p.structure.groups)}g" for i, p in enumerate(problems)])

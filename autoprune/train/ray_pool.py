@@ -60,9 +60,10 @@ class ScoreWorker:
 
 
 class RayScoringPool:
-    """``workers`` Ray actors scoring for one ``PruningProblem`` (set as its ``pool``)."""
+    """``workers`` Ray actors scoring for one ``PruningProblem`` (set as its ``pool``), ``threads`` torch
+    threads each (default: the local cores shared out, or 1 per actor on a cluster)."""
 
-    def __init__(self, problem: PruningProblem, workers: int, address: str | None = None):
+    def __init__(self, problem: PruningProblem, workers: int, address: str | None = None, threads: int | None = None):
         if workers < 1:
             raise AutopruneError(f"--workers {workers} must be at least 1")
         ev = problem.evaluator
@@ -75,7 +76,8 @@ class RayScoringPool:
             else:
                 ray.init(address=address, log_to_driver=False)
         self.workers = workers
-        threads = max(1, (os.cpu_count() or 1) // workers) if address is None else 1
+        if threads is None:  # locally: share this machine's cores; on a cluster: one CPU per actor
+            threads = max(1, (os.cpu_count() or 1) // workers) if address is None else 1
         payload = ray.put({
             "model": copy.deepcopy(problem.structure.model).cpu(), "example": problem.structure.example_input.cpu(),
             "num_classes": problem.structure.num_classes, "groups": [g.name for g in problem.structure.groups],
