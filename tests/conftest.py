@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -6,7 +8,9 @@ import pytest
 import torch
 
 # every test run gets its own cache directory: no test reads or writes the user's cache
-os.environ.setdefault("AUTOPRUNE_CACHE", tempfile.mkdtemp(prefix="autoprune-test-cache-"))
+if "AUTOPRUNE_CACHE" not in os.environ:
+    os.environ["AUTOPRUNE_CACHE"] = tempfile.mkdtemp(prefix="autoprune-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["AUTOPRUNE_CACHE"], ignore_errors=True)
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
