@@ -15,11 +15,25 @@ Arms (every one ends at the same MACs and trains the same number of epochs, exce
 * ``scratch-E``     the tpf architecture from random init, same epochs (Liu et al. 2019)
 * ``scratch-B``     same architecture, epochs / macs-ratio epochs (the compute of dense training)
 
+With a searched allocation per (target, seed) (``--searched``: by default the DDPG searches of
+``bench/final_quality.py``, the same held-out split and seed), issue 14's arms:
+
+* ``oneshot-searched``         one-shot prune to the searched allocation, LR rewinding (cosine from --lr)
+* ``prog-SHAPE-searched``      progressive, every cut heading for the searched shape (trajectory final)
+* ``prog-cubic-search``        progressive, a ``search:N`` random search (adaptive BN) at every cut
+* ``weight-rewind-searched``   the searched channels, their values rewound to --rewind-checkpoint, LR rewinding
+* ``scratch-B-searched``       the searched shape from random init, epochs / macs-ratio epochs, --scratch-lr
+
+``--full`` is issue 14's protocol: the whole training split minus the 2,000 held-out images of the
+search, 6 epochs, seeds 0 1, 50% and 30% of MACs, lr 0.01, those arms plus ``tpf-rewind`` (one-shot
+uniform + LR rewinding) and ``prog-cubic`` (progressive uniform); results in ``progressive-full.json``.
+
 Each arm reports test accuracy, training cost (sum over steps of batch forward MACs) and wall time.
 Results are appended to the JSON file after every arm; rerunning with the same ``--out`` skips the
 arms already done.
 
-    python -m bench.progressive                  # full protocol (~1.7 h on 2 idle cores, see --help)
+    python -m bench.progressive --full           # issue 14's protocol (~3 h on 2 idle cores)
+    python -m bench.progressive                  # the first protocol (10k images, 3 epochs; ~1.7 h)
     python -m bench.progressive --quick          # smoke test (~1-2 min)
 """
 from __future__ import annotations
@@ -43,14 +57,17 @@ from autoprune.models import create_model, model_info
 from autoprune.runs import write_json_atomic
 from autoprune.train.data import make_bundle
 from autoprune.train.evaluator import accuracy
-from autoprune.train.progressive import progressive_train
+from autoprune.train.progressive import default_trajectory, progressive_train
 from autoprune.train.schedules import PruningSchedule, list_schedules
 from autoprune.train.training import TrainRecipe, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # options that change what an arm measures (the others only choose which arms and seeds run)
 _PROTOCOL_KEYS = ("quick", "checkpoint", "data", "train_subset", "val_size", "test_limit", "epochs", "lr",
-                  "finetune_lr", "batch_size", "rounds", "prune_every", "final_share")
+                  "finetune_lr", "batch_size", "rounds", "prune_every", "final_share", "scratch_lr", "searched",
+                  "search_samples", "rewind_checkpoint")
+FULL_ARMS = ["tpf-rewind", "oneshot-searched", "prog-cubic-searched", "prog-exponential-searched", "prog-cubic",
+             "prog-cubic-search", "weight-rewind-searched", "scratch-B-searched"]
 MODEL = "resnet20"
 
 
@@ -77,14 +94,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prune-every", type=float, default=0.25, help="epochs between progressive cuts")
     p.add_argument("--final-share", type=float, default=0.25, help="share of training at the final width")
     p.add_argument("--arms", nargs="+", default=None, help="run only arms whose name starts with one of these")
+    p.add_argument("--full", action="store_true", help="issue 14's protocol (see the module docstring)")
+    p.add_argument("--scratch-lr", type=float, default=None, help="peak lr of the scratch arms (default: --lr)")
+    p.add_argument("--searched", default=str(RESULTS / "final-quality" / "allocations"),
+                   help="folder of searched allocations, MODEL_tTARGET_searched_sSEED.json")
+    p.add_argument("--search-samples", type=int, default=16, help="samples of the search:N allocator per cut")
+    p.add_argument("--rewind-checkpoint", default=None,
+                   help="weights the weight-rewind arm restarts from (default: the shared checkpoint the dense "
+                        "model was adapted from, i.e. one epoch before it)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids thrashing on shared cores)")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default bench/results/progressive[-quick].json)")
     args = p.parse_args(argv)
+    if args.full:
+        args.train_subset, args.val_size, args.epochs, args.lr = None, 2000, max(args.epochs, 6.0), 0.01
+        args.seeds = args.seeds if argv and "--seeds" in argv else [0, 1]
+        args.scratch_lr = args.scratch_lr or 0.1
+        args.arms = args.arms or FULL_ARMS
+    args.scratch_lr = args.scratch_lr or args.lr
     if args.quick:
         args.train_subset, args.val_size, args.test_limit = 512, 500, args.test_limit or 1000
         args.epochs, args.seeds, args.targets = 1.0, args.seeds[:1], args.targets[:1]
         args.schedules, args.rounds = ["cubic", "linear"], 2
-    args.out = args.out or RESULTS / ("progressive-quick.json" if args.quick else "progressive.json")
+    args.out = args.out or RESULTS / ("progressive-quick.json" if args.quick else
+                                      "progressive-full.json" if args.full else "progressive.json")
     return args
 
 
@@ -100,6 +132,7 @@ class Bench:
             self.checkpoint = CHECKPOINTS[MODEL]  # not JPEG-adapted, but needs no build
         else:
             self.checkpoint = finetuned_checkpoint(MODEL)
+        self.rewind_checkpoint = Path(args.rewind_checkpoint) if args.rewind_checkpoint else CHECKPOINTS[MODEL]
         info = model_info(MODEL)
         # the data split (and the 10k subset) is fixed by seed 0 for every arm and every run seed
         self.data = make_bundle(self.data_spec, info.mean, info.std, val_size=args.val_size, seed=0,
@@ -159,7 +192,8 @@ class Bench:
         schedule = PruningSchedule.over_training(shape, target, total, 0.0, 1.0 - self.args.final_share,
                                                  every=round(self.args.prune_every * per_epoch))
         res = progressive_train(self.dense(), self.data, recipe, schedule, get_allocator(allocator),
-                                base_name=MODEL, seed=seed, progress=False)
+                                base_name=MODEL, seed=seed, progress=False,
+                                trajectory=default_trajectory(allocator))  # policy:/allocation: head for that shape
         return res.model, res.train_macs
 
     def scratch(self, target: float, seed: int, budget: bool):
@@ -168,7 +202,48 @@ class Bench:
         fresh = create_model(MODEL, self.data.num_classes)  # random init, then cut to the same widths
         model = prune(ModelStructure(fresh, self.example, num_classes=self.data.num_classes), alloc, "l1")
         epochs = self.args.epochs / (alloc.macs(s) / s.dense_macs) if budget else self.args.epochs
-        return model, self.fit(model, self.recipe(epochs, self.args.lr), seed).train_macs
+        return model, self.fit(model, self.recipe(epochs, self.args.scratch_lr), seed).train_macs
+
+    # -- issue 14: arms around a searched allocation ------------------------------------------
+    def searched_path(self, target: float, seed: int) -> Path:
+        return Path(self.args.searched) / f"{MODEL}_t{target:g}_searched_s{seed}.json"
+
+    def searched(self, target: float, seed: int):
+        """(structure of the dense model, the searched allocation) for this target and seed."""
+        from autoprune.core.allocation import Allocation
+
+        path = self.searched_path(target, seed)
+        if not path.exists():
+            raise FileNotFoundError(f"no searched allocation {path}: run bench.final_quality first or pass --searched")
+        s = ModelStructure(self.dense(), self.example, num_classes=self.data.num_classes)
+        return s, Allocation.load(path, s)
+
+    def oneshot_searched(self, target: float, seed: int):
+        s, alloc = self.searched(target, seed)
+        pruned = prune(s, alloc, "l1")
+        return pruned, self.fit(pruned, self.recipe(self.args.epochs, self.args.lr), seed).train_macs
+
+    def weight_rewind_searched(self, target: float, seed: int):
+        from autoprune.core.criteria import group_scores
+        from autoprune.core.prune import channels_to_remove
+
+        s, alloc = self.searched(target, seed)
+        remove = channels_to_remove(s, alloc.counts(s), group_scores(s, "l1", None))  # chosen on the final weights
+        early = load_model(MODEL, self.data.num_classes, self.rewind_checkpoint)
+        model = s.prune_copy(remove, model=early)
+        return model, self.fit(model, self.recipe(self.args.epochs, self.args.lr), seed).train_macs
+
+    def scratch_searched(self, target: float, seed: int):
+        s, alloc = self.searched(target, seed)
+        torch.manual_seed(seed)
+        fresh = create_model(MODEL, self.data.num_classes)
+        model = prune(ModelStructure(fresh, self.example, num_classes=self.data.num_classes), alloc, "l1")
+        epochs = self.args.epochs / (alloc.macs(s) / s.dense_macs)
+        return model, self.fit(model, self.recipe(epochs, self.args.scratch_lr), seed).train_macs
+
+    def progressive_searched(self, target: float, seed: int, shape: str):
+        self.searched(target, seed)  # fails early, with the path, if it is missing
+        return self.progressive(target, seed, shape, f"allocation:{self.searched_path(target, seed)}")
 
     def arms(self) -> dict[str, Callable]:
         a = self.args
@@ -188,6 +263,12 @@ class Bench:
             arms[f"prog-cubic-{label}"] = lambda t, s, name=name: self.progressive(t, s, "cubic", name)
         arms["scratch-E"] = lambda t, s: self.scratch(t, s, budget=False)
         arms["scratch-B"] = lambda t, s: self.scratch(t, s, budget=True)
+        arms["oneshot-searched"] = self.oneshot_searched
+        for shape in ("cubic", "exponential"):
+            arms[f"prog-{shape}-searched"] = lambda t, s, shape=shape: self.progressive_searched(t, s, shape)
+        arms["prog-cubic-search"] = lambda t, s: self.progressive(t, s, "cubic", f"search:{a.search_samples}")
+        arms["weight-rewind-searched"] = self.weight_rewind_searched
+        arms["scratch-B-searched"] = self.scratch_searched
         if a.arms:
             arms = {k: v for k, v in arms.items() if any(k.startswith(p) for p in a.arms)}
         return arms
