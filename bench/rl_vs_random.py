@@ -1,0 +1,139 @@
+"""The learned agent against EagleEye's random search at equal evaluations (issue 15).
+
+Grid: ResNet-20 and ResNet-56 (JPEG-adapted checkpoints) at 50% and 30% of MACs, seeds 0 1 2,
+100 episodes per search (30 of them random warm-up for the RL agents), the search defaults
+otherwise (1,024 calibration / 2,000 held-out images, default precision, relative actions).
+Agents: DDPG, TD3, SAC; DDPG also with ``wall`` and ``absolute`` actions. Per cell, once:
+``random_best`` (best of 100 random feasible allocations, same seed, same evaluator) and
+``uniform``. Per agent: ``best`` (best allocation it evaluated) and ``policy`` (the kept
+noise-free actor rolled out once, no search).
+
+Rows go to ``bench/results/rl-vs-random.json`` as they finish (resumable: rerun the command);
+``rl-vs-random.md`` has mean +- std over seeds and the goals (best >= random + 0.5, policy within
+0.5 of random best).
+
+    python -m bench.rl_vs_random                        # the whole grid (~4 h on 2 idle cores)
+    python -m bench.rl_vs_random --models resnet20      # one model
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from autoprune.agents.policy import PolicyAllocator
+from autoprune.agents.random_search import RandomSearch
+from autoprune.agents.rl import RLSearch
+from autoprune.core.problem import PruningProblem, uniform_allocation
+from autoprune.runs import write_json_atomic
+from autoprune.workspace import open_workspace
+
+from .base_models import DATA, finetuned_checkpoint
+from .common import RESULTS, machine
+
+OUT = RESULTS / "rl-vs-random.json"
+MODELS, TARGETS, SEEDS = ("resnet20", "resnet56"), (0.5, 0.3), (0, 1, 2)
+AGENTS = (("ddpg", "relative"), ("td3", "relative"), ("sac", "relative"), ("ddpg", "wall"), ("ddpg", "absolute"))
+EPISODES, WARMUP = 100, 30
+
+
+def load(command: str) -> dict:
+    import json
+
+    if OUT.exists():
+        return json.loads(OUT.read_text())
+    return {"command": command, "machine": machine(), "episodes": EPISODES, "warmup_episodes": WARMUP,
+            "cells": [], "rows": []}
+
+
+def cell(record: dict, problem: PruningProblem, model: str, target: float, seed: int) -> dict:
+    """Random search's best and uniform's score for (model, target, seed), computed once."""
+    for c in record["cells"]:
+        if (c["model"], c["target"], c["seed"]) == (model, target, seed):
+            return c
+    t0 = time.perf_counter()
+    best = problem.score(RandomSearch(EPISODES, seed).allocate(problem))
+    c = {"model": model, "target": target, "seed": seed, "random_best": best, "random_seconds": time.perf_counter() - t0,
+         "uniform": problem.score(uniform_allocation(problem))}
+    record["cells"].append(c)
+    return c
+
+
+def run(record: dict, models: list[str], agents: list[tuple[str, str]]) -> None:
+    for model in models:
+        ws = structure = calib = None
+        for target in TARGETS:
+            for seed in SEEDS:
+                todo = [(a, act) for a, act in agents
+                        if not any((r["model"], r["target"], r["seed"], r["agent"], r["action"])
+                                   == (model, target, seed, a, act) for r in record["rows"])]
+                if not todo:
+                    continue
+                if ws is None:
+                    ws = open_workspace(model, str(finetuned_checkpoint(model)), DATA, val_size=2000, calib_size=1024)
+                    structure, calib = ws.structure(), ws.data.calibration_batches(128)
+                problem = PruningProblem(structure, target, evaluator=ws.evaluator(), calib_batches=calib)
+                ref = cell(record, problem, model, target, seed)
+                write_json_atomic(OUT, record, indent=1)
+                for agent, action in todo:
+                    problem = PruningProblem(structure, target, evaluator=ws.evaluator(), calib_batches=calib)
+                    t0 = time.perf_counter()
+                    with tempfile.TemporaryDirectory() as run_dir:
+                        result = RLSearch(algo=agent, action=action, episodes=EPISODES, warmup_episodes=WARMUP,
+                                          seed=seed).search(problem, run_dir)
+                        seconds = time.perf_counter() - t0
+                        policy = problem.score(PolicyAllocator(result.policy_path).allocate(problem))
+                    row = {"model": model, "target": target, "seed": seed, "episodes": EPISODES, "agent": agent,
+                           "action": action, "best": result.best.info["accuracy"], "random_best": ref["random_best"],
+                           "uniform": ref["uniform"], "policy": policy, "policy_episode": result.policy_episode,
+                           "seconds": seconds, "precision": ws.precision.name}
+                    record["rows"].append(row)
+                    write_json_atomic(OUT, record, indent=1)
+                    (OUT.with_suffix(".md")).write_text(report(record))
+                    print(f"{model} @{target:g} seed {seed} {agent}/{action}: best {100 * row['best']:.2f} random "
+                          f"{100 * row['random_best']:.2f} policy {100 * policy:.2f} uniform {100 * row['uniform']:.2f} "
+                          f"({seconds:.0f} s)", flush=True)
+
+
+def report(record: dict) -> str:
+    lines = ["# Learned agent vs random search at equal evaluations", "",
+             f"`{record['command']}` -- {record['episodes']} episodes per search ({record['warmup_episodes']} "
+             "random warm-up for the RL agents), adaptive-BN accuracy (%) on 2,000 held-out training images; "
+             "mean ± std over seeds. Goals: best − random ≥ +0.5, policy − random ≥ −0.5.", "",
+             "| model | MACs | agent | action | seeds | best | random best | best − random | policy | "
+             "policy − random | uniform |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ms(values) -> str:
+        v = 100 * np.asarray(values)
+        return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+
+    keys = sorted({(r["model"], r["target"], r["agent"], r["action"]) for r in record["rows"]},
+                  key=lambda k: (k[0], -k[1], k[2], k[3]))
+    for model, target, agent, action in keys:
+        rs = [r for r in record["rows"] if (r["model"], r["target"], r["agent"], r["action"]) == (model, target, agent, action)]
+        best, rand = [r["best"] for r in rs], [r["random_best"] for r in rs]
+        pol = [r["policy"] for r in rs]
+        lines.append(f"| {model} | {100 * target:g}% | {agent} | {action} | {','.join(str(r['seed']) for r in rs)} | "
+                     f"{ms(best)} | {ms(rand)} | {ms(np.subtract(best, rand))} | {ms(pol)} | "
+                     f"{ms(np.subtract(pol, rand))} | {ms([r['uniform'] for r in rs])} |")
+    planned = len(MODELS) * len(TARGETS) * len(SEEDS) * len(AGENTS)
+    lines += ["", f"{len(record['rows'])} of {planned} planned rows."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--agents", nargs="+", default=[f"{a}/{act}" for a, act in AGENTS], help="AGENT/ACTION")
+    args = p.parse_args(argv)
+    record = load("python -m bench.rl_vs_random")
+    run(record, args.models, [tuple(a.split("/")) for a in args.agents])
+    OUT.with_suffix(".md").write_text(report(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
