@@ -6,7 +6,8 @@ idle machine: run nothing else (every figure is a median of repeated forward pas
 threads torch uses here).
 
 - ``predict``: ResNet-56 (32 px), tv:resnet18 and tv:mobilenet_v2 (224 px), batch 1 and 64: the
-  table (4 widths per group), then allocations at 50% of the predicted latency (uniform, layer
+  table (``layers``: 4 x 4 (in, out) channel counts per layer; rows without ``method`` are the first
+  ``groups`` table, 4 widths per group), then allocations at 50% of the predicted latency (uniform, layer
   statistics, 4 random feasible ones): predicted vs measured latency of the pruned model. Where
   50% is out of reach (every group at ``min_keep`` = 0.2 still costs more: unprunable layers and
   per-layer overhead), the next 5% step above that floor, recorded with the floor.
@@ -45,6 +46,7 @@ from .common import RESULTS, machine, run_parts
 
 OUT = RESULTS / "latency-budget.json"
 MODELS, BATCHES, TARGET = ("resnet56", "tv:resnet18", "tv:mobilenet_v2"), (1, 64), 0.5
+METHOD = "layers"  # the latency table predict() measures (autoprune.deploy.latency.METHODS)
 REPEATS = {1: 30, 64: 5}
 
 
@@ -70,13 +72,15 @@ def reachable(structure: ModelStructure, table, target: float = TARGET) -> tuple
 def predict(record: dict) -> None:
     for model in MODELS:
         for batch in BATCHES:
-            if any(r["model"] == model and r["batch"] == batch for r in record["predict"]):
+            if any(r["model"] == model and r["batch"] == batch and r.get("method", "groups") == METHOD
+                   for r in record["predict"]):
                 continue
             s = _structure(model)
-            table = latency_table(s, batch, "fp32", points=4)
+            table = latency_table(s, batch, "fp32", points=4, method=METHOD)
             target, floor = reachable(s, table)
             if target > 0.95:  # no allocation within the bounds is predicted meaningfully faster: say so, measure none
-                record["predict"].append({"model": model, "batch": batch, "allocation": None, "floor": floor,
+                record["predict"].append({"model": model, "batch": batch, "method": METHOD, "allocation": None,
+                                          "floor": floor,
                                           "scale": table.scale, "table_dense_ms": 1e3 * table.dense,
                                           "note": "latency target out of reach: pruning every group to min_keep is "
                                                   "not predicted faster than ~95% of dense"})
@@ -95,9 +99,11 @@ def predict(record: dict) -> None:
                 measured = measure_latency(s.prune_copy(remove), x, "fp32", REPEATS[batch])
                 predicted = table.predict(counts)
                 record["predict"].append({
-                    "model": model, "batch": batch, "allocation": name, "target": target, "floor": floor,
+                    "model": model, "batch": batch, "method": METHOD, "allocation": name, "target": target,
+                    "floor": floor,
                     "predicted_ms": 1e3 * predicted, "measured_ms": 1e3 * measured, "dense_ms": 1e3 * dense,
-                    "table_dense_ms": 1e3 * table.dense, "scale": table.scale, "error": predicted / measured - 1,
+                    "table_dense_ms": 1e3 * table.dense, "scale": table.scale, "fit_r2": table.fit_r2,
+                    "error": predicted / measured - 1, "ratio_error": measured / dense - target,
                     "measured_ratio": measured / dense, "macs_ratio": s.macs(counts) / s.dense_macs})
                 print(json.dumps(record["predict"][-1]), flush=True)
             write_json_atomic(OUT, record, indent=1)

@@ -13,9 +13,9 @@ from autoprune.deploy import latency as lat
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_table_predicts_additive_costs_and_is_monotone(resnet20_structure, fake_clock):
+def test_group_table_predicts_additive_costs_and_is_monotone(resnet20_structure, fake_clock):
     s = resnet20_structure
-    table = lat.latency_table(s, batch_size=2, points=4, cache=False)
+    table = lat.latency_table(s, batch_size=2, points=4, cache=False, method="groups")
     assert table.predict(s.channels) == pytest.approx(table.dense) and table.scale == pytest.approx(1.0, rel=0.02)
     rng = np.random.default_rng(0)
     x = torch.randn(2, 3, 32, 32)
@@ -28,11 +28,33 @@ def test_table_predicts_additive_costs_and_is_monotone(resnet20_structure, fake_
         assert w == sorted(w) and w[-1] == s.groups[g].channels and np.all(np.diff(d) >= 0)
 
 
+def test_layer_table_prices_both_sides_of_every_layer(resnet20_structure, fake_clock):
+    """NetAdapt's per-layer (in, out) table: with a clock proportional to MACs (bilinear in a conv's
+    input and output channels) it is exact for any allocation, cuts on both sides of a layer included."""
+    s = resnet20_structure
+    table = lat.latency_table(s, batch_size=2, points=3, cache=False)
+    assert table.key["method"] == "layers" and table.scale == pytest.approx(1.0, rel=1e-6)
+    convs = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in s.model.modules())
+    assert len(table.layers) == convs
+    timed_before = len(fake_clock)
+    rng = np.random.default_rng(1)
+    x = torch.randn(2, 3, 32, 32)
+    for _ in range(5):
+        counts = np.array([rng.integers(max(1, g.channels // 4), g.channels + 1) for g in s.groups])
+        remove = [list(range(g.channels - k)) for g, k in zip(s.groups, counts)]
+        truth = 1e-9 * measure_cost(s.prune_copy(remove), x)[0] * 2 + 1e-4
+        assert table.predict(counts) == pytest.approx(truth, rel=1e-6)
+    assert len(fake_clock) == timed_before  # predicting times nothing
+    for layer in table.layers:  # monotone along both axes: the budget bisections stay valid
+        t = np.asarray(layer["times"])
+        assert np.all(np.diff(t, axis=0) >= 0) and np.all(np.diff(t, axis=1) >= 0)
+
+
 def test_table_is_cached_by_its_keys_and_remeasured_on_mismatch(resnet20_structure, fake_clock):
     s = resnet20_structure
     first = lat.latency_table(s, batch_size=1, points=2)
     n = len(fake_clock)
-    assert n > len(s.groups) and lat.latency_table(s, batch_size=1, points=2) == first
+    assert n > 1 and lat.latency_table(s, batch_size=1, points=2) == first
     assert len(fake_clock) == n  # reused
     lat.latency_table(s, batch_size=4, points=2)  # another batch size: another table
     assert len(fake_clock) > n

@@ -78,7 +78,13 @@ class TargetOptions:
         if self.resolve_range()[0] != "latency":
             return None
         print(f"latency table: batch {self.latency_batch}, {self.latency_precision} (measured once, then cached)")
-        return lat.latency_table(structure, self.latency_batch, self.latency_precision, round_to)
+        table = lat.latency_table(structure, self.latency_batch, self.latency_precision, round_to)
+        if not table.reliable:
+            raise AutopruneError(
+                f"latency at batch {self.latency_batch} is not predictable on this device: the table explains "
+                f"{table.fit_r2:.2f} of what whole pruned models measured (factor {table.scale:.2f}); "
+                "use --macs, or a larger --latency-batch")
+        return table
 
     def measured(self, model: nn.Module, table: LatencyTable, counts) -> dict:
         """The saved model's measured latency next to the table's prediction."""
@@ -93,7 +99,7 @@ HELP = {
     "macs": "fraction of the dense model's MACs to keep, e.g. 0.5; in search also a range, e.g. 0.25:0.75: each "
             "episode samples its target, so one policy learns every budget",
     "params": "fraction of the dense model's parameters to keep (instead of --macs)",
-    "latency": "fraction of the dense model's measured latency to keep (instead of --macs): a per-group lookup "
+    "latency": "fraction of the dense model's measured latency to keep (instead of --macs): a per-layer lookup "
                "table is measured once per model, device, batch, threads and precision, and cached",
     "latency_batch": "batch size the latency is measured at",
     "latency_precision": "precision the latency is measured in (the deployed one)",

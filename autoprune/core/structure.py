@@ -204,7 +204,7 @@ class ModelStructure:
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 is_conv = isinstance(module, nn.Conv2d)
                 table.rows.append(dict(
-                    kind="dwconv" if _is_dw(module) else ("conv" if is_conv else "linear"),
+                    name=name, kind="dwconv" if _is_dw(module) else ("conv" if is_conv else "linear"),
                     out=module.out_channels if is_conv else module.out_features,
                     **{"in": module.in_channels if is_conv else module.in_features},
                     groups=module.groups if is_conv else 1,
@@ -225,6 +225,11 @@ class ModelStructure:
                                    bias=False, numel=p.numel(), out_refs=refs[name][0], in_refs=[]))
         table.finish(len(self.groups))
         self._costs = table
+
+    @property
+    def costs(self) -> CostTable:
+        """Every module's channel counts as linear functions of the channels each group removes."""
+        return self._costs
 
     def _param_dim(self, name: str) -> int:
         return next(m.pruning_dim for g in self.groups for m in g.members if m.is_param and m.name == name)

@@ -1,11 +1,18 @@
 """A measured-latency budget (NetAdapt's lookup table), for when MACs are the wrong proxy.
 
-``latency_table(structure, ...)`` times the dense model, then, for every group on its own, the
-model with that group cut to a few legal widths (the others dense): each group's latency change
-as a function of its width. An allocation's latency is predicted as the dense latency plus the
-sum of its groups' changes (interpolated between measured widths, made monotone so the budget
-bisections stay valid). The table is measured once per model, device, batch size, threads and
-precision and cached on disk with those keys; a key that differs is measured again, never reused.
+``latency_table(structure, ...)`` times the dense model and builds one of two tables:
+
+* ``layers`` (default, NetAdapt): every conv (with a BatchNorm and ReLU behind it) and linear layer
+  timed on its own over a grid of (input, output) channel counts, identical layers timed once. A
+  layer's width follows from the allocation through the structure's cost table, so a cut that
+  shrinks both sides of a layer is priced as such; its time is interpolated bilinearly.
+* ``groups``: the whole model timed with one group cut to a few widths (the others dense); the
+  groups' changes are added up, which misses how cuts on both sides of a layer interact.
+
+Either way an allocation's latency is the dense latency plus the table's change, times one factor
+fitted on a few whole pruned models (``_calibrate``); tables are made monotone so the budget
+bisections stay valid. A table is measured once per model, device, batch size, threads, precision
+and method and cached on disk with those keys; a key that differs is measured again, never reused.
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ import hashlib
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -26,7 +33,8 @@ from autoprune.runs import write_json_atomic
 from autoprune.train.data import cache_dir
 from autoprune.train.precision import Precision, resolve_precision
 
-TABLE_FORMAT = "autoprune.latency/2"
+TABLE_FORMAT = "autoprune.latency/3"
+METHODS = ("layers", "groups")
 
 
 def measure_latency(model: nn.Module, x: torch.Tensor, precision: Precision | str = "fp32",
@@ -35,7 +43,7 @@ def measure_latency(model: nn.Module, x: torch.Tensor, precision: Precision | st
     format), timed on a copy: ``model`` itself is left as it was."""
     prec = resolve_precision(precision, x.device)
     model = copy.deepcopy(model).eval().to(memory_format=prec.memory_format)
-    x = x.contiguous(memory_format=prec.memory_format)
+    x = x.contiguous(memory_format=prec.memory_format) if x.dim() == 4 else x
     times = []
     with torch.inference_mode(), prec.autocast():
         for i in range(warmup + repeats):
@@ -52,22 +60,44 @@ def measure_latency(model: nn.Module, x: torch.Tensor, precision: Precision | st
 
 @dataclass
 class LatencyTable:
-    """Dense latency and, per group, the latency change at a few widths: ``predict(counts)`` in seconds."""
+    """Dense latency and the change an allocation makes to it: ``predict(counts)`` in seconds."""
 
     key: dict
     dense: float
-    widths: list[list[int]]  # per group, ascending, the last one the dense width
-    deltas: list[list[float]]  # per group, seconds added (<= 0) at those widths, monotone in width
-    scale: float = 1.0  # calibration: measured joint change / sum of the groups' single changes
+    widths: list[list[int]] = field(default_factory=list)  # groups: per group, ascending, last = dense width
+    deltas: list[list[float]] = field(default_factory=list)  # groups: seconds added (<= 0) at those widths
+    scale: float = 1.0  # calibration: measured joint change / the table's change
+    channels: list[int] = field(default_factory=list)  # layers: the groups' dense widths
+    layers: list[dict] = field(default_factory=list)  # layers: channel maps, (in, out) grid and its times
+    # share of the calibration models' measured changes the table explains (1 - SSE / sum of squares)
+    fit_r2: float | None = None
+
+    @property
+    def reliable(self) -> bool:
+        """The table explains most of what whole pruned models measured (and they are faster, not slower)."""
+        return self.scale > 0 and (self.fit_r2 is None or self.fit_r2 >= 0.5)
 
     def summed(self, counts: Sequence[int] | np.ndarray) -> float:
+        if self.layers:
+            return self._layer_time(counts) - self._layer_time(self.channels)
         return float(sum(np.interp(float(k), w, d) for k, w, d in zip(counts, self.widths, self.deltas)))
 
     def predict(self, counts: Sequence[int] | np.ndarray) -> float:
         return self.dense + self.scale * self.summed(counts)
 
+    def _layer_time(self, counts: Sequence[int] | np.ndarray) -> float:
+        removed = np.asarray(self.channels, dtype=np.float64) - np.asarray(counts, dtype=np.float64)
+        total = 0.0
+        for layer in self.layers:
+            c_in = layer["in0"] - sum(m * removed[g] for g, m in layer["in_refs"])
+            c_out = layer["out0"] - sum(m * removed[g] for g, m in layer["out_refs"])
+            along_out = [np.interp(c_out, layer["out"], row) for row in layer["times"]]
+            total += float(np.interp(c_in, layer["in"], along_out))
+        return total
 
-def table_key(structure: ModelStructure, batch_size: int, precision: Precision, round_to: int, points: int) -> dict:
+
+def table_key(structure: ModelStructure, batch_size: int, precision: Precision, round_to: int, points: int,
+              method: str = "layers") -> dict:
     """Everything a measured latency depends on: a change in any of them means measuring again."""
     shape = [g.name + ":" + str(g.channels) for g in structure.groups]
     fingerprint = hashlib.sha256(json.dumps([type(structure.model).__name__, shape,
@@ -75,7 +105,8 @@ def table_key(structure: ModelStructure, batch_size: int, precision: Precision, 
     device = next(structure.model.parameters()).device
     return {"format": TABLE_FORMAT, "model": fingerprint, "batch_size": int(batch_size), "device": str(device),
             "cpu_threads": torch.get_num_threads(), "precision": precision.name, "torch": torch.__version__,
-            "round_to": int(round_to), "points": int(points), "input_shape": list(structure.example_input.shape[1:])}
+            "round_to": int(round_to), "points": int(points), "input_shape": list(structure.example_input.shape[1:]),
+            "method": method}
 
 
 def _grid(structure: ModelStructure, g: int, round_to: int, points: int) -> list[int]:
@@ -98,7 +129,27 @@ def _isotonic(values: Sequence[float]) -> list[float]:
 
 
 def measure_table(structure: ModelStructure, batch_size: int = 1, precision: Precision | str = "fp32",
-                  round_to: int = 1, points: int = 5, repeats: int = 20, rounds: int = 5) -> LatencyTable:
+                  round_to: int = 1, points: int = 5, repeats: int = 20, rounds: int = 5,
+                  method: str = "layers") -> LatencyTable:
+    """The ``method`` table; the dense latency is the median of paired rounds (see ``_group_table``)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown latency table method '{method}': use {' or '.join(METHODS)}")
+    if method == "layers":
+        device = next(structure.model.parameters()).device
+        prec = resolve_precision(precision, device)
+        x = torch.randn(batch_size, *structure.example_input.shape[1:], device=device)
+        per_round = max(1, repeats // rounds)
+        dense = statistics.median(measure_latency(structure.model, x, prec, per_round) for _ in range(rounds))
+        table = LatencyTable(table_key(structure, batch_size, prec, round_to, points, method), dense,
+                             channels=[int(c) for c in structure.channels],
+                             layers=_layer_grid(structure, batch_size, prec, points, repeats))
+        table.scale = _calibrate(structure, table, x, prec, round_to, per_round, rounds)
+        return table
+    return _group_table(structure, batch_size, precision, round_to, points, repeats, rounds)
+
+
+def _group_table(structure: ModelStructure, batch_size: int, precision: Precision | str, round_to: int, points: int,
+                 repeats: int, rounds: int) -> LatencyTable:
     """Each width's change is a paired measurement: the dense model and the cut one, timed in
     alternating rounds, the median of the differences (drift and load cancel out of each pair)."""
     device = next(structure.model.parameters()).device
@@ -126,9 +177,85 @@ def measure_table(structure: ModelStructure, batch_size: int = 1, precision: Pre
         widths.append(ws)
         deltas.append(_isotonic(d))  # fewer channels never slower, within the measurements' noise
     dense = statistics.median(dense_times) if dense_times else measure_latency(structure.model, x, prec, repeats)
-    table = LatencyTable(table_key(structure, batch_size, prec, round_to, points), dense, widths, deltas)
+    table = LatencyTable(table_key(structure, batch_size, prec, round_to, points, "groups"), dense, widths, deltas)
     table.scale = _calibrate(structure, table, x, prec, round_to, per_round, rounds)
     return table
+
+
+def _layer_inputs(structure: ModelStructure) -> dict[str, tuple[int, ...]]:
+    """Input shape (without the batch) of every conv and linear layer, from one forward pass."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):
+        def hook(module, inputs, output) -> None:  # returns None: the output is left alone
+            shapes.setdefault(name, tuple(inputs[0].shape[1:]))
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in structure.model.named_modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = structure.model.training
+    try:
+        with torch.inference_mode():
+            structure.model.eval()(structure.example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        structure.model.train(was_training)
+    return shapes
+
+
+def _block(module: nn.Module, kind: str, c_in: int, c_out: int) -> nn.Module:
+    """The layer at (c_in, c_out) on its own: conv + BatchNorm + ReLU (as most convs run), or linear."""
+    if isinstance(module, nn.Linear):
+        return nn.Linear(c_in, c_out, bias=module.bias is not None)
+    groups = c_out if kind == "dwconv" else module.groups
+    conv = nn.Conv2d(c_out if kind == "dwconv" else c_in, c_out, module.kernel_size, module.stride, module.padding,
+                     module.dilation, groups, bias=module.bias is not None)
+    return nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+def _axis(full: int, refs: list, points: int, step: int) -> list[int]:
+    """Channel counts a layer side is timed at: the dense one alone if no group changes it."""
+    if not refs:
+        return [int(full)]
+    raw = np.linspace(max(step, 0.2 * full), full, points)
+    return sorted({max(step, int(round(v / step)) * step) for v in raw} | {int(full)})
+
+
+def _layer_grid(structure: ModelStructure, batch_size: int, prec: Precision, points: int,
+                repeats: int) -> list[dict]:
+    modules = dict(structure.model.named_modules())
+    inputs = _layer_inputs(structure)
+    device = next(structure.model.parameters()).device
+    timed: dict[tuple, list[list[float]]] = {}
+    layers = []
+    for row in structure.costs.rows:
+        if row["kind"] not in ("conv", "dwconv", "linear") or row.get("name") not in inputs:
+            continue
+        module = modules[row["name"]]
+        dw = row["kind"] == "dwconv"
+        step = module.groups if row["kind"] == "conv" else 1  # grouped convs keep whole groups
+        in_refs = [] if dw else [list(r) for r in row["in_refs"]]  # a depthwise conv's input is its output
+        out_refs = [list(r) for r in row["out_refs"]]
+        ins, outs = _axis(row["in"], in_refs, points, step), _axis(row["out"], out_refs, points, step)
+        spatial = inputs[row["name"]][1:]
+        sig = (type(module).__name__, row["kind"], getattr(module, "kernel_size", None), getattr(module, "stride", None),
+               getattr(module, "padding", None), getattr(module, "dilation", None), step, module.bias is not None,
+               spatial, tuple(ins), tuple(outs))
+        if sig not in timed:
+            grid = []
+            for c_in in ins:
+                line = []
+                for c_out in outs:
+                    block = _block(module, row["kind"], c_in, c_out).to(device)
+                    x = torch.randn(batch_size, c_out if dw else c_in, *spatial, device=device)
+                    line.append(measure_latency(block, x, prec, repeats))
+                grid.append(_isotonic(line))  # more output channels never faster
+            columns = [_isotonic([grid[i][j] for i in range(len(ins))]) for j in range(len(outs))]
+            timed[sig] = [[columns[j][i] for j in range(len(outs))] for i in range(len(ins))]
+        layers.append({"name": row["name"], "in0": row["in"], "out0": row["out"], "in_refs": in_refs,
+                       "out_refs": out_refs, "in": ins, "out": outs, "times": timed[sig]})
+    return layers
 
 
 def _calibrate(structure: ModelStructure, table: LatencyTable, x: torch.Tensor, prec: Precision, round_to: int,
@@ -150,14 +277,16 @@ def _calibrate(structure: ModelStructure, table: LatencyTable, x: torch.Tensor, 
         summed.append(table.summed(counts))
         measured.append(statistics.median(diffs))
     s, m = np.asarray(summed), np.asarray(measured)
-    return float((s @ m) / (s @ s)) if (s @ s) > 0 else 1.0
+    scale = float((s @ m) / (s @ s)) if (s @ s) > 0 else 1.0
+    table.fit_r2 = float(1.0 - ((m - scale * s) ** 2).sum() / (m @ m)) if (m @ m) > 0 else 0.0
+    return scale
 
 
 def latency_table(structure: ModelStructure, batch_size: int = 1, precision: Precision | str = "fp32",
-                  round_to: int = 1, points: int = 5, cache: bool = True) -> LatencyTable:
+                  round_to: int = 1, points: int = 5, cache: bool = True, method: str = "layers") -> LatencyTable:
     """The cached table for these keys, measured (and cached) when there is none or its key differs."""
     prec = resolve_precision(precision, next(structure.model.parameters()).device)
-    key = table_key(structure, batch_size, prec, round_to, points)
+    key = table_key(structure, batch_size, prec, round_to, points, method)
     path = cache_dir() / "latency" / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
     if cache and path.exists():
         try:
@@ -166,7 +295,7 @@ def latency_table(structure: ModelStructure, batch_size: int = 1, precision: Pre
                 return LatencyTable(**saved)
         except (json.JSONDecodeError, TypeError):
             pass  # unreadable: measured again below
-    table = measure_table(structure, batch_size, prec, round_to, points)
+    table = measure_table(structure, batch_size, prec, round_to, points, method=method)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, asdict(table))
