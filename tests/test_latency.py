@@ -102,3 +102,21 @@ def test_search_with_a_latency_target_reports_measured_latency(tmp_path, capsys,
     assert latency["measured_seconds"] > 0 and latency["predicted_seconds"] <= 0.6 * latency["dense_seconds"] + 1e-12
     assert latency["measured_seconds"] == pytest.approx(latency["predicted_seconds"], rel=0.02)
     assert "best_model.pt latency" in capsys.readouterr().out
+
+
+def test_a_table_that_does_not_predict_whole_models_is_refused(tmp_path, capsys, monkeypatch):
+    """Layers timed alone say smaller is faster, whole pruned models measure slower (as at batch 1 on
+    some CPUs): --latency stops with one line instead of promising a speed-up."""
+    from autoprune.cli.main import main
+
+    def clock(model, x, precision="fp32", repeats=20, warmup=3):
+        macs = measure_cost(model, x)[0]
+        whole = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 3
+        return 1e-9 * macs + (1e-2 - 2e-9 * macs if whole else 0.0)  # a whole model: slower when smaller
+
+    monkeypatch.setattr(lat, "measure_latency", clock)
+    code = main(["search", "--model", "resnet20", "--output", str(tmp_path / "r"), "--data", "synthetic",
+                 "--val-size", "100", "--calib-size", "64", "--latency", "0.6", "--agent", "random", "--episodes", "2",
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not predictable" in err[0]
