@@ -115,6 +115,7 @@ def test_a_table_that_does_not_predict_whole_models_is_refused(tmp_path, capsys,
         return 1e-9 * macs + (1e-2 - 2e-9 * macs if whole else 0.0)  # a whole model: slower when smaller
 
     monkeypatch.setattr(lat, "measure_latency", clock)
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))  # not a table cached by another test's clock
     code = main(["search", "--model", "resnet20", "--output", str(tmp_path / "r"), "--data", "synthetic",
                  "--val-size", "100", "--calib-size", "64", "--latency", "0.6", "--agent", "random", "--episodes", "2",
                  "--no-progress"])
