@@ -1,0 +1,153 @@
+"""One policy for any model and budget (issue 15, point 5): train it, then measure it zero-shot and warm-started.
+
+Parts (rows in ``bench/results/universal-policy.json``; each part is resumable):
+
+- ``train``: ``autoprune search`` on ResNet-20 and ResNet-56 (JPEG-adapted checkpoints) at once,
+  each episode's target drawn from 0.25-0.75 of MACs, relative reward and actions, DDPG, 300
+  episodes (50 warm-up), seed 0. The kept policy becomes ``bench/results/policies/universal.zip``
+  (with its ``episodes.csv`` logs and ``summary.json``); the run folder lives in the cache.
+- ``zero-shot``: the policy rolled out with no evaluation spent at 30/40/50/70% of MACs on
+  ResNet-20 and ResNet-56 (adaptive-BN accuracy vs uniform and vs the best of 30 random
+  allocations, same held-out split) and, for shape and budget only (random weights), on ResNet-32,
+  ResNet-110, tv:resnet18 and tv:mobilenet_v2: does every allocation meet its target within 1%?
+- ``warm-start``: ResNet-20 and ResNet-56 at 30% and 50%, seeds 0-2: 30 episodes of DDPG started
+  from the universal policy (no warm-up) vs random search with 30 samples, best adaptive-BN accuracy.
+
+    python -m bench.universal_policy                 # all parts (~40 min on 2 idle cores)
+    python -m bench.universal_policy zero-shot       # one part
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+
+import torch
+
+from autoprune.agents.policy import PolicyAllocator
+from autoprune.agents.random_search import RandomSearch
+from autoprune.agents.rl import RLSearch
+from autoprune.cli.main import main as cli_main
+from autoprune.core.problem import PruningProblem, uniform_allocation
+from autoprune.core.structure import ModelStructure
+from autoprune.models import create_model, model_info
+from autoprune.runs import write_json_atomic
+from autoprune.train.data import cache_dir
+from autoprune.workspace import open_workspace
+
+from .base_models import DATA, finetuned_checkpoint
+from .common import RESULTS, machine, run_parts
+
+OUT = RESULTS / "universal-policy.json"
+POLICY = RESULTS / "policies" / "universal.zip"
+SCORED, SHAPE_ONLY = ("resnet20", "resnet56"), ("resnet32", "resnet110", "tv:resnet18", "tv:mobilenet_v2")
+TARGETS, WARM_TARGETS, SEEDS = (0.3, 0.4, 0.5, 0.7), (0.3, 0.5), (0, 1, 2)
+EPISODES, WARMUP, WARM_EPISODES, RANDOM_SAMPLES = 300, 50, 30, 30
+
+
+def load() -> dict:
+    if OUT.exists():
+        return json.loads(OUT.read_text())
+    return {"machine": machine(), "train": None, "zero_shot": [], "warm_start": []}
+
+
+def save(record: dict) -> None:
+    write_json_atomic(OUT, record, indent=1)
+
+
+def train(record: dict) -> None:
+    if record["train"] is not None and POLICY.exists():
+        return
+    run = cache_dir() / "universal-run"
+    args = ["search", "--model", "resnet20", "--checkpoint", str(finetuned_checkpoint("resnet20")),
+            "--more-models", f"resnet56={finetuned_checkpoint('resnet56')}", "--data", DATA, "--macs", "0.25:0.75",
+            "--episodes", str(EPISODES), "--warmup-episodes", str(WARMUP), "--seed", "0", "--output", str(run)]
+    t0 = time.perf_counter()
+    if cli_main(args + (["--resume"] if (run / "checkpoints").exists() else [])) != 0:
+        raise SystemExit("the universal policy's search failed: see above")
+    POLICY.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(run / "policy.zip", POLICY)
+    logs = RESULTS / "policies" / "universal-logs"  # summary.json and one episodes.csv per model
+    for src in [run / "summary.json", *run.glob("*g/episodes.csv")]:
+        dst = logs / src.relative_to(run)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+    record["train"] = {"command": "autoprune " + " ".join(args).replace(str(cache_dir()), "$AUTOPRUNE_CACHE"),
+                       "seconds_this_session": time.perf_counter() - t0, "policy": str(POLICY.relative_to(RESULTS))}
+    save(record)
+
+
+def _shape_structure(model: str) -> ModelStructure:
+    torch.manual_seed(0)
+    size = model_info(model).input_size
+    return ModelStructure(create_model(model, 10).eval(), torch.randn(1, 3, size, size), num_classes=10)
+
+
+def zero_shot(record: dict) -> None:
+    policy = PolicyAllocator(POLICY)
+    done = {(r["model"], r["target"]) for r in record["zero_shot"]}
+    for model in SCORED + SHAPE_ONLY:
+        ws = None
+        for target in TARGETS:
+            if (model, target) in done:
+                continue
+            if model in SCORED:
+                ws = ws or open_workspace(model, str(finetuned_checkpoint(model)), DATA, val_size=2000, calib_size=1024)
+                structure = ws.structure()
+                problem = PruningProblem(structure, target, evaluator=ws.evaluator(),
+                                         calib_batches=ws.data.calibration_batches(128))
+            else:
+                structure = _shape_structure(model)
+                problem = PruningProblem(structure, target)
+            alloc = policy.allocate(problem)
+            row = {"model": model, "target": target, "cost_ratio": problem.cost(alloc.counts(structure)) / problem.dense_cost,
+                   "meets_target": problem.feasible(alloc), "scored": model in SCORED}
+            if model in SCORED:
+                rand = RandomSearch(RANDOM_SAMPLES, seed=0).allocate(problem)
+                row.update(policy=problem.score(alloc), uniform=problem.score(uniform_allocation(problem)),
+                           random_best=problem.score(rand), random_samples=RANDOM_SAMPLES)
+            record["zero_shot"].append(row)
+            save(record)
+            print(json.dumps(row), flush=True)
+
+
+def warm_start(record: dict) -> None:
+    done = {(r["model"], r["target"], r["seed"]) for r in record["warm_start"]}
+    for model in SCORED:
+        ws = None
+        for target in WARM_TARGETS:
+            for seed in SEEDS:
+                if (model, target, seed) in done:
+                    continue
+                ws = ws or open_workspace(model, str(finetuned_checkpoint(model)), DATA, val_size=2000, calib_size=1024)
+                structure, calib = ws.structure(), ws.data.calibration_batches(128)
+
+                def fresh() -> PruningProblem:  # no score cache shared between the two arms
+                    return PruningProblem(structure, target, evaluator=ws.evaluator(), calib_batches=calib)
+
+                t0 = time.perf_counter()
+                warm = RLSearch(episodes=WARM_EPISODES, warmup_episodes=0, reward="relative", seed=seed,
+                                init_policy=str(POLICY)).search(fresh())
+                warm_seconds = time.perf_counter() - t0
+                problem = fresh()
+                t0 = time.perf_counter()
+                rand = problem.score(RandomSearch(WARM_EPISODES, seed=seed).allocate(problem))
+                row = {"model": model, "target": target, "seed": seed, "episodes": WARM_EPISODES,
+                       "warm_started_best": warm.best.info["accuracy"], "random_best": rand,
+                       "uniform": problem.score(uniform_allocation(problem)), "warm_seconds": warm_seconds,
+                       "random_seconds": time.perf_counter() - t0}
+                record["warm_start"].append(row)
+                save(record)
+                print(json.dumps(row), flush=True)
+
+
+PARTS = {"train": train, "zero-shot": zero_shot, "warm-start": warm_start}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_parts(__doc__, PARTS, load, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
