@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -63,8 +62,7 @@ def test_torchrun_refuses_commands_that_do_not_train(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-@pytest.mark.parametrize("world", [1])
-def test_shard_is_identity_without_torchrun(world):
+def test_shard_is_identity_without_torchrun():
     from autoprune.train import distributed
 
     x, y = torch.arange(6).view(6, 1), torch.arange(6)
