@@ -6,9 +6,12 @@ idle machine: run nothing else (every figure is a median of repeated forward pas
 threads torch uses here).
 
 - ``predict``: ResNet-56 (32 px), tv:resnet18 and tv:mobilenet_v2 (224 px), batch 1 and 64: the
-  table (``layers``: 4 x 4 (in, out) channel counts per layer; rows without ``method`` are the first
-  ``groups`` table, 4 widths per group), then allocations at 50% of the predicted latency (uniform, layer
-  statistics, 4 random feasible ones): predicted vs measured latency of the pruned model. Where
+  table (``table`` ``layers-q8``: up to 8 x 8 (in, out) channel counts per layer on multiples of 8,
+  counts rounded up to 8 before lookup; older rows: ``layers`` = 4 x 4 counts interpolated
+  bilinearly, no ``method`` = the first ``groups`` table), then allocations at 50% of the predicted
+  latency (uniform, layer statistics, 4 random feasible ones): predicted vs measured latency ratio
+  of the pruned model, the measured one paired with the dense model (alternating rounds, so the
+  machine's drift cancels; ``latency.paired_ratio``). Where
   50% is out of reach (every group at ``min_keep`` = 0.2 still costs more: unprunable layers and
   per-layer overhead), the next 5% step above that floor, recorded with the floor.
 - ``search``: ResNet-56 adapted to the JPEG copy, batch 1 and 64: random search (50 samples,
@@ -36,7 +39,7 @@ from autoprune.core.allocation import Allocation
 from autoprune.core.legal import bisect
 from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.structure import ModelStructure
-from autoprune.deploy.latency import latency_table, measure_latency
+from autoprune.deploy.latency import latency_table, paired_ratio
 from autoprune.models import create_model, model_info
 from autoprune.runs import write_json_atomic
 from autoprune.workspace import open_workspace
@@ -46,8 +49,8 @@ from .common import RESULTS, machine, run_parts
 
 OUT = RESULTS / "latency-budget.json"
 MODELS, BATCHES, TARGET = ("resnet56", "tv:resnet18", "tv:mobilenet_v2"), (1, 64), 0.5
-METHOD = "layers"  # the latency table predict() measures (autoprune.deploy.latency.METHODS)
-REPEATS = {1: 30, 64: 5}
+TABLE = "layers-q8"  # the latency table predict() measures: the layers method, channel quantum 8
+PAIRED = {1: 50, 64: 15}  # per paired ratio (split over 5 alternating rounds)
 
 
 def load() -> dict:
@@ -72,14 +75,13 @@ def reachable(structure: ModelStructure, table, target: float = TARGET) -> tuple
 def predict(record: dict) -> None:
     for model in MODELS:
         for batch in BATCHES:
-            if any(r["model"] == model and r["batch"] == batch and r.get("method", "groups") == METHOD
-                   for r in record["predict"]):
+            if any(r["model"] == model and r["batch"] == batch and r.get("table") == TABLE for r in record["predict"]):
                 continue
             s = _structure(model)
-            table = latency_table(s, batch, "fp32", points=4, method=METHOD)
+            table = latency_table(s, batch, "fp32")
             target, floor = reachable(s, table)
             if target > 0.95:  # no allocation within the bounds is predicted meaningfully faster: say so, measure none
-                record["predict"].append({"model": model, "batch": batch, "method": METHOD, "allocation": None,
+                record["predict"].append({"model": model, "batch": batch, "table": TABLE, "allocation": None,
                                           "floor": floor,
                                           "scale": table.scale, "table_dense_ms": 1e3 * table.dense,
                                           "note": "latency target out of reach: pruning every group to min_keep is "
@@ -92,19 +94,18 @@ def predict(record: dict) -> None:
             for i in range(4):
                 allocs[f"random{i}"] = Allocation.from_counts(s, random_feasible_counts(problem, rng))
             x = torch.randn(batch, *s.example_input.shape[1:])
-            dense = measure_latency(s.model, x, "fp32", REPEATS[batch])
             for name, alloc in allocs.items():
                 counts = alloc.counts(s)
                 remove = [list(range(g.channels - k)) for g, k in zip(s.groups, counts)]
-                measured = measure_latency(s.prune_copy(remove), x, "fp32", REPEATS[batch])
-                predicted = table.predict(counts)
+                ratio, measured, dense = paired_ratio(s.prune_copy(remove), s.model, x, "fp32", PAIRED[batch])
+                predicted = table.predict(counts) / table.dense
                 record["predict"].append({
-                    "model": model, "batch": batch, "method": METHOD, "allocation": name, "target": target,
-                    "floor": floor,
-                    "predicted_ms": 1e3 * predicted, "measured_ms": 1e3 * measured, "dense_ms": 1e3 * dense,
+                    "model": model, "batch": batch, "table": TABLE, "allocation": name, "target": target,
+                    "floor": floor, "predicted_ratio": predicted, "measured_ratio": ratio,
+                    "error": predicted / ratio - 1, "ratio_error": ratio - target,
+                    "measured_ms": 1e3 * measured, "dense_ms": 1e3 * dense,
                     "table_dense_ms": 1e3 * table.dense, "scale": table.scale, "fit_r2": table.fit_r2,
-                    "error": predicted / measured - 1, "ratio_error": measured / dense - target,
-                    "measured_ratio": measured / dense, "macs_ratio": s.macs(counts) / s.dense_macs})
+                    "macs_ratio": s.macs(counts) / s.dense_macs})
                 print(json.dumps(record["predict"][-1]), flush=True)
             write_json_atomic(OUT, record, indent=1)
 
@@ -112,13 +113,13 @@ def predict(record: dict) -> None:
 def search(record: dict) -> None:
     ws = None
     for batch in BATCHES:
-        if any(r["batch"] == batch for r in record["search"]):
+        if any(r["batch"] == batch and r.get("table") == TABLE for r in record["search"]):
             continue
         if ws is None:
             ws = open_workspace("resnet56", str(finetuned_checkpoint("resnet56")), DATA, val_size=2000, calib_size=1024)
             structure, evaluator = ws.structure(), ws.evaluator()
             calib = ws.data.calibration_batches(128)
-        table = latency_table(structure, batch, "fp32", points=4)
+        table = latency_table(structure, batch, "fp32")
         target, floor = reachable(structure, table)
         lat_problem = PruningProblem(structure, target, metric="latency", latency=table, evaluator=evaluator,
                                      calib_batches=calib)
@@ -127,15 +128,15 @@ def search(record: dict) -> None:
             PruningProblem(structure, t)).counts(structure)) <= target * table.dense, 0.05, 1.0)
         macs_problem = PruningProblem(structure, macs_target, evaluator=evaluator, calib_batches=calib)
         x = torch.randn(batch, *structure.example_input.shape[1:])
-        dense = measure_latency(structure.model, x, "fp32", REPEATS[batch])
-        row = {"model": "resnet56", "batch": batch, "target_latency": target, "floor": floor, "macs_target": macs_target,
-               "samples": 50, "dense_ms": 1e3 * dense}
+        row = {"model": "resnet56", "batch": batch, "table": TABLE, "target_latency": target, "floor": floor,
+               "macs_target": macs_target, "samples": 50}
         for name, problem in (("latency", lat_problem), ("macs", macs_problem)):
             best = get_allocator("random", samples=50, seed=0).allocate(problem)
             counts = best.counts(structure)
-            measured = measure_latency(problem.pruned_model(best), x, "fp32", REPEATS[batch])
+            ratio, measured, dense = paired_ratio(problem.pruned_model(best), structure.model, x, "fp32", PAIRED[batch])
             row[name] = {"adaptive_bn_accuracy": problem.score(best), "measured_ms": 1e3 * measured,
-                         "measured_ratio": measured / dense, "predicted_ratio": table.predict(counts) / table.dense,
+                         "dense_ms": 1e3 * dense,
+                         "measured_ratio": ratio, "predicted_ratio": table.predict(counts) / table.dense,
                          "macs_ratio": structure.macs(counts) / structure.dense_macs}
         record["search"].append(row)
         print(json.dumps(row), flush=True)
@@ -151,15 +152,14 @@ def round_to(record: dict) -> None:
                 continue
             s = _structure(model)
             x = torch.randn(batch, *s.example_input.shape[1:])
-            dense = measure_latency(s.model, x, "fp32", REPEATS[batch])
             for step in (1, 8, 16):
                 alloc = uniform_allocation(PruningProblem(s, TARGET, round_to=step))
                 counts = alloc.counts(s)
                 remove = [list(range(g.channels - k)) for g, k in zip(s.groups, counts)]
-                measured = measure_latency(s.prune_copy(remove), x, "fp32", REPEATS[batch])
+                ratio, measured, dense = paired_ratio(s.prune_copy(remove), s.model, x, "fp32", PAIRED[batch])
                 record["round_to"].append({"model": model, "batch": batch, "round_to": step, "macs_target": TARGET,
                                            "macs_ratio": s.macs(counts) / s.dense_macs, "measured_ms": 1e3 * measured,
-                                           "dense_ms": 1e3 * dense, "speedup": dense / measured})
+                                           "dense_ms": 1e3 * dense, "measured_ratio": ratio, "speedup": 1 / ratio})
                 print(json.dumps(record["round_to"][-1]), flush=True)
             write_json_atomic(OUT, record, indent=1)
 

@@ -73,3 +73,50 @@ def fake_clock(monkeypatch):
 
     monkeypatch.setattr(lat, "measure_latency", fake)
     return calls
+
+
+def blocked_macs(model: torch.nn.Module, x: torch.Tensor, block: int = 8) -> int:
+    """MACs of one forward pass with every conv/linear channel count rounded up to ``block``: how
+    vectorised kernels spend time (20 channels cost what 24 do), unlike the exact MACs."""
+    import math
+
+    up = lambda c: block * math.ceil(c / block)  # noqa: E731
+    total = []
+
+    def hook(module, inputs, output) -> None:
+        if isinstance(module, torch.nn.Linear):
+            total.append(output.shape[0] * up(module.in_features) * up(module.out_features))
+        elif module.groups == 1:
+            kh, kw = module.kernel_size
+            total.append(output[0, 0].numel() * output.shape[0] * kh * kw * up(module.in_channels) * up(module.out_channels))
+        else:  # depthwise: one input channel per output channel
+            kh, kw = module.kernel_size
+            total.append(output[0, 0].numel() * output.shape[0] * kh * kw * up(module.out_channels)
+                         * module.in_channels // module.groups)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return sum(total)
+
+
+@pytest.fixture
+def blocked_clock(monkeypatch):
+    """Latency proportional to channel-blocked MACs (``blocked_macs``, blocks of 8): a staircase in the
+    channel count, as real conv kernels are. Counts its calls."""
+    calls = []
+
+    def fake(model, x, precision="fp32", repeats=20, warmup=3):
+        calls.append(1)
+        return 1e-9 * blocked_macs(model, x) + 1e-4
+
+    from autoprune.deploy import latency as lat
+
+    monkeypatch.setattr(lat, "measure_latency", fake)
+    return calls

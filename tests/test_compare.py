@@ -180,8 +180,8 @@ def test_every_seeded_allocator_gets_the_compare_seed(tmp_path):
     assert build_allocator("ddpg@episodes=5", 1, tmp_path).config.episodes == 5
 
 
-def test_compare_with_a_latency_budget(tmp_path, tiny_setup, fake_clock):
-    """--metric latency: the table is measured on the model (a MACs-proportional stand-in clock, so the
+def test_compare_with_a_latency_budget(tmp_path, tiny_setup, blocked_clock):
+    """--metric latency: the table is measured on the model (a blocked-MACs stand-in clock, so the
     toy model's figures do not depend on this machine's load), and every allocation meets its prediction."""
     from autoprune.deploy.latency import latency_table
 

@@ -10,6 +10,8 @@ from autoprune.core.cost import measure_cost
 from autoprune.core.problem import PruningProblem
 from autoprune.deploy import latency as lat
 
+from .conftest import blocked_macs
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -29,10 +31,11 @@ def test_group_table_predicts_additive_costs_and_is_monotone(resnet20_structure,
 
 
 def test_layer_table_prices_both_sides_of_every_layer(resnet20_structure, fake_clock):
-    """NetAdapt's per-layer (in, out) table: with a clock proportional to MACs (bilinear in a conv's
-    input and output channels) it is exact for any allocation, cuts on both sides of a layer included."""
+    """NetAdapt's per-layer (in, out) table, looked up without channel blocks (quantum 1): with a clock
+    proportional to MACs (bilinear in a conv's input and output channels) it is exact for any
+    allocation, cuts on both sides of a layer included."""
     s = resnet20_structure
-    table = lat.latency_table(s, batch_size=2, points=3, cache=False)
+    table = lat.latency_table(s, batch_size=2, points=3, cache=False, quantum=1)
     assert table.key["method"] == "layers" and table.scale == pytest.approx(1.0, rel=1e-6)
     convs = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in s.model.modules())
     assert len(table.layers) == convs
@@ -48,6 +51,46 @@ def test_layer_table_prices_both_sides_of_every_layer(resnet20_structure, fake_c
     for layer in table.layers:  # monotone along both axes: the budget bisections stay valid
         t = np.asarray(layer["times"])
         assert np.all(np.diff(t, axis=0) >= 0) and np.all(np.diff(t, axis=1) >= 0)
+
+
+def test_layer_table_prices_channel_blocks(resnet20_structure, blocked_clock):
+    """Kernels work on blocks of channels: a clock that rounds every channel count up to 8 is a
+    staircase that bilinear interpolation misprices; the default table (grid on multiples of 8, counts
+    rounded up before lookup) is exact for any allocation, multiples of 8 or not."""
+    s = resnet20_structure
+    stepped = lat.latency_table(s, batch_size=2, cache=False)
+    linear = lat.latency_table(s, batch_size=2, cache=False, quantum=1)
+    assert stepped.key["quantum"] == 8 and linear.key["quantum"] == 1 and stepped.key != linear.key
+    rng = np.random.default_rng(2)
+    x = torch.randn(2, 3, 32, 32)
+    worst_linear = 0.0
+    for _ in range(6):
+        counts = np.array([rng.integers(max(1, g.channels // 4), g.channels + 1) for g in s.groups])
+        remove = [list(range(g.channels - k)) for g, k in zip(s.groups, counts)]
+        truth = 1e-9 * blocked_macs(s.prune_copy(remove), x) + 1e-4
+        assert stepped.predict(counts) == pytest.approx(truth, rel=1e-6)
+        worst_linear = max(worst_linear, abs(linear.predict(counts) / truth - 1))
+    assert worst_linear > 0.01  # interpolating the staircase is measurably wrong
+
+
+def test_paired_ratio_cancels_a_drifting_clock(monkeypatch):
+    """A machine that slows down while it measures (seen: 16% within one run on a shared VM) moves
+    both sides of a round alike: the paired ratio stays within one step's drift of the truth (0.5),
+    while the dense time measured first and the pruned one measured later carry the whole drift."""
+    clock = {"factor": 1.0}
+
+    def drifting(model, x, precision="fp32", repeats=20, warmup=3):
+        clock["factor"] *= 1.02  # every measurement 2% slower than the one before
+        return clock["factor"] * (2.0 if model is dense else 1.0)
+
+    dense, pruned = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+    monkeypatch.setattr(lat, "measure_latency", drifting)
+    ratio, _, _ = lat.paired_ratio(pruned, dense, torch.randn(1, 2), rounds=5)
+    assert ratio == pytest.approx(0.5, rel=0.021)
+    first = lat.measure_latency(dense, None)
+    for _ in range(20):  # the measurements between a table's dense time and the pruned model's
+        lat.measure_latency(dense, None)
+    assert lat.measure_latency(pruned, None) / first > 0.7
 
 
 def test_table_is_cached_by_its_keys_and_remeasured_on_mismatch(resnet20_structure, fake_clock):
@@ -87,8 +130,8 @@ def test_latency_needs_a_table(resnet20_structure):
         PruningProblem(resnet20_structure, 0.5, metric="latency")
 
 
-def test_search_with_a_latency_target_reports_measured_latency(tmp_path, capsys, fake_clock):
-    """The CLI end to end on synthetic data (a MACs-proportional stand-in clock: a real one makes the
+def test_search_with_a_latency_target_reports_measured_latency(tmp_path, capsys, blocked_clock):
+    """The CLI end to end on synthetic data (a blocked-MACs stand-in clock: a real one makes the
     reachable floor depend on this machine's load): the summary holds both figures."""
     from autoprune.cli.main import main
 

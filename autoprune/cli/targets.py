@@ -86,12 +86,14 @@ class TargetOptions:
                 "use --macs, or a larger --latency-batch")
         return table
 
-    def measured(self, model: nn.Module, table: LatencyTable, counts) -> dict:
-        """The saved model's measured latency next to the table's prediction."""
+    def measured(self, model: nn.Module, dense: nn.Module, table: LatencyTable, counts) -> dict:
+        """The saved model's latency, measured now against the dense model (alternating rounds, so the
+        ratio does not drift with the machine), next to the table's prediction."""
         x = torch.randn(table.key["batch_size"], *table.key["input_shape"], device=next(model.parameters()).device)
-        measured = lat.measure_latency(model, x, self.latency_precision, repeats=50)
+        ratio, measured, dense_now = lat.paired_ratio(model, dense, x, self.latency_precision, repeats=50)
         return {"predicted_seconds": table.predict(counts), "measured_seconds": measured,
-                "dense_seconds": table.dense, "measured_ratio": measured / table.dense,
+                "dense_seconds": table.dense, "dense_seconds_now": dense_now, "measured_ratio": ratio,
+                "predicted_ratio": table.predict(counts) / table.dense,
                 "batch_size": self.latency_batch, "precision": self.latency_precision}
 
 

@@ -5,7 +5,12 @@
 * ``layers`` (default, NetAdapt): every conv (with a BatchNorm and ReLU behind it) and linear layer
   timed on its own over a grid of (input, output) channel counts, identical layers timed once. A
   layer's width follows from the allocation through the structure's cost table, so a cut that
-  shrinks both sides of a layer is priced as such; its time is interpolated bilinearly.
+  shrinks both sides of a layer is priced as such. Conv kernels work on blocks of channels (oneDNN:
+  16 fp32 channels on AVX-512; GPUs' tensor cores: 8), so time is a staircase in the channel count,
+  not a line: 20 output channels cost what 32 do. The grid therefore sits on multiples of ``quantum``
+  (8) channels and a count is rounded up to the quantum before it is looked up: exact where the grid
+  holds every multiple (layers up to ``points`` x 8 channels), interpolated between grid points on
+  wider ones.
 * ``groups``: the whole model timed with one group cut to a few widths (the others dense); the
   groups' changes are added up, which misses how cuts on both sides of a layer interact.
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,8 +39,9 @@ from autoprune.runs import write_json_atomic
 from autoprune.train.data import cache_dir
 from autoprune.train.precision import Precision, resolve_precision
 
-TABLE_FORMAT = "autoprune.latency/3"
+TABLE_FORMAT = "autoprune.latency/4"
 METHODS = ("layers", "groups")
+QUANTUM = 8  # channel block the layer grid sits on (see the module docstring)
 
 
 def measure_latency(model: nn.Module, x: torch.Tensor, precision: Precision | str = "fp32",
@@ -58,6 +65,21 @@ def measure_latency(model: nn.Module, x: torch.Tensor, precision: Precision | st
     return statistics.median(times)
 
 
+def paired_ratio(model: nn.Module, reference: nn.Module, x: torch.Tensor, precision: Precision | str = "fp32",
+                 repeats: int = 30, rounds: int = 5) -> tuple[float, float, float]:
+    """(model's latency / reference's, model seconds, reference seconds), timed in alternating rounds.
+
+    The ratio is the median of the per-round ratios: a clock that drifts (a shared VM's CPU was seen
+    16% slower within one run) moves both sides of a round alike, so it cancels out of the ratio."""
+    per_round = max(1, repeats // rounds)
+    mine, theirs = [], []
+    for _ in range(rounds):
+        theirs.append(measure_latency(reference, x, precision, per_round))
+        mine.append(measure_latency(model, x, precision, per_round))
+    ratio = statistics.median(m / r for m, r in zip(mine, theirs))
+    return ratio, statistics.median(mine), statistics.median(theirs)
+
+
 @dataclass
 class LatencyTable:
     """Dense latency and the change an allocation makes to it: ``predict(counts)`` in seconds."""
@@ -71,6 +93,7 @@ class LatencyTable:
     layers: list[dict] = field(default_factory=list)  # layers: channel maps, (in, out) grid and its times
     # share of the calibration models' measured changes the table explains (1 - SSE / sum of squares)
     fit_r2: float | None = None
+    quantum: int = 1  # layers: counts are rounded up to a multiple of this before lookup (kernels' channel blocks)
 
     @property
     def reliable(self) -> bool:
@@ -87,17 +110,21 @@ class LatencyTable:
 
     def _layer_time(self, counts: Sequence[int] | np.ndarray) -> float:
         removed = np.asarray(self.channels, dtype=np.float64) - np.asarray(counts, dtype=np.float64)
+        q = self.quantum
         total = 0.0
         for layer in self.layers:
             c_in = layer["in0"] - sum(m * removed[g] for g, m in layer["in_refs"])
             c_out = layer["out0"] - sum(m * removed[g] for g, m in layer["out_refs"])
+            c_in, c_out = (min(q * math.ceil(c / q - 1e-9), full) if refs else c
+                           for c, full, refs in ((c_in, layer["in0"], layer["in_refs"]),
+                                                 (c_out, layer["out0"], layer["out_refs"])))
             along_out = [np.interp(c_out, layer["out"], row) for row in layer["times"]]
             total += float(np.interp(c_in, layer["in"], along_out))
         return total
 
 
 def table_key(structure: ModelStructure, batch_size: int, precision: Precision, round_to: int, points: int,
-              method: str = "layers") -> dict:
+              method: str = "layers", quantum: int = 1) -> dict:
     """Everything a measured latency depends on: a change in any of them means measuring again."""
     shape = [g.name + ":" + str(g.channels) for g in structure.groups]
     fingerprint = hashlib.sha256(json.dumps([type(structure.model).__name__, shape,
@@ -106,7 +133,7 @@ def table_key(structure: ModelStructure, batch_size: int, precision: Precision, 
     return {"format": TABLE_FORMAT, "model": fingerprint, "batch_size": int(batch_size), "device": str(device),
             "cpu_threads": torch.get_num_threads(), "precision": precision.name, "torch": torch.__version__,
             "round_to": int(round_to), "points": int(points), "input_shape": list(structure.example_input.shape[1:]),
-            "method": method}
+            "method": method, "quantum": int(quantum)}
 
 
 def _grid(structure: ModelStructure, g: int, round_to: int, points: int) -> list[int]:
@@ -129,9 +156,10 @@ def _isotonic(values: Sequence[float]) -> list[float]:
 
 
 def measure_table(structure: ModelStructure, batch_size: int = 1, precision: Precision | str = "fp32",
-                  round_to: int = 1, points: int = 5, repeats: int = 20, rounds: int = 5,
-                  method: str = "layers") -> LatencyTable:
-    """The ``method`` table; the dense latency is the median of paired rounds (see ``_group_table``)."""
+                  round_to: int = 1, points: int = 8, repeats: int = 20, rounds: int = 5,
+                  method: str = "layers", quantum: int = QUANTUM) -> LatencyTable:
+    """The ``method`` table; the dense latency is the median of paired rounds (see ``_group_table``).
+    ``points``: grid points per layer side (``layers``) or per group (``groups``)."""
     if method not in METHODS:
         raise ValueError(f"unknown latency table method '{method}': use {' or '.join(METHODS)}")
     if method == "layers":
@@ -140,9 +168,9 @@ def measure_table(structure: ModelStructure, batch_size: int = 1, precision: Pre
         x = torch.randn(batch_size, *structure.example_input.shape[1:], device=device)
         per_round = max(1, repeats // rounds)
         dense = statistics.median(measure_latency(structure.model, x, prec, per_round) for _ in range(rounds))
-        table = LatencyTable(table_key(structure, batch_size, prec, round_to, points, method), dense,
-                             channels=[int(c) for c in structure.channels],
-                             layers=_layer_grid(structure, batch_size, prec, points, repeats))
+        table = LatencyTable(table_key(structure, batch_size, prec, round_to, points, method, quantum), dense,
+                             channels=[int(c) for c in structure.channels], quantum=quantum,
+                             layers=_layer_grid(structure, batch_size, prec, points, repeats, quantum))
         table.scale = _calibrate(structure, table, x, prec, round_to, per_round, rounds)
         return table
     return _group_table(structure, batch_size, precision, round_to, points, repeats, rounds)
@@ -214,16 +242,21 @@ def _block(module: nn.Module, kind: str, c_in: int, c_out: int) -> nn.Module:
     return nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.ReLU())
 
 
-def _axis(full: int, refs: list, points: int, step: int) -> list[int]:
-    """Channel counts a layer side is timed at: the dense one alone if no group changes it."""
+def _axis(full: int, refs: list, points: int, base: int) -> list[int]:
+    """Channel counts a layer side is timed at: the dense one alone if no group changes it, else
+    ``full``, the lowest count pruning leaves (a fifth, ``min_keep``'s default, in whole ``base``
+    blocks) and the multiples of a step between them: ``base``, doubled until ``points`` suffice."""
     if not refs:
         return [int(full)]
-    raw = np.linspace(max(step, 0.2 * full), full, points)
-    return sorted({max(step, int(round(v / step)) * step) for v in raw} | {int(full)})
+    low = max(base, base * math.floor(0.2 * full / base))
+    step = base
+    while math.ceil((full - low) / step) > max(points - 1, 1):
+        step *= 2
+    return sorted({low, int(full)} | set(range(step * math.ceil(low / step), int(full), step)))
 
 
 def _layer_grid(structure: ModelStructure, batch_size: int, prec: Precision, points: int,
-                repeats: int) -> list[dict]:
+                repeats: int, quantum: int) -> list[dict]:
     modules = dict(structure.model.named_modules())
     inputs = _layer_inputs(structure)
     device = next(structure.model.parameters()).device
@@ -234,7 +267,7 @@ def _layer_grid(structure: ModelStructure, batch_size: int, prec: Precision, poi
             continue
         module = modules[row["name"]]
         dw = row["kind"] == "dwconv"
-        step = module.groups if row["kind"] == "conv" else 1  # grouped convs keep whole groups
+        step = math.lcm(quantum, module.groups if row["kind"] == "conv" else 1)  # grouped convs keep whole groups
         in_refs = [] if dw else [list(r) for r in row["in_refs"]]  # a depthwise conv's input is its output
         out_refs = [list(r) for r in row["out_refs"]]
         ins, outs = _axis(row["in"], in_refs, points, step), _axis(row["out"], out_refs, points, step)
@@ -283,10 +316,12 @@ def _calibrate(structure: ModelStructure, table: LatencyTable, x: torch.Tensor, 
 
 
 def latency_table(structure: ModelStructure, batch_size: int = 1, precision: Precision | str = "fp32",
-                  round_to: int = 1, points: int = 5, cache: bool = True, method: str = "layers") -> LatencyTable:
+                  round_to: int = 1, points: int = 8, cache: bool = True, method: str = "layers",
+                  quantum: int = QUANTUM) -> LatencyTable:
     """The cached table for these keys, measured (and cached) when there is none or its key differs."""
     prec = resolve_precision(precision, next(structure.model.parameters()).device)
-    key = table_key(structure, batch_size, prec, round_to, points, method)
+    quantum = quantum if method == "layers" else 1
+    key = table_key(structure, batch_size, prec, round_to, points, method, quantum)
     path = cache_dir() / "latency" / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
     if cache and path.exists():
         try:
@@ -295,7 +330,7 @@ def latency_table(structure: ModelStructure, batch_size: int = 1, precision: Pre
                 return LatencyTable(**saved)
         except (json.JSONDecodeError, TypeError):
             pass  # unreadable: measured again below
-    table = measure_table(structure, batch_size, prec, round_to, points, method=method)
+    table = measure_table(structure, batch_size, prec, round_to, points, method=method, quantum=quantum)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, asdict(table))

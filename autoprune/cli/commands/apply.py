@@ -99,7 +99,7 @@ def run(args) -> None:
         pruned, cfg.ws.model, ws.data.num_classes, out / "model.pt", calib, vx, vy, criterion=cfg.criterion,
         policy=cfg.policy)
     if problem.latency is not None:
-        report["latency"] = cfg.target.measured(saved, problem.latency, allocation.counts(structure))
+        report["latency"] = cfg.target.measured(saved, structure.model, problem.latency, allocation.counts(structure))
     if cfg.report_test:
         report["saved_model_test_accuracy"] = accuracy(saved, *ws.data.tensors("test", ws.device))
     allocation.save(out / "allocation.json", structure, metric=metric, target=target)

@@ -1,6 +1,7 @@
 """``autoprune progressive``: train-prune-train, the model shrinking on a schedule while it trains."""
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -130,7 +131,7 @@ def run(args) -> None:
                "macs_ratio": result.allocation.macs(original) / original.dense_macs, "target": cfg.target,
                "train_macs": result.train_macs, "seconds": result.seconds, "precision": ws.precision.name,
                "trajectory": trajectory, "steps": result.steps,
-               "latency": (latency[0].measured(result.model, latency[1], result.allocation.counts(original))
+               "latency": (latency[0].measured(result.model, latency[2], latency[1], result.allocation.counts(original))
                            if latency else None),
                "events": [{**asdict(e), "lr": recipe.lr_at(e.step, total)} for e in result.events], "history": result.history, "config": flat_config(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -163,4 +164,5 @@ def _latency_shape(cfg: ProgressiveConfig, ws, allocator):
     problem = PruningProblem(structure, cfg.latency, "latency", ws.evaluator(), cfg.criterion,
                              ws.data.calibration_batches(128, ws.device), cfg.min_keep, 1.0, cfg.round_to, latency=table)
     allocation = allocator.allocate(problem)
-    return _Decided(allocation), allocation.macs(structure) / structure.dense_macs, (options, table)
+    dense = copy.deepcopy(structure.model)  # the latency reference: training prunes ws.model in place
+    return _Decided(allocation), allocation.macs(structure) / structure.dense_macs, (options, table, dense)

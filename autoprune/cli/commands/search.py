@@ -169,7 +169,7 @@ def run(args) -> None:
         "policy": policy,
         "target_range": list(target_range) if target_range else None,
         "policy_at_targets": policy_at if target_range else None,
-        "latency": (cfg.target.measured(saved, problem.latency, best_alloc.counts(structure))
+        "latency": (cfg.target.measured(saved, structure.model, problem.latency, best_alloc.counts(structure))
                     if problem.latency is not None else None),
         "dense_val_accuracy": dense_acc,
         "seconds_per_episode": seconds / max(1, episodes),
