@@ -11,13 +11,15 @@ threads torch uses here).
   bilinearly, no ``method`` = the first ``groups`` table), then allocations at 50% of the predicted
   latency (uniform, layer statistics, 4 random feasible ones): predicted vs measured latency ratio
   of the pruned model, the measured one paired with the dense model (alternating rounds, so the
-  machine's drift cancels; ``latency.paired_ratio``). Where
+  machine's drift cancels; ``latency.paired_ratio``), and after ``--latency-fit`` (``fitted_ratio``:
+  re-scaled until measured within 5%, ``latency.fit_measured``). Where
   50% is out of reach (every group at ``min_keep`` = 0.2 still costs more: unprunable layers and
   per-layer overhead), the next 5% step above that floor, recorded with the floor.
 - ``search``: ResNet-56 adapted to the JPEG copy, batch 1 and 64: random search (50 samples,
   adaptive BN on 1,024 / 2,000 training images) with ``--latency 0.5`` vs with a MACs target
   chosen so that the uniform allocation lands on 50% of the predicted latency (what a user
-  targeting MACs would pick); each winner's adaptive-BN accuracy and measured latency.
+  targeting MACs would pick); each winner re-scaled to the same measured latency target
+  (``fit_measured``), then its adaptive-BN accuracy and measured latency: equal speed, which is more accurate.
 - ``round-to``: ResNet-56 and tv:mobilenet_v2, batch 1 and 64: the uniform allocation at 50% of
   MACs with channel counts rounded to multiples of 1, 8 and 16, measured latency.
 
@@ -39,7 +41,7 @@ from autoprune.core.allocation import Allocation
 from autoprune.core.legal import bisect
 from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.structure import ModelStructure
-from autoprune.deploy.latency import latency_table, paired_ratio
+from autoprune.deploy.latency import fit_measured, latency_table, paired_ratio
 from autoprune.models import create_model, model_info
 from autoprune.runs import write_json_atomic
 from autoprune.workspace import open_workspace
@@ -93,19 +95,20 @@ def predict(record: dict) -> None:
             rng = np.random.default_rng(0)
             for i in range(4):
                 allocs[f"random{i}"] = Allocation.from_counts(s, random_feasible_counts(problem, rng))
-            x = torch.randn(batch, *s.example_input.shape[1:])
             for name, alloc in allocs.items():
                 counts = alloc.counts(s)
-                remove = [list(range(g.channels - k)) for g, k in zip(s.groups, counts)]
-                ratio, measured, dense = paired_ratio(s.prune_copy(remove), s.model, x, "fp32", PAIRED[batch])
-                predicted = table.predict(counts) / table.dense
+                fitted, steps = fit_measured(problem, alloc, "fp32", repeats=PAIRED[batch])
+                raw, last = steps[0], steps[-1]
+                predicted, ratio = raw["predicted_ratio"], raw["measured_ratio"]
                 record["predict"].append({
                     "model": model, "batch": batch, "table": TABLE, "allocation": name, "target": target,
                     "floor": floor, "predicted_ratio": predicted, "measured_ratio": ratio,
                     "error": predicted / ratio - 1, "ratio_error": ratio - target,
-                    "measured_ms": 1e3 * measured, "dense_ms": 1e3 * dense,
+                    "measured_ms": 1e3 * raw["measured_seconds"], "dense_ms": 1e3 * raw["dense_seconds"],
                     "table_dense_ms": 1e3 * table.dense, "scale": table.scale, "fit_r2": table.fit_r2,
-                    "macs_ratio": s.macs(counts) / s.dense_macs})
+                    "macs_ratio": s.macs(counts) / s.dense_macs,
+                    "fitted_ratio": last["measured_ratio"], "fit_measurements": len(steps),
+                    "fitted_macs_ratio": s.macs(fitted.counts(s)) / s.dense_macs})
                 print(json.dumps(record["predict"][-1]), flush=True)
             write_json_atomic(OUT, record, indent=1)
 
@@ -132,10 +135,16 @@ def search(record: dict) -> None:
                "macs_target": macs_target, "samples": 50}
         for name, problem in (("latency", lat_problem), ("macs", macs_problem)):
             best = get_allocator("random", samples=50, seed=0).allocate(problem)
-            counts = best.counts(structure)
-            ratio, measured, dense = paired_ratio(problem.pruned_model(best), structure.model, x, "fp32", PAIRED[batch])
-            row[name] = {"adaptive_bn_accuracy": problem.score(best), "measured_ms": 1e3 * measured,
-                         "dense_ms": 1e3 * dense,
+            # both winners re-scaled to the same measured latency (--latency-fit): compared at equal speed
+            fitted, steps = fit_measured(lat_problem, best, "fp32", repeats=PAIRED[batch])
+            counts = fitted.counts(structure)
+            ratio, measured, dense = paired_ratio(problem.pruned_model(fitted), structure.model, x, "fp32",
+                                                  PAIRED[batch])
+            row[name] = {"adaptive_bn_accuracy": problem.score(fitted), "measured_ms": 1e3 * measured,
+                         "dense_ms": 1e3 * dense, "before_fit": {
+                             "adaptive_bn_accuracy": problem.score(best), "measured_ratio": steps[0]["measured_ratio"],
+                             "macs_ratio": structure.macs(best.counts(structure)) / structure.dense_macs},
+                         "fit_measurements": len(steps),
                          "measured_ratio": ratio, "predicted_ratio": table.predict(counts) / table.dense,
                          "macs_ratio": structure.macs(counts) / structure.dense_macs}
         record["search"].append(row)

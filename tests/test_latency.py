@@ -123,6 +123,33 @@ def test_allocators_meet_a_latency_budget(resnet20_structure, fake_clock):
             assert target - 0.02 <= ratio <= target + 1e-9, (name, target, ratio)
 
 
+def test_fit_measured_corrects_a_table_the_device_disagrees_with(resnet20_structure, blocked_clock, monkeypatch):
+    """The table is built on one clock; the device then saves only 80% of what the table predicts
+    (cuts cheaper than timed alone, as at batch 64 here). Trusting the table misses a 60% target by
+    more than 5%; the measured fit lands within 5% and keeps the allocation's shape. A target below
+    what the device can reach ends at the bounds, reported, without an error."""
+    s = resnet20_structure
+    table = lat.latency_table(s, batch_size=1, cache=False)
+    x = torch.randn(1, 3, 32, 32)
+    dense = 1e-9 * blocked_macs(s.model, x) + 1e-4
+    monkeypatch.setattr(lat, "measure_latency",
+                        lambda model, x, precision="fp32", repeats=20, warmup=3:
+                        dense - 0.8 * (dense - (1e-9 * blocked_macs(model, x) + 1e-4)))
+    problem = PruningProblem(s, 0.6, metric="latency", latency=table)
+    chosen = get_allocator("layer-stats").allocate(problem)
+    fitted, rows = lat.fit_measured(problem, chosen)
+    assert abs(rows[0]["measured_ratio"] / 0.6 - 1) > 0.1  # the table alone: off by more than 10%
+    assert abs(rows[-1]["measured_ratio"] / 0.6 - 1) <= 0.05 and 1 < len(rows) <= 5
+    remove = [list(range(g.channels - k)) for g, k in zip(s.groups, fitted.counts(s))]
+    assert lat.measure_latency(s.prune_copy(remove), x) / dense == pytest.approx(rows[-1]["measured_ratio"])
+    before, after = np.asarray(chosen.counts(s)), np.asarray(fitted.counts(s))
+    assert np.all(after <= before)  # one factor for every group: deeper cuts everywhere, none grows
+    assert np.corrcoef(before, after)[0, 1] > 0.9
+    floor = PruningProblem(s, 0.4, metric="latency", latency=table)  # the table reaches 0.36, the device 0.49
+    _, rows = lat.fit_measured(floor, get_allocator("uniform").allocate(floor))
+    assert rows[-1]["measured_ratio"] > 0.4 * 1.05 and len(rows) <= 5  # out of reach: stops at the bounds
+
+
 def test_latency_needs_a_table(resnet20_structure):
     from autoprune.errors import AutopruneError
 
@@ -144,6 +171,8 @@ def test_search_with_a_latency_target_reports_measured_latency(tmp_path, capsys,
     assert summary["metric"] == "latency" and latency["batch_size"] == 1
     assert latency["measured_seconds"] > 0 and latency["predicted_seconds"] <= 0.6 * latency["dense_seconds"] + 1e-12
     assert latency["measured_seconds"] == pytest.approx(latency["predicted_seconds"], rel=0.02)
+    assert len(summary["latency_fit"]["measurements"]) == 1  # the table was right: nothing to correct
+    assert abs(latency["measured_ratio"] / 0.6 - 1) <= 0.05
     assert "best_model.pt latency" in capsys.readouterr().out
 
 

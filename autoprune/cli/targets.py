@@ -51,6 +51,7 @@ class TargetOptions:
     latency: float | str | None = field(default=None, metadata=_TARGET)
     latency_batch: int = 1
     latency_precision: str = "fp32"
+    latency_fit: bool = True
 
     def resolve_range(self) -> tuple[str, float, float]:
         """(metric, lowest target, highest target) from the mutually exclusive target options."""
@@ -86,6 +87,20 @@ class TargetOptions:
                 "use --macs, or a larger --latency-batch")
         return table
 
+    def fit(self, problem, allocation):
+        """(allocation, measurements): with --latency and --latency-fit, the allocation re-scaled until
+        its measured latency is within 5% of the target (``latency.fit_measured``); else unchanged."""
+        if problem.latency is None or not self.latency_fit:
+            return allocation, []
+        fitted, rows = lat.fit_measured(problem, allocation, self.latency_precision)
+        steps = " -> ".join(f"{100 * r['measured_ratio']:.1f}%" for r in rows)
+        missed = "" if abs(rows[-1]["measured_ratio"] / problem.target - 1) <= 0.05 else (
+            " (not within 5%: the device cannot go lower within --min-keep)" if rows[-1]["measured_ratio"] > problem.target
+            else " (not within 5%)")
+        print(f"latency fit (batch {self.latency_batch}): measured {steps} of dense, target "
+              f"{100 * problem.target:.1f}%{missed}")
+        return fitted, rows
+
     def measured(self, model: nn.Module, dense: nn.Module, table: LatencyTable, counts) -> dict:
         """The saved model's latency, measured now against the dense model (alternating rounds, so the
         ratio does not drift with the machine), next to the table's prediction."""
@@ -105,5 +120,7 @@ HELP = {
                "table is measured once per model, device, batch, threads and precision, and cached",
     "latency_batch": "batch size the latency is measured at",
     "latency_precision": "precision the latency is measured in (the deployed one)",
+    "latency_fit": "with --latency: time the chosen allocation's pruned model and re-scale it (shape kept) until "
+                   "the measured latency is within 5% of the target; --no-latency-fit trusts the table",
 }
 

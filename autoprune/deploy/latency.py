@@ -335,3 +335,43 @@ def latency_table(structure: ModelStructure, batch_size: int = 1, precision: Pre
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, asdict(table))
     return table
+
+
+def fit_measured(problem, allocation, precision: Precision | str = "fp32", tolerance: float = 0.05,
+                 steps: int = 4, repeats: int = 30) -> tuple:
+    """The table predicts, the device decides: time ``allocation``'s pruned model against the dense
+    one (``paired_ratio``) and, while the measured ratio is more than ``tolerance`` (relative) off the
+    problem's latency target, ask the table for ``target x target / measured`` (the correction its
+    bias needs for this shape) with every group's count scaled by one factor -- the allocation's
+    shape kept -- and measure again. NetAdapt likewise measures every proposal instead of trusting
+    the table. Returns (allocation, one row per measurement)."""
+    from autoprune.core.allocation import Allocation
+    from autoprune.core.legal import bisect
+    from autoprune.core.problem import fill_to_budget
+
+    s, table, target = problem.structure, problem.latency, problem.target
+    x = torch.randn(table.key["batch_size"], *table.key["input_shape"], device=next(s.model.parameters()).device)
+    base = np.asarray(allocation.counts(s), dtype=np.float64)
+    lo, hi = problem.min_counts(), problem.max_counts()
+
+    def scaled(f: float) -> np.ndarray:
+        return np.clip([s.snap(g, f * k, problem.round_to) for g, k in enumerate(base)], lo, hi)
+
+    counts, goal, rows = np.asarray(allocation.counts(s)), target, []
+    for step in range(steps + 1):
+        remove = [list(range(g.channels - int(k))) for g, k in zip(s.groups, counts)]
+        ratio, seconds, dense = paired_ratio(s.prune_copy(remove), s.model, x, precision, repeats)
+        rows.append({"step": step, "asked_ratio": goal, "predicted_ratio": table.predict(counts) / table.dense,
+                     "measured_ratio": ratio, "measured_seconds": seconds, "dense_seconds": dense})
+        if abs(ratio / target - 1) <= tolerance or step == steps:
+            break
+        goal = min(1.0, goal * target / ratio)
+        f, _ = bisect(lambda f: table.predict(scaled(f)) <= goal * table.dense, 0.0, 1.0 / max(1e-9, min(base / hi)))
+        asked = copy.copy(problem)  # the same problem, budgeted at the corrected goal
+        asked.target = goal
+        # one factor moves every group's channel block at once: fill the gap it leaves channel by channel
+        new = fill_to_budget(asked, scaled(f), order=list(np.argsort(scaled(f) / hi)))
+        if np.array_equal(new, counts):
+            break  # the table cannot express a finer step from here
+        counts = new
+    return Allocation.from_counts(s, counts), rows

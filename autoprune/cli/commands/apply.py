@@ -69,7 +69,7 @@ def run(args) -> None:
     calib = ws.data.calibration_batches(128, ws.device)
     problem = PruningProblem(structure, target, metric, ws.evaluator() if cfg.evaluate else None, cfg.criterion,
                              calib, min_keep, max_keep, cfg.round_to, latency=cfg.target.table(structure, cfg.round_to))
-    allocation = allocator.allocate(problem)
+    allocation, latency_fit = cfg.target.fit(problem, allocator.allocate(problem))
     cost_ratio = problem.cost(allocation.counts(structure)) / problem.dense_cost
     pruned = problem.pruned_model(allocation)
     x1 = ws.data.tensors("val")[0][:1].to(ws.device)
@@ -100,6 +100,7 @@ def run(args) -> None:
         policy=cfg.policy)
     if problem.latency is not None:
         report["latency"] = cfg.target.measured(saved, structure.model, problem.latency, allocation.counts(structure))
+        report["latency_fit"] = latency_fit
     if cfg.report_test:
         report["saved_model_test_accuracy"] = accuracy(saved, *ws.data.tensors("test", ws.device))
     allocation.save(out / "allocation.json", structure, metric=metric, target=target)

@@ -30,6 +30,7 @@ class ProgressiveConfig:
     latency: float | None = None  # instead: kept fraction of the measured latency (the final shape is decided on it)
     latency_batch: int = 1
     latency_precision: str = "fp32"
+    latency_fit: bool = True
     allocator: str = "uniform"
     trajectory: str | None = None  # final | per-step; default: final for policy:/allocation:, else per-step
     criterion: str = "l1"
@@ -52,6 +53,8 @@ def add_arguments(parser) -> None:
         "latency": "instead of --target: kept fraction of the measured latency (lookup table at --latency-batch, "
                    "--latency-precision); the allocator decides the final shape on the original model against it, "
                    "and every cut heads for that shape (--trajectory final)",
+        "latency_fit": "with --latency: time the decided shape and re-scale it until its measured latency is "
+                       "within 5% of the target, before training; --no-latency-fit trusts the table",
         "allocator": "uniform, layer-stats, global, policy:PATH, allocation:PATH, search:EPISODES (random search "
                      "with adaptive BN at each cut), ... (autoprune.agents)",
         "trajectory": "final: fix each group's final width once (the allocator on the original model at --target) "
@@ -158,11 +161,11 @@ def _latency_shape(cfg: ProgressiveConfig, ws, allocator):
     from autoprune.core.problem import PruningProblem
 
     options = TargetOptions(latency=cfg.latency, latency_batch=cfg.latency_batch,
-                            latency_precision=cfg.latency_precision)
+                            latency_precision=cfg.latency_precision, latency_fit=cfg.latency_fit)
     structure = ws.structure()
     table = options.table(structure, cfg.round_to)
     problem = PruningProblem(structure, cfg.latency, "latency", ws.evaluator(), cfg.criterion,
                              ws.data.calibration_batches(128, ws.device), cfg.min_keep, 1.0, cfg.round_to, latency=table)
-    allocation = allocator.allocate(problem)
+    allocation, _ = options.fit(problem, allocator.allocate(problem))
     dense = copy.deepcopy(structure.model)  # the latency reference: training prunes ws.model in place
     return _Decided(allocation), allocation.macs(structure) / structure.dense_macs, (options, table, dense)

@@ -137,6 +137,10 @@ def run(args) -> None:
     uniform = UniformAllocator().allocate(problem)
     uniform_acc = problem.score(uniform)
     best_acc = problem.score(best_alloc) if best_acc is None else best_acc
+    searched = {"adaptive_bn_accuracy": best_acc, "counts": [int(c) for c in best_alloc.counts(structure)]}
+    best_alloc, latency_fit = cfg.target.fit(problem, best_alloc)
+    if [int(c) for c in best_alloc.counts(structure)] != searched["counts"]:
+        best_acc = problem.score(best_alloc)  # the re-scaled allocation is what is saved: score it
     vx, vy = ws.data.tensors("val", ws.device)
     dense_acc = accuracy(ws.model, vx, vy)
     saved_acc, saved = save_calibrated(problem.pruned_model(best_alloc), cfg.ws.model, ws.data.num_classes,
@@ -171,6 +175,7 @@ def run(args) -> None:
         "policy_at_targets": policy_at if target_range else None,
         "latency": (cfg.target.measured(saved, structure.model, problem.latency, best_alloc.counts(structure))
                     if problem.latency is not None else None),
+        "latency_fit": {"searched": searched, "measurements": latency_fit} if latency_fit else None,
         "dense_val_accuracy": dense_acc,
         "seconds_per_episode": seconds / max(1, episodes),
         "evaluator_share": eval_seconds / seconds if seconds > 0 and eval_seconds > 0 else None,  # None: workers
