@@ -105,7 +105,7 @@ class TargetOptions:
         """The saved model's latency, measured now against the dense model (alternating rounds, so the
         ratio does not drift with the machine), next to the table's prediction."""
         x = torch.randn(table.key["batch_size"], *table.key["input_shape"], device=next(model.parameters()).device)
-        ratio, measured, dense_now = lat.paired_ratio(model, dense, x, self.latency_precision, repeats=50)
+        ratio, measured, dense_now = lat.paired_ratio(model, dense, x, self.latency_precision, repeats=60, rounds=10)
         return {"predicted_seconds": table.predict(counts), "measured_seconds": measured,
                 "dense_seconds": table.dense, "dense_seconds_now": dense_now, "measured_ratio": ratio,
                 "predicted_ratio": table.predict(counts) / table.dense,

@@ -338,7 +338,7 @@ def latency_table(structure: ModelStructure, batch_size: int = 1, precision: Pre
 
 
 def fit_measured(problem, allocation, precision: Precision | str = "fp32", tolerance: float = 0.05,
-                 steps: int = 4, repeats: int = 30) -> tuple:
+                 steps: int = 4, repeats: int = 60, rounds: int = 10) -> tuple:
     """The table predicts, the device decides: time ``allocation``'s pruned model against the dense
     one (``paired_ratio``) and, while the measured ratio is more than ``tolerance`` (relative) off the
     problem's latency target, ask the table for ``target x target / measured`` (the correction its
@@ -360,7 +360,7 @@ def fit_measured(problem, allocation, precision: Precision | str = "fp32", toler
     counts, goal, rows = np.asarray(allocation.counts(s)), target, []
     for step in range(steps + 1):
         remove = [list(range(g.channels - int(k))) for g, k in zip(s.groups, counts)]
-        ratio, seconds, dense = paired_ratio(s.prune_copy(remove), s.model, x, precision, repeats)
+        ratio, seconds, dense = paired_ratio(s.prune_copy(remove), s.model, x, precision, repeats, rounds)
         rows.append({"step": step, "asked_ratio": goal, "predicted_ratio": table.predict(counts) / table.dense,
                      "measured_ratio": ratio, "measured_seconds": seconds, "dense_seconds": dense})
         if abs(ratio / target - 1) <= tolerance or step == steps:
