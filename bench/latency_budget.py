@@ -42,6 +42,7 @@ from autoprune.core.legal import bisect
 from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.structure import ModelStructure
 from autoprune.deploy.latency import fit_measured, latency_table, paired_ratio
+from autoprune.errors import AutopruneError
 from autoprune.models import create_model, model_info
 from autoprune.runs import write_json_atomic
 from autoprune.workspace import open_workspace
@@ -169,7 +170,12 @@ def round_to(record: dict) -> None:
             s = _structure(model)
             x = torch.randn(batch, *s.example_input.shape[1:])
             for step in (1, 8, 16):
-                alloc = uniform_allocation(PruningProblem(s, TARGET, round_to=step))
+                try:
+                    alloc = uniform_allocation(PruningProblem(s, TARGET, round_to=step))
+                except AutopruneError as e:  # e.g. 16-channel groups cannot go below 16 channels with --round-to 16
+                    record["round_to"].append({"model": model, "batch": batch, "round_to": step, "macs_target": TARGET,
+                                               "allocation": None, "note": str(e)})
+                    continue
                 counts = alloc.counts(s)
                 remove = [list(range(g.channels - k)) for g, k in zip(s.groups, counts)]
                 ratio, measured, dense = paired_ratio(s.prune_copy(remove), s.model, x, "fp32", **_paired(model, batch))

@@ -150,6 +150,20 @@ def test_fit_measured_corrects_a_table_the_device_disagrees_with(resnet20_struct
     assert rows[-1]["measured_ratio"] > 0.4 * 1.05 and len(rows) <= 5  # out of reach: stops at the bounds
 
 
+def test_fit_steps_follow_the_secant_where_measurements_slope():
+    """A device whose measured ratio is 0.1 + 0.5 x predicted (mobilenet_v2 at batch 64 here: predicted
+    50%, measured 31%): the proportional first step overshoots, the secant through two measurements
+    lands on the target; measurements that do not rise with the prediction (noise) fall back."""
+    device = lambda x: 0.1 + 0.5 * x  # noqa: E731
+    rows = [{"predicted_ratio": 0.5, "measured_ratio": device(0.5)}]
+    first = lat._next_goal(rows, 0.5)
+    assert first == pytest.approx(0.5 * 0.5 / 0.35)
+    rows.append({"predicted_ratio": first, "measured_ratio": device(first)})
+    assert device(lat._next_goal(rows, 0.5)) == pytest.approx(0.5)
+    noisy = [{"predicted_ratio": 0.5, "measured_ratio": 0.45}, {"predicted_ratio": 0.55, "measured_ratio": 0.44}]
+    assert lat._next_goal(noisy, 0.5) == pytest.approx(0.55 * 0.5 / 0.44)
+
+
 def test_latency_needs_a_table(resnet20_structure):
     from autoprune.errors import AutopruneError
 

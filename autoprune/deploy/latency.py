@@ -337,6 +337,19 @@ def latency_table(structure: ModelStructure, batch_size: int = 1, precision: Pre
     return table
 
 
+def _next_goal(rows: list[dict], target: float) -> float:
+    """The predicted ratio to ask the table for next: the secant through the last two (predicted,
+    measured) pairs where they rise together, else the proportional correction
+    predicted x target / measured (the first step, or measurements too noisy to slope)."""
+    x1, y1 = rows[-1]["predicted_ratio"], rows[-1]["measured_ratio"]
+    goal = x1 * target / y1
+    if len(rows) > 1:
+        x0, y0 = rows[-2]["predicted_ratio"], rows[-2]["measured_ratio"]
+        if (x1 - x0) * (y1 - y0) > 0 and abs(y1 - y0) > 1e-3 * target:
+            goal = x1 + (target - y1) * (x1 - x0) / (y1 - y0)
+    return float(min(1.0, max(0.5 * x1, min(2.0 * x1, goal))))
+
+
 def fit_measured(problem, allocation, precision: Precision | str = "fp32", tolerance: float = 0.05,
                  steps: int = 4, repeats: int = 60, rounds: int = 10) -> tuple:
     """The table predicts, the device decides: time ``allocation``'s pruned model against the dense
@@ -365,7 +378,7 @@ def fit_measured(problem, allocation, precision: Precision | str = "fp32", toler
                      "measured_ratio": ratio, "measured_seconds": seconds, "dense_seconds": dense})
         if abs(ratio / target - 1) <= tolerance or step == steps:
             break
-        goal = min(1.0, goal * target / ratio)
+        goal = _next_goal(rows, target)
         f, _ = bisect(lambda f: table.predict(scaled(f)) <= goal * table.dense, 0.0, 1.0 / max(1e-9, min(base / hi)))
         asked = copy.copy(problem)  # the same problem, budgeted at the corrected goal
         asked.target = goal
