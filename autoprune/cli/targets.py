@@ -95,8 +95,8 @@ class TargetOptions:
         fitted, rows = lat.fit_measured(problem, allocation, self.latency_precision)
         steps = " -> ".join(f"{100 * r['measured_ratio']:.1f}%" for r in rows)
         missed = "" if abs(rows[-1]["measured_ratio"] / problem.target - 1) <= 0.05 else (
-            " (not within 5%: the device cannot go lower within --min-keep)" if rows[-1]["measured_ratio"] > problem.target
-            else " (not within 5%)")
+            f" (not within 5% after {len(rows)} measurements: out of reach within --min-keep, or too noisy to "
+            "settle; the last one is kept)")
         print(f"latency fit (batch {self.latency_batch}): measured {steps} of dense, target "
               f"{100 * problem.target:.1f}%{missed}")
         return fitted, rows
@@ -105,7 +105,7 @@ class TargetOptions:
         """The saved model's latency, measured now against the dense model (alternating rounds, so the
         ratio does not drift with the machine), next to the table's prediction."""
         x = torch.randn(table.key["batch_size"], *table.key["input_shape"], device=next(model.parameters()).device)
-        ratio, measured, dense_now = lat.paired_ratio(model, dense, x, self.latency_precision, repeats=60, rounds=10)
+        ratio, measured, dense_now = lat.paired_ratio(model, dense, x, self.latency_precision)
         return {"predicted_seconds": table.predict(counts), "measured_seconds": measured,
                 "dense_seconds": table.dense, "dense_seconds_now": dense_now, "measured_ratio": ratio,
                 "predicted_ratio": table.predict(counts) / table.dense,

@@ -66,7 +66,7 @@ def measure_latency(model: nn.Module, x: torch.Tensor, precision: Precision | st
 
 
 def paired_ratio(model: nn.Module, reference: nn.Module, x: torch.Tensor, precision: Precision | str = "fp32",
-                 repeats: int = 30, rounds: int = 5) -> tuple[float, float, float]:
+                 repeats: int = 60, rounds: int = 10) -> tuple[float, float, float]:
     """(model's latency / reference's, model seconds, reference seconds), timed in alternating rounds.
 
     The ratio is the median of the per-round ratios: a clock that drifts (a shared VM's CPU was seen
@@ -354,9 +354,8 @@ def fit_measured(problem, allocation, precision: Precision | str = "fp32", toler
                  steps: int = 4, repeats: int = 60, rounds: int = 10) -> tuple:
     """The table predicts, the device decides: time ``allocation``'s pruned model against the dense
     one (``paired_ratio``) and, while the measured ratio is more than ``tolerance`` (relative) off the
-    problem's latency target, ask the table for ``target x target / measured`` (the correction its
-    bias needs for this shape) with every group's count scaled by one factor -- the allocation's
-    shape kept -- and measure again. NetAdapt likewise measures every proposal instead of trusting
+    problem's latency target, ask the table for a corrected predicted ratio (``_next_goal``) with
+    every group's count scaled by one factor -- the allocation's shape kept -- and measure again. NetAdapt likewise measures every proposal instead of trusting
     the table. Returns (allocation, one row per measurement)."""
     from autoprune.core.allocation import Allocation
     from autoprune.core.legal import bisect
