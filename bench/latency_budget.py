@@ -106,7 +106,7 @@ def predict(record: dict) -> None:
             for name, alloc in allocs.items():
                 counts = alloc.counts(s)
                 fitted, steps = fit_measured(problem, alloc, "fp32", **_paired(model, batch))
-                raw, last = steps[0], steps[-1]
+                raw, kept = steps[0], min(steps, key=lambda r: abs(r["measured_ratio"] / target - 1))  # what fit_measured returns
                 predicted, ratio = raw["predicted_ratio"], raw["measured_ratio"]
                 record["predict"].append({
                     "model": model, "batch": batch, "table": TABLE, "allocation": name, "target": target,
@@ -115,7 +115,8 @@ def predict(record: dict) -> None:
                     "measured_ms": 1e3 * raw["measured_seconds"], "dense_ms": 1e3 * raw["dense_seconds"],
                     "table_dense_ms": 1e3 * table.dense, "scale": table.scale, "fit_r2": table.fit_r2,
                     "macs_ratio": s.macs(counts) / s.dense_macs,
-                    "fitted_ratio": last["measured_ratio"], "fit_measurements": len(steps),
+                    "fitted_ratio": kept["measured_ratio"], "fit_measurements": len(steps), "fit_step": "secant",
+                    "fit_trace": [r["measured_ratio"] for r in steps],
                     "fitted_macs_ratio": s.macs(fitted.counts(s)) / s.dense_macs})
                 print(json.dumps(record["predict"][-1]), flush=True)
             write_json_atomic(OUT, record, indent=1)

@@ -150,6 +150,19 @@ def test_fit_measured_corrects_a_table_the_device_disagrees_with(resnet20_struct
     assert rows[-1]["measured_ratio"] > 0.4 * 1.05 and len(rows) <= 5  # out of reach: stops at the bounds
 
 
+def test_fit_keeps_the_closest_measurement_when_none_lands(resnet20_structure, fake_clock, monkeypatch):
+    """A device too noisy to settle: the fit returns the allocation whose measurement came closest to
+    the target, not whichever it measured last."""
+    s = resnet20_structure
+    table = lat.latency_table(s, batch_size=1, points=3, cache=False)
+    script = iter([0.70, 0.64, 0.69, 0.72, 0.75])  # target 0.6: step 1 (0.64) is the closest, none within 5%
+    monkeypatch.setattr(lat, "paired_ratio", lambda *args, **kw: (next(script), 1.0, 1.0))
+    problem = PruningProblem(s, 0.6, metric="latency", latency=table)
+    fitted, rows = lat.fit_measured(problem, get_allocator("uniform").allocate(problem))
+    assert [r["measured_ratio"] for r in rows] == [0.70, 0.64, 0.69, 0.72, 0.75]
+    assert list(fitted.counts(s)) == rows[1]["counts"] != rows[-1]["counts"]
+
+
 def test_fit_steps_follow_the_secant_where_measurements_slope():
     """A device whose measured ratio is 0.1 + 0.5 x predicted (mobilenet_v2 at batch 64 here: predicted
     50%, measured 31%): the proportional first step overshoots, the secant through two measurements

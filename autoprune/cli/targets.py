@@ -94,9 +94,9 @@ class TargetOptions:
             return allocation, []
         fitted, rows = lat.fit_measured(problem, allocation, self.latency_precision)
         steps = " -> ".join(f"{100 * r['measured_ratio']:.1f}%" for r in rows)
-        missed = "" if abs(rows[-1]["measured_ratio"] / problem.target - 1) <= 0.05 else (
+        missed = "" if min(abs(r["measured_ratio"] / problem.target - 1) for r in rows) <= 0.05 else (
             f" (not within 5% after {len(rows)} measurements: out of reach within --min-keep, or too noisy to "
-            "settle; the last one is kept)")
+            "settle; the closest one is kept)")
         print(f"latency fit (batch {self.latency_batch}): measured {steps} of dense, target "
               f"{100 * problem.target:.1f}%{missed}")
         return fitted, rows

@@ -355,8 +355,9 @@ def fit_measured(problem, allocation, precision: Precision | str = "fp32", toler
     """The table predicts, the device decides: time ``allocation``'s pruned model against the dense
     one (``paired_ratio``) and, while the measured ratio is more than ``tolerance`` (relative) off the
     problem's latency target, ask the table for a corrected predicted ratio (``_next_goal``) with
-    every group's count scaled by one factor -- the allocation's shape kept -- and measure again. NetAdapt likewise measures every proposal instead of trusting
-    the table. Returns (allocation, one row per measurement)."""
+    every group's count scaled by one factor -- the allocation's shape kept -- and measure again.
+    NetAdapt likewise measures every proposal instead of trusting the table. Returns (the measured
+    allocation closest to the target, one row per measurement)."""
     from autoprune.core.allocation import Allocation
     from autoprune.core.legal import bisect
     from autoprune.core.problem import fill_to_budget
@@ -374,7 +375,8 @@ def fit_measured(problem, allocation, precision: Precision | str = "fp32", toler
         remove = [list(range(g.channels - int(k))) for g, k in zip(s.groups, counts)]
         ratio, seconds, dense = paired_ratio(s.prune_copy(remove), s.model, x, precision, repeats, rounds)
         rows.append({"step": step, "asked_ratio": goal, "predicted_ratio": table.predict(counts) / table.dense,
-                     "measured_ratio": ratio, "measured_seconds": seconds, "dense_seconds": dense})
+                     "measured_ratio": ratio, "measured_seconds": seconds, "dense_seconds": dense,
+                     "counts": [int(k) for k in counts]})
         if abs(ratio / target - 1) <= tolerance or step == steps:
             break
         goal = _next_goal(rows, target)
@@ -386,4 +388,6 @@ def fit_measured(problem, allocation, precision: Precision | str = "fp32", toler
         if np.array_equal(new, counts):
             break  # the table cannot express a finer step from here
         counts = new
-    return Allocation.from_counts(s, counts), rows
+    # a noisy or unreachable fit may end farther off than an earlier step: keep the closest measured one
+    best = min(rows, key=lambda r: abs(r["measured_ratio"] / target - 1))
+    return Allocation.from_counts(s, best["counts"]), rows
