@@ -339,14 +339,14 @@ def latency_table(structure: ModelStructure, batch_size: int = 1, precision: Pre
 
 def _next_goal(rows: list[dict], target: float) -> float:
     """The predicted ratio to ask the table for next: the secant through the last two (predicted,
-    measured) pairs where they rise together, else the proportional correction
-    predicted x target / measured (the first step, or measurements too noisy to slope)."""
+    measured) pairs where they rise together -- on the first step the other pair is the dense model,
+    (1, 1) by definition, so a device with a fixed overhead is hit at once -- else the proportional
+    correction predicted x target / measured (measurements too noisy to slope)."""
     x1, y1 = rows[-1]["predicted_ratio"], rows[-1]["measured_ratio"]
+    x0, y0 = (rows[-2]["predicted_ratio"], rows[-2]["measured_ratio"]) if len(rows) > 1 else (1.0, 1.0)
     goal = x1 * target / y1
-    if len(rows) > 1:
-        x0, y0 = rows[-2]["predicted_ratio"], rows[-2]["measured_ratio"]
-        if (x1 - x0) * (y1 - y0) > 0 and abs(y1 - y0) > 1e-3 * target:
-            goal = x1 + (target - y1) * (x1 - x0) / (y1 - y0)
+    if (x1 - x0) * (y1 - y0) > 0 and abs(y1 - y0) > 1e-3 * target:
+        goal = x1 + (target - y1) * (x1 - x0) / (y1 - y0)
     return float(min(1.0, max(0.5 * x1, min(2.0 * x1, goal))))
 
 
