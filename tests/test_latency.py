@@ -150,6 +150,27 @@ def test_fit_measured_corrects_a_table_the_device_disagrees_with(resnet20_struct
     assert rows[-1]["measured_ratio"] > 0.4 * 1.05 and len(rows) <= 5  # out of reach: stops at the bounds
 
 
+def test_fit_brings_one_allocation_to_another_ones_measured_speed(resnet20_structure, blocked_clock, monkeypatch):
+    """Comparing two allocations "at equal measured latency": the second is re-scaled against the first,
+    timed head to head, until the two measure within 2% of each other -- on a device that saves only
+    80% of what the table predicts, where fitting each to the dense target leaves them up to 10% apart."""
+    s = resnet20_structure
+    table = lat.latency_table(s, batch_size=1, cache=False)
+    x = torch.randn(1, 3, 32, 32)
+    dense = 1e-9 * blocked_macs(s.model, x) + 1e-4
+    clock = lambda model: dense - 0.8 * (dense - (1e-9 * blocked_macs(model, x) + 1e-4))  # noqa: E731
+    monkeypatch.setattr(lat, "measure_latency", lambda model, x, precision="fp32", repeats=20, warmup=3: clock(model))
+    problem = PruningProblem(s, 0.6, metric="latency", latency=table)
+    first = get_allocator("uniform").allocate(problem).counts(s)
+    faster = PruningProblem(s, 0.45, metric="latency", latency=table)
+    second = get_allocator("layer-stats").allocate(faster)
+    ref = s.prune_copy([list(range(g.channels - k)) for g, k in zip(s.groups, first)])
+    fitted, rows = lat.fit_measured(problem, second, tolerance=0.02, reference=(ref, first), target=1.0)
+    assert rows[0]["measured_ratio"] < 0.9  # the second started well faster than the first
+    pruned = s.prune_copy([list(range(g.channels - k)) for g, k in zip(s.groups, fitted.counts(s))])
+    assert clock(pruned) / clock(ref) == pytest.approx(1.0, abs=0.02)
+
+
 def test_fit_keeps_the_closest_measurement_when_none_lands(resnet20_structure, fake_clock, monkeypatch):
     """A device too noisy to settle: the fit returns the allocation whose measurement came closest to
     the target, not whichever it measured last."""

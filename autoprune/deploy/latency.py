@@ -351,18 +351,24 @@ def _next_goal(rows: list[dict], target: float) -> float:
 
 
 def fit_measured(problem, allocation, precision: Precision | str = "fp32", tolerance: float = 0.05,
-                 steps: int = 4, repeats: int = 60, rounds: int = 10) -> tuple:
+                 steps: int = 4, repeats: int = 60, rounds: int = 10,
+                 reference: tuple[nn.Module, Sequence[int]] | None = None, target: float | None = None) -> tuple:
     """The table predicts, the device decides: time ``allocation``'s pruned model against the dense
     one (``paired_ratio``) and, while the measured ratio is more than ``tolerance`` (relative) off the
     problem's latency target, ask the table for a corrected predicted ratio (``_next_goal``) with
     every group's count scaled by one factor -- the allocation's shape kept -- and measure again.
     NetAdapt likewise measures every proposal instead of trusting the table. Returns (the measured
-    allocation closest to the target, one row per measurement)."""
+    allocation closest to the target, one row per measurement; ``dense_seconds`` is the reference's).
+
+    ``reference`` = (a pruned model, its counts) times against that model instead of the dense one,
+    ``target`` then relative to it (1.0: as fast as it): two allocations brought to equal measured speed."""
     from autoprune.core.allocation import Allocation
     from autoprune.core.legal import bisect
     from autoprune.core.problem import fill_to_budget
 
-    s, table, target = problem.structure, problem.latency, problem.target
+    s, table = problem.structure, problem.latency
+    target = problem.target if target is None else target
+    ref_model, ref_predicted = (s.model, table.dense) if reference is None else (reference[0], table.predict(reference[1]))
     x = torch.randn(table.key["batch_size"], *table.key["input_shape"], device=next(s.model.parameters()).device)
     base = np.asarray(allocation.counts(s), dtype=np.float64)
     lo, hi = problem.min_counts(), problem.max_counts()
@@ -373,16 +379,16 @@ def fit_measured(problem, allocation, precision: Precision | str = "fp32", toler
     counts, goal, rows = np.asarray(allocation.counts(s)), target, []
     for step in range(steps + 1):
         remove = [list(range(g.channels - int(k))) for g, k in zip(s.groups, counts)]
-        ratio, seconds, dense = paired_ratio(s.prune_copy(remove), s.model, x, precision, repeats, rounds)
-        rows.append({"step": step, "asked_ratio": goal, "predicted_ratio": table.predict(counts) / table.dense,
+        ratio, seconds, dense = paired_ratio(s.prune_copy(remove), ref_model, x, precision, repeats, rounds)
+        rows.append({"step": step, "asked_ratio": goal, "predicted_ratio": table.predict(counts) / ref_predicted,
                      "measured_ratio": ratio, "measured_seconds": seconds, "dense_seconds": dense,
                      "counts": [int(k) for k in counts]})
         if abs(ratio / target - 1) <= tolerance or step == steps:
             break
         goal = _next_goal(rows, target)
-        f, _ = bisect(lambda f: table.predict(scaled(f)) <= goal * table.dense, 0.0, 1.0 / max(1e-9, min(base / hi)))
+        f, _ = bisect(lambda f: table.predict(scaled(f)) <= goal * ref_predicted, 0.0, 1.0 / max(1e-9, min(base / hi)))
         asked = copy.copy(problem)  # the same problem, budgeted at the corrected goal
-        asked.target = goal
+        asked.target = goal * ref_predicted / table.dense
         # one factor moves every group's channel block at once: fill the gap it leaves channel by channel
         new = fill_to_budget(asked, scaled(f), order=list(np.argsort(scaled(f) / hi)))
         if np.array_equal(new, counts):
