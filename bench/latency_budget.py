@@ -21,7 +21,7 @@ threads torch uses here).
   targeting MACs would pick); each winner re-scaled to the same measured latency target
   (``fit_measured``), then its adaptive-BN accuracy and measured latency, and the two winners timed
   against each other (``latency_over_macs_time``). Within 5% of a target still leaves them up to
-  10% apart, which near the floor is worth points of accuracy, so ``equal_speed``: the MACs winner
+  7% apart, which near the floor is worth points of accuracy, so ``equal_speed``: the MACs winner
   re-scaled against the latency winner, timed head to head, until within 2% of its speed (``fit_measured``
   with ``reference``); then the two adaptive-BN accuracies: equal speed, which is more accurate. The
   torchvision models have no trained CIFAR weights here, so their adaptive-BN accuracy would rank noise.
