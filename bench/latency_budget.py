@@ -28,7 +28,8 @@ threads torch uses here).
 - ``round-to``: ResNet-56 and tv:mobilenet_v2, batch 1 and 64: the uniform allocation at 50% of
   MACs with channel counts rounded to multiples of 1, 8 and 16, measured latency.
 
-    python -m bench.latency_budget                 # every part (~2.5 h on 2 idle cores: predict ~1.5 h, search ~1 h)
+    python -m bench.latency_budget                 # every part: hours on 2 idle cores (measured here: search
+                                                   # 35 min for two seeds; predict's mobilenet_v2 batch-64 block 42 min)
     python -m bench.latency_budget predict         # one part
 """
 from __future__ import annotations

@@ -152,8 +152,8 @@ def test_fit_measured_corrects_a_table_the_device_disagrees_with(resnet20_struct
 
 def test_fit_brings_one_allocation_to_another_ones_measured_speed(resnet20_structure, blocked_clock, monkeypatch):
     """Comparing two allocations "at equal measured latency": the second is re-scaled against the first,
-    timed head to head, until the two measure within 2% of each other -- on a device that saves only
-    80% of what the table predicts, where fitting each to the dense target leaves them up to 10% apart."""
+    timed head to head, until the two measure within 2% of each other, on a device that saves only 80%
+    of what the table predicts (fitted to a target separately, two winners measured up to 7% apart here)."""
     s = resnet20_structure
     table = lat.latency_table(s, batch_size=1, cache=False)
     x = torch.randn(1, 3, 32, 32)
@@ -188,8 +188,8 @@ def test_fit_steps_follow_the_secant_where_measurements_slope():
     """The first step is the secant through the measurement and the dense model (1, 1): exact on a device
     with a fixed overhead (ResNet-56 / tv:resnet18 at batch 1 here: cuts save less than predicted).
     A device the dense point does not fit (mobilenet_v2 at batch 64 here: predicted 50%, measured 26%)
-    converges along the secant through its last two measurements (within 1% on the third step); measurements that do not rise
-    with the prediction (noise) fall back to the proportional correction."""
+    converges along the secant through its last two measurements (within 1% on the third step);
+    measurements that do not rise with the prediction (noise) fall back to the proportional correction."""
     overhead = lambda x: 0.3 + 0.7 * x  # noqa: E731
     assert overhead(lat._next_goal([{"predicted_ratio": 0.5, "measured_ratio": overhead(0.5)}], 0.5)) == \
         pytest.approx(0.5)
