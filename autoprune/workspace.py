@@ -14,6 +14,7 @@ from autoprune.models import model_info
 from autoprune.train.data import DataBundle, make_bundle
 from autoprune.train.evaluator import AdaptiveBNEvaluator, resolve_device
 from autoprune.train.precision import Precision, resolve_precision
+from autoprune.train.scores import make_evaluator
 
 DEFAULT_DATA = "imagefolder:../shared/data/cifar10"
 
@@ -70,10 +71,11 @@ class Workspace:
         x, _ = self.data.tensors("val")
         return ModelStructure(self.model, x[:1].to(self.device), num_classes=self.data.num_classes)
 
-    def evaluator(self, calib_batch_size: int = 128) -> AdaptiveBNEvaluator:
+    def evaluator(self, calib_batch_size: int = 128, score: str = "adaptive-bn", seed: int = 0) -> AdaptiveBNEvaluator:
+        """The candidates' score (``--score``: adaptive-bn, or finetune:STEPS) on the held-out split."""
         x, y = self.data.tensors("val", self.device)
-        return AdaptiveBNEvaluator(self.data.calibration_batches(calib_batch_size, self.device), x, y,
-                                   precision=self.precision)
+        return make_evaluator(score, self.data, self.data.calibration_batches(calib_batch_size, self.device), x, y,
+                              precision=self.precision, seed=seed)
 
 
 def open_workspace(model: str, checkpoint: str | None, data: str, *, val_size: int = 5000, calib_size: int = 2048,

@@ -6,7 +6,8 @@ ResNet-20 (JPEG-adapted checkpoint), random feasible allocations (seeded; 20 at 
 - ``plain``: accuracy right after pruning, BN statistics of the dense model (no recalibration),
 - ``abn_4x``: adaptive-BN accuracy with 4x the calibration images (4,096; the 1,024 are among them),
 - ``ft100``: held-out accuracy after 100 steps (batch 128) of LR-rewind fine-tuning -- a candidate
-  cheaper proxy,
+  cheaper proxy; the search's ``--score finetune:100`` is this recipe (``autoprune.train.scores``;
+  it recalibrates BN under the search's precision, here in fp32),
 then the ground truth: test accuracy (10,000 images, fp32) after a 2-epoch LR-rewind fine-tune
 (cosine from 0.01, 48,000 training images, seed 0). Reported: Spearman rank correlation of the
 fine-tuned test accuracy with each proxy, per target, and a scatter plot.

@@ -8,7 +8,7 @@ read back from disk and scored, so the figure a command prints is the figure of 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -19,9 +19,15 @@ from autoprune.train.evaluator import accuracy, recalibrate_bn
 
 def save_calibrated(model: nn.Module, base_name: str, num_classes: int, path: str | Path,
                     calib_batches: Sequence[torch.Tensor], val_x: torch.Tensor, val_y: torch.Tensor,
-                    **meta: object) -> tuple[float, nn.Module]:
-    """Recalibrate ``model``'s BN (in place), save it, load the file back: (its plain held-out accuracy, it)."""
-    recalibrate_bn(model, calib_batches)
+                    prepare: Callable[[nn.Module], object] | None = None, **meta: object) -> tuple[float, nn.Module]:
+    """Recalibrate ``model``'s BN (in place), save it, load the file back: (its plain held-out accuracy, it).
+
+    ``prepare`` replaces the recalibration when the score did more (``--score finetune:STEPS``: the
+    evaluator's ``prepare`` fine-tunes), so the saved file is the model that was scored."""
+    if prepare is None:
+        recalibrate_bn(model, calib_batches)
+    else:
+        prepare(model)
     save_pruned(model, base_name, num_classes, path, bn_calibrated_on=sum(len(b) for b in calib_batches), **meta)
     saved = load_pruned(path)[0].to(val_x.device)
     return accuracy(saved, val_x, val_y), saved

@@ -105,6 +105,13 @@ class AdaptiveBNEvaluator:
         self.val_x, self.val_y = val_x.contiguous(memory_format=fmt), val_y
         self.eval_batch_size = eval_batch_size
         self.timing = EvalTiming()
+        self.label = "adaptive-BN"  # how reports name this score
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Bring ``model`` (in place) to the state that is scored: here, BN recalibrated."""
+        model.to(memory_format=self.memory_format)
+        recalibrate_bn(model, self.calib_batches, self.precision)
+        return model
 
     def __call__(self, model: nn.Module) -> float:
         return self.score(model).accuracy
@@ -112,8 +119,7 @@ class AdaptiveBNEvaluator:
     def score(self, model: nn.Module, must_beat: float | None = None) -> Score:
         """Recalibrate, then score; with ``must_beat``, stop early once the model surely cannot reach it."""
         t0 = time.perf_counter()
-        model.to(memory_format=self.memory_format)
-        recalibrate_bn(model, self.calib_batches, self.precision)
+        self.prepare(model)
         t1 = time.perf_counter()
         result = top1(model, self.val_x, self.val_y, self.eval_batch_size, self.precision, must_beat,
                       self.confidence)

@@ -67,8 +67,9 @@ class RayScoringPool:
         if workers < 1:
             raise AutopruneError(f"--workers {workers} must be at least 1")
         ev = problem.evaluator
-        if not isinstance(ev, AdaptiveBNEvaluator):
-            raise AutopruneError("parallel scoring needs the adaptive-BN evaluator (autoprune's own)")
+        if type(ev) is not AdaptiveBNEvaluator:  # workers rebuild exactly this evaluator
+            raise AutopruneError("parallel scoring (--workers) supports the adaptive-BN score only: "
+                                 "drop --workers, or use --score adaptive-bn")
         ray = _ray()
         if not ray.is_initialized():
             if address is None:

@@ -75,12 +75,13 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
           macs_per_image: float = 0.0, progress: bool = True,
           on_step: Callable[[int, nn.Module, torch.optim.Optimizer], tuple[nn.Module, torch.optim.Optimizer] | None] | None = None,
           start_step: int = 0, optimizer: torch.optim.Optimizer | None = None,
-          precision: str | Precision = "auto") -> TrainResult:
+          precision: str | Precision = "auto", validate: bool = True) -> TrainResult:
     """Train ``model`` in place for ``recipe.epochs``; evaluate on the validation split each epoch.
 
     ``on_step(step, model, optimizer)`` may return a replacement (model, optimizer) -- the
     progressive pruner uses it to shrink the model mid-training. ``checkpoint`` is written at
     every epoch end (model + optimizer + step) so a run can be resumed with ``start_step``.
+    ``validate=False`` skips the per-epoch held-out accuracy (for callers that score the model themselves).
     A NaN loss stops training with an error after saving what was trained so far. ``precision``
     runs forward and backward passes under autocast (weights, BN statistics, loss and optimizer
     state stay fp32; fp16 adds a gradient scaler). Under ``torchrun`` the model trains in DDP
@@ -163,7 +164,7 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
                 writer.add_scalar("train/loss", loss.item(), step)
                 writer.add_scalar("train/lr", lr, step)
         epoch += 1
-        if seen:
+        if seen and validate:
             val_acc = accuracy(model, val_x, val_y, precision=prec)
             entry = {"epoch": epoch, "step": step, "train_loss": running / seen, "val_acc": val_acc}
             result.history.append(entry)
@@ -171,8 +172,8 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
                 bar.write(f"epoch {epoch}: train loss {running / seen:.4f}, val acc {100 * val_acc:.2f}%")
             if writer is not None:
                 writer.add_scalar("val/accuracy", val_acc, step)
-            if checkpoint is not None and main:
-                save_training_state(checkpoint, model, opt, step)
+        if seen and checkpoint is not None and main:
+            save_training_state(checkpoint, model, opt, step)
         if steps_per_epoch == 0:
             break
     bar.close()

@@ -38,6 +38,7 @@ class SearchConfig:
     more_models: list[str] = field(default_factory=list)  # NAME or NAME=CHECKPOINT: one policy for all of them
     rl: RLConfig = nested(RLConfig, exclude=("algo", "seed"))  # episodes, noise, learning rates, reward, action, ...
     early_stop: bool = False
+    score: str = "adaptive-bn"  # adaptive-bn | finetune:STEPS (autoprune.train.scores)
     criterion: str = "l1"
     min_keep: float = 0.2
     max_keep: float = 1.0
@@ -57,6 +58,10 @@ _HELP = {
     "early_stop": "multi-fidelity scoring: stop scoring a candidate once it surely (99%) cannot beat the best so far; "
                   "its partial estimate is flagged in episodes.csv (images, partial) and never reported as a full score",
     "calib_size": "training images recalibrating BatchNorm for each episode",
+    "score": "what each candidate is scored by: adaptive-bn (EagleEye: BN recalibrated, then held-out accuracy) or "
+             "finetune:STEPS (BN recalibrated, STEPS SGD steps of LR-rewind fine-tuning, then held-out accuracy: "
+             "~20x the cost, tracks the accuracy after fine-tuning better; bench/results/proxy-validity.json). "
+             "The RL --reward is computed from this score",
     "resume": "continue the interrupted run in --output",
     "more_models": "train the same policy on these models too (NAME or NAME=CHECKPOINT, same data and target): "
                    "episodes alternate between the models, reward 'relative', one log per model (0-<groups>g/, ...)",
@@ -85,6 +90,9 @@ def run(args) -> None:
             cfg.rl.reward = "relative"
     if cfg.agent not in AGENTS:
         raise AutopruneError(f"unknown agent '{cfg.agent}': use one of {', '.join(AGENTS)}")
+    from autoprune.train.scores import finetune_steps
+
+    finetune_steps(cfg.score)  # a bad --score fails before any data is read
     if cfg.rl.episodes < 1:
         raise AutopruneError(f"--episodes {cfg.rl.episodes} must be at least 1")
     from autoprune.envs import REWARDS
@@ -104,7 +112,7 @@ def run(args) -> None:
     ws = cfg.ws.open()
     structure = ws.structure()
     calib = ws.data.calibration_batches(cfg.calib_batch_size, ws.device)
-    evaluator = ws.evaluator(cfg.calib_batch_size)
+    evaluator = ws.evaluator(cfg.calib_batch_size, cfg.score, cfg.ws.seed)
     problem = PruningProblem(structure, target, metric, evaluator, cfg.criterion, calib, cfg.min_keep, cfg.max_keep,
                              cfg.round_to, early_stop=cfg.early_stop, latency=cfg.target.table(structure, cfg.round_to),
                              target_range=target_range)
@@ -145,9 +153,10 @@ def run(args) -> None:
     dense_acc = accuracy(ws.model, vx, vy)
     saved_acc, saved = save_calibrated(problem.pruned_model(best_alloc), cfg.ws.model, ws.data.num_classes,
                                    out / "best_model.pt", evaluator.calib_batches, vx, vy,
-                                   criterion=cfg.criterion, adaptive_bn_accuracy=best_acc)
+                                   prepare=None if cfg.score == "adaptive-bn" else evaluator.prepare,
+                                   criterion=cfg.criterion, adaptive_bn_accuracy=best_acc, score=cfg.score)
     best_alloc.save(out / "best_allocation.json", structure, adaptive_bn_accuracy=best_acc,
-                    uniform_adaptive_bn_accuracy=uniform_acc, metric=metric, target=target)
+                    uniform_adaptive_bn_accuracy=uniform_acc, metric=metric, target=target, score=cfg.score)
 
     from autoprune.agents.search_log import episode_totals, read_episodes
 
@@ -164,6 +173,7 @@ def run(args) -> None:
                    out / "allocation.png", title=f"channels kept per group ({metric} x{target:g})")
     summary = {
         "model": cfg.ws.model, "agent": cfg.agent, "precision": ws.precision.name, "metric": metric, "target": target,
+        "score": cfg.score,  # the "adaptive_bn_accuracy" fields hold this score (finetune:STEPS: after the fine-tune)
         "episodes": episodes,
         "best": {"adaptive_bn_accuracy": best_acc, "macs": best_alloc.macs(structure),
                  "params": best_alloc.params(structure), "saved_model_val_accuracy": saved_acc,
@@ -184,10 +194,11 @@ def run(args) -> None:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"dense: {100 * dense_acc:.2f}% val accuracy, {structure.dense_macs:,} MACs")
-    print(f"best {cfg.agent} allocation: {100 * best_acc:.2f}% adaptive-BN accuracy at "
+    label = evaluator.label
+    print(f"best {cfg.agent} allocation: {100 * best_acc:.2f}% {label} accuracy at "
           f"{summary['best']['macs']:,} MACs ({100 * summary['best']['cost_ratio']:.1f}% of {metric})")
     print(f"best_model.pt as loaded from disk: {100 * saved_acc:.2f}% plain accuracy on the same held-out images")
-    print(f"uniform allocation:  {100 * uniform_acc:.2f}% adaptive-BN accuracy at "
+    print(f"uniform allocation:  {100 * uniform_acc:.2f}% {label} accuracy at "
           f"{summary['uniform']['macs']:,} MACs ({100 * summary['uniform']['cost_ratio']:.1f}% of {metric})")
     if summary["latency"] is not None:
         lat = summary["latency"]
@@ -195,11 +206,11 @@ def run(args) -> None:
               f"{1e3 * lat['measured_seconds']:.2f} ms = {100 * lat['measured_ratio']:.1f}% of dense, "
               f"predicted {1e3 * lat['predicted_seconds']:.2f} ms")
     if policy is not None:
-        score = (f"{100 * policy['noise_free_reward']:.2f}% adaptive-BN accuracy" if cfg.rl.reward == "accuracy"
+        score = (f"{100 * policy['noise_free_reward']:.2f}% {label} accuracy" if cfg.rl.reward == "accuracy"
                  else f"{cfg.rl.reward} {policy['noise_free_reward']:.4f}")
         print(f"kept policy (policy.zip): {score} when rolled out without noise (episode {policy['episode']})")
     share = summary["evaluator_share"]
-    where = (f"{100 * share:.0f}% in adaptive-BN forward passes" if share is not None
+    where = (f"{100 * share:.0f}% in scoring ({label})" if share is not None
              else f"scored on {cfg.parallel.workers} Ray workers")
     print(f"{episodes} episodes, {summary['seconds_per_episode']:.2f} s/episode ({where}); run saved in {out}")
 
@@ -278,7 +289,8 @@ def _other_problem(cfg: SearchConfig, spec: str, main):
     name, _, checkpoint = spec.partition("=")
     ws = replace(cfg.ws, model=name, checkpoint=checkpoint or None).open()
     structure = ws.structure()
-    return PruningProblem(structure, main.target, main.metric, ws.evaluator(cfg.calib_batch_size), cfg.criterion,
+    evaluator = ws.evaluator(cfg.calib_batch_size, cfg.score, cfg.ws.seed)
+    return PruningProblem(structure, main.target, main.metric, evaluator, cfg.criterion,
                           ws.data.calibration_batches(cfg.calib_batch_size, ws.device), cfg.min_keep, cfg.max_keep,
                           cfg.round_to, early_stop=cfg.early_stop, target_range=main.target_range,
                           latency=cfg.target.table(structure, cfg.round_to))
