@@ -12,7 +12,8 @@ then the ground truth: test accuracy (10,000 images, fp32) after a 2-epoch LR-re
 (cosine from 0.01, 48,000 training images, seed 0). Reported: Spearman rank correlation of the
 fine-tuned test accuracy with each proxy, per target, and a scatter plot.
 
-    python -m bench.proxy_validity          # resumable row by row (~1 h on 2 idle cores)
+    python -m bench.proxy_validity          # resumable row by row (~3 min a row on 2 idle cores)
+    python -m bench.proxy_validity --report # correlations (with 95% bootstrap intervals) and plot only
 """
 from __future__ import annotations
 
@@ -44,6 +45,27 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def bootstrap_intervals(sel: list[dict], resamples: int = 2000, seed: int = 0) -> dict:
+    """95% percentile-bootstrap intervals (rows resampled with replacement) of each proxy's Spearman
+    correlation, and of its difference from adaptive BN's on the same resample (paired)."""
+    rng = np.random.default_rng(seed)
+    truth = np.array([r["test_acc"] for r in sel])
+    scores = {p: np.array([r[p] for r in sel]) for p in PROXIES}
+    rhos: dict[str, list[float]] = {p: [] for p in PROXIES}
+    for _ in range(resamples):
+        i = rng.integers(0, len(sel), len(sel))
+        if len(set(truth[i])) > 1 and all(len(set(v[i])) > 1 for v in scores.values()):
+            for p in PROXIES:
+                rhos[p].append(spearman(list(scores[p][i]), list(truth[i])))
+
+    def interval(values) -> list[float]:
+        return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+    out = {p: interval(rhos[p]) for p in PROXIES}
+    out.update({f"{p} - abn": interval(np.array(rhos[p]) - np.array(rhos["abn"])) for p in PROXIES if p != "abn"})
+    return out
+
+
 def summarize(rows: list[dict]) -> dict:
     out = {}
     for target in SAMPLES:
@@ -51,7 +73,8 @@ def summarize(rows: list[dict]) -> dict:
         if len(sel) < 3:
             continue
         truth = [r["test_acc"] for r in sel]
-        out[f"{target:g}"] = {"n": len(sel), **{p: spearman([r[p] for r in sel], truth) for p in PROXIES}}
+        out[f"{target:g}"] = {"n": len(sel), **{p: spearman([r[p] for r in sel], truth) for p in PROXIES},
+                              "interval_95": bootstrap_intervals(sel)}
     return out
 
 
@@ -81,6 +104,12 @@ def plot(rows: list[dict], path) -> None:
 def main() -> int:
     record = json.loads(OUT.read_text()) if OUT.exists() else {
         "command": "python -m bench.proxy_validity", "machine": machine(), "rows": []}
+    if sys.argv[1:] == ["--report"]:  # recompute the correlations and the plot from the rows, run nothing
+        record["spearman_with_finetuned_test_acc"] = summarize(record["rows"])
+        write_json_atomic(OUT, record, indent=1)
+        plot(record["rows"], RESULTS / "proxy-validity.png")
+        print(json.dumps(record["spearman_with_finetuned_test_acc"], indent=1))
+        return 0
     ws = open_workspace("resnet20", str(finetuned_checkpoint("resnet20")), DATA, val_size=2000, calib_size=4096)
     structure = ws.structure()
     calib4 = ws.data.calibration_batches(128)
