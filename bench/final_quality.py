@@ -161,6 +161,23 @@ def _cpu(rows: list[dict]) -> str:
     return f"{statistics.mean(cpu):.0f} ({len(cpu)} of {len(rows)})" if cpu else "-"
 
 
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}  # two-sided 95% Student t quantiles by degrees of freedom
+
+
+def _paired_line(rows: list[dict]) -> str:
+    """``searched`` minus every other arm, paired by seed (the seed fixes the data order of both runs)."""
+    by = {(r["arm"], r["seed"]): 100 * r["test_acc"] for r in rows}
+    parts = []
+    for arm in sorted({r["arm"] for r in rows} - {"searched"}):
+        diffs = [by["searched", s] - by[arm, s] for a, s in by if a == arm and ("searched", s) in by]
+        if diffs:
+            m, s = _mean_std(diffs)
+            resolved = len(diffs) > 1 and abs(m) > T95.get(len(diffs) - 1, 2.0) * s / len(diffs) ** 0.5
+            parts.append(f"{arm} {m:+.2f} ± {s:.2f} (n={len(diffs)}, {'resolved' if resolved else 'not resolved'})")
+    return ("Searched minus, paired by seed (mean ± std; resolved: the 95% t-interval of the mean excludes 0): "
+            + "; ".join(parts) + ".") if parts else "No seed has a searched row yet."
+
+
 def report(record: dict, models: list[str]) -> str:
     base = json.loads((RESULTS / "base-models.json").read_text())["models"]
     done = {_key(r["model"], r["recipe"], r["seed"], r["target"], r["arm"]) for r in record["rows"]}
@@ -198,7 +215,7 @@ def report(record: dict, models: list[str]) -> str:
                                  f"{','.join(str(r['seed']) for r in sel)} | {sel[0]['epochs']:.3g} | "
                                  f"{100 * sel[0]['macs_ratio']:.1f} | {statistics.mean(r['train_gmacs'] for r in sel):,.0f} | "
                                  f"{statistics.mean(r['seconds'] for r in sel):.0f} | {_cpu(sel)} |")
-                lines.append("")
+                lines += ["", _paired_line(rows), ""]
     missing = [k for k in (_key(*p) for p in planned_rows(models)) if k not in done]
     lines += ["## Rows still missing", ""]
     lines += ([f"{len(missing)} of {len(planned_rows(models))} planned rows (model|recipe|seed|target|arm): "
@@ -214,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-rows", type=int, default=None, help="stop after this many new rows")
     args = p.parse_args(argv)
     record = load()
-    record["command"] = "python -m bench.final_quality " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if not args.report:  # the command that ran the rows, not the one that rewrote the report
+        record["command"] = "python -m bench.final_quality " + shlex.join(argv if argv is not None else sys.argv[1:])
     report_models = ["resnet20", "resnet56"]
     if not args.report:
         done = {_key(r["model"], r["recipe"], r["seed"], r["target"], r["arm"]) for r in record["rows"]}
