@@ -30,7 +30,11 @@ def test_finetune_score_trains_then_scores_deterministically(synthetic_bundle):
     ft = FinetuneEvaluator(synthetic_bundle, 6, calib, x, y, lr=0.05, precision="fp32")
     abn = AdaptiveBNEvaluator(calib, x, y, precision="fp32")
     first, second = copy.deepcopy(model), copy.deepcopy(model)
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
     score = ft(first)
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's random stream is left where it was
     assert ft(second) == score  # same data order for every candidate: only the shape differs
     assert not torch.equal(first.conv1.weight, model.conv1.weight)  # it did train
     assert ft.recipe.total_steps(len(synthetic_bundle.train)) == 6

@@ -48,8 +48,12 @@ class FinetuneEvaluator(AdaptiveBNEvaluator):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         super().prepare(model)
-        train(model, self.data, self.recipe, device=self.val_x.device, seed=self.seed, progress=False,
-              precision=self.precision, validate=False)
+        device = self.val_x.device
+        # train() seeds torch's global generator; the search's own randomness (e.g. SAC's sampling) must not
+        # restart from that seed at every candidate
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            train(model, self.data, self.recipe, device=device, seed=self.seed, progress=False,
+                  precision=self.precision, validate=False)
         return model
 
 
