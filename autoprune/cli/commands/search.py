@@ -60,7 +60,7 @@ _HELP = {
     "calib_size": "training images recalibrating BatchNorm for each episode",
     "score": "what each candidate is scored by: adaptive-bn (EagleEye: BN recalibrated, then held-out accuracy) or "
              "finetune:STEPS (BN recalibrated, STEPS SGD steps of LR-rewind fine-tuning, then held-out accuracy: "
-             "~20x the cost, tracks the accuracy after fine-tuning better; bench/results/proxy-validity.json). "
+             "~20x the cost; ranked allocations more like a 2-epoch fine-tune: bench/results/proxy-validity.json). "
              "The RL --reward is computed from this score",
     "resume": "continue the interrupted run in --output",
     "more_models": "train the same policy on these models too (NAME or NAME=CHECKPOINT, same data and target): "
