@@ -276,7 +276,7 @@ def _policy_at_targets(policy_path: Path, problem, target_range: tuple[float, fl
                      "uniform_adaptive_bn_accuracy": problem.score(uniform_allocation(problem)),
                      "cost_ratio": problem.cost(alloc.counts(problem.structure)) / problem.dense_cost})
         print(f"policy at {100 * t:g}% of {problem.metric}: {100 * rows[-1]['policy_adaptive_bn_accuracy']:.2f}% "
-              f"adaptive-BN accuracy (uniform {100 * rows[-1]['uniform_adaptive_bn_accuracy']:.2f}%)")
+              f"{problem.evaluator.label} accuracy (uniform {100 * rows[-1]['uniform_adaptive_bn_accuracy']:.2f}%)")
     return rows
 
 
