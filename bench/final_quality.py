@@ -169,7 +169,7 @@ def _paired_line(rows: list[dict]) -> str:
     by = {(r["arm"], r["seed"]): 100 * r["test_acc"] for r in rows}
     parts = []
     for arm in sorted({r["arm"] for r in rows} - {"searched"}):
-        diffs = [by["searched", s] - by[arm, s] for a, s in by if a == arm and ("searched", s) in by]
+        diffs = [by["searched", seed] - by[arm, seed] for a, seed in by if a == arm and ("searched", seed) in by]
         if diffs:
             m, s = _mean_std(diffs)
             resolved = len(diffs) > 1 and abs(m) > T95.get(len(diffs) - 1, 2.0) * s / len(diffs) ** 0.5

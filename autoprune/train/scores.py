@@ -19,7 +19,7 @@ from autoprune.train.evaluator import AdaptiveBNEvaluator
 from autoprune.train.precision import Precision
 from autoprune.train.training import TrainRecipe, train
 
-SCORES = ("adaptive-bn", "finetune:STEPS")
+BATCH = 128  # fine-tune batch size
 
 
 def finetune_steps(score: str) -> int:
@@ -43,8 +43,8 @@ class FinetuneEvaluator(AdaptiveBNEvaluator):
                  **kwargs):
         super().__init__(calib_batches, val_x, val_y, precision=precision, **kwargs)
         self.data, self.steps, self.seed = data, steps, seed
-        per_epoch = -(-len(data.train) // 128)
-        self.recipe = TrainRecipe(epochs=steps / per_epoch, lr=lr, batch_size=128)
+        per_epoch = -(-len(data.train) // BATCH)
+        self.recipe = TrainRecipe(epochs=steps / per_epoch, lr=lr, batch_size=BATCH)
         self.label = f"{steps}-step fine-tuned"
 
     def prepare(self, model: nn.Module) -> nn.Module:
