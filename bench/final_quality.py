@@ -32,6 +32,8 @@ import sys
 import time
 from dataclasses import asdict
 
+import torch
+
 from autoprune.agents import get_allocator
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
@@ -143,8 +145,8 @@ class ModelBench:
                 "test_acc": accuracy(net, *self.test), "val_acc": accuracy(net, *self.ws.data.tensors("val")),
                 "macs": macs, "macs_ratio": ratio, "train_gmacs": result.train_macs / 1e9,
                 "seconds": time.perf_counter() - t0, "alloc_seconds": alloc_seconds,
-                # CPU seconds of the training (both threads): unaffected when the run is paused (SIGSTOP) for timings
-                "cpu_seconds": time.process_time() - c0,
+                # CPU seconds of the training (all threads): unaffected when the run is paused (SIGSTOP) for timings
+                "cpu_seconds": time.process_time() - c0, "torch_threads": torch.get_num_threads(),
                 "precision": self.ws.precision.name, "train_images": len(self.ws.data.train),
                 # the dense checkpoint is rebuilt per machine (same recipe, not bit-identical): name it
                 "dense_test_acc": json.loads(finetuned_checkpoint(self.model).with_suffix(".json").read_text())["test_acc"]}
