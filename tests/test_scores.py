@@ -65,3 +65,26 @@ def test_search_with_finetune_score_saves_the_scored_model(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "unknown --score 'finetune'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_compare_scores_allocators_by_the_chosen_score(tmp_path, capsys):
+    base = ["compare", "--model", "resnet20", "--data", "synthetic", "--targets", "0.5", "--allocators", "uniform",
+            "--recipes", "finetune", "--epochs", "0.25", "--train-subset", "128", "--batch-size", "64", "--val-size",
+            "100", "--calib-size", "64", "--device", "cpu", "--precision", "fp32"]
+    pre = {}
+    for score in ("adaptive-bn", "finetune:12"):
+        torch.manual_seed(0)  # the same random-init model for both runs
+        out = tmp_path / score.replace(":", "")
+        assert main(base + ["--score", score, "--output", str(out)]) == 0
+        record = json.loads((out / "results.json").read_text())
+        assert record["config"]["score"] == score
+        pre[score] = record["rows"][0]["abn_acc"]
+    report = (tmp_path / "finetune12" / "report.md").read_text()
+    assert "12-step fine-tuned acc %" in report and "adaptive-BN acc %" not in report
+    assert "adaptive-BN acc %" in (tmp_path / "adaptive-bn" / "report.md").read_text()
+    assert pre["finetune:12"] != pre["adaptive-bn"]  # the column holds the score the allocators used
+    capsys.readouterr()
+    assert main(base + ["--score", "finetune:x", "--output", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown --score 'finetune:x'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

@@ -28,6 +28,7 @@ class CompareConfig:
     latency_batch: int = 1
     latency_precision: str = "fp32"
     criterion: str = "l1"
+    score: str = "adaptive-bn"  # adaptive-bn | finetune:STEPS (autoprune.train.scores)
     allocators: list[str] = field(default_factory=lambda: ["uniform", "global", "sensitivity", "layer-stats",
                                                            "random", "greedy"])
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -49,6 +50,9 @@ HELP = {
     "output": "run directory (results.csv/json, report.md, plots, allocations)",
     "allocators": "allocator specs: uniform global sensitivity layer-stats random greedy policy:PATH allocation:PATH; "
                   "options as NAME@key=value,key=value (e.g. random@samples=30)",
+    "score": "what allocators score candidates by and the report's pre-training column: adaptive-bn (EagleEye) or "
+             "finetune:STEPS (BN recalibrated, STEPS SGD steps of LR rewinding, then held-out accuracy; ~20x the cost, "
+             "ranks allocations more like full fine-tuning: bench/results/proxy-validity.json)",
     "recipes": f"training after pruning, any of {', '.join(RECIPES)}",
     "epochs": "fine-tune epochs (fractions allowed)",
     "targets": "fractions of dense MACs (or params) to keep",
@@ -104,6 +108,9 @@ def validate(cfg: CompareConfig) -> None:
         raise AutopruneError(f"unknown recipe(s) {bad}: use any of {', '.join(RECIPES)}")
     if "weight-rewind" in cfg.recipes:
         rewind_checkpoint(cfg)  # fails now, not after hours of other rows
+    from autoprune.train.scores import finetune_steps
+
+    finetune_steps(cfg.score)  # a bad --score fails before any data is read
     if cfg.train.epochs <= 0:
         raise AutopruneError(f"--epochs {cfg.train.epochs} must be positive")
     for t in cfg.targets:

@@ -1,7 +1,7 @@
 """The comparison loop behind ``autoprune compare``: every allocator, same problem, same training recipe.
 
 For each target, one ``PruningProblem`` (fixed calibration and held-out splits) is handed to each
-allocator; the allocation is pruned with the problem's criterion, scored with adaptive BN, then
+allocator; the allocation is pruned with the problem's criterion, scored (``--score``: adaptive BN), then
 trained with each recipe and tested. Seeds change the fine-tune (data order) and the search of
 seeded allocators (random search); deterministic allocators (``seeded = False``) are run once per
 target. Rows are appended to ``results.json`` as they finish, so an interrupted run resumes.
@@ -76,7 +76,8 @@ def open_results(cfg: CompareConfig) -> dict:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             raise AutopruneError(f"'{path}' is not valid JSON: move it away or pick another --output") from None
-        if old.get("format") != RESULT_FORMAT or old.get("config") != _comparable(cfg):
+        old_config = {"score": "adaptive-bn", **old.get("config", {})}  # runs from before --score existed
+        if old.get("format") != RESULT_FORMAT or old_config != _comparable(cfg):
             raise AutopruneError(f"'{cfg.output}' holds another run (different settings): "
                                  "pick another --output or move that folder away")
         return old
@@ -195,7 +196,7 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                         "alloc_seconds": alloc_seconds, "train_seconds": result.seconds,
                         "wall_seconds": alloc_seconds + time.perf_counter() - t1})
                     save_results(cfg, record)
-                    log(f"    test {100 * test_acc:.2f}% (adaptive-BN before: {100 * abn:.2f}%)")
+                    log(f"    test {100 * test_acc:.2f}% ({evaluator.label} before: {100 * abn:.2f}%)")
     if pool is not None:
         pool.close()
     return record

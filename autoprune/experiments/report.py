@@ -8,6 +8,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from autoprune.train.scores import score_label
+
 COLUMNS = ["method", "recipe", "seed", "target", "macs", "params", "macs_ratio", "params_ratio", "abn_acc",
            "val_acc", "test_acc", "drop", "epochs", "within_budget", "alloc_seconds", "train_seconds",
            "wall_seconds", "spec"]
@@ -51,9 +53,10 @@ def _pm(stat: tuple[float, float, int] | None, scale: float = 100.0, digits: int
     return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}" if n > 1 else f"{scale * mean:.{digits}f}"
 
 
-def markdown_table(summary: Sequence[dict], sort_by: str = "test_acc") -> str:
+def markdown_table(summary: Sequence[dict], sort_by: str = "test_acc", score: str = "adaptive-bn") -> str:
     """Methods of one (target, recipe), best first."""
-    lines = ["| method | MACs kept % | params kept % | adaptive-BN acc % | test acc % | drop (points) | seeds | wall s |",
+    lines = [f"| method | MACs kept % | params kept % | {score_label(score)} acc % | test acc % | drop (points) "
+             "| seeds | wall s |",
              "|---|---|---|---|---|---|---|---|"]
     ordered = sorted(summary, key=lambda e: -(e[sort_by][0] if e.get(sort_by) else -1e9))
     for e in ordered:
@@ -88,6 +91,7 @@ def verdict(summary: Sequence[dict], metric: str = "test_acc", learned: str = "p
 def compare_report(record: dict, title: str = "autoprune compare") -> str:
     """The markdown report of a comparison record (see ``autoprune.comparison``)."""
     cfg, dense, rows = record["config"], record["dense"] or {}, record["rows"]
+    score = cfg.get("score", "adaptive-bn")  # results written before --score existed
     lines = [f"# {title}", "",
              f"Model `{cfg['model']}` (checkpoint `{cfg['checkpoint']}`), criterion `{cfg['criterion']}`, "
              f"budget metric {cfg['metric']}, seeds {cfg['seeds']}.",
@@ -98,12 +102,12 @@ def compare_report(record: dict, title: str = "autoprune compare") -> str:
              + f", batch {cfg['batch_size']}, weight decay {cfg['weight_decay']:g}; fine-tune = constant lr "
                f"{cfg['finetune_lr']:g}, lr-rewind = cosine from {cfg['rewind_lr']:g}, scratch = cosine from "
                f"{cfg['scratch_lr']:g}.",
-             "Adaptive-BN accuracy is on the held-out part of the training split, before training; test accuracy "
-             "after training; drop = dense test accuracy - pruned test accuracy (points). Mean ± std over seeds.", ""]
+             f"{score_label(score)} accuracy (the allocators' score) is on the held-out part of the training split, "
+             "before training; test accuracy after training; drop = dense test accuracy - pruned test accuracy (points). Mean ± std over seeds.", ""]
     summary = summarize(rows)
     for target in sorted({e["target"] for e in summary}, reverse=True):
         for recipe in sorted({e["recipe"] for e in summary if e["target"] == target}):
             part = [e for e in summary if e["target"] == target and e["recipe"] == recipe]
-            lines += [f"## {100 * target:g}% {cfg['metric']}, {recipe}", "", markdown_table(part), "",
+            lines += [f"## {100 * target:g}% {cfg['metric']}, {recipe}", "", markdown_table(part, score=score), "",
                       verdict(part), ""]
     return "\n".join(lines)

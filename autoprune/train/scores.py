@@ -33,6 +33,12 @@ def finetune_steps(score: str) -> int:
                          "number of SGD steps (e.g. finetune:100)")
 
 
+def score_label(score: str) -> str:
+    """How logs and reports name a ``--score``: adaptive-BN, or e.g. 100-step fine-tuned."""
+    steps = finetune_steps(score)
+    return f"{steps}-step fine-tuned" if steps else "adaptive-BN"
+
+
 class FinetuneEvaluator(AdaptiveBNEvaluator):
     """Recalibrate BN, fine-tune ``steps`` SGD steps (batch 128, cosine from ``lr``: LR rewinding), then
     top-1 on the held-out split. Every candidate sees the same data order (``seed``), so candidates
@@ -45,7 +51,7 @@ class FinetuneEvaluator(AdaptiveBNEvaluator):
         self.data, self.steps, self.seed = data, steps, seed
         per_epoch = -(-len(data.train) // BATCH)
         self.recipe = TrainRecipe(epochs=steps / per_epoch, lr=lr, batch_size=BATCH)
-        self.label = f"{steps}-step fine-tuned"
+        self.label = score_label(f"finetune:{steps}")
 
     def prepare(self, model: nn.Module) -> nn.Module:
         super().prepare(model)

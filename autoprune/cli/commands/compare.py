@@ -22,7 +22,8 @@ def run(args) -> None:
     validate(cfg)
     open_results(cfg)  # refuse a folder holding another run before loading anything
     ws = cfg.ws.open()
-    record = run_comparison(cfg, ws.model, ws.data, ws.device, ws.evaluator(), ws.structure)
+    record = run_comparison(cfg, ws.model, ws.data, ws.device, ws.evaluator(score=cfg.score, seed=cfg.ws.seed),
+                            ws.structure)
     if distributed.is_main():  # under torchrun, rank 0 writes
         write_outputs(record, cfg.output)
         print((Path(cfg.output) / "report.md").read_text())
