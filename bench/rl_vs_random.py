@@ -23,6 +23,7 @@ import tempfile
 import time
 
 import numpy as np
+import torch
 
 from autoprune.agents.policy import PolicyAllocator
 from autoprune.agents.random_search import RandomSearch
@@ -89,7 +90,8 @@ def run(record: dict, models: list[str], agents: list[tuple[str, str]]) -> None:
                     row = {"model": model, "target": target, "seed": seed, "episodes": EPISODES, "agent": agent,
                            "action": action, "best": result.best.info["accuracy"], "random_best": ref["random_best"],
                            "uniform": ref["uniform"], "policy": policy, "policy_episode": result.policy_episode,
-                           "seconds": seconds, "precision": ws.precision.name}
+                           "seconds": seconds, "precision": ws.precision.name,
+                           "torch_threads": torch.get_num_threads()}
                     record["rows"].append(row)
                     write_json_atomic(OUT, record, indent=1)
                     (OUT.with_suffix(".md")).write_text(report(record))
