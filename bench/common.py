@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}  # two-sided 95% Student t quantiles by degrees of freedom
 
 
 def machine() -> dict:
@@ -120,3 +121,15 @@ def run_parts(doc: str, parts: dict, load: Callable[[], dict], argv: list[str] |
     for name in args.parts:
         parts[name](record)
     return 0
+
+
+def paired_difference(values: dict[tuple[str, int], float], arm: str, other: str) -> str | None:
+    """``arm`` minus ``other`` over the seeds that ran both (the seed fixes the data order of both runs):
+    "mean ± std (n=N, resolved)", resolved when the 95% t-interval of the mean excludes 0; None if no seed ran both."""
+    diffs = [values[arm, seed] - values[other, seed] for a, seed in values if a == other and (arm, seed) in values]
+    if not diffs:
+        return None
+    m = statistics.mean(diffs)
+    s = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    resolved = len(diffs) > 1 and abs(m) > T95.get(len(diffs) - 1, 2.0) * s / len(diffs) ** 0.5
+    return f"{m:+.2f} ± {s:.2f} (n={len(diffs)}, {'resolved' if resolved else 'not resolved'})"

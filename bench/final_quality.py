@@ -44,7 +44,7 @@ from autoprune.train.training import TrainRecipe, train
 from autoprune.workspace import open_workspace
 
 from .base_models import DATA, finetuned_checkpoint
-from .common import RESULTS, machine
+from .common import RESULTS, machine, paired_difference
 
 OUT = RESULTS / "final-quality.json"
 WORK = RESULTS / "final-quality"
@@ -163,19 +163,11 @@ def _cpu(rows: list[dict]) -> str:
     return f"{statistics.mean(cpu):.0f} ({len(cpu)} of {len(rows)})" if cpu else "-"
 
 
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}  # two-sided 95% Student t quantiles by degrees of freedom
-
-
 def _paired_line(rows: list[dict]) -> str:
-    """``searched`` minus every other arm, paired by seed (the seed fixes the data order of both runs)."""
+    """``searched`` minus every other arm, paired by seed."""
     by = {(r["arm"], r["seed"]): 100 * r["test_acc"] for r in rows}
-    parts = []
-    for arm in sorted({r["arm"] for r in rows} - {"searched"}):
-        diffs = [by["searched", seed] - by[arm, seed] for a, seed in by if a == arm and ("searched", seed) in by]
-        if diffs:
-            m, s = _mean_std(diffs)
-            resolved = len(diffs) > 1 and abs(m) > T95.get(len(diffs) - 1, 2.0) * s / len(diffs) ** 0.5
-            parts.append(f"{arm} {m:+.2f} ± {s:.2f} (n={len(diffs)}, {'resolved' if resolved else 'not resolved'})")
+    parts = [f"{arm} {d}" for arm in sorted({r["arm"] for r in rows} - {"searched"})
+             if (d := paired_difference(by, "searched", arm))]
     return ("Searched minus, paired by seed (mean ± std; resolved: the 95% t-interval of the mean excludes 0): "
             + "; ".join(parts) + ".") if parts else "No seed has a searched row yet."
 

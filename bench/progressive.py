@@ -61,6 +61,8 @@ from autoprune.train.progressive import default_trajectory, progressive_train
 from autoprune.train.schedules import PruningSchedule, list_schedules
 from autoprune.train.training import TrainRecipe, train
 
+from .common import paired_difference
+
 RESULTS = Path(__file__).resolve().parent / "results"
 # options that change what an arm measures (the others only choose which arms and seeds run)
 _PROTOCOL_KEYS = ("quick", "checkpoint", "data", "train_subset", "val_size", "test_limit", "epochs", "lr",
@@ -103,6 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weights the weight-rewind arm restarts from (default: the shared checkpoint the dense "
                         "model was adapted from, i.e. one epoch before it)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids thrashing on shared cores)")
+    p.add_argument("--report", action="store_true", help="only rewrite the .md from the results JSON (--out)")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default bench/results/progressive[-quick].json)")
     args = p.parse_args(argv)
     if args.full:
@@ -325,10 +328,46 @@ def table(records: list[dict], dense_acc: float) -> list[dict]:
     return rows
 
 
+# issue 14's goals: each progressive arm heading for the searched shape, against these references
+GOALS = {"oneshot-searched": "at least as accurate with fewer training MACs",
+         "prog-cubic": "at least +1 point at 30% of MACs"}
+
+
+def goal_lines(out: dict, target: float) -> list[str]:
+    """Paired-by-seed differences of the progressive-to-searched arms from their references, with the
+    training-MACs ratio: what issue 14's goals are judged on."""
+    runs = [r for r in out["runs"] if r["target"] == target]
+    acc = {(r["arm"], r["seed"]): 100 * r["test_acc"] for r in runs}
+    macs = {(r["arm"], r["seed"]): r["train_macs"] for r in runs}
+    lines = []
+    for arm in sorted({r["arm"] for r in runs if r["arm"].startswith("prog-") and r["arm"].endswith("-searched")}):
+        for ref, goal in GOALS.items():
+            diff = paired_difference(acc, arm, ref)
+            if diff is None:
+                continue
+            ratio = np.mean([macs[arm, seed] / macs[ref, seed] for a, seed in macs if a == ref and (arm, seed) in macs])
+            lines.append(f"- {arm} − {ref}: {diff} points, {ratio:.2f}x its training MACs (goal: {goal})")
+    return lines
+
+
+def missing_runs(out: dict) -> list[str]:
+    """Planned (target, seed, arm) runs not in the file, when the arms were named (``--full``, ``--arms``)."""
+    proto = out["protocol"]
+    if not proto.get("arms"):
+        return []
+    done = {(r["target"], r["seed"], r["arm"]) for r in out["runs"]}
+    return [f"{t:g}|{s}|{a}" for t in proto["targets"] for s in proto["seeds"] for a in proto["arms"]
+            if (t, s, a) not in done]
+
+
 def markdown(out: dict) -> str:
+    protocol = (__doc__.split("``--full`` is issue 14's protocol: ")[1].split("\n\n")[0].replace("\n", " ")
+                if out["protocol"].get("full") else None)
     lines = [f"# Progressive vs train-prune-finetune ({MODEL})", "", f"`{out['command']}`", "",
+             *([f"Protocol (``--full``, issue 14): {protocol}", ""] if protocol else []),
              f"dense test accuracy {100 * out['dense_test_acc']:.2f}% on {out['n_test']} test images; "
-             f"{out['n_train']} training images; checkpoint `{out['checkpoint']}`", "",
+             f"{out['n_train']} training images; checkpoint `{out['checkpoint']}`; wall time with "
+             f"{out['torch_threads']} torch thread(s)", "",
              "| MACs target | arm | seeds | test acc % (mean ± std) | drop | MACs kept | train TMACs | wall s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in out["table"]:
@@ -338,11 +377,22 @@ def markdown(out: dict) -> str:
         rows = [r for r in out["table"] if r["target"] == target]
         best = max(rows, key=lambda r: r["test_acc_mean"])
         lines += ["", f"Best at {100 * target:.0f}% MACs: **{best['arm']}** ({best['test_acc_mean']:.2f}%)."]
+        goals = goal_lines(out, target)
+        if goals:
+            lines += ["", "Paired by seed (mean ± std; resolved: the 95% t-interval of the mean excludes 0):", *goals]
+    missing = missing_runs(out)
+    if out["protocol"].get("arms"):
+        lines += ["", f"Runs still missing (target|seed|arm): {len(missing)} of "
+                      f"{len(missing) + len(out['runs'])}" + (": " + ", ".join(missing) if missing else ".")]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.report:  # only rewrite the markdown from the results file
+        out = json.loads(args.out.read_text())
+        args.out.with_suffix(".md").write_text(markdown(out))
+        return out
     torch.set_num_threads(args.threads)
     out = Bench(args).run()
     print(json.dumps(out["table"], indent=1))
