@@ -11,7 +11,7 @@ from autoprune.cli.main import main
 from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
 from autoprune.experiments.compare_config import CompareConfig, method_labels, recipe_for, reinitialise
-from autoprune.experiments.comparison import run_comparison, write_outputs
+from autoprune.experiments.comparison import open_results, run_comparison, write_outputs
 from autoprune.experiments.report import summarize, verdict
 from autoprune.models import create_model
 from autoprune.registry import parse_spec
@@ -116,6 +116,16 @@ def test_rerun_resumes_without_new_work_and_other_settings_are_refused(run_dir, 
     with pytest.raises(AutopruneError, match="holds another run"):
         _run(_config(run_dir, train=TrainRecipe(epochs=1.0, batch_size=64)), tiny_setup)
     assert (run_dir / "results.json").read_text() == before  # nothing lost
+
+
+def test_a_run_from_before_the_score_option_resumes(tmp_path, run_dir):
+    old = json.loads((run_dir / "results.json").read_text())
+    del old["config"]["score"]  # results.json as written before compare had --score
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text(json.dumps(old))
+    assert open_results(_config(tmp_path / "old"))["rows"] == old["rows"]
+    with pytest.raises(AutopruneError, match="holds another run"):
+        open_results(_config(tmp_path / "old", score="finetune:100"))
 
 
 CLI = ["compare", "--model", "resnet20", "--data", "synthetic", "--targets", "0.5", "--seeds", "3",
