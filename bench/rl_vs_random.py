@@ -14,6 +14,7 @@ Rows go to ``bench/results/rl-vs-random.json`` as they finish (resumable: rerun 
 
     python -m bench.rl_vs_random                        # the whole grid (~4 h on 2 idle cores)
     python -m bench.rl_vs_random --models resnet20      # one model
+    python -m bench.rl_vs_random --models resnet20 --targets 0.3 --seeds 0   # one cell (rows are the same)
 """
 from __future__ import annotations
 
@@ -63,11 +64,12 @@ def cell(record: dict, problem: PruningProblem, model: str, target: float, seed:
     return c
 
 
-def run(record: dict, models: list[str], agents: list[tuple[str, str]]) -> None:
+def run(record: dict, models: list[str], agents: list[tuple[str, str]], targets: tuple[float, ...] = TARGETS,
+        seeds: tuple[int, ...] = SEEDS) -> None:
     for model in models:
         ws = structure = calib = None
-        for target in TARGETS:
-            for seed in SEEDS:
+        for target in targets:
+            for seed in seeds:
                 todo = [(a, act) for a, act in agents
                         if not any((r["model"], r["target"], r["seed"], r["agent"], r["action"])
                                    == (model, target, seed, a, act) for r in record["rows"])]
@@ -130,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--agents", nargs="+", default=[f"{a}/{act}" for a, act in AGENTS], help="AGENT/ACTION")
+    p.add_argument("--targets", nargs="+", type=float, default=list(TARGETS), help="a part of the grid, in this order")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     args = p.parse_args(argv)
     record = load("python -m bench.rl_vs_random")
-    run(record, args.models, [tuple(a.split("/")) for a in args.agents])
+    run(record, args.models, [tuple(a.split("/")) for a in args.agents], tuple(args.targets), tuple(args.seeds))
     OUT.with_suffix(".md").write_text(report(record))
     return 0
 
