@@ -272,8 +272,8 @@ class Bench:
         arms["prog-cubic-search"] = lambda t, s: self.progressive(t, s, "cubic", f"search:{a.search_samples}")
         arms["weight-rewind-searched"] = self.weight_rewind_searched
         arms["scratch-B-searched"] = self.scratch_searched
-        if a.arms:
-            arms = {k: v for k, v in arms.items() if any(k.startswith(p) for p in a.arms)}
+        if a.arms:  # --full names its arms exactly ("prog-cubic" must not pull in "prog-cubic-global")
+            arms = {k: v for k, v in arms.items() if (k in a.arms if a.full else any(k.startswith(p) for p in a.arms))}
         return arms
 
     # -- the run ----------------------------------------------------------------------------
