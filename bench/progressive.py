@@ -32,7 +32,7 @@ Each arm reports test accuracy, training cost (sum over steps of batch forward M
 Results are appended to the JSON file after every arm; rerunning with the same ``--out`` skips the
 arms already done.
 
-    python -m bench.progressive --full           # issue 14's protocol (~3 h on 2 idle cores)
+    python -m bench.progressive --full           # issue 14's protocol (~8 h: 10-14 min per 6-epoch run, 1 thread)
     python -m bench.progressive                  # the first protocol (10k images, 3 epochs; ~1.7 h)
     python -m bench.progressive --quick          # smoke test (~1-2 min)
 """
