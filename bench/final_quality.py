@@ -178,6 +178,10 @@ def report(record: dict, models: list[str]) -> str:
     lines = ["# Final quality: accuracy after fine-tuning, by allocation method", "",
              __doc__.split("Protocol (also written at the top of ``final-quality.md``):\n")[1].split("\nRows go")[0],
              "", f"Command: `{record['command']}`. Raw rows: `final-quality.json`.", ""]
+    pinned = sum(r.get("torch_threads") == 1 for r in record["rows"])
+    if pinned:  # timings of rows run beside another benchmark are not comparable with the others
+        lines += [f"Timings: {pinned} rows ran on one torch thread beside another one-thread benchmark "
+                  "(`torch_threads` in the JSON); the others on two threads of an idle machine.", ""]
     for model in models:
         dense = base[model]["test_acc"]
         lines += [f"## {model} (dense test accuracy {100 * dense:.2f}%)", ""]
