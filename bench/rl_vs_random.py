@@ -3,7 +3,8 @@
 Grid: ResNet-20 and ResNet-56 (JPEG-adapted checkpoints) at 50% and 30% of MACs, seeds 0 1 2,
 100 episodes per search (30 of them random warm-up for the RL agents), the search defaults
 otherwise (1,024 calibration / 2,000 held-out images, default precision, relative actions).
-Agents: DDPG, TD3, SAC; DDPG also with ``wall`` and ``absolute`` actions. Per cell, once:
+Agents: DDPG, TD3, SAC; DDPG also with ``wall`` and ``absolute`` actions, and ``ddpg-sil``: DDPG with
+self-imitation of its 5 best episodes and slower noise decay (0.98), settings tried on seeds 10-11. Per cell, once:
 ``random_best`` (best of 100 random feasible allocations, same seed, same evaluator) and
 ``uniform``. Per agent: ``best`` (best allocation it evaluated) and ``policy`` (the kept
 noise-free actor rolled out once, no search).
@@ -38,7 +39,10 @@ from .common import RESULTS, machine
 
 OUT = RESULTS / "rl-vs-random.json"
 MODELS, TARGETS, SEEDS = ("resnet20", "resnet56"), (0.5, 0.3), (0, 1, 2)
-AGENTS = (("ddpg", "relative"), ("td3", "relative"), ("sac", "relative"), ("ddpg", "wall"), ("ddpg", "absolute"))
+AGENTS = (("ddpg", "relative"), ("td3", "relative"), ("sac", "relative"), ("ddpg", "wall"), ("ddpg", "absolute"),
+          ("ddpg-sil", "relative"))
+# agent labels that are an algorithm with other settings (chosen on seeds 10-11, outside this grid: bench/rl_tuning.py)
+VARIANTS = {"ddpg-sil": ("ddpg", {"imitation": 1.0, "noise_decay": 0.98})}
 EPISODES, WARMUP = 100, 30
 
 
@@ -85,8 +89,9 @@ def run(record: dict, models: list[str], agents: list[tuple[str, str]], targets:
                     problem = PruningProblem(structure, target, evaluator=ws.evaluator(), calib_batches=calib)
                     t0 = time.perf_counter()
                     with tempfile.TemporaryDirectory() as run_dir:
-                        result = RLSearch(algo=agent, action=action, episodes=EPISODES, warmup_episodes=WARMUP,
-                                          seed=seed).search(problem, run_dir)
+                        algo, settings = VARIANTS.get(agent, (agent, {}))
+                        result = RLSearch(algo=algo, action=action, episodes=EPISODES, warmup_episodes=WARMUP,
+                                          seed=seed, **settings).search(problem, run_dir)
                         seconds = time.perf_counter() - t0
                         policy = problem.score(PolicyAllocator(result.policy_path).allocate(problem))
                     row = {"model": model, "target": target, "seed": seed, "episodes": EPISODES, "agent": agent,

@@ -83,6 +83,32 @@ def test_episode_credit_gives_every_step_the_normalised_outcome():
         assert (buffer.dones[: len(held), 0] == 1).all()
 
 
+def test_self_imitation_pulls_the_actor_onto_its_best_episode(resnet20_structure):
+    """Two stored episodes with opposite actions: imitating the top one moves the actor onto its actions."""
+    from autoprune.agents.rl import RLSearch
+    from autoprune.agents.rl.amc import credit_episode
+    from autoprune.envs import ChannelPruningEnv
+
+    env = ChannelPruningEnv(cheap_problem(resnet20_structure), action="relative")
+    model = RLSearch(imitation=1.0, imitation_top=1, seed=0)._build(env)
+    obs = np.random.default_rng(0).random((2, env.n, env.observation_space.shape[0])).astype(np.float32)
+    for episode, (action, outcome) in enumerate(((0.6, 0.9), (-0.6, 0.1))):  # the first one scored best
+        for step in range(env.n):
+            done = step == env.n - 1
+            model.replay_buffer.add(obs[episode, step], obs[episode, step], np.array([action]),
+                                    np.array([outcome if done else 0.0]), np.array([done]), [{}])
+            credit_episode(model.replay_buffer, outcome if done else 0.0, done)
+    best = torch.as_tensor(obs[0])
+    with torch.no_grad():
+        before = model.policy(best, deterministic=True)
+    model._imitate_best(gradient_steps=300, batch_size=8)
+    with torch.no_grad():
+        after = model.policy(best, deterministic=True)
+    assert (after - 0.6).abs().max() < 0.05 < (before - 0.6).abs().max()
+    with pytest.raises(AutopruneError, match="use it with --credit episode"):
+        RLSearch(imitation=1.0, credit="td")
+
+
 def test_kept_policy_is_the_best_noise_free_actor(tmp_path, resnet20_structure):
     from autoprune.agents.policy import PolicyAllocator
     from autoprune.agents.rl import RLSearch

@@ -6,13 +6,18 @@
   the replay window (AMC's moving-average baseline, made consistent) and never bootstrapped. The
   critic then regresses Q(s, a) on outcomes directly, instead of chaining one sparse reward back
   through every step with gamma = 1;
-* ``noise_free``: run the actor without exploration noise (the search's evaluation episodes).
+* ``noise_free``: run the actor without exploration noise (the search's evaluation episodes);
+* ``imitation``: self-imitation (Oh et al. 2018) -- after each update the actor also regresses onto
+  the applied actions of the ``imitation_top`` best episodes in the replay window, so it cannot drift
+  away from the best allocations it has found towards a corner the critic over-values.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.utils import update_learning_rate
@@ -56,8 +61,9 @@ class AMCAgent:
     """The AMC behaviour, mixed in front of an SB3 algorithm (``AMCDDPG``, ``AMCTD3``, ``AMCSAC``)."""
 
     def __init__(self, *args: Any, actor_lr: float | None = None, critic_lr: float | None = None,
-                 credit: str = "episode", **kwargs: Any):
+                 credit: str = "episode", imitation: float = 0.0, imitation_top: int = 5, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.imitation, self.imitation_top = float(imitation), int(imitation_top)
         lr = kwargs.get("learning_rate", 1e-3)
         self.actor_lr = float(actor_lr if actor_lr is not None else lr)
         self.critic_lr = float(critic_lr if critic_lr is not None else lr)
@@ -67,6 +73,30 @@ class AMCAgent:
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         with one_thread():
             super().train(gradient_steps, batch_size)
+            if self.imitation > 0:
+                self._imitate_best(gradient_steps, batch_size)
+
+    def _imitate_best(self, gradient_steps: int, batch_size: int) -> None:
+        """Actor steps on ``imitation`` x MSE(actor(s), a) over the transitions of the best episodes."""
+        buffer = self.replay_buffer
+        outcome = getattr(buffer, "outcome", None)  # episode outcomes per transition (episode credit)
+        if outcome is None:
+            return
+        filled = buffer.buffer_size if buffer.full else buffer.pos
+        known = np.flatnonzero(~np.isnan(outcome[:filled]))
+        if known.size == 0:
+            return
+        outcomes = np.unique(outcome[known])
+        elite = known[outcome[known] >= outcomes[-min(self.imitation_top, outcomes.size)]]
+        rng = np.random.default_rng(self.num_timesteps)
+        for _ in range(gradient_steps):
+            idx = rng.choice(elite, size=min(batch_size, elite.size), replace=False)
+            obs = torch.as_tensor(buffer.observations[idx, 0], device=self.device)
+            target = torch.as_tensor(buffer.actions[idx, 0], device=self.device)
+            loss = self.imitation * F.mse_loss(self.policy(obs, deterministic=True), target)
+            self.actor.optimizer.zero_grad()
+            loss.backward()
+            self.actor.optimizer.step()
 
     def _update_learning_rate(self, optimizers) -> None:
         for opt in optimizers if isinstance(optimizers, list) else [optimizers]:

@@ -31,6 +31,8 @@ class RLConfig:
     hidden: list[int] = field(default_factory=lambda: [300, 300])
     updates_per_step: float = 1.0  # gradient steps per env step, done at the end of each episode
     credit: str = "episode"  # episode: every step learns the episode's normalised outcome | td: sparse reward, bootstrapped
+    imitation: float = 0.0  # self-imitation weight: the actor also regresses onto its best episodes' actions
+    imitation_top: int = 5  # how many of the best episodes in the replay window it imitates
     eval_every: int = 5  # every Nth learning episode runs the actor without noise; the best such actor is kept
     reward: str = "accuracy"
     action: str = "relative"  # absolute: keep ratio in the bounds (AMC) | relative: factor on the even keep ratio
@@ -47,6 +49,9 @@ HELP = {
     "noise_decay": "noise multiplier per episode after warm-up",
     "credit": "episode (every step learns the episode's normalised outcome) | td (sparse reward, bootstrapped)",
     "eval_every": "every Nth learning episode runs the actor without noise; the best such actor is saved as policy.zip",
+    "imitation": "self-imitation weight (0: off): after each update the actor also regresses onto the actions of "
+                 "the --imitation-top best episodes in the replay window (needs --credit episode)",
+    "imitation_top": "episodes the actor imitates (with --imitation > 0)",
     "reward": "accuracy | error_log_cost | relative (accuracy minus uniform's)",
     "init_policy": "warm start from a policy.zip of an earlier search (same algorithm; pair it with fewer "
                    "--warmup-episodes)",

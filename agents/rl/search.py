@@ -90,6 +90,8 @@ class RLSearch:
             raise AutopruneError(f"unknown RL agent '{self.config.algo}': use one of {', '.join(AGENT_CLASSES)}")
         if self.config.credit not in ("episode", "td"):
             raise AutopruneError(f"unknown credit '{self.config.credit}': use episode or td")
+        if self.config.imitation > 0 and self.config.credit != "episode":
+            raise AutopruneError("--imitation ranks episodes by their outcome: use it with --credit episode")
         if self.config.episodes < 1 or self.config.warmup_episodes < 0:
             raise AutopruneError("episodes must be >= 1 and warm-up episodes >= 0")
         self.name = self.config.algo
@@ -115,6 +117,7 @@ class RLSearch:
         warmup_steps = env.steps_before(c.warmup_episodes) if multi else c.warmup_episodes * n
         kwargs: dict[str, Any] = dict(
             learning_rate=c.actor_lr, actor_lr=c.actor_lr, critic_lr=c.critic_lr, credit=c.credit,
+            imitation=c.imitation, imitation_top=c.imitation_top,
             buffer_size=max(1, c.replay_episodes * max(e.n for e in envs)), learning_starts=warmup_steps,
             batch_size=c.batch_size, tau=c.tau, gamma=c.gamma, train_freq=(1, "episode"),
             gradient_steps=max(1, int(round(c.updates_per_step * n))), policy_kwargs={"net_arch": list(c.hidden)},
