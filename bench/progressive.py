@@ -382,8 +382,10 @@ def markdown(out: dict) -> str:
             lines += ["", "Paired by seed (mean ± std; resolved: the 95% t-interval of the mean excludes 0):", *goals]
     missing = missing_runs(out)
     if out["protocol"].get("arms"):
-        lines += ["", f"Runs still missing (target|seed|arm): {len(missing)} of "
-                      f"{len(missing) + len(out['runs'])}" + (": " + ", ".join(missing) if missing else ".")]
+        proto = out["protocol"]
+        planned = len(proto["targets"]) * len(proto["seeds"]) * len(proto["arms"])
+        lines += ["", f"Runs still missing (target|seed|arm): {len(missing)} of {planned}"
+                      + (": " + ", ".join(missing) if missing else ".")]
     return "\n".join(lines) + "\n"
 
 
