@@ -37,7 +37,8 @@ def test_saved_pruned_model_reloads_in_new_process(tmp_path, name, size):
                     str(tmp_path / "y.pt")], check=True)
     with torch.no_grad():
         expected = pruned(x)
-    assert torch.equal(torch.load(tmp_path / "y.pt", weights_only=True), expected)
+    # equal up to float reduction order (the child may run on another number of threads)
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt", weights_only=True), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_create_model_reads_pruned_files(tmp_path, resnet20_structure):
