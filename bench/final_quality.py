@@ -19,7 +19,8 @@ Protocol (also written at the top of ``final-quality.md``):
 Rows go to ``bench/results/final-quality.json`` as they finish (resumable row by row: rerun the
 same command); allocations and search runs are kept under ``bench/results/final-quality/``.
 
-    nohup python -m bench.final_quality --models resnet20 &      # ResNet-20 table (~5 h here)
+    nohup python -m bench.final_quality --models resnet20 &      # ResNet-20 table (~10 h here: lr-rewind rows
+                                                                 # 9-10 min on 2 idle threads, scratch-B 2-3.3x that)
     python -m bench.final_quality --report                       # rewrite final-quality.md only
 """
 from __future__ import annotations
