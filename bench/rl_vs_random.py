@@ -13,7 +13,8 @@ Rows go to ``bench/results/rl-vs-random.json`` as they finish (resumable: rerun 
 ``rl-vs-random.md`` has mean +- std over seeds and the goals (best >= random + 0.5, policy within
 0.5 of random best).
 
-    python -m bench.rl_vs_random                        # the whole grid (~4 h on 2 idle cores)
+    python -m bench.rl_vs_random                        # the whole grid (~8 h on one thread: a ResNet-20
+                                                        # cell, random + 6 agents, ~19 min; ResNet-56 ~3x)
     python -m bench.rl_vs_random --models resnet20      # one model
     python -m bench.rl_vs_random --models resnet20 --targets 0.3 --seeds 0   # one cell (rows are the same)
 """
