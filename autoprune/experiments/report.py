@@ -103,7 +103,8 @@ def compare_report(record: dict, title: str = "autoprune compare") -> str:
                f"{cfg['finetune_lr']:g}, lr-rewind = cosine from {cfg['rewind_lr']:g}, scratch = cosine from "
                f"{cfg['scratch_lr']:g}.",
              f"{score_label(score)} accuracy (the allocators' score) is on the held-out part of the training split, "
-             "before training; test accuracy after training; drop = dense test accuracy - pruned test accuracy (points). Mean ± std over seeds.", ""]
+             "before training; test accuracy after training; drop = dense test accuracy - pruned test accuracy "
+             "(points). Mean ± std over seeds.", ""]
     summary = summarize(rows)
     for target in sorted({e["target"] for e in summary}, reverse=True):
         for recipe in sorted({e["recipe"] for e in summary if e["target"] == target}):
