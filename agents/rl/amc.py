@@ -7,9 +7,10 @@
   critic then regresses Q(s, a) on outcomes directly, instead of chaining one sparse reward back
   through every step with gamma = 1;
 * ``noise_free``: run the actor without exploration noise (the search's evaluation episodes);
-* ``imitation``: self-imitation (Oh et al. 2018) -- after each update the actor also regresses onto
-  the applied actions of the ``imitation_top`` best episodes in the replay window, so it cannot drift
-  away from the best allocations it has found towards a corner the critic over-values.
+* ``imitation``: self-imitation (after Oh et al. 2018, as plain regression) -- after each update the
+  actor also regresses onto the applied actions of the ``imitation_top`` best episodes in the replay
+  window, so it cannot drift away from the best allocations it has found towards a corner the critic
+  over-values.
 """
 from __future__ import annotations
 
