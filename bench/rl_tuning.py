@@ -65,13 +65,17 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory() as run_dir:
                 result = RLSearch(episodes=EPISODES, warmup_episodes=WARMUP, seed=seed, **setting).search(prob, run_dir)
                 policy = prob.score(PolicyAllocator(result.policy_path).allocate(prob))
+                searched = result.policy_path.with_name("noise_free_policy.zip")  # kept beside a distilled policy
+                noise_free = prob.score(PolicyAllocator(searched).allocate(prob)) if searched.exists() else policy
             row = {**key, "setting": setting, "best": result.best.info["accuracy"], "policy": policy,
+                   "policy_distilled": result.policy_distilled, "policy_noise_free": noise_free,
                    "best_episode": result.best.episode, "seconds": time.perf_counter() - t0,
                    "torch_threads": torch.get_num_threads()}
             record["rows"].append(row)
             write_json_atomic(OUT, record, indent=1)
             print(f"{args.model} @{args.target:g} seed {seed} {setting}: best {100 * row['best']:.2f} "
-                  f"(episode {row['best_episode']}) policy {100 * policy:.2f}", flush=True)
+                  f"(episode {row['best_episode']}) policy {100 * policy:.2f} "
+                  f"(noise-free actor {100 * noise_free:.2f})", flush=True)
     return 0
 
 

@@ -24,6 +24,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -91,13 +92,19 @@ def run(record: dict, models: list[str], agents: list[tuple[str, str]], targets:
                     t0 = time.perf_counter()
                     with tempfile.TemporaryDirectory() as run_dir:
                         algo, settings = VARIANTS.get(agent, (agent, {}))
-                        result = RLSearch(algo=algo, action=action, episodes=EPISODES, warmup_episodes=WARMUP,
-                                          seed=seed, **settings).search(problem, run_dir)
+                        search = RLSearch(algo=algo, action=action, episodes=EPISODES, warmup_episodes=WARMUP,
+                                          seed=seed, **settings)
+                        result = search.search(problem, run_dir)
                         seconds = time.perf_counter() - t0
                         policy = problem.score(PolicyAllocator(result.policy_path).allocate(problem))
+                        searched = result.policy_path.with_name("noise_free_policy.zip")  # kept beside a distilled one
+                        noise_free = (problem.score(PolicyAllocator(searched).allocate(problem)) if searched.exists()
+                                      else policy)
                     row = {"model": model, "target": target, "seed": seed, "episodes": EPISODES, "agent": agent,
                            "action": action, "best": result.best.info["accuracy"], "random_best": ref["random_best"],
                            "uniform": ref["uniform"], "policy": policy, "policy_episode": result.policy_episode,
+                           "policy_distilled": result.policy_distilled, "policy_noise_free": noise_free,
+                           "config": asdict(search.config),
                            "seconds": seconds, "precision": ws.precision.name,
                            "torch_threads": torch.get_num_threads()}
                     record["rows"].append(row)

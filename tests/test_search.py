@@ -43,7 +43,7 @@ def test_td3_and_sac_run_and_stay_feasible(resnet20_structure):
     for algo in ("td3", "sac"):
         result = _search(resnet20_structure, seed=0, episodes=5, algo=algo, eval_every=2)
         assert cheap_problem(resnet20_structure).feasible(result.allocation)
-        assert result.policy_episode == 4  # the one noise-free episode (2nd after the 3 warm-up ones)
+        assert result.policy_distilled and result.policy_episode == result.best.episode
 
 
 def test_learned_agent_improves_on_its_warmup(resnet20_structure):
@@ -115,7 +115,7 @@ def test_kept_policy_is_the_best_noise_free_actor(tmp_path, resnet20_structure):
 
     problem = cheap_problem(resnet20_structure)
     seen = {}
-    result = RLSearch(episodes=12, warmup_episodes=3, eval_every=3, seed=0).search(
+    result = RLSearch(episodes=12, warmup_episodes=3, eval_every=3, seed=0, distil_best=False).search(
         problem, tmp_path, on_episode=lambda e, r, info: seen.setdefault(e, (r, info["allocation"])))
     rows = _rows(tmp_path / "episodes.csv")
     greedy = [int(r["episode"]) for r in rows if r["noise"] != "" and float(r["noise"]) == 0.0]
@@ -125,6 +125,26 @@ def test_kept_policy_is_the_best_noise_free_actor(tmp_path, resnet20_structure):
     # policy.zip is the actor as it was when it played that episode, not the one after it learned
     assert PolicyAllocator(tmp_path / "policy.zip").allocate(problem) == seen[best][1]
     assert (tmp_path / "final_policy.zip").exists()
+    assert not result.policy_distilled and not (tmp_path / "noise_free_policy.zip").exists()
+
+
+def test_distilled_policy_plays_the_best_allocation(tmp_path, resnet20_structure):
+    """By default the kept policy is fitted onto the best episode: rolled out from disk on a fresh problem
+    it plays the best allocation; the search's best noise-free actor is kept beside it."""
+    from autoprune.agents.policy import PolicyAllocator
+    from autoprune.agents.rl import RLSearch
+
+    seen = {}
+    result = RLSearch(episodes=12, warmup_episodes=3, eval_every=3, seed=0).search(
+        cheap_problem(resnet20_structure), tmp_path,
+        on_episode=lambda e, r, info: seen.setdefault(e, (r, info["allocation"])))
+    greedy_best = max((5, 8, 11), key=lambda e: seen[e][0])
+    assert result.best.episode not in (5, 8, 11)  # a noisy episode: the actor had to be moved onto it
+    assert result.policy_distilled and result.policy_episode == result.best.episode
+    assert result.policy_score == seen[result.best.episode][0]
+    fresh = cheap_problem(resnet20_structure)
+    assert PolicyAllocator(tmp_path / "policy.zip").allocate(fresh) == result.allocation
+    assert PolicyAllocator(tmp_path / "noise_free_policy.zip").allocate(fresh) == seen[greedy_best][1]
 
 
 SCRIPT = textwrap.dedent(f"""

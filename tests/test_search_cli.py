@@ -20,7 +20,9 @@ def test_cli_search_apply_and_errors(tmp_path, capsys):
     assert code == 0, err
     assert "uniform allocation" in out and "best ddpg allocation" in out
     assert "kept policy (policy.zip)" in out
-    assert json.loads((run / "summary.json").read_text())["policy"]["episode"] == 3  # the one noise-free episode
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["policy"]["distilled"] and "fitted onto the best episode, plays it" in out
+    assert summary["policy"]["noise_free_reward"] == pytest.approx(summary["best"]["adaptive_bn_accuracy"], abs=1e-6)
     for f in ("config.yaml", "policy.zip", "final_policy.zip", "best_allocation.json", "episodes.csv", "best_model.pt", "reward.png",
               "allocation.png", "summary.json"):
         assert (run / f).exists(), f

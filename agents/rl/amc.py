@@ -10,7 +10,9 @@
 * ``imitation``: self-imitation (after Oh et al. 2018, as plain regression) -- after each update the
   actor also regresses onto the applied actions of the ``imitation_top`` best episodes in the replay
   window, so it cannot drift away from the best allocations it has found towards a corner the critic
-  over-values.
+  over-values;
+* ``fit_actor``: plain regression of the actor onto given states and actions (the search uses it
+  to make the kept policy play the best allocation it found).
 """
 from __future__ import annotations
 
@@ -98,6 +100,21 @@ class AMCAgent:
             self.actor.optimizer.zero_grad()
             loss.backward()
             self.actor.optimizer.step()
+
+    def fit_actor(self, obs: np.ndarray, actions: np.ndarray, steps: int, lr: float = 1e-3) -> float:
+        """``steps`` full-batch Adam steps of MSE(actor(obs), actions) with a fresh optimiser (the
+        actor's own, and its learning-rate schedule, are left alone); the last loss."""
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        target = torch.as_tensor(actions, dtype=torch.float32, device=self.device).reshape(len(obs_t), -1)
+        opt = torch.optim.Adam(self.actor.parameters(), lr=lr)
+        loss = torch.zeros(())
+        with one_thread():
+            for _ in range(steps):
+                loss = F.mse_loss(self.policy(obs_t, deterministic=True), target)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return float(loss.detach())
 
     def _update_learning_rate(self, optimizers) -> None:
         for opt in optimizers if isinstance(optimizers, list) else [optimizers]:

@@ -33,6 +33,7 @@ class RLConfig:
     credit: str = "episode"  # episode: every step learns the episode's normalised outcome | td: sparse reward, bootstrapped
     imitation: float = 0.0  # self-imitation weight: the actor also regresses onto its best episodes' actions
     imitation_top: int = 5  # how many of the best episodes in the replay window it imitates
+    distil_best: bool = True  # after the search, fit the actor onto the best episode: the kept policy plays it
     eval_every: int = 5  # every Nth learning episode runs the actor without noise; the best such actor is kept
     reward: str = "accuracy"
     action: str = "relative"  # absolute: keep ratio in the bounds (AMC) | relative: factor on the even keep ratio
@@ -52,6 +53,9 @@ HELP = {
     "imitation": "self-imitation weight (0: off): after each update the actor also regresses onto the actions of "
                  "the --imitation-top best episodes in the replay window (needs --credit episode)",
     "imitation_top": "episodes the actor imitates (with --imitation > 0)",
+    "distil_best": "after the search, fit the actor onto the best episode's actions and keep it as policy.zip "
+                   "when its noise-free rollout plays exactly the best allocation (checked without an evaluation; "
+                   "one model at one target only). Otherwise the best noise-free actor is kept",
     "reward": "accuracy | error_log_cost | relative (accuracy minus uniform's)",
     "init_policy": "warm start from a policy.zip of an earlier search (same algorithm; pair it with fewer "
                    "--warmup-episodes)",

@@ -4,7 +4,10 @@ After every episode the replay buffer, the networks and the bookkeeping agree, s
 taken there is exact: ``search(..., resume=True)`` restores policy + optimisers, replay buffer,
 exploration noise, every RNG and the score cache, and continues at the next episode. Every
 ``eval_every``-th learning episode runs the actor without noise; the best such actor is kept as
-``policy.zip``. SB3's own logger writes the actor and critic losses to TensorBoard (``tb/``).
+``policy.zip``, unless ``distil_best``: then the actor is fitted onto the best episode's states and
+applied actions after the search, and kept when its noise-free rollout plays exactly the best
+allocation (checked with the env unscored: no evaluation is spent). SB3's own logger writes the
+actor and critic losses to TensorBoard (``tb/``).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger, configure
@@ -26,8 +30,11 @@ from autoprune.agents.search_log import Best, EpisodeLog
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
 from autoprune.envs import ChannelPruningEnv
+from autoprune.envs.channel_pruning import rollout
 from autoprune.envs.multi import MultiModelEnv
 from autoprune.errors import AutopruneError
+
+DISTIL_ROUNDS, DISTIL_STEPS = 30, 100  # fit the actor for up to 30 x 100 steps, checking its rollout after each
 
 
 class EpisodeEnd(BaseCallback):
@@ -74,6 +81,7 @@ class SearchResult:
     policy_score: float = -float("inf")  # the kept policy's noise-free episode reward
     policy_episode: int = -1
     bests: list[Best] | None = None  # per problem, for a multi-model search
+    policy_distilled: bool = False  # the kept policy was fitted onto the best episode (and plays it)
 
     @property
     def allocation(self) -> Allocation:
@@ -156,6 +164,30 @@ class RLSearch:
         self.model.save(buf)
         return buf.getvalue()
 
+    def _trajectory(self, ep: "Finished") -> dict:
+        """The states and applied actions of a finished episode, read back from the replay buffer."""
+        buffer = self.model.replay_buffer
+        idx = (ep.first + np.arange(ep.steps)) % buffer.buffer_size
+        return {"obs": buffer.observations[idx, 0].tolist(), "actions": buffer.actions[idx, 0].tolist()}
+
+    def _distil(self, env: ChannelPruningEnv, best: Best) -> bytes | None:
+        """Fit the actor onto the best episode until its noise-free rollout plays the best allocation
+        (the env runs unscored: no evaluation); the actor's bytes, or None if it does not get there."""
+        traj = self.best_trajectory
+        if traj is None or best.allocation is None or env.problem.target_range is not None:
+            return None  # budget-conditioned: one episode's budget is not the policy's job
+        obs, actions = np.asarray(traj["obs"], np.float32), np.asarray(traj["actions"], np.float32)
+        evaluate, env.evaluate = env.evaluate, False
+        try:
+            for _ in range(DISTIL_ROUNDS):
+                self.model.fit_actor(obs, actions, DISTIL_STEPS)
+                info = rollout(env, lambda o: self.model.predict(o, deterministic=True)[0])
+                if info["allocation"].keep == best.allocation.keep:
+                    return self._policy_bytes()
+        finally:
+            env.evaluate = evaluate
+        return None
+
     def _collect(self, env, episode: int, callback: EpisodeEnd) -> "Finished":
         """Run one episode with the current actor (noise-free every ``eval_every``-th) and store its transitions."""
         n = env.steps_of(episode) if isinstance(env, MultiModelEnv) else env.n  # models differ in group count
@@ -215,8 +247,9 @@ class RLSearch:
         """Run (or continue) the search; a list of problems (several models) trains one policy on all of
         them, episode ``e`` on problem ``e % len``, each logged in its own ``run_dir/<i>-<group count>g/``.
 
-        With ``run_dir``: episodes.csv, TensorBoard, checkpoints, ``policy.zip`` (the actor whose
-        noise-free episode scored best) and ``final_policy.zip`` (the actor after the last episode).
+        With ``run_dir``: episodes.csv, TensorBoard, checkpoints, ``policy.zip`` (the kept actor: fitted
+        onto the best episode, see ``distil_best``, else the one whose noise-free episode scored best; then
+        that one is also ``noise_free_policy.zip``) and ``final_policy.zip`` (the actor after the last episode).
         """
         c = self.config
         run_dir = Path(run_dir) if run_dir is not None else None
@@ -244,6 +277,7 @@ class RLSearch:
         self.model.set_logger(configure(str(run_dir / "tb"), ["tensorboard"]) if run_dir is not None
                               else Logger(None, []))
         self.best_policy = (state or {}).get("best_policy") or {"score": -float("inf"), "episode": -1, "zip": None}
+        self.best_trajectory = (state or {}).get("best_trajectory")  # the best episode's states and actions
         log_dirs = ([run_dir] * len(problems) if len(problems) == 1 or run_dir is None
                     else [run_dir / f"{i}-{len(p.structure.groups)}g" for i, p in enumerate(problems)])
         logs = [EpisodeLog(d, p.structure, start_episode=start) for d, p in zip(log_dirs, problems)]
@@ -278,8 +312,9 @@ class RLSearch:
                     eval_total += ep.eval_seconds
                     elapsed += ep.seconds
                     log = logs[ep.episode % len(logs)]
-                    log.record(ep.episode, ep.reward, ep.info, noise=ep.explore, seconds=ep.seconds,
-                               eval_seconds=ep.eval_seconds)
+                    if log.record(ep.episode, ep.reward, ep.info, noise=ep.explore, seconds=ep.seconds,
+                                  eval_seconds=ep.eval_seconds) and len(logs) == 1:
+                        self.best_trajectory = self._trajectory(ep)
                     if ep.acting is not None and ep.reward > self.best_policy["score"]:
                         self.best_policy = {"score": float(ep.reward), "episode": ep.episode, "zip": ep.acting}
                     if on_episode is not None:
@@ -295,7 +330,8 @@ class RLSearch:
                                     {"best": logs[0].best.to_state(), "cache": problems[0].cache_state(),
                                      "bests": [lg.best.to_state() for lg in logs],
                                      "caches": [p.cache_state() for p in problems], "elapsed": elapsed,
-                                     "eval_elapsed": eval_total, "best_policy": self.best_policy})
+                                     "eval_elapsed": eval_total, "best_policy": self.best_policy,
+                                     "best_trajectory": self.best_trajectory})
                 episode = done
         finally:
             if bar is not None:
@@ -305,11 +341,18 @@ class RLSearch:
             self.model.logger.close()
         policy_path = None
         if run_dir is not None:
-            policy_path = run_dir / "policy.zip"
             self.model.save(run_dir / "final_policy.zip")
-            if self.best_policy["zip"] is not None:
-                policy_path.write_bytes(self.best_policy["zip"])
+        kept = dict(self.best_policy)
+        distilled = self._distil(envs[0], logs[0].best) if c.distil_best and len(problems) == 1 else None
+        if distilled is not None:  # it plays the best allocation, so it scores the best episode's reward
+            kept = {"score": float(logs[0].best.info["reward"]), "episode": logs[0].best.episode, "zip": distilled}
+        if run_dir is not None:
+            policy_path = run_dir / "policy.zip"
+            if distilled is not None and self.best_policy["zip"] is not None:  # what the search's own episodes kept
+                (run_dir / "noise_free_policy.zip").write_bytes(self.best_policy["zip"])
+            if kept["zip"] is not None:
+                policy_path.write_bytes(kept["zip"])
             else:  # no noise-free episode ran (episodes <= warm-up + eval_every - 1): the final actor
                 self.model.save(policy_path)
-        return SearchResult(logs[0].best, c.episodes, elapsed, eval_total, policy_path, self.best_policy["score"],
-                            self.best_policy["episode"], [lg.best for lg in logs])
+        return SearchResult(logs[0].best, c.episodes, elapsed, eval_total, policy_path, kept["score"],
+                            kept["episode"], [lg.best for lg in logs], policy_distilled=distilled is not None)

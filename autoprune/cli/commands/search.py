@@ -131,7 +131,8 @@ def run(args) -> None:
             problems if len(problems) > 1 else problem, out, resume=cfg.resume, progress=cfg.progress)
         best_alloc, best_acc = result.allocation, result.best.info.get("accuracy")
         if result.policy_episode >= 0:
-            policy = {"noise_free_reward": result.policy_score, "episode": result.policy_episode}
+            policy = {"noise_free_reward": result.policy_score, "episode": result.policy_episode,
+                      "distilled": result.policy_distilled}
 
     if pool is not None:
         pool.close()
@@ -208,7 +209,9 @@ def run(args) -> None:
     if policy is not None:
         score = (f"{100 * policy['noise_free_reward']:.2f}% {label} accuracy" if cfg.rl.reward == "accuracy"
                  else f"{cfg.rl.reward} {policy['noise_free_reward']:.4f}")
-        print(f"kept policy (policy.zip): {score} when rolled out without noise (episode {policy['episode']})")
+        how = ("fitted onto the best episode, plays it" if policy["distilled"]
+               else f"the best noise-free episode, {policy['episode']}")
+        print(f"kept policy (policy.zip): {score} when rolled out without noise ({how})")
     share = summary["evaluator_share"]
     where = (f"{100 * share:.0f}% in scoring ({label})" if share is not None
              else f"scored on {cfg.parallel.workers} Ray workers")
