@@ -3,8 +3,10 @@
 Grid: ResNet-20 and ResNet-56 (JPEG-adapted checkpoints) at 50% and 30% of MACs, seeds 0 1 2,
 100 episodes per search (30 of them random warm-up for the RL agents), the search defaults
 otherwise (1,024 calibration / 2,000 held-out images, default precision, relative actions).
-Agents: DDPG, TD3, SAC; DDPG also with ``wall`` and ``absolute`` actions, and ``ddpg-sil``: DDPG with
-self-imitation of its 5 best episodes and slower noise decay (0.98), settings tried on seeds 10-11. Per cell, once:
+Agents (the search defaults: self-imitation of the 3 best episodes, noise decay 0.98, the kept policy
+fitted onto the best episode): DDPG, TD3, SAC; DDPG also with ``wall`` and ``absolute`` actions; and
+``ddpg-plain``, DDPG without those three (the defaults before they were chosen on seeds 10-11,
+``bench/rl_tuning.py``), to measure what they buy. Per cell, once:
 ``random_best`` (best of 100 random feasible allocations, same seed, same evaluator) and
 ``uniform``. Per agent: ``best`` (best allocation it evaluated) and ``policy`` (the kept
 noise-free actor rolled out once, no search).
@@ -42,9 +44,9 @@ from .common import RESULTS, machine
 OUT = RESULTS / "rl-vs-random.json"
 MODELS, TARGETS, SEEDS = ("resnet20", "resnet56"), (0.5, 0.3), (0, 1, 2)
 AGENTS = (("ddpg", "relative"), ("td3", "relative"), ("sac", "relative"), ("ddpg", "wall"), ("ddpg", "absolute"),
-          ("ddpg-sil", "relative"))
-# agent labels that are an algorithm with other settings (chosen on seeds 10-11, outside this grid: bench/rl_tuning.py)
-VARIANTS = {"ddpg-sil": ("ddpg", {"imitation": 1.0, "noise_decay": 0.98})}
+          ("ddpg-plain", "relative"))
+# agent labels that are an algorithm with other settings than the search defaults
+VARIANTS = {"ddpg-plain": ("ddpg", {"imitation": 0.0, "noise_decay": 0.95, "distil_best": False})}
 EPISODES, WARMUP = 100, 30
 
 
@@ -119,9 +121,12 @@ def report(record: dict) -> str:
     lines = ["# Learned agent vs random search at equal evaluations", "",
              f"`{record['command']}` -- {record['episodes']} episodes per search ({record['warmup_episodes']} "
              "random warm-up for the RL agents), adaptive-BN accuracy (%) on 2,000 held-out training images; "
-             "mean ± std over seeds. Goals: best − random ≥ +0.5, policy − random ≥ −0.5.", "",
+             "mean ± std over seeds. Goals: best − random ≥ +0.5, policy − random ≥ −0.5. `policy` is the kept "
+             "policy.zip (fitted onto the best episode where `distilled` says so), `noise-free actor` the best actor "
+             "the search's own noise-free episodes played.", "",
              "| model | MACs | agent | action | seeds | best | random best | best − random | policy | "
-             "policy − random | uniform |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "policy − random | distilled | noise-free actor | uniform |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ms(values) -> str:
         v = 100 * np.asarray(values)
@@ -133,11 +138,15 @@ def report(record: dict) -> str:
         rs = [r for r in record["rows"] if (r["model"], r["target"], r["agent"], r["action"]) == (model, target, agent, action)]
         best, rand = [r["best"] for r in rs], [r["random_best"] for r in rs]
         pol = [r["policy"] for r in rs]
+        distilled = sum(bool(r.get("policy_distilled")) for r in rs)
         lines.append(f"| {model} | {100 * target:g}% | {agent} | {action} | {','.join(str(r['seed']) for r in rs)} | "
                      f"{ms(best)} | {ms(rand)} | {ms(np.subtract(best, rand))} | {ms(pol)} | "
-                     f"{ms(np.subtract(pol, rand))} | {ms([r['uniform'] for r in rs])} |")
+                     f"{ms(np.subtract(pol, rand))} | {distilled} of {len(rs)} | "
+                     f"{ms([r.get('policy_noise_free', r['policy']) for r in rs])} | {ms([r['uniform'] for r in rs])} |")
     planned = len(MODELS) * len(TARGETS) * len(SEEDS) * len(AGENTS)
     lines += ["", f"{len(record['rows'])} of {planned} planned rows."]
+    if record.get("superseded_rows"):
+        lines += [f"{len(record['superseded_rows'])} superseded rows kept in the JSON: {record['superseded_note']}."]
     return "\n".join(lines) + "\n"
 
 

@@ -11,17 +11,19 @@ class RLConfig:
     """AMC's DDPG settings (He et al. 2018), expressed in SB3's [-1, 1] action space, CPU-sized.
 
     AMC ran 300-800 episodes with 100 of warm-up; 200 / 50 keep the quickstart within minutes on
-    2 CPU cores. Two defaults depart from AMC because they measured better here
-    (bench/results/search-*.json): ``credit="episode"`` (Monte Carlo targets instead of
-    bootstrapping one sparse reward) and ``action="relative"`` (actions scale the even share of
-    the remaining budget).
+    2 CPU cores. Defaults that depart from AMC because they measured better here:
+    ``credit="episode"`` (Monte Carlo targets instead of bootstrapping one sparse reward) and
+    ``action="relative"`` (actions scale the even share of the remaining budget), both in
+    bench/results/search-*.json; self-imitation of the 3 best episodes with slower noise decay
+    (0.98), and ``distil_best``, chosen on ResNet-20 seeds 10-11 (bench/results/rl-tuning.json:
+    without them the actor settles on one corner allocation and stops improving on random search).
     """
 
     algo: str = "ddpg"  # ddpg | td3 | sac
     episodes: int = 200
     warmup_episodes: int = 50  # random actions before learning starts
     noise_sigma: float = 1.0  # truncated normal in [-1, 1] (AMC: 0.5 on [0, 1])
-    noise_decay: float = 0.95  # per episode after warm-up
+    noise_decay: float = 0.98  # per episode after warm-up (AMC: 0.95 over more episodes)
     gamma: float = 1.0
     tau: float = 0.01
     batch_size: int = 64
@@ -31,8 +33,8 @@ class RLConfig:
     hidden: list[int] = field(default_factory=lambda: [300, 300])
     updates_per_step: float = 1.0  # gradient steps per env step, done at the end of each episode
     credit: str = "episode"  # episode: every step learns the episode's normalised outcome | td: sparse reward, bootstrapped
-    imitation: float = 0.0  # self-imitation weight: the actor also regresses onto its best episodes' actions
-    imitation_top: int = 5  # how many of the best episodes in the replay window it imitates
+    imitation: float = 1.0  # self-imitation weight: the actor also regresses onto its best episodes' actions
+    imitation_top: int = 3  # how many of the best episodes in the replay window it imitates
     distil_best: bool = True  # after the search, fit the actor onto the best episode: the kept policy plays it
     eval_every: int = 5  # every Nth learning episode runs the actor without noise; the best such actor is kept
     reward: str = "accuracy"
@@ -51,7 +53,7 @@ HELP = {
     "credit": "episode (every step learns the episode's normalised outcome) | td (sparse reward, bootstrapped)",
     "eval_every": "every Nth learning episode runs the actor without noise; the best such actor is saved as policy.zip",
     "imitation": "self-imitation weight (0: off): after each update the actor also regresses onto the actions of "
-                 "the --imitation-top best episodes in the replay window (needs --credit episode)",
+                 "the --imitation-top best episodes in the replay window (needs --credit episode; 0 with td)",
     "imitation_top": "episodes the actor imitates (with --imitation > 0)",
     "distil_best": "after the search, fit the actor onto the best episode's actions and keep it as policy.zip "
                    "when its noise-free rollout plays exactly the best allocation (checked without an evaluation; "

@@ -99,7 +99,8 @@ class RLSearch:
         if self.config.credit not in ("episode", "td"):
             raise AutopruneError(f"unknown credit '{self.config.credit}': use episode or td")
         if self.config.imitation > 0 and self.config.credit != "episode":
-            raise AutopruneError("--imitation ranks episodes by their outcome: use it with --credit episode")
+            raise AutopruneError("--imitation ranks episodes by their outcome: use --credit episode, "
+                                 "or --imitation 0 with --credit td")
         if self.config.episodes < 1 or self.config.warmup_episodes < 0:
             raise AutopruneError("episodes must be >= 1 and warm-up episodes >= 0")
         self.name = self.config.algo
