@@ -8,15 +8,16 @@ fitted onto the best episode): DDPG, TD3, SAC; DDPG also with ``wall`` and ``abs
 ``ddpg-plain``, DDPG without those three (the defaults before they were chosen on seeds 10-11,
 ``bench/rl_tuning.py``), to measure what they buy. Per cell, once:
 ``random_best`` (best of 100 random feasible allocations, same seed, same evaluator) and
-``uniform``. Per agent: ``best`` (best allocation it evaluated) and ``policy`` (the kept
-noise-free actor rolled out once, no search).
+``uniform``. Per agent: ``best`` (best allocation it evaluated), ``policy`` (the kept policy.zip rolled
+out once, no search: fitted onto the best episode where ``policy_distilled``) and ``policy_noise_free``
+(the best actor of the search's own noise-free episodes).
 
 Rows go to ``bench/results/rl-vs-random.json`` as they finish (resumable: rerun the command);
 ``rl-vs-random.md`` has mean +- std over seeds and the goals (best >= random + 0.5, policy within
 0.5 of random best).
 
-    python -m bench.rl_vs_random                        # the whole grid (~8 h on one thread: a ResNet-20
-                                                        # cell, random + 6 agents, ~19 min; ResNet-56 ~3x)
+    python -m bench.rl_vs_random                        # the whole grid (~11 h on one thread: a ResNet-20
+                                                        # cell, random + 6 agents, ~29 min; ResNet-56 ~3x)
     python -m bench.rl_vs_random --models resnet20      # one model
     python -m bench.rl_vs_random --models resnet20 --targets 0.3 --seeds 0   # one cell (rows are the same)
 """
