@@ -11,7 +11,11 @@ import torch
 if "AUTOPRUNE_CACHE" not in os.environ:
     os.environ["AUTOPRUNE_CACHE"] = tempfile.mkdtemp(prefix="autoprune-test-cache-")
     atexit.register(shutil.rmtree, os.environ["AUTOPRUNE_CACHE"], ignore_errors=True)
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# under pytest-xdist each worker takes one core (and so do the commands it starts: two OpenMP
+# pools spinning on two cores run 10-50x slower); alone, the run takes up to two
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1 if "PYTEST_XDIST_WORKER" in os.environ else max(1, min(2, os.cpu_count() or 1)))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 RESNET20_CKPT = SHARED / "models" / "resnet20-12fca82f.th"
