@@ -160,6 +160,12 @@ def evaluator(quick: bool) -> Report:
                 precision=ev.precision.name)
         rep.add(f"{p}/bare_forward_passes", floor, "s")
         rep.add(f"{p}/overhead_share", [1 - f / c for f, c in zip(floor, candidate)], "fraction")
+    # The scoring passes are half memory-bound ops (BN, ReLU, add): on a VM where first-touch page faults
+    # are slow, an op writing a fresh buffer costs several times one writing into an existing one.
+    x = torch.randn(128, 64, 32, 32)  # 32 MB, an early ResNet activation at batch 128
+    out = torch.empty_like(x)
+    rep.add("memory/relu_32MB_fresh_buffer", timed(lambda: torch.relu(x), 20), "s")
+    rep.add("memory/relu_32MB_existing_buffer", timed(lambda: torch.clamp_min(x, 0, out=out), 20), "s")
     fp32, auto = (next(f for f in rep.figures if f["name"] == f"{p}/resnet56_50pct/candidate_evaluation")
                   for p in ("fp32", "auto"))
     rep.add("speedup_auto_vs_fp32/candidate_evaluation", fp32["median"] / auto["median"], "x")
