@@ -13,9 +13,10 @@ if "AUTOPRUNE_CACHE" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["AUTOPRUNE_CACHE"], ignore_errors=True)
 # under pytest-xdist each worker takes one core (and so do the commands it starts: two OpenMP
 # pools spinning on two cores run 10-50x slower); alone, the run takes up to two
-if "PYTEST_XDIST_WORKER" in os.environ:
+XDIST_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+if XDIST_WORKER:
     os.environ["OMP_NUM_THREADS"] = "1"
-torch.set_num_threads(1 if "PYTEST_XDIST_WORKER" in os.environ else max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1 if XDIST_WORKER else max(1, min(2, os.cpu_count() or 1)))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 RESNET20_CKPT = SHARED / "models" / "resnet20-12fca82f.th"
