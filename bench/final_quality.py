@@ -74,6 +74,14 @@ def planned_rows(models: list[str]) -> list[tuple[str, str, int, float, str]]:
     return rows
 
 
+def rows_to_run(models: list[str], done: set[str], seeds: list[int] | None = None,
+                recipes: list[str] | None = None) -> list[tuple[str, str, int, float, str]]:
+    """The planned rows not yet in ``done``, optionally only some seeds or recipes: a part of the grid, so a
+    second process on a copy of the repository can share the work (rows merge by key)."""
+    return [p for p in planned_rows(models) if _key(*p) not in done
+            and (seeds is None or p[2] in seeds) and (recipes is None or p[1] in recipes)]
+
+
 def _key(model: str, recipe: str, seed: int, target: float, arm: str) -> str:
     return f"{model}|{recipe}|{seed}|{target:g}|{arm}"
 
@@ -232,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="auto")
     p.add_argument("--report", action="store_true", help="only rewrite final-quality.md from the JSON")
     p.add_argument("--max-rows", type=int, default=None, help="stop after this many new rows")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="only these seeds' rows")
+    p.add_argument("--recipes", nargs="+", default=None, choices=("lr-rewind", "scratch-B"), help="only these recipes")
     args = p.parse_args(argv)
     record = load()
     if not args.report:  # the command that ran the rows, not the one that rewrote the report
@@ -241,9 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         done = {_key(r["model"], r["recipe"], r["seed"], r["target"], r["arm"]) for r in record["rows"]}
         benches: dict[str, ModelBench] = {}
         new = 0
-        for model, recipe, seed, target, arm in planned_rows(args.models):
-            if _key(model, recipe, seed, target, arm) in done:
-                continue
+        for model, recipe, seed, target, arm in rows_to_run(args.models, done, args.seeds, args.recipes):
             if args.max_rows is not None and new >= args.max_rows:
                 break
             bench = benches.get(model) or benches.setdefault(model, ModelBench(model, args.precision))
