@@ -136,7 +136,9 @@ def report(record: dict) -> str:
     keys = sorted({(r["model"], r["target"], r["agent"], r["action"]) for r in record["rows"]},
                   key=lambda k: (k[0], -k[1], k[2], k[3]))
     for model, target, agent, action in keys:
-        rs = [r for r in record["rows"] if (r["model"], r["target"], r["agent"], r["action"]) == (model, target, agent, action)]
+        rs = sorted((r for r in record["rows"]
+                     if (r["model"], r["target"], r["agent"], r["action"]) == (model, target, agent, action)),
+                    key=lambda r: r["seed"])  # rows of one cell may have been run by two processes, in any order
         best, rand = [r["best"] for r in rs], [r["random_best"] for r in rs]
         pol = [r["policy"] for r in rs]
         distilled = sum(bool(r.get("policy_distilled")) for r in rs)
