@@ -23,6 +23,8 @@ same command); allocations and search runs are kept under ``bench/results/final-
     nohup python -m bench.final_quality --models resnet20 &      # ResNet-20 table (~10 h here: lr-rewind rows
                                                                  # 9-10 min on 2 idle threads, scratch-B 2-3.3x that)
     python -m bench.final_quality --report                       # rewrite final-quality.md only
+    python -m bench.final_quality --seeds 1                      # a part of the grid: a second process on a
+                                                                 # copy of the repository; merge rows by key
 """
 from __future__ import annotations
 
