@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="only these seeds' rows")
     p.add_argument("--recipes", nargs="+", default=None, choices=("lr-rewind", "scratch-B"), help="only these recipes")
     args = p.parse_args(argv)
+    if args.seeds is not None and (unknown := set(args.seeds) - {s for m in args.models for s in SEEDS[m]}):
+        p.error(f"--seeds {sorted(unknown)} are not in the protocol ({', '.join(f'{m}: {SEEDS[m]}' for m in args.models)})")
     record = load()
     if not args.report:  # the command that ran the rows, not the one that rewrote the report
         record["command"] = "python -m bench.final_quality " + shlex.join(argv if argv is not None else sys.argv[1:])

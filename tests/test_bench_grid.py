@@ -1,5 +1,7 @@
 """Benchmark grids split across processes: parts are disjoint and together give every missing row."""
-from bench.final_quality import _key, planned_rows, rows_to_run
+import pytest
+
+from bench.final_quality import _key, main, planned_rows, rows_to_run
 
 
 def test_final_quality_seed_and_recipe_parts_cover_the_missing_rows():
@@ -12,3 +14,9 @@ def test_final_quality_seed_and_recipe_parts_cover_the_missing_rows():
     scratch = rows_to_run(models, done, recipes=["scratch-B"])
     assert scratch and all(p[1] == "scratch-B" for p in scratch)
     assert {p[4] for p in scratch} == {"searched", "uniform"}
+
+
+def test_final_quality_refuses_a_seed_outside_the_protocol(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--models", "resnet56", "--seeds", "2"])  # ResNet-56 runs seeds 0 and 1 only
+    assert e.value.code == 2 and "--seeds [2] are not in the protocol" in capsys.readouterr().err
