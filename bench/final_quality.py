@@ -34,6 +34,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict
 
 import torch
@@ -163,6 +164,7 @@ class ModelBench:
                 # CPU seconds of the training (all threads): unaffected when the run is paused (SIGSTOP) for timings
                 "cpu_seconds": time.process_time() - c0, "torch_threads": torch.get_num_threads(),
                 "precision": self.ws.precision.name, "train_images": len(self.ws.data.train),
+                "cpu": machine()["cpu"],  # the grid spans sessions, and sessions land on different machines
                 # the dense checkpoint is rebuilt per machine (same recipe, not bit-identical): name it
                 "dense_test_acc": json.loads(finetuned_checkpoint(self.model).with_suffix(".json").read_text())["test_acc"]}
 
@@ -197,6 +199,9 @@ def report(record: dict, models: list[str]) -> str:
     if pinned:  # timings of rows run beside another benchmark are not comparable with the others
         lines += [f"Timings: {pinned} rows ran on one torch thread beside another one-thread benchmark "
                   "(`torch_threads` in the JSON); the others on two threads of an idle machine.", ""]
+    cpus = Counter(r.get("cpu", "a machine not recorded (rows before the `cpu` field)") for r in record["rows"])
+    if len(cpus) > 1:  # seconds compare only between rows of one machine
+        lines += ["Machines: " + "; ".join(f"{n} rows on {cpu}" for cpu, n in cpus.most_common()) + ".", ""]
     for model in models:
         starts = sorted({r.get("dense_test_acc") for r in record["rows"] if r["model"] == model},
                         key=lambda v: -1 if v is None else v)

@@ -34,4 +34,6 @@ def test_final_quality_report_measures_drops_from_the_build_the_rows_started_fro
     assert "dense test accuracy 88.69%" in text and "| 8.69 |" in text  # drop from that build, not the record
     two_builds = {"command": "x", "rows": [_row("resnet56", "uniform", 0.80, 0.8869),
                                            _row("resnet56", "searched", 0.81, None)]}
-    assert "more than one build" in report(two_builds, ["resnet56"])
+    assert "more than one build" in report(two_builds, ["resnet56"]) and "Machines" not in text
+    two_builds["rows"][0]["cpu"] = "B"  # rows from two machines: their seconds are not comparable, say so
+    assert "1 rows on B" in report(two_builds, ["resnet56"]).split("Machines: ")[1].split("\n")[0]
