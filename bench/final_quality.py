@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             new += 1
             (RESULTS / "final-quality.md").write_text(report(record, report_models))
             print(f"{model} {recipe} seed {seed} @{target:g} {arm}: test {100 * row['test_acc']:.2f}% "
-                  f"(adaptive-BN {100 * (row['proxy_acc'] or 0):.2f}%) in {row['seconds']:.0f} s", flush=True)
+                  + (f"(adaptive-BN {100 * row['proxy_acc']:.2f}%) " if row["proxy_acc"] is not None else "")
+                  + f"in {row['seconds']:.0f} s", flush=True)
     (RESULTS / "final-quality.md").write_text(report(record, report_models))
     return 0
 
