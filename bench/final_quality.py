@@ -78,11 +78,13 @@ def planned_rows(models: list[str]) -> list[tuple[str, str, int, float, str]]:
 
 
 def rows_to_run(models: list[str], done: set[str], seeds: list[int] | None = None,
-                recipes: list[str] | None = None) -> list[tuple[str, str, int, float, str]]:
-    """The planned rows not yet in ``done``, optionally only some seeds or recipes: a part of the grid, so a
-    second process on a copy of the repository can share the work (rows merge by key)."""
+                recipes: list[str] | None = None,
+                targets: list[float] | None = None) -> list[tuple[str, str, int, float, str]]:
+    """The planned rows not yet in ``done``, optionally only some seeds, recipes or targets: a part of the grid,
+    so a second process on a copy of the repository can share the work (rows merge by key)."""
     return [p for p in planned_rows(models) if _key(*p) not in done
-            and (seeds is None or p[2] in seeds) and (recipes is None or p[1] in recipes)]
+            and (seeds is None or p[2] in seeds) and (recipes is None or p[1] in recipes)
+            and (targets is None or p[3] in targets)]
 
 
 def _key(model: str, recipe: str, seed: int, target: float, arm: str) -> str:
@@ -250,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-rows", type=int, default=None, help="stop after this many new rows")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="only these seeds' rows")
     p.add_argument("--recipes", nargs="+", default=None, choices=("lr-rewind", "scratch-B"), help="only these recipes")
+    p.add_argument("--targets", nargs="+", type=float, default=None, choices=TARGETS,
+                   help="only these MAC targets' rows")
     args = p.parse_args(argv)
     if args.seeds is not None and (unknown := set(args.seeds) - {s for m in args.models for s in SEEDS[m]}):
         p.error(f"--seeds {sorted(unknown)} are not in the protocol ({', '.join(f'{m}: {SEEDS[m]}' for m in args.models)})")
@@ -261,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         done = {_key(r["model"], r["recipe"], r["seed"], r["target"], r["arm"]) for r in record["rows"]}
         benches: dict[str, ModelBench] = {}
         new = 0
-        for model, recipe, seed, target, arm in rows_to_run(args.models, done, args.seeds, args.recipes):
+        for model, recipe, seed, target, arm in rows_to_run(args.models, done, args.seeds, args.recipes, args.targets):
             if args.max_rows is not None and new >= args.max_rows:
                 break
             bench = benches.get(model) or benches.setdefault(model, ModelBench(model, args.precision))

@@ -14,6 +14,8 @@ def test_final_quality_seed_and_recipe_parts_cover_the_missing_rows():
     scratch = rows_to_run(models, done, recipes=["scratch-B"])
     assert scratch and all(p[1] == "scratch-B" for p in scratch)
     assert {p[4] for p in scratch} == {"searched", "uniform"}
+    by_target = [rows_to_run(models, done, targets=[0.5]), rows_to_run(models, done, targets=[0.3])]
+    assert sorted(by_target[0] + by_target[1]) == sorted(missing) and {p[3] for p in by_target[0]} == {0.5}
 
 
 def test_final_quality_refuses_a_seed_outside_the_protocol(capsys):
