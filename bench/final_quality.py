@@ -228,7 +228,7 @@ def report(record: dict, models: list[str]) -> str:
                           "epochs | MACs kept % | train GMACs | wall s per run | CPU s per run |",
                           "|---|---|---|---|---|---|---|---|---|---|---|"]
                 for rank, arm in enumerate(arms, 1):
-                    sel = [r for r in rows if r["arm"] == arm]
+                    sel = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["seed"])
                     m, s = _mean_std([100 * r["test_acc"] for r in sel])
                     proxy = [100 * r["proxy_acc"] for r in sel if r["proxy_acc"] is not None]
                     proxy_text = f"{statistics.mean(proxy):.2f}" if proxy else "-"
