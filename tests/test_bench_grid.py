@@ -39,3 +39,8 @@ def test_final_quality_report_measures_drops_from_the_build_the_rows_started_fro
     assert "more than one build" in report(two_builds, ["resnet56"]) and "Machines" not in text
     two_builds["rows"][0]["cpu"] = "B"  # rows from two machines: their seconds are not comparable, say so
     assert "1 rows on B" in report(two_builds, ["resnet56"]).split("Machines: ")[1].split("\n")[0]
+
+
+def test_final_quality_report_lists_an_arms_seeds_in_order():
+    rows = [{**_row("resnet56", "uniform", 0.80, 0.8869), "seed": s} for s in (1, 0)]
+    assert "| 0,1 |" in report({"command": "x", "rows": rows}, ["resnet56"])
