@@ -5,6 +5,7 @@ from typing import Protocol
 
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import Scorer
 
 
 class Allocator(Protocol):
@@ -12,5 +13,5 @@ class Allocator(Protocol):
 
     name: str
 
-    def allocate(self, problem: PruningProblem) -> Allocation:
+    def allocate(self, problem: PruningProblem, scorer: Scorer | None = None) -> Allocation:
         ...

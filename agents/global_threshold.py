@@ -11,6 +11,7 @@ import numpy as np
 from autoprune.agents.common import count_steps, criterion_scores
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import Scorer
 from autoprune.errors import AutopruneError
 
 
@@ -37,7 +38,7 @@ class GlobalThresholdAllocator:
         normalise(np.ones(2), normalize)  # validate early
         self.normalize = normalize
 
-    def allocate(self, problem: PruningProblem) -> Allocation:
+    def allocate(self, problem: PruningProblem, scorer: Scorer | None = None) -> Allocation:
         """Lower the threshold channel by channel (best normalised score first) while the budget holds.
 
         Up to the first channel that does not fit this is exactly a global threshold; channels

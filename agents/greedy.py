@@ -12,6 +12,7 @@ import numpy as np
 from autoprune.agents.common import count_steps
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem, fill_to_budget
+from autoprune.core.scoring import Scorer, require_scorer
 
 
 class GreedyAllocator:
@@ -34,7 +35,8 @@ class GreedyAllocator:
                 break
         return trial
 
-    def allocate(self, problem: PruningProblem) -> Allocation:
+    def allocate(self, problem: PruningProblem, scorer: Scorer | None = None) -> Allocation:
+        scorer = require_scorer(scorer, self.name)
         s = problem.structure
         lo, unit = problem.min_counts(), count_steps(problem)
         counts = problem.max_counts()
@@ -44,8 +46,8 @@ class GreedyAllocator:
             proposals = [p for i in range(len(counts)) if (p := self._proposal(problem, counts, i, goal, lo, unit)) is not None]
             if not proposals:  # every group at its floor (cannot happen for a valid problem)
                 break
-            scores = problem.score_many([Allocation.from_counts(s, p) for p in proposals])  # in parallel with a pool
-            scored = [(sc.accuracy, -problem.cost(p), p) for sc, p in zip(scores, proposals)]
+            scores = scorer.score_many([Allocation.from_counts(s, p) for p in proposals])  # in parallel with a pool
+            scored = [(sc.value, -problem.cost(p), p) for sc, p in zip(scores, proposals)]
             acc, _, counts = max(scored, key=lambda t: (t[0], t[1]))
             self.history.append({"counts": counts.tolist(), "cost": problem.cost(counts), "accuracy": acc})
         counts = fill_to_budget(problem, counts)

@@ -40,7 +40,7 @@ class LayerStatsAllocator:
         imp = np.array([np.abs(st[kept_mask(sc, int(k))]).mean() for st, sc, k in zip(stats, order_scores, counts)])
         return imp / max(imp.mean(), 1e-12)
 
-    def allocate(self, problem: PruningProblem) -> Allocation:
+    def allocate(self, problem: PruningProblem, scorer: Scorer | None = None) -> Allocation:
         order_scores = criterion_scores(problem)
         stats = self._statistic(problem)
         lo, counts, unit = problem.min_counts(), problem.max_counts(), count_steps(problem)

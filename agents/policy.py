@@ -8,6 +8,7 @@ import numpy as np
 from autoprune.agents.rl.policy_io import load_policy, one_thread
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import Scorer
 from autoprune.envs import ChannelPruningEnv, rollout
 from autoprune.errors import AutopruneError
 
@@ -21,7 +22,7 @@ class PolicyAllocator:
         self.path = Path(path)
         self.policy, self.meta = load_policy(self.path)
 
-    def allocate(self, problem: PruningProblem) -> Allocation:
+    def allocate(self, problem: PruningProblem, scorer: Scorer | None = None) -> Allocation:
         env = ChannelPruningEnv(problem, evaluate=False, action=self.meta.get("action", "absolute"))
         if env.observation_space.shape != self.policy.observation_space.shape:
             raise AutopruneError(f"policy '{self.path}' expects observations of shape "

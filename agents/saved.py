@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import Scorer
 from autoprune.errors import AutopruneError
 
 
@@ -14,7 +15,7 @@ class SavedAllocation:
     def __init__(self, path: str):
         self.path = path
 
-    def allocate(self, problem: PruningProblem) -> Allocation:
+    def allocate(self, problem: PruningProblem, scorer: Scorer | None = None) -> Allocation:
         alloc = Allocation.load(self.path, problem.structure)
         ratio = problem.cost(alloc.counts(problem.structure)) / problem.dense_cost
         if not problem.feasible(alloc):

@@ -1,15 +1,18 @@
-"""What a search run records per episode: ``episodes.csv``, TensorBoard scalars and the best so far.
+"""The contract every search agent keeps: what it records per episode and what it returns.
 
-Shared by the learned agents and random search so every run directory looks the same. Rows are
-flushed as they are written; ``truncate(n)`` drops rows after episode ``n`` when a run resumes
-from a checkpoint taken at episode ``n``.
+``EpisodeLog`` writes ``episodes.csv``, TensorBoard scalars and ``best_allocation.json`` (one schema,
+``write_best_allocation``); ``SearchResult`` is what ``search(problem, scorer, run_dir, resume,
+progress)`` returns, for the learned agents and random search alike. Rows are flushed as they are
+written; ``truncate(n)`` drops rows after episode ``n`` when a run resumes from a checkpoint taken
+at episode ``n``, and keeps the earlier ones in ``rewards`` / ``noise`` so totals span resumes.
 """
 from __future__ import annotations
 
 import csv
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from autoprune.core.allocation import Allocation
 from autoprune.core.structure import ModelStructure
@@ -38,11 +41,60 @@ class Best:
         return cls(state["score"], state["episode"], None if keep is None else Allocation(keep), state.get("info", {}))
 
 
+@dataclass
+class SearchResult:
+    """What a search returns: the best episode, totals over every session of the run, the kept policy."""
+
+    best: Best
+    episodes: int
+    seconds: float
+    eval_seconds: float
+    rewards: list[float] = field(default_factory=list)  # per episode, every session of the run
+    noise_free: list[int] = field(default_factory=list)  # episodes run without exploration noise
+    policy_path: Path | None = None
+    policy_score: float = -float("inf")  # the kept policy's noise-free episode reward
+    policy_episode: int = -1
+    bests: list[Best] | None = None  # per problem, for a multi-model search
+    policy_distilled: bool = False  # the kept policy was fitted onto the best episode (and plays it)
+
+    @property
+    def allocation(self) -> Allocation:
+        assert self.best.allocation is not None
+        return self.best.allocation
+
+
+def write_best_allocation(path: Path, allocation: Allocation, structure: ModelStructure, *, score: str,
+                          score_value: float | None, episode: int | None = None, reward: float | None = None,
+                          metric: str | None = None, target: float | None = None,
+                          uniform_score_value: float | None = None) -> None:
+    """``best_allocation.json``: keep counts plus one fixed set of fields (None where not known yet):
+    ``score`` names the score (the ``--score`` value), ``score_value`` is the allocation's."""
+    with atomic_path(path) as tmp:
+        allocation.save(tmp, structure, score=score, score_value=score_value, episode=episode, reward=reward,
+                        metric=metric, target=target, uniform_score_value=uniform_score_value)
+
+
+@contextmanager
+def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> Iterator[Any]:
+    """tqdm over episodes (a no-op bar when disabled), closed on the way out."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc=desc, unit="ep", dynamic_ncols=True, disable=not enabled)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
 class EpisodeLog:
     """Appends one row per episode, mirrors it to TensorBoard, keeps ``best_allocation.json`` current."""
 
-    def __init__(self, run_dir: str | Path | None, structure: ModelStructure, start_episode: int = 0):
-        self.structure = structure
+    def __init__(self, run_dir: str | Path | None, structure: ModelStructure, start_episode: int = 0,
+                 score_kind: str = "adaptive-bn"):
+        self.structure, self.score_kind = structure, score_kind
+        self.rewards: list[float] = []
+        self.noise_free: list[int] = []
+        self.seconds = self.eval_seconds = 0.0
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.columns = BASE_COLUMNS + [f"keep:{g.name}" for g in structure.groups]
         self.best = Best()
@@ -70,6 +122,9 @@ class EpisodeLog:
             w = csv.DictWriter(f, self.columns)
             w.writeheader()
             w.writerows(rows)
+        for r in rows:
+            self._remember(int(r["episode"]), float(r["reward"]), float(r["noise"]) if r["noise"] else None,
+                           float(r["seconds"]), float(r["eval_seconds"]))
         self._file = self.csv_path.open("a", newline="")
 
     def record(self, episode: int, reward: float, info: dict[str, Any], noise: float | None = None,
@@ -77,6 +132,7 @@ class EpisodeLog:
         """Log one finished episode (``info`` from the env's last step); True if it is the new best."""
         alloc: Allocation = info["allocation"]
         ratios = alloc.ratios(self.structure)
+        self._remember(episode, reward, noise, seconds, eval_seconds)
         acc = info.get("accuracy")
         scored = info.get("score")  # evaluator.Score: held-out images scored, stopped early or not
         row = {"episode": episode, "reward": f"{reward:.6f}", "accuracy": "" if acc is None else f"{acc:.6f}",
@@ -113,13 +169,21 @@ class EpisodeLog:
             return True
         return False
 
+    def _remember(self, episode: int, reward: float, noise: float | None, seconds: float,
+                  eval_seconds: float) -> None:
+        self.rewards.append(float(reward))
+        if noise == 0.0:
+            self.noise_free.append(episode)
+        self.seconds += seconds
+        self.eval_seconds += eval_seconds
+
     def save_best(self) -> None:
         if self.run_dir is None or self.best.allocation is None:
             return
-        with atomic_path(self.run_dir / "best_allocation.json") as tmp:
-            self.best.allocation.save(tmp, self.structure, episode=self.best.episode,
-                                      adaptive_bn_accuracy=self.best.info.get("accuracy"),
-                                      reward=self.best.info.get("reward"))
+        info = self.best.info
+        write_best_allocation(self.run_dir / "best_allocation.json", self.best.allocation, self.structure,
+                              score=self.score_kind, score_value=info.get("accuracy"), episode=self.best.episode,
+                              reward=info.get("reward"), target=info.get("target"))
 
     def close(self) -> None:
         if self._file is not None:
@@ -128,13 +192,3 @@ class EpisodeLog:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-def read_episodes(path: str | Path) -> list[dict[str, str]]:
-    with Path(path).open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def episode_totals(rows: list[dict[str, str]]) -> tuple[int, float, float]:
-    """(episodes, wall seconds, evaluator seconds) over ``episodes.csv`` rows: exact across resumes."""
-    return len(rows), sum(float(r["seconds"]) for r in rows), sum(float(r["eval_seconds"]) for r in rows)

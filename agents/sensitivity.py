@@ -18,6 +18,7 @@ from autoprune.agents.common import count_steps
 from autoprune.core.allocation import Allocation
 from autoprune.core.legal import bisect
 from autoprune.core.problem import PruningProblem, fill_to_budget
+from autoprune.core.scoring import Scorer, require_scorer
 
 
 class SensitivityAllocator:
@@ -29,7 +30,7 @@ class SensitivityAllocator:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.rows: list[dict] = []  # the measured curves, kept for reports
 
-    def measure(self, problem: PruningProblem) -> list[dict]:
+    def measure(self, problem: PruningProblem, scorer: Scorer) -> list[dict]:
         """One row per (group, keep ratio): keep count, adaptive-BN accuracy, drop from the unpruned score."""
         s = problem.structure
         dense = s.channels.copy()
@@ -42,15 +43,15 @@ class SensitivityAllocator:
                 keep = dense.copy()
                 keep[i] = k
                 trials.append((i, k, Allocation.from_counts(s, keep)))
-        scores = [sc.accuracy for sc in problem.score_many([a for _, _, a in trials])]  # in parallel with a pool
+        scores = [sc.value for sc in scorer.score_many([a for _, _, a in trials])]  # in parallel with a pool
         base = scores[0]
         return [{"group": s.groups[i].name, "channels": s.groups[i].channels, "keep": k,
                  "keep_ratio": k / s.groups[i].channels, "accuracy": acc, "drop": base - acc}
                 for (i, k, _), acc in zip(trials[1:], scores[1:])]
 
-    def allocate(self, problem: PruningProblem) -> Allocation:
+    def allocate(self, problem: PruningProblem, scorer: Scorer | None = None) -> Allocation:
         s = problem.structure
-        self.rows = self.measure(problem)
+        self.rows = self.measure(problem, require_scorer(scorer, self.name))
         if self.output_dir is not None:
             self.save(self.output_dir)
         lo, hi, step = problem.min_counts(), problem.max_counts(), count_steps(problem)

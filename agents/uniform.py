@@ -8,5 +8,5 @@ from autoprune.core.problem import PruningProblem, uniform_allocation
 class UniformAllocator:
     name = "uniform"
 
-    def allocate(self, problem: PruningProblem) -> Allocation:
+    def allocate(self, problem: PruningProblem, scorer: Scorer | None = None) -> Allocation:
         return uniform_allocation(problem)

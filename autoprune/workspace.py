@@ -1,13 +1,15 @@
-"""What most commands share: model + data + structure + evaluator from one set of options."""
+"""What most commands share: model + data, and from them the structure, the problem and its scorer."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from autoprune.core.io import load_model
+from autoprune.core.problem import LatencyModel, PruningProblem
+from autoprune.core.scoring import Scorer
 from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
 from autoprune.models import model_info
@@ -52,30 +54,58 @@ class ParallelOptions:
     workers: int = 1  # > 1: score candidates on this many Ray actors (pip install 'autoprune[distributed]')
     ray_address: str | None = None  # an existing Ray cluster (e.g. ray://head:10001); default: start one locally
 
-    def attach(self, problem):
-        """Give ``problem`` a Ray scoring pool when asked for; returns it (close it when done) or None."""
+    def pool(self, problem: PruningProblem, evaluator: AdaptiveBNEvaluator):
+        """A Ray scoring pool when asked for (close it when done), else None."""
         from autoprune.train.ray_pool import scoring_pool
 
-        return scoring_pool(problem, self.workers, self.ray_address)
+        return scoring_pool(problem, evaluator, self.workers, self.ray_address)
 
 
 @dataclass
 class Workspace:
+    """A loaded model and its data; the structure and calibration batches are built once and shared."""
+
     model: nn.Module
     model_name: str
     data: DataBundle
     device: torch.device
     precision: Precision
+    _structure: ModelStructure | None = field(default=None, repr=False)
+    _calibration: dict[int, list[torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def structure(self) -> ModelStructure:
-        x, _ = self.data.tensors("val")
-        return ModelStructure(self.model, x[:1].to(self.device), num_classes=self.data.num_classes)
+        """The model's prunable groups and costs (traced once: it costs ~1 s on ResNet-56)."""
+        if self._structure is None:
+            x, _ = self.data.tensors("val")
+            self._structure = ModelStructure(self.model, x[:1].to(self.device), num_classes=self.data.num_classes)
+        return self._structure
+
+    def calibration(self, batch_size: int = 128) -> list[torch.Tensor]:
+        """The calibration images (BN recalibration, data-dependent criteria) on the device, in batches."""
+        if batch_size not in self._calibration:
+            self._calibration[batch_size] = self.data.calibration_batches(batch_size, self.device)
+        return self._calibration[batch_size]
+
+    def problem(self, target: float, metric: str = "macs", *, criterion: str = "l1", min_keep: float = 0.2,
+                max_keep: float = 1.0, round_to: int = 1, latency: LatencyModel | None = None,
+                target_range: tuple[float, float] | None = None, calib_batch_size: int = 128) -> PruningProblem:
+        """This model's pruning problem at ``target`` x its dense ``metric``."""
+        return PruningProblem(self.structure(), target, metric, criterion, self.calibration(calib_batch_size), min_keep,
+                              max_keep, round_to, latency, target_range)
 
     def evaluator(self, calib_batch_size: int = 128, score: str = "adaptive-bn", seed: int = 0) -> AdaptiveBNEvaluator:
         """The candidates' score (``--score``: adaptive-bn, or finetune:STEPS) on the held-out split."""
         x, y = self.data.tensors("val", self.device)
-        return make_evaluator(score, self.data, self.data.calibration_batches(calib_batch_size, self.device), x, y,
-                              precision=self.precision, seed=seed)
+        return make_evaluator(score, self.data, self.calibration(calib_batch_size), x, y, precision=self.precision,
+                              seed=seed)
+
+    def scorer(self, problem: PruningProblem, score: str = "adaptive-bn", *, calib_batch_size: int = 128,
+               seed: int = 0, early_stop: bool = False, parallel: ParallelOptions | None = None) -> Scorer:
+        """A ``Scorer`` of ``problem``'s allocations by ``score``; with ``parallel`` workers, on a Ray pool
+        (``scorer.pool.close()`` when done)."""
+        evaluator = self.evaluator(calib_batch_size, score, seed)
+        pool = parallel.pool(problem, evaluator) if parallel is not None else None
+        return Scorer(problem, evaluator, pool=pool, early_stop=early_stop)
 
 
 def open_workspace(model: str, checkpoint: str | None, data: str, *, val_size: int = 5000, calib_size: int = 2048,

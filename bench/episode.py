@@ -11,11 +11,13 @@ timed separately: everything above it is overhead.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import Scorer
 from autoprune.core.structure import ModelStructure
 from autoprune.models import IMAGENET_MEAN, IMAGENET_STD, create_model
 from autoprune.train.evaluator import AdaptiveBNEvaluator
@@ -40,6 +42,7 @@ def run_episode_suite(quick: bool) -> Report:
 
 def _episodes(rep: Report, bundle, precision: str, quick: bool) -> None:
     from autoprune.agents import rl
+    from autoprune.agents.rl.amc import AMCAgent
 
     torch.manual_seed(0)
     model = create_model("resnet56", 10).eval()  # timing does not depend on the weights
@@ -48,20 +51,20 @@ def _episodes(rep: Report, bundle, precision: str, quick: bool) -> None:
     structure = ModelStructure(model, vx[:1])
     evaluator = AdaptiveBNEvaluator(calib, vx, vy, precision=precision)
     p, resolved = f"{precision}/", evaluator.precision.name
-    problem = PruningProblem(structure, 0.5, evaluator=evaluator)
-
     prune_times: list[float] = []
-    original_pruned_model = problem.pruned_model
 
-    def timed_pruned_model(allocation: Allocation):
-        t = time.perf_counter()
-        out = original_pruned_model(allocation)
-        prune_times.append(time.perf_counter() - t)
-        return out
+    @dataclass(frozen=True, eq=False)
+    class TimedProblem(PruningProblem):
+        def pruned_model(self, allocation: Allocation):
+            t = time.perf_counter()
+            out = super().pruned_model(allocation)
+            prune_times.append(time.perf_counter() - t)
+            return out
 
-    problem.pruned_model = timed_pruned_model  # type: ignore[method-assign]
+    problem = TimedProblem(structure, 0.5)
+    original_pruned_model = PruningProblem(structure, 0.5).pruned_model
     update_times: list[float] = []
-    original_train = rl._AMCMixin.train
+    original_train = AMCAgent.train
 
     def timed_train(self, gradient_steps: int, batch_size: int = 100) -> None:
         t = time.perf_counter()
@@ -85,14 +88,14 @@ def _episodes(rep: Report, bundle, precision: str, quick: bool) -> None:
         marks.update(prune=len(prune_times), update=len(update_times), cal=len(h), eval=len(h))
         last[0] = time.perf_counter()
 
-    rl._AMCMixin.train = timed_train  # type: ignore[method-assign]
+    AMCAgent.train = timed_train  # type: ignore[method-assign]
     try:
         search = rl.RLSearch(episodes=warmup + learning, warmup_episodes=warmup, seed=0)
         t0 = last[0] = time.perf_counter()
-        search.search(problem, on_episode=on_episode)
+        search.search(problem, Scorer(problem, evaluator), on_episode=on_episode)
         total = time.perf_counter() - t0
     finally:
-        rl._AMCMixin.train = original_train  # type: ignore[method-assign]
+        AMCAgent.train = original_train  # type: ignore[method-assign]
     seconds = [row["seconds"] for row in per_episode]
     floors = []
     for row in per_episode:  # pruning stays outside the timed region: the floor is forward passes only

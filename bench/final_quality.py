@@ -42,6 +42,7 @@ import torch
 from autoprune.agents import get_allocator
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import Scorer
 from autoprune.experiments.compare_config import reinitialise
 from autoprune.runs import write_json_atomic
 from autoprune.train.evaluator import accuracy, recalibrate_bn
@@ -110,11 +111,11 @@ class ModelBench:
                                  calib_size=CALIB_SIZE, precision=precision)
         self.structure = self.ws.structure()
         self.calib = self.ws.data.calibration_batches(128)
-        self.evaluator = self.ws.evaluator()
+        self.scorer = Scorer(self.problem(0.5), self.ws.evaluator())  # keyed by keep counts: serves every target
         self.test = self.ws.data.tensors("test")
 
     def problem(self, target: float) -> PruningProblem:
-        return PruningProblem(self.structure, target, evaluator=self.evaluator, calib_batches=self.calib)
+        return PruningProblem(self.structure, target, calib_batches=self.calib)
 
     def allocation(self, target: float, arm: str, seed: int) -> tuple[Allocation, float, float]:
         """(allocation, adaptive-BN score, seconds to find it), computed once and kept in WORK."""
@@ -130,14 +131,14 @@ class ModelBench:
             search = get_allocator("ddpg", episodes=EPISODES, warmup_episodes=WARMUP, seed=seed, **SEARCH_SETTINGS)
             run_dir = WORK / "searches" / f"{self.model}_t{target:g}_s{seed}"
             resume = (run_dir / "checkpoints").exists()
-            alloc = search.search(problem, run_dir, resume=resume).allocation
+            alloc = search.search(problem, self.scorer, run_dir, resume=resume).allocation
             meta["search_config"] = asdict(search.config)
         elif arm == "random":
-            alloc = get_allocator("random", samples=EPISODES, seed=seed).allocate(problem)
+            alloc = get_allocator("random", samples=EPISODES, seed=seed).allocate(problem, self.scorer)
         else:
-            alloc = get_allocator(arm).allocate(problem)
+            alloc = get_allocator(arm).allocate(problem, self.scorer)
         seconds = time.perf_counter() - t0
-        proxy = problem.score(alloc)
+        proxy = self.scorer.value(alloc)
         alloc.save(path, self.structure, proxy_acc=proxy, alloc_seconds=seconds, arm=arm, seed=seed, target=target,
                    precision=self.ws.precision.name, **meta)
         return alloc, proxy, seconds

@@ -45,6 +45,7 @@ from autoprune.agents import get_allocator
 from autoprune.agents.random_search import random_feasible_counts
 from autoprune.core.allocation import Allocation
 from autoprune.core.legal import bisect
+from autoprune.core.scoring import Scorer
 from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.structure import ModelStructure
 from autoprune.deploy.latency import fit_measured, latency_table, paired_ratio
@@ -142,11 +143,11 @@ def search(record: dict) -> None:
             calib = ws.data.calibration_batches(128)
         table = latency_table(structure, batch, "fp32")
         target, floor = reachable(structure, table)
-        lat_problem = PruningProblem(structure, target, metric="latency", latency=table, evaluator=evaluator,
-                                     calib_batches=calib)
+        lat_problem = PruningProblem(structure, target, metric="latency", latency=table, calib_batches=calib)
+        scorer = Scorer(lat_problem, evaluator)  # keyed by keep counts: serves the MACs problem too
         x = torch.randn(batch, *structure.example_input.shape[1:])
         if row is None:
-            row = _search_row(structure, table, lat_problem, evaluator, calib, x, seed, batch, floor)
+            row = _search_row(structure, table, lat_problem, scorer, calib, x, seed, batch, floor)
             record["search"].append(row)
         # equal speed measured head to head: the MACs winner re-scaled against the latency winner (2%)
         ref_counts = row["latency"]["counts"]
@@ -157,7 +158,7 @@ def search(record: dict) -> None:
         kept = min(steps, key=lambda r: abs(r["measured_ratio"] - 1))
         row["equal_speed"] = {
             "latency_adaptive_bn_accuracy": row["latency"]["adaptive_bn_accuracy"],
-            "macs_adaptive_bn_accuracy": lat_problem.score(fitted), "macs_over_latency_time": kept["measured_ratio"],
+            "macs_adaptive_bn_accuracy": scorer.value(fitted), "macs_over_latency_time": kept["measured_ratio"],
             "fit_trace": [r["measured_ratio"] for r in steps],
             "macs_ratio": structure.macs(fitted.counts(structure)) / structure.dense_macs,
             "counts": [int(k) for k in fitted.counts(structure)]}
@@ -165,26 +166,26 @@ def search(record: dict) -> None:
         write_json_atomic(OUT, record, indent=1)
 
 
-def _search_row(structure, table, lat_problem, evaluator, calib, x, seed: int, batch: int, floor: float) -> dict:
+def _search_row(structure, table, lat_problem, scorer, calib, x, seed: int, batch: int, floor: float) -> dict:
     """Both searches, each winner fitted to the latency target against the dense model."""
     target = lat_problem.target
     # the MACs target a user would pick: the one whose uniform allocation has the target latency
     macs_target, _ = bisect(lambda t: table.predict(uniform_allocation(
         PruningProblem(structure, t)).counts(structure)) <= target * table.dense, 0.05, 1.0)
-    macs_problem = PruningProblem(structure, macs_target, evaluator=evaluator, calib_batches=calib)
+    macs_problem = PruningProblem(structure, macs_target, calib_batches=calib)
     row = {"model": "resnet56", "batch": batch, "seed": seed, "table": TABLE, "target_latency": target,
            "floor": floor, "macs_target": macs_target, "samples": 50, "fit_step": "secant, first through dense"}
     winners = {}
     for name, problem in (("latency", lat_problem), ("macs", macs_problem)):
-        best = get_allocator("random", samples=50, seed=seed).allocate(problem)
+        best = get_allocator("random", samples=50, seed=seed).allocate(problem, scorer)
         # both winners re-scaled to the latency target (--latency-fit), each timed against the dense model
         fitted, steps = fit_measured(lat_problem, best, "fp32", **_paired("resnet56", batch))
         counts = fitted.counts(structure)
         winners[name] = problem.pruned_model(fitted)
         ratio, measured, dense = paired_ratio(winners[name], structure.model, x, "fp32", **_paired("resnet56", batch))
-        row[name] = {"adaptive_bn_accuracy": problem.score(fitted), "measured_ms": 1e3 * measured,
+        row[name] = {"adaptive_bn_accuracy": scorer.value(fitted), "measured_ms": 1e3 * measured,
                      "dense_ms": 1e3 * dense, "before_fit": {
-                         "adaptive_bn_accuracy": problem.score(best), "measured_ratio": steps[0]["measured_ratio"],
+                         "adaptive_bn_accuracy": scorer.value(best), "measured_ratio": steps[0]["measured_ratio"],
                          "macs_ratio": structure.macs(best.counts(structure)) / structure.dense_macs},
                      "fit_measurements": len(steps), "fit_trace": [r["measured_ratio"] for r in steps],
                      "measured_ratio": ratio, "predicted_ratio": table.predict(counts) / table.dense,

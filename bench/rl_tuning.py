@@ -22,6 +22,7 @@ import torch
 from autoprune.agents.policy import PolicyAllocator
 from autoprune.agents.random_search import RandomSearch
 from autoprune.agents.rl import RLSearch
+from autoprune.core.scoring import Scorer
 from autoprune.core.problem import PruningProblem
 from autoprune.runs import write_json_atomic
 from autoprune.workspace import open_workspace
@@ -47,26 +48,28 @@ def main(argv: list[str] | None = None) -> int:
     ws = open_workspace(args.model, str(finetuned_checkpoint(args.model)), DATA, val_size=2000, calib_size=1024)
     structure, calib = ws.structure(), ws.data.calibration_batches(128)
 
-    def problem() -> PruningProblem:
-        return PruningProblem(structure, args.target, evaluator=ws.evaluator(), calib_batches=calib)
+    def problem() -> tuple[PruningProblem, Scorer]:  # a fresh score cache per search: equal evaluation counts
+        prob = PruningProblem(structure, args.target, calib_batches=calib)
+        return prob, Scorer(prob, ws.evaluator())
 
     for seed in args.seeds:
         key = {"model": args.model, "target": args.target, "seed": seed}
         if not any(all(c[k] == v for k, v in key.items()) for c in record["cells"]):
-            prob, t0 = problem(), time.perf_counter()
-            best = prob.score(RandomSearch(EPISODES, seed).allocate(prob))  # the winner's score comes from the cache
+            (prob, scorer), t0 = problem(), time.perf_counter()
+            best = scorer.value(RandomSearch(EPISODES, seed).allocate(prob, scorer))  # the winner's score is cached
             record["cells"].append({**key, "random_best": best, "seconds": time.perf_counter() - t0})
             write_json_atomic(OUT, record, indent=1)
         for text in args.settings:
             setting = json.loads(text)
             if any(all(r[k] == v for k, v in key.items()) and r["setting"] == setting for r in record["rows"]):
                 continue
-            prob, t0 = problem(), time.perf_counter()
+            (prob, scorer), t0 = problem(), time.perf_counter()
             with tempfile.TemporaryDirectory() as run_dir:
-                result = RLSearch(episodes=EPISODES, warmup_episodes=WARMUP, seed=seed, **setting).search(prob, run_dir)
-                policy = prob.score(PolicyAllocator(result.policy_path).allocate(prob))
+                result = RLSearch(episodes=EPISODES, warmup_episodes=WARMUP, seed=seed, **setting).search(
+                    prob, scorer, run_dir)
+                policy = scorer.value(PolicyAllocator(result.policy_path).allocate(prob))
                 searched = result.policy_path.with_name("noise_free_policy.zip")  # kept beside a distilled policy
-                noise_free = prob.score(PolicyAllocator(searched).allocate(prob)) if searched.exists() else policy
+                noise_free = scorer.value(PolicyAllocator(searched).allocate(prob)) if searched.exists() else policy
             row = {**key, "setting": setting, "best": result.best.info["accuracy"], "policy": policy,
                    "policy_distilled": result.policy_distilled, "policy_noise_free": noise_free,
                    "best_episode": result.best.episode, "seconds": time.perf_counter() - t0,

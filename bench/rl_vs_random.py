@@ -35,6 +35,7 @@ import torch
 from autoprune.agents.policy import PolicyAllocator
 from autoprune.agents.random_search import RandomSearch
 from autoprune.agents.rl import RLSearch
+from autoprune.core.scoring import Scorer
 from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.runs import write_json_atomic
 from autoprune.workspace import open_workspace
@@ -60,15 +61,15 @@ def load(command: str) -> dict:
             "cells": [], "rows": []}
 
 
-def cell(record: dict, problem: PruningProblem, model: str, target: float, seed: int) -> dict:
+def cell(record: dict, problem: PruningProblem, scorer: Scorer, model: str, target: float, seed: int) -> dict:
     """Random search's best and uniform's score for (model, target, seed), computed once."""
     for c in record["cells"]:
         if (c["model"], c["target"], c["seed"]) == (model, target, seed):
             return c
     t0 = time.perf_counter()
-    best = problem.score(RandomSearch(EPISODES, seed).allocate(problem))
+    best = scorer.value(RandomSearch(EPISODES, seed).allocate(problem, scorer))
     c = {"model": model, "target": target, "seed": seed, "random_best": best, "random_seconds": time.perf_counter() - t0,
-         "uniform": problem.score(uniform_allocation(problem))}
+         "uniform": scorer.value(uniform_allocation(problem))}
     record["cells"].append(c)
     return c
 
@@ -87,21 +88,21 @@ def run(record: dict, models: list[str], agents: list[tuple[str, str]], targets:
                 if ws is None:
                     ws = open_workspace(model, str(finetuned_checkpoint(model)), DATA, val_size=2000, calib_size=1024)
                     structure, calib = ws.structure(), ws.data.calibration_batches(128)
-                problem = PruningProblem(structure, target, evaluator=ws.evaluator(), calib_batches=calib)
-                ref = cell(record, problem, model, target, seed)
+                problem = PruningProblem(structure, target, calib_batches=calib)
+                ref = cell(record, problem, Scorer(problem, ws.evaluator()), model, target, seed)
                 write_json_atomic(OUT, record, indent=1)
                 for agent, action in todo:
-                    problem = PruningProblem(structure, target, evaluator=ws.evaluator(), calib_batches=calib)
+                    scorer = Scorer(problem, ws.evaluator())  # a fresh cache per search: equal evaluation counts
                     t0 = time.perf_counter()
                     with tempfile.TemporaryDirectory() as run_dir:
                         algo, settings = VARIANTS.get(agent, (agent, {}))
                         search = RLSearch(algo=algo, action=action, episodes=EPISODES, warmup_episodes=WARMUP,
                                           seed=seed, **settings)
-                        result = search.search(problem, run_dir)
+                        result = search.search(problem, scorer, run_dir)
                         seconds = time.perf_counter() - t0
-                        policy = problem.score(PolicyAllocator(result.policy_path).allocate(problem))
+                        policy = scorer.value(PolicyAllocator(result.policy_path).allocate(problem))
                         searched = result.policy_path.with_name("noise_free_policy.zip")  # kept beside a distilled one
-                        noise_free = (problem.score(PolicyAllocator(searched).allocate(problem)) if searched.exists()
+                        noise_free = (scorer.value(PolicyAllocator(searched).allocate(problem)) if searched.exists()
                                       else policy)
                     row = {"model": model, "target": target, "seed": seed, "episodes": EPISODES, "agent": agent,
                            "action": action, "best": result.best.info["accuracy"], "random_best": ref["random_best"],

@@ -4,8 +4,8 @@ ResNet-20 and ResNet-56 (JPEG-adapted checkpoints), 50% of MACs, the search defa
 calibration / 2,000 held-out images, default precision), the same ``CANDIDATES`` random feasible
 allocations scored by each setting, no cache between settings:
 
-- ``in-process, 1 thread`` / ``in-process, 2 threads``: ``problem.score`` one after another;
-- ``ray, 1 worker`` / ``ray, 2 workers``: ``problem.score_many`` on ``RayScoringPool`` actors at one
+- ``in-process, 1 thread`` / ``in-process, 2 threads``: ``Scorer.score`` one after another;
+- ``ray, 1 worker`` / ``ray, 2 workers``: ``Scorer.score_many`` on ``RayScoringPool`` actors at one
   thread each (actor start-up, which holds the model and data once, is timed separately).
 
 Also ``resnet50_prune`` (the CPU side of an ImageNet candidate, for the estimate in bench/README.md)
@@ -23,6 +23,7 @@ import time
 import torch
 
 from autoprune.agents.random_search import RandomSearch
+from autoprune.core.scoring import Scorer
 from autoprune.core.problem import PruningProblem
 from autoprune.runs import write_json_atomic
 from autoprune.train.ray_pool import RayScoringPool
@@ -37,8 +38,8 @@ MODELS, TARGET, CANDIDATES = ("resnet20", "resnet56"), 0.5, 24
 
 def measure(model: str) -> list[dict]:
     ws = open_workspace(model, str(finetuned_checkpoint(model)), DATA, val_size=2000, calib_size=1024, seed=0)
-    problem = PruningProblem(ws.structure(), TARGET, evaluator=ws.evaluator(128),
-                             calib_batches=ws.data.calibration_batches(128, ws.device))
+    problem = PruningProblem(ws.structure(), TARGET, calib_batches=ws.data.calibration_batches(128, ws.device))
+    evaluator = ws.evaluator(128)
     candidates = RandomSearch(CANDIDATES, seed=0).candidates(problem)
     rows, reference = [], None
 
@@ -55,25 +56,22 @@ def measure(model: str) -> list[dict]:
 
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        problem._cache.clear()
-        problem.score(candidates[0])  # warm-up (first-call allocations), not timed
-        problem._cache.clear()
+        Scorer(problem, evaluator).score(candidates[0])  # warm-up (first-call allocations), not timed
+        scorer = Scorer(problem, evaluator)
         t0 = time.perf_counter()
-        scores = [problem.score(c) for c in candidates]
+        scores = [scorer.value(c) for c in candidates]
         record(f"in-process, {threads} thread{'s' * (threads > 1)}", 1, threads, time.perf_counter() - t0, scores)
     torch.set_num_threads(1)  # the driver only waits
     for workers in (1, 2):
         t0 = time.perf_counter()
-        pool = RayScoringPool(problem, workers, threads=1)
+        pool = RayScoringPool(problem, evaluator, workers, threads=1)
         pool.score([problem.key(c) for c in candidates[:workers]])  # actors built and warmed up
         startup = time.perf_counter() - t0
-        problem.pool = pool
-        problem._cache.clear()
+        scorer = Scorer(problem, evaluator, pool=pool)
         t0 = time.perf_counter()
-        scores = [s.accuracy for s in problem.score_many(candidates)]
+        scores = [s.value for s in scorer.score_many(candidates)]
         record(f"ray, {workers} worker{'s' * (workers > 1)}", workers, 1, time.perf_counter() - t0, scores, startup)
         pool.close()
-        problem.pool = None
     return rows
 
 

@@ -28,8 +28,8 @@ import torch
 from autoprune.agents.policy import PolicyAllocator
 from autoprune.agents.random_search import RandomSearch
 from autoprune.agents.rl import RLConfig, RLSearch
-from autoprune.agents.search_log import episode_totals, read_episodes
 from autoprune.agents.uniform import UniformAllocator
+from autoprune.core.scoring import Scorer
 from autoprune.core.problem import PruningProblem
 from autoprune.core.structure import ModelStructure
 from autoprune.models import create_model
@@ -61,18 +61,19 @@ def run_case(model: str, target: float, seeds: list[int], episodes: int, warmup:
     per_seed = []
     for seed in seeds:
         evaluator = ws.evaluator()
-        problem = PruningProblem(structure, target, evaluator=evaluator, calib_batches=calib)
-        uniform_acc = problem.score(UniformAllocator().allocate(problem))
+        problem = PruningProblem(structure, target, calib_batches=calib)
+        scorer = Scorer(problem, evaluator)
+        uniform_acc = scorer.value(UniformAllocator().allocate(problem))
         run_dir = run_root / f"{model}-m{target:g}-s{seed}"
         rl = RLSearch(RLConfig(episodes=episodes, warmup_episodes=warmup, seed=seed, checkpoint_every=25,
                                action=args.action))
-        res = rl.search(problem, run_dir, resume=args.resume, progress=args.progress)
-        _, seconds, eval_seconds = episode_totals(read_episodes(run_dir / "episodes.csv"))
+        res = rl.search(problem, scorer, run_dir, resume=args.resume, progress=args.progress)
+        seconds, eval_seconds = res.seconds, res.eval_seconds
         t0 = time.perf_counter()
-        rand_best = problem.score(RandomSearch(samples=episodes, seed=seed).allocate(problem))
+        rand_best = scorer.value(RandomSearch(samples=episodes, seed=seed).allocate(problem, scorer))
         rand_seconds = time.perf_counter() - t0
         cost = problem.cost(res.allocation.counts(structure)) / problem.dense_cost
-        final_policy = problem.score(PolicyAllocator(run_dir / "final_policy.zip").allocate(problem))
+        final_policy = scorer.value(PolicyAllocator(run_dir / "final_policy.zip").allocate(problem))
         per_seed.append({"seed": seed, "learned": res.best.info["accuracy"], "random": rand_best,
                          "uniform": uniform_acc, "policy": res.policy_score, "policy_episode": res.policy_episode,
                          "policy_path": str(res.policy_path),
@@ -99,13 +100,14 @@ def transfer(policies: list[Path], args) -> dict:
     structure = ws.structure()
     calib = ws.data.calibration_batches(128)
     for target in args.transfer_targets:
-        problem = PruningProblem(structure, target, evaluator=ws.evaluator(), calib_batches=calib)
-        uniform_acc = problem.score(UniformAllocator().allocate(problem))
+        problem = PruningProblem(structure, target, calib_batches=calib)
+        scorer = Scorer(problem, ws.evaluator())
+        uniform_acc = scorer.value(UniformAllocator().allocate(problem))
         rows = []
         for allocator in allocators:
             alloc = allocator.allocate(problem)
             rows.append({"cost_ratio": problem.cost(alloc.counts(structure)) / problem.dense_cost,
-                         "meets_target": problem.feasible(alloc), "policy_acc": problem.score(alloc)})
+                         "meets_target": problem.feasible(alloc), "policy_acc": scorer.value(alloc)})
         out[f"resnet56@{target:g}"] = {"uniform_acc": uniform_acc, "policy_acc": _stats([r["policy_acc"] for r in rows]),
                                        "policy_minus_uniform": _stats([r["policy_acc"] - uniform_acc for r in rows]),
                                        "per_policy": rows}

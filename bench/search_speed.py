@@ -25,6 +25,7 @@ from pathlib import Path
 
 from autoprune.agents import get_allocator
 from autoprune.cli.main import main as cli_main
+from autoprune.core.scoring import Scorer
 from autoprune.core.problem import PruningProblem
 from autoprune.runs import write_json_atomic
 from autoprune.workspace import open_workspace
@@ -63,8 +64,8 @@ def early_stop(record: dict, models: tuple[str, ...] = MODELS) -> None:
                             structure = ws.structure()
                             calib = ws.data.calibration_batches(128)
                         evaluator = ws.evaluator()
-                        problem = PruningProblem(structure, target, evaluator=evaluator, calib_batches=calib,
-                                                 early_stop=stop)
+                        problem = PruningProblem(structure, target, calib_batches=calib)
+                        scorer = Scorer(problem, evaluator, early_stop=stop)
                         images = {"n": 0}
                         score = evaluator.score
 
@@ -76,14 +77,14 @@ def early_stop(record: dict, models: tuple[str, ...] = MODELS) -> None:
                         evaluator.score = counted
                         t0 = time.perf_counter()
                         if agent == "random":
-                            alloc = get_allocator("random", samples=EPISODES, seed=seed).allocate(problem)
+                            alloc = get_allocator("random", samples=EPISODES, seed=seed).allocate(problem, scorer)
                         else:
                             alloc = get_allocator("ddpg", episodes=EPISODES, warmup_episodes=WARMUP,
-                                                  seed=seed).allocate(problem)
+                                                  seed=seed).allocate(problem, scorer)
                         seconds = time.perf_counter() - t0
-                        problem.early_stop = False
-                        best = problem.score(alloc)
-                        assert not problem.last_score.partial
+                        full = scorer.full_scores().score(alloc)
+                        assert not full.partial
+                        best = full.value
                         row = {"model": model, "target": target, "seed": seed, "agent": agent, "early_stop": stop,
                                "episodes": EPISODES, "best": best, "best_counts": [int(c) for c in
                                                                                    alloc.counts(structure)],
@@ -138,7 +139,7 @@ def precision(record: dict, models: tuple[str, ...] = MODELS) -> None:
                 summary = json.loads((Path(tmp) / "run" / "summary.json").read_text())
             record["precision"].append({"model": model, "precision_flag": prec, "precision": summary["precision"],
                                         "early_stop": stop, "seconds_per_episode": summary["seconds_per_episode"],
-                                        "best": summary["best"]["adaptive_bn_accuracy"], "wall_seconds": wall,
+                                        "best": summary["best"]["score_value"], "wall_seconds": wall,
                                         "command": "autoprune " + shlex.join(argv)})
             save(record)
     for model in MODELS:

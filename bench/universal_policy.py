@@ -29,6 +29,7 @@ from autoprune.agents.policy import PolicyAllocator
 from autoprune.agents.random_search import RandomSearch
 from autoprune.agents.rl import RLSearch
 from autoprune.cli.main import main as cli_main
+from autoprune.core.scoring import Scorer
 from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.structure import ModelStructure
 from autoprune.models import create_model, model_info
@@ -95,8 +96,8 @@ def zero_shot(record: dict) -> None:
             if model in SCORED:
                 ws = ws or open_workspace(model, str(finetuned_checkpoint(model)), DATA, val_size=2000, calib_size=1024)
                 structure = ws.structure()
-                problem = PruningProblem(structure, target, evaluator=ws.evaluator(),
-                                         calib_batches=ws.data.calibration_batches(128))
+                problem = PruningProblem(structure, target, calib_batches=ws.data.calibration_batches(128))
+                scorer = Scorer(problem, ws.evaluator())
             else:
                 structure = _shape_structure(model)
                 problem = PruningProblem(structure, target)
@@ -104,9 +105,9 @@ def zero_shot(record: dict) -> None:
             row = {"model": model, "target": target, "cost_ratio": problem.cost(alloc.counts(structure)) / problem.dense_cost,
                    "meets_target": problem.feasible(alloc), "scored": model in SCORED}
             if model in SCORED:
-                rand = RandomSearch(RANDOM_SAMPLES, seed=0).allocate(problem)
-                row.update(policy=problem.score(alloc), uniform=problem.score(uniform_allocation(problem)),
-                           random_best=problem.score(rand), random_samples=RANDOM_SAMPLES)
+                rand = RandomSearch(RANDOM_SAMPLES, seed=0).allocate(problem, scorer)
+                row.update(policy=scorer.value(alloc), uniform=scorer.value(uniform_allocation(problem)),
+                           random_best=scorer.value(rand), random_samples=RANDOM_SAMPLES)
             record["zero_shot"].append(row)
             save(record)
             print(json.dumps(row), flush=True)
@@ -123,19 +124,17 @@ def warm_start(record: dict) -> None:
                 ws = ws or open_workspace(model, str(finetuned_checkpoint(model)), DATA, val_size=2000, calib_size=1024)
                 structure, calib = ws.structure(), ws.data.calibration_batches(128)
 
-                def fresh() -> PruningProblem:  # no score cache shared between the two arms
-                    return PruningProblem(structure, target, evaluator=ws.evaluator(), calib_batches=calib)
-
-                t0 = time.perf_counter()
+                problem = PruningProblem(structure, target, calib_batches=calib)
+                t0 = time.perf_counter()  # no score cache shared between the two arms
                 warm = RLSearch(episodes=WARM_EPISODES, warmup_episodes=0, reward="relative", seed=seed,
-                                init_policy=str(POLICY)).search(fresh())
+                                init_policy=str(POLICY)).search(problem, Scorer(problem, ws.evaluator()))
                 warm_seconds = time.perf_counter() - t0
-                problem = fresh()
+                scorer = Scorer(problem, ws.evaluator())
                 t0 = time.perf_counter()
-                rand = problem.score(RandomSearch(WARM_EPISODES, seed=seed).allocate(problem))
+                rand = scorer.value(RandomSearch(WARM_EPISODES, seed=seed).allocate(problem, scorer))
                 row = {"model": model, "target": target, "seed": seed, "episodes": WARM_EPISODES,
                        "warm_started_best": warm.best.info["accuracy"], "random_best": rand,
-                       "uniform": problem.score(uniform_allocation(problem)), "warm_seconds": warm_seconds,
+                       "uniform": scorer.value(uniform_allocation(problem)), "warm_seconds": warm_seconds,
                        "random_seconds": time.perf_counter() - t0}
                 record["warm_start"].append(row)
                 save(record)

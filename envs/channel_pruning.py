@@ -23,7 +23,7 @@ allows, so distinct actions give distinct widths wherever the wall leaves a choi
 
 The observation is scale-free (relative depth, log sizes, fractions of the model's cost), so a
 policy learned on one model can be rolled out on another. The reward is 0 until the last step,
-then the problem's (cached) adaptive-BN score of the allocation.
+then the scorer's (cached) score of the allocation.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from gymnasium import spaces
 from autoprune.core.allocation import Allocation
 from autoprune.core.legal import bisect
 from autoprune.core.problem import PruningProblem, fill_to_budget, uniform_allocation
+from autoprune.core.scoring import Score, Scorer
 from autoprune.errors import AutopruneError
 
 OBS_VERSION = 1
@@ -58,11 +59,12 @@ class ChannelPruningEnv(gym.Env):
     """One episode = one allocation for ``problem``.
 
     Args:
-        problem: model structure, budget, bounds and scorer.
-        reward: ``accuracy`` (adaptive-BN top-1), ``error_log_cost`` (AMC's -error * log(cost))
-            or ``relative`` (accuracy minus ``reference``, default: the uniform allocation's).
-        evaluate: score the final allocation; without it (or without an evaluator) the reward
-            is 0, which is enough to roll a policy out.
+        problem: model structure, budget and bounds (with ``target_range``, each episode's target
+            is sampled from it and ``problem`` is that episode's ``with_target`` copy).
+        scorer: scores the final allocation; without it (or with ``evaluate`` off) the reward is 0,
+            which is enough to roll a policy out.
+        reward: ``accuracy`` (the score), ``error_log_cost`` (AMC's -error * log(cost))
+            or ``relative`` (score minus ``reference``, default: the uniform allocation's).
         reference: the ``relative`` reward's baseline accuracy.
         action: ``absolute`` (keep ratio within the bounds, AMC), ``relative`` (a factor on the
             even keep ratio of the remaining budget) or ``wall`` (around the even keep count,
@@ -71,16 +73,17 @@ class ChannelPruningEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, problem: PruningProblem, reward: str = "accuracy", evaluate: bool = True,
-                 reference: float | None = None, action: str = "absolute"):
+    def __init__(self, problem: PruningProblem, scorer: Scorer | None = None, reward: str = "accuracy",
+                 evaluate: bool = True, reference: float | None = None, action: str = "absolute"):
         if reward not in REWARDS:
             raise AutopruneError(f"unknown reward '{reward}': use one of {', '.join(REWARDS)}")
         if action not in ACTIONS:
             raise AutopruneError(f"unknown action mode '{action}': use one of {', '.join(ACTIONS)}")
         self.action_kind = action
-        self.problem = problem
+        self.problem = self.base = problem
+        self.scorer = scorer
         self.reward_kind = reward
-        self.evaluate = evaluate and problem.evaluator is not None
+        self.evaluate = evaluate and scorer is not None
         self.reference = reference
         self._references: dict[float, float] = {}  # relative reward: uniform's score per target
         s = problem.structure
@@ -188,9 +191,9 @@ class ChannelPruningEnv(gym.Env):
     # -- gymnasium API -----------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        rng = self.problem.target_range
+        rng = self.base.target_range
         if rng is not None:  # budget-conditioned: this episode's target (on a 0.01 grid, so references repeat)
-            self.problem.target = round(float(self.np_random.uniform(*rng)), 2)
+            self.problem = self.base.with_target(round(float(self.np_random.uniform(*rng)), 2))
         self.counts = self.hi.copy()
         self.t = 0
         self.prev_keep = 1.0
@@ -228,32 +231,35 @@ class ChannelPruningEnv(gym.Env):
             return self._observation(), 0.0, False, False, info
         self.counts = fill_to_budget(self.problem, self.counts)
         allocation = Allocation({gr.name: int(c) for gr, c in zip(self.problem.structure.groups, self.counts)})
-        reward, acc = self.reward_of(allocation)
+        reward, score = self.reward_of(allocation)
         s = self.problem.structure
         info.update(allocation=allocation, counts=self.counts.copy(), macs=s.macs(self.counts),
                     params=s.params(self.counts), cost_ratio=self.problem.cost(self.counts) / self.problem.dense_cost,
-                    accuracy=acc, score=self.problem.last_score if self.evaluate else None, target=self.problem.target)
+                    accuracy=None if score is None else score.value, score=score, target=self.problem.target)
         return self._observation(), reward, True, False, info
 
-    def reward_of(self, allocation: Allocation) -> tuple[float, float | None]:
-        """(reward, adaptive-BN accuracy) of a final allocation at the current target; (0, None) unscored."""
+    def reward_of(self, allocation: Allocation, problem: PruningProblem | None = None) -> tuple[float, Score | None]:
+        """(reward, score) of a final allocation at ``problem``'s target (default: this episode's);
+        (0, None) unscored."""
         if not self.evaluate:
             return 0.0, None
-        reference = self._reference() if self.reward_kind == "relative" else 0.0  # first: last_score is the candidate's
-        acc = self.problem.score(allocation)
+        problem = problem or self.problem
+        reference = self._reference(problem) if self.reward_kind == "relative" else 0.0
+        score = self.scorer.score(allocation)
+        acc = score.value
         if self.reward_kind == "accuracy":
-            return float(acc), acc
+            return float(acc), score
         if self.reward_kind == "error_log_cost":
-            return float(-(1.0 - acc) * math.log(self.problem.cost(allocation.counts(self.problem.structure)))), acc
-        return float(acc - reference), acc
+            return float(-(1.0 - acc) * math.log(problem.cost(allocation.counts(problem.structure)))), score
+        return float(acc - reference), score
 
-    def _reference(self) -> float:
-        """The relative reward's baseline: the given one, else uniform's score at this episode's target."""
+    def _reference(self, problem: PruningProblem) -> float:
+        """The relative reward's baseline: the given one, else uniform's score at ``problem``'s target."""
         if self.reference is not None:
             return self.reference
-        t = self.problem.target
+        t = problem.target
         if t not in self._references:
-            self._references[t] = self.problem.score(uniform_allocation(self.problem))
+            self._references[t] = self.scorer.score(uniform_allocation(problem)).value
         return self._references[t]
 
 

@@ -8,6 +8,7 @@ import torch
 from autoprune.agents import get_allocator
 from autoprune.agents.global_threshold import normalise
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import FunctionEvaluator, Scorer
 from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
 from autoprune.models import create_model
@@ -21,7 +22,7 @@ def _structure(seed=0):
     return ModelStructure(model, torch.randn(1, 3, 32, 32))
 
 
-def _rigged_evaluator(sensitive: str):
+def _rigged_evaluator(sensitive: str) -> FunctionEvaluator:
     """Accuracy falls steeply when the ``sensitive`` conv is thinned, gently for any other conv."""
     def evaluate(model):
         acc = 1.0
@@ -30,7 +31,7 @@ def _rigged_evaluator(sensitive: str):
                 lost = 1 - m.out_channels / create_widths[name]
                 acc -= (0.8 if name == sensitive else 0.02) * lost
         return acc
-    return evaluate
+    return FunctionEvaluator(evaluate)
 
 
 create_widths = {n: m.out_channels for n, m in create_model("resnet20", 10).named_modules()
@@ -48,26 +49,27 @@ def _check(problem, alloc):
 @pytest.mark.parametrize("name", HEURISTICS)
 def test_budget_met_within_one_percent_and_bounds_respected(name, target):
     s = _structure()
-    problem = PruningProblem(s, target, evaluator=_rigged_evaluator("layer2.1.conv1"), criterion="l1",
-                             min_keep=0.25, max_keep=0.9 if name != "uniform" else 1.0)
+    problem = PruningProblem(s, target, criterion="l1", min_keep=0.25, max_keep=0.9 if name != "uniform" else 1.0)
+    scorer = Scorer(problem, _rigged_evaluator("layer2.1.conv1"))
     kwargs = {"greedy": {"step": 0.2}, "sensitivity": {"rates": (0.5,)}}.get(name, {})
-    _check(problem, get_allocator(name, **kwargs).allocate(problem))
+    _check(problem, get_allocator(name, **kwargs).allocate(problem, scorer))
 
 
 def test_params_budget_is_met_too():
     s = _structure()
-    problem = PruningProblem(s, 0.5, metric="params", evaluator=_rigged_evaluator("layer1.0.conv1"))
+    problem = PruningProblem(s, 0.5, metric="params")
+    scorer = Scorer(problem, _rigged_evaluator("layer1.0.conv1"))
     for name, kwargs in (("global", {}), ("layer-stats", {}), ("sensitivity", {"rates": (0.5,)})):
-        _check(problem, get_allocator(name, **kwargs).allocate(problem))
+        _check(problem, get_allocator(name, **kwargs).allocate(problem, scorer))
 
 
 @pytest.mark.parametrize("name", ["sensitivity", "greedy"])
 def test_evaluator_driven_allocators_spare_the_sensitive_group(name, tmp_path):
     s = _structure()
     sensitive = "layer3.0.conv1"  # the most expensive stage: uniform would cut it like the rest
-    problem = PruningProblem(s, 0.5, evaluator=_rigged_evaluator(sensitive))
+    problem = PruningProblem(s, 0.5)
     kwargs = {"output_dir": tmp_path} if name == "sensitivity" else {"step": 0.1}
-    counts = _check(problem, get_allocator(name, **kwargs).allocate(problem))
+    counts = _check(problem, get_allocator(name, **kwargs).allocate(problem, Scorer(problem, _rigged_evaluator(sensitive))))
     idx = [g.name for g in s.groups].index(sensitive)
     ratios = counts / s.channels
     assert ratios[idx] == pytest.approx(1.0) and ratios.min() < 0.5

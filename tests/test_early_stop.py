@@ -11,6 +11,7 @@ from autoprune.agents.random_search import random_feasible_counts
 from autoprune.cli.main import main
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import Scorer
 from autoprune.models import create_model
 from autoprune.train.evaluator import AdaptiveBNEvaluator, accuracy_upper_bound
 
@@ -38,21 +39,22 @@ def test_evaluator_stops_a_hopeless_candidate_and_flags_it(synthetic_bundle):
     full = ev.score(model)
     assert not full.partial and full.images == len(y)
     stopped = ev.score(model, must_beat=0.99)  # an untrained net cannot reach 99%
-    assert stopped.partial and stopped.images < len(y) and stopped.accuracy < 0.99
+    assert stopped.partial and stopped.images < len(y) and stopped.value < 0.99
     assert not ev.score(model, must_beat=0.0).partial  # anything beats 0: no reason to stop
 
 
 def test_problem_rescores_partial_entries_before_reporting(resnet20_structure, synthetic_bundle):
     x, y = synthetic_bundle.tensors("val")
     ev = AdaptiveBNEvaluator(synthetic_bundle.calibration_batches(64), x, y, eval_batch_size=32, precision="fp32")
-    problem = PruningProblem(resnet20_structure, 0.5, evaluator=ev, early_stop=True)
-    problem.best_full = 0.99  # pretend an excellent candidate was already found
+    problem = PruningProblem(resnet20_structure, 0.5)
+    scorer = Scorer(problem, ev, early_stop=True)
+    scorer.best_full = 0.99  # pretend an excellent candidate was already found
     alloc = Allocation.from_counts(resnet20_structure, random_feasible_counts(problem, np.random.default_rng(0)))
-    estimate = problem.score(alloc)
-    assert problem.last_score.partial
-    problem.early_stop = False
-    assert problem.score(alloc) == problem.last_score.accuracy and not problem.last_score.partial
-    assert problem.last_score.images == len(y) and estimate < 0.99
+    estimate = scorer.score(alloc)
+    assert estimate.partial
+    scorer.full_scores()
+    full = scorer.score(alloc)
+    assert not full.partial and full.images == len(y) and estimate.value < 0.99
 
 
 @pytest.mark.skipif(not (CIFAR.is_dir() and RESNET20_CKPT.exists()), reason="shared data not present")
@@ -74,7 +76,7 @@ def test_search_with_early_stop_logs_partial_rows_and_reports_full_scores(tmp_pa
     assert rows[0]["partial"] == "0" and rows[0]["images"] == "2000"  # nothing to beat yet
     assert any(r["partial"] == "1" for r in rows)  # the switch engages on this run
     summary = json.loads((run / "summary.json").read_text())
-    best = summary["best"]["adaptive_bn_accuracy"]
+    best = summary["best"]["score_value"]
     best_rows = [r for r in rows if float(r["accuracy"]) == pytest.approx(best, abs=1e-5)]
     assert best_rows and all(r["partial"] == "0" for r in best_rows)
     assert all(float(r["accuracy"]) < best and int(r["images"]) < 2000 for r in rows if r["partial"] == "1")

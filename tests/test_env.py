@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import FunctionEvaluator, Scorer
 from autoprune.envs import ENV_ID, ChannelPruningEnv, rollout
 
 
@@ -26,7 +27,8 @@ def test_env_checkers_pass(resnet20_structure):
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-    env = ChannelPruningEnv(PruningProblem(resnet20_structure, 0.5, evaluator=cheap_score))
+    problem = PruningProblem(resnet20_structure, 0.5)
+    env = ChannelPruningEnv(problem, Scorer(problem, FunctionEvaluator(cheap_score)))
     check_env(env, skip_render_check=True)
     sb3_check_env(env, warn=True)
     made = gym.make(ENV_ID, problem=PruningProblem(resnet20_structure, 0.5))
@@ -110,10 +112,11 @@ def test_runs_without_evaluator_and_rewards_with_one(resnet20_structure):
         assert r == 0.0 and not term
     _, r, term, _, info = env.step(np.zeros(1, dtype=np.float32))
     assert term and r == 0.0 and info["accuracy"] is None
-    scored = ChannelPruningEnv(PruningProblem(resnet20_structure, 0.5, evaluator=cheap_score))
+    problem = PruningProblem(resnet20_structure, 0.5)
+    scored = ChannelPruningEnv(problem, Scorer(problem, FunctionEvaluator(cheap_score)))
     info = rollout(scored, lambda o: np.zeros(1, dtype=np.float32))
     assert info["accuracy"] == pytest.approx(cheap_score(scored.problem.pruned_model(info["allocation"])))
-    rel = ChannelPruningEnv(PruningProblem(resnet20_structure, 0.5, evaluator=cheap_score), reward="relative",
+    rel = ChannelPruningEnv(problem, Scorer(problem, FunctionEvaluator(cheap_score)), reward="relative",
                             reference=0.25)
     rel.reset()
     for _ in range(rel.n):

@@ -65,7 +65,7 @@ def test_search_saves_what_it_scored_tiny(tmp_path, capsys):
     assert code == 0, err
     summary = json.loads((run / "summary.json").read_text())["best"]
     plain = _plain(run / "best_model.pt", *_held_out("synthetic"))
-    assert abs(plain - summary["adaptive_bn_accuracy"]) <= 0.005 + 1e-9
+    assert abs(plain - summary["score_value"]) <= 0.005 + 1e-9
     assert summary["saved_model_val_accuracy"] == pytest.approx(plain, abs=1e-9)
     assert "best_model.pt as loaded from disk" in out
 
@@ -84,7 +84,7 @@ def test_search_apply_prune_save_what_they_scored_and_never_open_test(tmp_path, 
     best = json.loads((run / "summary.json").read_text())["best"]
     plain = _plain(run / "best_model.pt", x, y)
     assert plain > 0.3  # a real model, not chance: recalibration matters here
-    assert abs(plain - best["adaptive_bn_accuracy"]) <= 0.005 + 1e-9
+    assert abs(plain - best["score_value"]) <= 0.005 + 1e-9
 
     applied = tmp_path / "apply"
     code, out, err = _cli(capsys, "apply", *common, "--macs", 0.5, "--policy", run / "policy.zip",

@@ -8,6 +8,7 @@ import torch
 from autoprune.agents import get_allocator
 from autoprune.core.cost import measure_cost
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import FunctionEvaluator, Scorer
 from autoprune.deploy import latency as lat
 
 from .conftest import blocked_macs
@@ -115,10 +116,10 @@ def test_allocators_meet_a_latency_budget(resnet20_structure, fake_clock):
     s = resnet20_structure
     table = lat.latency_table(s, batch_size=1, points=3, cache=False)
     for target in (0.5, 0.7):
-        problem = PruningProblem(s, target, metric="latency", latency=table,
-                                 evaluator=lambda m: sum(p.numel() for p in m.parameters()) % 97 / 97)
+        problem = PruningProblem(s, target, metric="latency", latency=table)
+        scorer = Scorer(problem, FunctionEvaluator(lambda m: sum(p.numel() for p in m.parameters()) % 97 / 97))
         for name in ("uniform", "layer-stats", "search:5"):
-            alloc = get_allocator(name).allocate(problem)
+            alloc = get_allocator(name).allocate(problem, scorer)
             ratio = table.predict(alloc.counts(s)) / table.dense
             assert target - 0.02 <= ratio <= target + 1e-9, (name, target, ratio)
 

@@ -92,6 +92,7 @@ def test_parallel_rounds_keep_the_update_to_data_ratio(algo, synthetic_bundle, o
     from autoprune.agents.rl import RLSearch
     from autoprune.core.io import load_model
     from autoprune.core.problem import PruningProblem
+    from autoprune.core.scoring import Scorer
     from autoprune.core.structure import ModelStructure
     from autoprune.train.evaluator import AdaptiveBNEvaluator
     from autoprune.train.ray_pool import scoring_pool
@@ -101,10 +102,11 @@ def test_parallel_rounds_keep_the_update_to_data_ratio(algo, synthetic_bundle, o
     structure = ModelStructure(model, x[:1])
     updates = {}
     for workers in (1, 2):
-        problem = PruningProblem(structure, 0.5, evaluator=AdaptiveBNEvaluator([x[:64]], x[:100], y[:100], precision="fp32"))
-        pool = scoring_pool(problem, workers)
+        problem = PruningProblem(structure, 0.5)
+        evaluator = AdaptiveBNEvaluator([x[:64]], x[:100], y[:100], precision="fp32")
+        pool = scoring_pool(problem, evaluator, workers)
         search = RLSearch(episodes=6, warmup_episodes=2, eval_every=0, seed=0, algo=algo)
-        search.search(problem)
+        search.search(problem, Scorer(problem, evaluator, pool=pool))
         updates[workers] = search.model._n_updates
         if pool is not None:
             pool.close()
@@ -125,6 +127,7 @@ def test_sensitivity_and_greedy_allocate_the_same_on_workers(synthetic_bundle, o
     from autoprune.agents.sensitivity import SensitivityAllocator
     from autoprune.core.io import load_model
     from autoprune.core.problem import PruningProblem
+    from autoprune.core.scoring import Scorer
     from autoprune.core.structure import ModelStructure
     from autoprune.train.evaluator import AdaptiveBNEvaluator
     from autoprune.train.ray_pool import scoring_pool
@@ -133,11 +136,13 @@ def test_sensitivity_and_greedy_allocate_the_same_on_workers(synthetic_bundle, o
     structure = ModelStructure(load_model("resnet20", 10, str(RESNET20_CKPT)), x[:1])
     found = {}
     for workers in (1, 2):
-        problem = PruningProblem(structure, 0.7, evaluator=AdaptiveBNEvaluator([x[:64]], x[:100], y[:100], precision="fp32"))
-        pool = scoring_pool(problem, workers)
+        problem = PruningProblem(structure, 0.7)
+        evaluator = AdaptiveBNEvaluator([x[:64]], x[:100], y[:100], precision="fp32")
+        pool = scoring_pool(problem, evaluator, workers)
+        scorer = Scorer(problem, evaluator, pool=pool)
         sens = SensitivityAllocator(rates=(0.5,))
-        found[workers] = (sens.allocate(problem).keep, [r["accuracy"] for r in sens.rows],
-                          GreedyAllocator(step=0.15).allocate(problem).keep)
+        found[workers] = (sens.allocate(problem, scorer).keep, [r["accuracy"] for r in sens.rows],
+                          GreedyAllocator(step=0.15).allocate(problem, Scorer(problem, evaluator, pool=pool)).keep)
         if pool is not None:
             pool.close()
     assert len(set(found[1][1])) > 1  # the curves are not flat: the comparison can fail

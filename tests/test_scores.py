@@ -59,7 +59,7 @@ def test_search_with_finetune_score_saves_the_scored_model(tmp_path, capsys):
     from autoprune.workspace import open_workspace
 
     x, y = open_workspace("resnet20", None, "synthetic", val_size=100, calib_size=64).data.tensors("val")
-    assert accuracy(saved, x, y) == pytest.approx(summary["best"]["adaptive_bn_accuracy"], abs=1e-9)
+    assert accuracy(saved, x, y) == pytest.approx(summary["best"]["score_value"], abs=1e-9)
     code = main(["search", "--model", "resnet20", "--data", "synthetic", "--macs", "0.5", "--score", "finetune",
                  "--output", str(tmp_path / "bad")])
     err = capsys.readouterr().err

@@ -13,6 +13,7 @@ import torch
 
 from autoprune.agents import get_allocator
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import FunctionEvaluator, Scorer
 from autoprune.errors import AutopruneError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,14 +22,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SCORE = "lambda m: float(sum(p.detach().abs().sum() for n, p in m.named_parameters() if 'layer1' in n or 'layer3.2' in n)) / 1e3"
 
 
-def cheap_problem(structure, target=0.5, evaluator=None):
-    return PruningProblem(structure, target, evaluator=evaluator or eval(SCORE))
+def cheap_problem(structure, target=0.5):
+    return PruningProblem(structure, target)
+
+
+def cheap_scorer(problem, fn=None):
+    return Scorer(problem, FunctionEvaluator(fn or eval(SCORE)))
 
 
 def _search(structure, seed, episodes=8, **kw):
     from autoprune.agents.rl import RLSearch
 
-    return RLSearch(episodes=episodes, warmup_episodes=3, seed=seed, **kw).search(cheap_problem(structure))
+    problem = cheap_problem(structure)
+    return RLSearch(episodes=episodes, warmup_episodes=3, seed=seed, **kw).search(problem, cheap_scorer(problem))
 
 
 def test_same_seed_same_best_allocation(resnet20_structure):
@@ -53,7 +59,7 @@ def test_learned_agent_improves_on_its_warmup(resnet20_structure):
     problem = cheap_problem(resnet20_structure)
     rewards = []
     RLSearch(episodes=45, warmup_episodes=15, seed=0, noise_decay=0.9).search(
-        problem, on_episode=lambda e, r, info: rewards.append(r))
+        problem, cheap_scorer(problem), on_episode=lambda e, r, info: rewards.append(r))
     assert np.mean(rewards[-10:]) > np.mean(rewards[:15])
 
 
@@ -61,11 +67,10 @@ def test_episode_credit_gives_every_step_the_normalised_outcome():
     """Each transition's target is its episode's final reward, normalised over what the buffer holds
     (including after the buffer wraps), and is never bootstrapped."""
     from gymnasium import spaces
-    from stable_baselines3.common.buffers import ReplayBuffer
 
-    from autoprune.agents.rl.amc import credit_episode
+    from autoprune.agents.rl.amc import EpisodeCreditBuffer
 
-    buffer = ReplayBuffer(7, spaces.Box(0, 1, (2,)), spaces.Box(-1, 1, (1,)), device="cpu")
+    buffer = EpisodeCreditBuffer(7, spaces.Box(0, 1, (2,)), spaces.Box(-1, 1, (1,)), device="cpu")
     outcomes = [0.2, 0.5, 0.9, 0.4]  # 4 episodes of 3 steps through a 7-slot buffer
     owner = []
     for outcome in outcomes:
@@ -74,7 +79,6 @@ def test_episode_credit_gives_every_step_the_normalised_outcome():
             buffer.add(np.zeros(2), np.zeros(2), np.zeros(1), np.array([outcome if done else 0.0]),
                        np.array([done]), [{}])
             owner = (owner + [outcome])[-7:]
-            credit_episode(buffer, outcome if done else 0.0, done)
         live = np.array(owner)
         # slot i holds the (len(owner) - 7 + i)-th step written, modulo the wrap
         held = np.roll(live, buffer.pos) if buffer.full else live
@@ -86,10 +90,10 @@ def test_episode_credit_gives_every_step_the_normalised_outcome():
 def test_self_imitation_pulls_the_actor_onto_its_best_episode(resnet20_structure):
     """Two stored episodes with opposite actions: imitating the top one moves the actor onto its actions."""
     from autoprune.agents.rl import RLSearch
-    from autoprune.agents.rl.amc import credit_episode
     from autoprune.envs import ChannelPruningEnv
 
-    env = ChannelPruningEnv(cheap_problem(resnet20_structure), action="relative")
+    problem = cheap_problem(resnet20_structure)
+    env = ChannelPruningEnv(problem, cheap_scorer(problem), action="relative")
     model = RLSearch(imitation=1.0, imitation_top=1, seed=0)._build(env)
     obs = np.random.default_rng(0).random((2, env.n, env.observation_space.shape[0])).astype(np.float32)
     for episode, (action, outcome) in enumerate(((0.6, 0.9), (-0.6, 0.1))):  # the first one scored best
@@ -97,7 +101,6 @@ def test_self_imitation_pulls_the_actor_onto_its_best_episode(resnet20_structure
             done = step == env.n - 1
             model.replay_buffer.add(obs[episode, step], obs[episode, step], np.array([action]),
                                     np.array([outcome if done else 0.0]), np.array([done]), [{}])
-            credit_episode(model.replay_buffer, outcome if done else 0.0, done)
     best = torch.as_tensor(obs[0])
     with torch.no_grad():
         before = model.policy(best, deterministic=True)
@@ -117,7 +120,7 @@ def test_kept_policy_is_the_best_noise_free_actor(tmp_path, resnet20_structure):
     problem = cheap_problem(resnet20_structure)
     seen = {}
     result = RLSearch(episodes=12, warmup_episodes=3, eval_every=3, seed=0, distil_best=False).search(
-        problem, tmp_path, on_episode=lambda e, r, info: seen.setdefault(e, (r, info["allocation"])))
+        problem, cheap_scorer(problem), tmp_path, on_episode=lambda e, r, info: seen.setdefault(e, (r, info["allocation"])))
     rows = _rows(tmp_path / "episodes.csv")
     greedy = [int(r["episode"]) for r in rows if r["noise"] != "" and float(r["noise"]) == 0.0]
     assert greedy == [5, 8, 11]  # every 3rd episode after the 3 warm-up ones
@@ -136,8 +139,9 @@ def test_distilled_policy_plays_the_best_allocation(tmp_path, resnet20_structure
     from autoprune.agents.rl import RLSearch
 
     seen = {}  # without self-imitation the best episode of this seed is a noisy one
+    problem = cheap_problem(resnet20_structure)
     result = RLSearch(episodes=12, warmup_episodes=3, eval_every=3, seed=0, imitation=0.0, noise_decay=0.95).search(
-        cheap_problem(resnet20_structure), tmp_path,
+        problem, cheap_scorer(problem), tmp_path,
         on_episode=lambda e, r, info: seen.setdefault(e, (r, info["allocation"])))
     greedy_best = max((5, 8, 11), key=lambda e: seen[e][0])
     assert result.best.episode not in (5, 8, 11)  # a noisy episode: the actor had to be moved onto it
@@ -153,6 +157,7 @@ SCRIPT = textwrap.dedent(f"""
     from autoprune.agents.rl import RLSearch
     from autoprune.models import create_model
     from autoprune.core.problem import PruningProblem
+    from autoprune.core.scoring import FunctionEvaluator, Scorer
     from autoprune.core.structure import ModelStructure
     torch.manual_seed(0)
     structure = ModelStructure(create_model("resnet20", 10).eval(), torch.randn(1, 3, 32, 32))
@@ -163,9 +168,9 @@ SCRIPT = textwrap.dedent(f"""
         if calls[0] == int(sys.argv[3]):
             os.kill(os.getpid(), signal.SIGKILL)
         return score(m)
-    problem = PruningProblem(structure, 0.5, evaluator=dying)
+    problem = PruningProblem(structure, 0.5)
     RLSearch(episodes=int(sys.argv[2]), warmup_episodes=4, checkpoint_every=3, seed=1).search(
-        problem, sys.argv[1], resume=len(sys.argv) > 4)
+        problem, Scorer(problem, FunctionEvaluator(dying)), sys.argv[1], resume=len(sys.argv) > 4)
 """)
 
 
@@ -205,12 +210,13 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
 def test_random_search_keeps_best_of_feasible_samples(resnet20_structure):
     problem = cheap_problem(resnet20_structure, 0.4)
     searcher = get_allocator("random", samples=12, seed=5)
-    best = searcher.allocate(problem)
+    scorer = cheap_scorer(problem)
+    best = searcher.allocate(problem, scorer)
     scores = [s for _, s in searcher.history]
-    assert len(scores) == 12 and problem.score(best) == max(scores)
+    assert len(scores) == 12 and scorer.value(best) == max(scores)
     assert all(problem.feasible(a) for a, _ in searcher.history)
     assert len({tuple(a.counts(resnet20_structure)) for a, _ in searcher.history}) == 12
-    again = get_allocator("random", samples=12, seed=5).allocate(problem)
+    again = get_allocator("random", samples=12, seed=5).allocate(problem, scorer)
     assert again == best
 
 
@@ -219,7 +225,8 @@ def test_policy_transfers_to_deeper_model_and_torchvision(tmp_path, resnet20_str
     from autoprune.core.structure import ModelStructure
     from autoprune.models import create_model
 
-    RLSearch(episodes=5, warmup_episodes=2, seed=0).search(cheap_problem(resnet20_structure), tmp_path)
+    problem = cheap_problem(resnet20_structure)
+    RLSearch(episodes=5, warmup_episodes=2, seed=0).search(problem, cheap_scorer(problem), tmp_path)
     allocator = get_allocator(f"policy:{tmp_path / 'policy.zip'}")
     torch.manual_seed(0)
     for name in ("resnet56", "tv:resnet18"):
@@ -238,7 +245,7 @@ def test_relative_action_policy_rolls_out_in_its_own_action_mode(tmp_path, resne
     problem = cheap_problem(resnet20_structure)
     seen = {}
     result = RLSearch(episodes=6, warmup_episodes=2, eval_every=2, seed=0, action="relative").search(
-        problem, tmp_path, on_episode=lambda e, r, info: seen.setdefault(e, info["allocation"]))
+        problem, cheap_scorer(problem), tmp_path, on_episode=lambda e, r, info: seen.setdefault(e, info["allocation"]))
     allocator = PolicyAllocator(tmp_path / "policy.zip")
     assert allocator.meta["action"] == "relative"
     assert allocator.allocate(problem) == seen[result.policy_episode]  # same actions, same mode, same allocation
@@ -276,7 +283,8 @@ def test_tensorboard_shows_actor_and_critic_losses(tmp_path, resnet20_structure)
 
     from autoprune.agents.rl import RLSearch
 
-    RLSearch(episodes=4, warmup_episodes=2, seed=0).search(cheap_problem(resnet20_structure), tmp_path)
+    problem = cheap_problem(resnet20_structure)
+    RLSearch(episodes=4, warmup_episodes=2, seed=0).search(problem, cheap_scorer(problem), tmp_path)
     tags = set()
     for events in (tmp_path / "tb").glob("events.out.tfevents.*"):
         acc = EventAccumulator(str(events))
@@ -294,10 +302,11 @@ def test_init_policy_continues_from_a_saved_policy(tmp_path, resnet20_structure)
     from autoprune.envs import ChannelPruningEnv
     from autoprune.errors import AutopruneError
 
-    RLSearch(episodes=4, warmup_episodes=2, eval_every=1, seed=0).search(cheap_problem(resnet20_structure), tmp_path / "a")
+    problem = cheap_problem(resnet20_structure)
+    RLSearch(episodes=4, warmup_episodes=2, eval_every=1, seed=0).search(problem, cheap_scorer(problem), tmp_path / "a")
     saved = load_from_zip_file(tmp_path / "a" / "policy.zip", device="cpu")[1]["policy"]
     warm = RLSearch(episodes=1, warmup_episodes=0, seed=7, init_policy=str(tmp_path / "a" / "policy.zip"))
-    env = ChannelPruningEnv(cheap_problem(resnet20_structure), action=warm.config.action)
+    env = ChannelPruningEnv(problem, cheap_scorer(problem), action=warm.config.action)
     model = warm._build(env)
     for name, tensor in model.policy.state_dict().items():
         assert torch.equal(tensor, saved[name]), name
@@ -310,6 +319,7 @@ MULTI_SCRIPT = textwrap.dedent(f"""
     from autoprune.agents.rl import RLSearch
     from autoprune.models import create_model
     from autoprune.core.problem import PruningProblem
+    from autoprune.core.scoring import FunctionEvaluator, Scorer
     from autoprune.core.structure import ModelStructure
     torch.manual_seed(0)
     score = {SCORE}
@@ -319,10 +329,11 @@ MULTI_SCRIPT = textwrap.dedent(f"""
         if calls[0] == int(sys.argv[3]):
             os.kill(os.getpid(), signal.SIGKILL)
         return score(m)
-    problems = [PruningProblem(ModelStructure(create_model(name, 10).eval(), torch.randn(1, 3, 32, 32)), 0.5,
-                               evaluator=dying) for name in ("resnet20", "resnet32")]
+    problems = [PruningProblem(ModelStructure(create_model(name, 10).eval(), torch.randn(1, 3, 32, 32)), 0.5)
+                for name in ("resnet20", "resnet32")]
+    scorers = [Scorer(p, FunctionEvaluator(dying)) for p in problems]
     RLSearch(episodes=int(sys.argv[2]), warmup_episodes=3, checkpoint_every=2, seed=1, reward="relative").search(
-        problems, sys.argv[1], resume=len(sys.argv) > 4)
+        problems, scorers, sys.argv[1], resume=len(sys.argv) > 4)
 """)
 
 

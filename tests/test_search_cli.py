@@ -22,13 +22,13 @@ def test_cli_search_apply_and_errors(tmp_path, capsys):
     assert "kept policy (policy.zip)" in out
     summary = json.loads((run / "summary.json").read_text())
     assert summary["policy"]["distilled"] and "fitted onto the best episode, plays it" in out
-    assert summary["policy"]["noise_free_reward"] == pytest.approx(summary["best"]["adaptive_bn_accuracy"], abs=1e-6)
+    assert summary["policy"]["noise_free_reward"] == pytest.approx(summary["best"]["score_value"], abs=1e-6)
     for f in ("config.yaml", "policy.zip", "final_policy.zip", "best_allocation.json", "episodes.csv", "best_model.pt", "reward.png",
               "allocation.png", "summary.json"):
         assert (run / f).exists(), f
     assert any((run / "tb").iterdir())
     best = json.loads((run / "best_allocation.json").read_text())
-    assert 0.49 <= best["macs_ratio"] <= 0.5 and best["adaptive_bn_accuracy"] is not None
+    assert 0.49 <= best["macs_ratio"] <= 0.5 and best["score_value"] is not None
     from autoprune.core.io import load_pruned
 
     assert load_pruned(run / "best_model.pt")[1] == "resnet20"
@@ -69,7 +69,7 @@ def test_cli_random_search_logs_like_rl(tmp_path, capsys):
     best = json.loads((run / "best_allocation.json").read_text())
     assert best["metric"] == "params" and 0.594 <= best["params"] / best["dense_params"] <= 0.6
     accs = [float(line.split(",")[2]) for line in lines[1:]]
-    assert best["adaptive_bn_accuracy"] == pytest.approx(max(accs), abs=1e-6)
+    assert best["score_value"] == pytest.approx(max(accs), abs=1e-6)
     # resuming continues the same seeded sequence: the 3 scored candidates are kept, 2 more are drawn
     code, _, err = _cli(capsys, "search", "--model", "resnet20", "--data", "synthetic", "--params", "0.6",
                         "--agent", "random", "--output", str(run), "--resume", "--episodes", "5", "--no-progress")

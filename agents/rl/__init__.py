@@ -9,11 +9,11 @@ from autoprune.agents.rl.config import RLConfig
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("RLSearch", "SearchResult"):
+    if name == "RLSearch":
         from autoprune.agents.rl import search
 
         return getattr(search, name)
     raise AttributeError(name)
 
 
-__all__ = ["RLConfig", "RLSearch", "SearchResult"]
+__all__ = ["RLConfig", "RLSearch"]

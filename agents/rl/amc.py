@@ -16,12 +16,14 @@
 """
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from stable_baselines3 import DDPG, SAC, TD3
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.utils import update_learning_rate
 
@@ -64,16 +66,40 @@ class AMCAgent:
     """The AMC behaviour, mixed in front of an SB3 algorithm (``AMCDDPG``, ``AMCTD3``, ``AMCSAC``)."""
 
     def __init__(self, *args: Any, actor_lr: float | None = None, critic_lr: float | None = None,
-                 credit: str = "episode", imitation: float = 0.0, imitation_top: int = 5, **kwargs: Any):
+                 credit: str = "episode", imitation: float = 0.0, imitation_top: int = 5,
+                 updates_per_step: float = 1.0, **kwargs: Any):
+        if credit == "episode":
+            kwargs["replay_buffer_class"] = EpisodeCreditBuffer
         super().__init__(*args, **kwargs)
         self.imitation, self.imitation_top = float(imitation), int(imitation_top)
         lr = kwargs.get("learning_rate", 1e-3)
         self.actor_lr = float(actor_lr if actor_lr is not None else lr)
         self.critic_lr = float(critic_lr if critic_lr is not None else lr)
         self.credit = credit
+        self.updates_per_step = float(updates_per_step)
         self.noise_free = False
 
+    @contextmanager
+    def acting(self, noise_free: bool) -> Iterator[None]:
+        """Episodes run inside act without exploration noise when ``noise_free`` (evaluation episodes)."""
+        self.noise_free = noise_free
+        try:
+            yield
+        finally:
+            self.noise_free = False
+
+    @contextmanager
+    def collecting(self) -> Iterator[None]:
+        """``learn`` only collects inside (no gradient steps): parallel rounds learn once the round is scored."""
+        steps, self.gradient_steps = self.gradient_steps, 0
+        try:
+            yield
+        finally:
+            self.gradient_steps = steps
+
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        """``updates_per_step`` gradient steps per environment step (SB3 passes the steps collected)."""
+        gradient_steps = max(1, int(round(self.updates_per_step * gradient_steps)))
         with one_thread():
             super().train(gradient_steps, batch_size)
             if self.imitation > 0:
@@ -82,9 +108,9 @@ class AMCAgent:
     def _imitate_best(self, gradient_steps: int, batch_size: int) -> None:
         """Actor steps on ``imitation`` x MSE(actor(s), a) over the transitions of the best episodes."""
         buffer = self.replay_buffer
-        outcome = getattr(buffer, "outcome", None)  # episode outcomes per transition (episode credit)
-        if outcome is None:
+        if not isinstance(buffer, EpisodeCreditBuffer):  # ranking episodes needs their outcomes
             return
+        outcome = buffer.outcome
         filled = buffer.buffer_size if buffer.full else buffer.pos
         known = np.flatnonzero(~np.isnan(outcome[:filled]))
         if known.size == 0:
@@ -139,51 +165,55 @@ class AMCAgent:
         if all(a is not None for a in applied):
             buffer_action = np.asarray(applied, dtype=np.float32).reshape(buffer_action.shape)
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
-        if self.credit == "episode":
-            credit_episode(replay_buffer, float(np.asarray(reward).reshape(-1)[0]),
-                           bool(np.asarray(dones).reshape(-1)[0]))
 
 
-def credit_episode(buffer, reward: float, done: bool) -> None:
-    """Give every step of a finished episode its final reward, normalised over the replay window.
+class EpisodeCreditBuffer(ReplayBuffer):
+    """A replay buffer whose every transition learns its episode's final reward (``credit="episode"``).
 
-    Raw outcomes are kept on the buffer (``outcome``, pickled with it, so resuming is exact); each
-    stored reward is re-derived from them whenever an episode ends, so old and new transitions
-    always share one baseline and one scale.
+    Raw outcomes are kept per transition (``outcome``, saved with the buffer, so resuming is exact);
+    each stored reward is re-derived from them whenever an episode ends, normalised over the replay
+    window, so old and new transitions always share one baseline and one scale. ``dones`` are all 1:
+    a Monte Carlo target, never bootstrapped.
     """
-    size = buffer.buffer_size
-    if getattr(buffer, "outcome", None) is None:
-        buffer.outcome = np.full(size, np.nan)
-        buffer.episode_start = 0
-    last = (buffer.pos - 1) % size
-    if not done:
-        buffer.outcome[last] = np.nan
-        return
-    steps = (last - buffer.episode_start) % size + 1
-    buffer.outcome[(buffer.episode_start + np.arange(steps)) % size] = reward
-    buffer.episode_start = buffer.pos % size
-    _normalise_outcomes(buffer)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.outcome = np.full(self.buffer_size, np.nan)
+        self.episode_start = 0
+
+    def add(self, obs, next_obs, action, reward, done, infos) -> None:  # type: ignore[override]
+        super().add(obs, next_obs, action, reward, done, infos)
+        last = (self.pos - 1) % self.buffer_size
+        if not bool(np.asarray(done).reshape(-1)[0]):
+            self.outcome[last] = np.nan
+            return
+        steps = (last - self.episode_start) % self.buffer_size + 1
+        self.outcome[(self.episode_start + np.arange(steps)) % self.buffer_size] = float(np.asarray(reward).reshape(-1)[0])
+        self.episode_start = self.pos % self.buffer_size
+        self.normalise()
+
+    def set_episode_reward(self, first: int, steps: int, reward: float) -> None:
+        """Give an episode stored unscored at ``first`` (``steps`` transitions) its reward, once it is known
+        (parallel rounds score their episodes after collecting them)."""
+        self.outcome[(first + np.arange(steps)) % self.buffer_size] = reward
+        self.normalise()
+
+    def normalise(self) -> None:
+        filled = self.buffer_size if self.full else self.pos
+        known = ~np.isnan(self.outcome[:filled])
+        values = self.outcome[:filled][known]
+        scale = values.std() if values.size > 1 else 1.0
+        normed = (self.outcome[:filled] - values.mean()) / max(scale, 1e-6)
+        self.rewards[:filled, 0] = np.where(known, normed, 0.0)
+        self.dones[:filled, 0] = 1.0
 
 
-def _normalise_outcomes(buffer) -> None:
-    filled = buffer.buffer_size if buffer.full else buffer.pos
-    known = ~np.isnan(buffer.outcome[:filled])
-    values = buffer.outcome[:filled][known]
-    scale = values.std() if values.size > 1 else 1.0
-    normed = (buffer.outcome[:filled] - values.mean()) / max(scale, 1e-6)
-    buffer.rewards[:filled, 0] = np.where(known, normed, 0.0)
-    buffer.dones[:filled, 0] = 1.0  # a Monte Carlo target: never bootstrap
-
-
-def set_episode_reward(buffer, first: int, steps: int, reward: float, credit: str) -> None:
-    """Give an episode stored unscored at ``first`` (``steps`` transitions) its reward, once it is known
-    (parallel rounds score their episodes after collecting them)."""
-    idx = (first + np.arange(steps)) % buffer.buffer_size
-    if credit == "episode":
-        buffer.outcome[idx] = reward
-        _normalise_outcomes(buffer)
+def set_episode_reward(buffer: ReplayBuffer, first: int, steps: int, reward: float) -> None:
+    """An episode's reward, known only after it was stored: every step (episode credit), else the last (td)."""
+    if isinstance(buffer, EpisodeCreditBuffer):
+        buffer.set_episode_reward(first, steps, reward)
     else:  # td: the sparse reward sits on the last transition
-        buffer.rewards[idx[-1], 0] = reward
+        buffer.rewards[(first + steps - 1) % buffer.buffer_size, 0] = reward
 
 
 class AMCDDPG(AMCAgent, DDPG):

@@ -26,9 +26,10 @@ from autoprune.agents.rl.amc import AGENT_CLASSES, TruncatedNormalNoise, set_epi
 from autoprune.agents.rl.checkpoint import load_checkpoint, save_checkpoint
 from autoprune.agents.rl.config import RLConfig
 from autoprune.agents.rl.policy_io import PolicyMeta, load_policy
-from autoprune.agents.search_log import Best, EpisodeLog
+from autoprune.agents.search_log import Best, EpisodeLog, SearchResult, progress_bar
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import Scorer, require_scorer
 from autoprune.envs import ChannelPruningEnv
 from autoprune.envs.channel_pruning import rollout
 from autoprune.envs.multi import MultiModelEnv
@@ -71,24 +72,6 @@ class Finished:
     eval_seconds: float = 0.0
 
 
-@dataclass
-class SearchResult:
-    best: Best
-    episodes: int
-    seconds: float
-    eval_seconds: float
-    policy_path: Path | None = None
-    policy_score: float = -float("inf")  # the kept policy's noise-free episode reward
-    policy_episode: int = -1
-    bests: list[Best] | None = None  # per problem, for a multi-model search
-    policy_distilled: bool = False  # the kept policy was fitted onto the best episode (and plays it)
-
-    @property
-    def allocation(self) -> Allocation:
-        assert self.best.allocation is not None
-        return self.best.allocation
-
-
 class RLSearch:
     """Allocator that learns a policy by RL and returns the best allocation it evaluated."""
 
@@ -115,8 +98,8 @@ class RLSearch:
     def seed(self, value: int) -> None:
         self.config = RLConfig(**{**asdict(self.config), "seed": int(value)})
 
-    def allocate(self, problem: PruningProblem) -> Allocation:
-        return self.search(problem).allocation
+    def allocate(self, problem: PruningProblem, scorer: Scorer | None = None) -> Allocation:
+        return self.search(problem, require_scorer(scorer, self.name)).allocation
 
     def _build(self, env: ChannelPruningEnv | MultiModelEnv):
         c = self.config
@@ -129,7 +112,7 @@ class RLSearch:
             imitation=c.imitation, imitation_top=c.imitation_top,
             buffer_size=max(1, c.replay_episodes * max(e.n for e in envs)), learning_starts=warmup_steps,
             batch_size=c.batch_size, tau=c.tau, gamma=c.gamma, train_freq=(1, "episode"),
-            gradient_steps=max(1, int(round(c.updates_per_step * n))), policy_kwargs={"net_arch": list(c.hidden)},
+            gradient_steps=-1, updates_per_step=c.updates_per_step, policy_kwargs={"net_arch": list(c.hidden)},
             seed=c.seed, device="cpu", verbose=0)
         if c.algo != "sac":
             kwargs["action_noise"] = TruncatedNormalNoise(c.noise_sigma, c.seed)
@@ -193,12 +176,12 @@ class RLSearch:
         """Run one episode with the current actor (noise-free every ``eval_every``-th) and store its transitions."""
         n = env.steps_of(episode) if isinstance(env, MultiModelEnv) else env.n  # models differ in group count
         noise_free = self._is_noise_free(episode)
-        self.model.noise_free = noise_free
         acting = self._policy_bytes() if noise_free else None  # learn() may update the actor after the episode
         sigma = self.model.action_noise.sigma if self.model.action_noise is not None else None
         explore = None if self.model.num_timesteps < self.model.learning_starts else (0.0 if noise_free else sigma)
         first = self.model.replay_buffer.pos
-        self.model.learn(total_timesteps=n, reset_num_timesteps=False, callback=callback, log_interval=None)
+        with self.model.acting(noise_free):
+            self.model.learn(total_timesteps=n, reset_num_timesteps=False, callback=callback, log_interval=None)
         if noise_free and self.model.action_noise is not None:  # evaluation episodes do not decay exploration
             self.model.action_noise.sigma = sigma
         reward, info = callback.finished.pop()
@@ -208,8 +191,6 @@ class RLSearch:
     def _episode(self, env, episode: int, callback: EpisodeEnd, eval_clock: Callable[[], float]) -> "Finished":
         """AMC's loop: one episode, scored at its last step, then ``updates_per_step`` x steps gradient steps."""
         t0, e0 = time.perf_counter(), eval_clock()
-        n = env.steps_of(episode) if isinstance(env, MultiModelEnv) else env.n
-        self.model.gradient_steps = max(1, int(round(self.config.updates_per_step * n)))
         ep = self._collect(env, episode, callback)
         ep.seconds, ep.eval_seconds = time.perf_counter() - t0, eval_clock() - e0
         return ep
@@ -219,31 +200,29 @@ class RLSearch:
         pool, then one update of ``count`` x ``updates_per_step`` x steps gradient steps: the same number of
         updates per transition as the one-episode loop, applied once per round instead of after each episode."""
         t0 = time.perf_counter()
-        steps = max(1, int(round(self.config.updates_per_step * env.n)))
-        self.model.gradient_steps = 0  # collect only: learn after the round is scored
         env.evaluate = False
         try:
-            finished = [self._collect(env, e, callback) for e in range(first, first + count)]
+            with self.model.collecting():  # learn after the round is scored
+                finished = [self._collect(env, e, callback) for e in range(first, first + count)]
         finally:
             env.evaluate = True
-        problem = env.problem
-        scores = problem.score_many([ep.info["allocation"] for ep in finished])
+        env.scorer.score_many([ep.info["allocation"] for ep in finished])  # on the pool, all at once
         buffer = self.model.replay_buffer
-        for ep, score in zip(finished, scores):
-            if ep.info.get("target") is not None:  # budget-conditioned: the reference is uniform's at this target
-                problem.target = ep.info["target"]
-            ep.reward, acc = env.reward_of(ep.info["allocation"])
-            ep.info.update(accuracy=acc, score=score)
-            set_episode_reward(buffer, ep.first, ep.steps, ep.reward, self.config.credit)
+        for ep in finished:
+            # budget-conditioned: the reference is uniform's at the episode's own target
+            at = env.base.with_target(ep.info["target"]) if env.base.target_range is not None else env.base
+            ep.reward, score = env.reward_of(ep.info["allocation"], at)
+            ep.info.update(accuracy=score.value, score=score)
+            set_episode_reward(buffer, ep.first, ep.steps, ep.reward)
         if self.model.num_timesteps > self.model.learning_starts:
-            self.model.train(gradient_steps=steps * count, batch_size=self.model.batch_size)
+            self.model.train(gradient_steps=env.n * count, batch_size=self.model.batch_size)
         seconds = (time.perf_counter() - t0) / count
         for ep in finished:
             ep.seconds = seconds  # the round's wall time, shared; adaptive-BN time is spent in the workers
         return finished
 
-    def search(self, problem: PruningProblem | list[PruningProblem], run_dir: str | Path | None = None,
-               resume: bool = False, progress: bool = False,
+    def search(self, problem: PruningProblem | list[PruningProblem], scorer: Scorer | list[Scorer],
+               run_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
                on_episode: Callable[[int, float, dict], None] | None = None) -> SearchResult:
         """Run (or continue) the search; a list of problems (several models) trains one policy on all of
         them, episode ``e`` on problem ``e % len``, each logged in its own ``run_dir/<i>-<group count>g/``.
@@ -255,7 +234,10 @@ class RLSearch:
         c = self.config
         run_dir = Path(run_dir) if run_dir is not None else None
         problems = problem if isinstance(problem, list) else [problem]
-        envs = [ChannelPruningEnv(p, reward=c.reward, action=c.action) for p in problems]
+        scorers = scorer if isinstance(scorer, list) else [scorer]
+        if len(scorers) != len(problems):
+            raise ValueError(f"{len(problems)} problems but {len(scorers)} scorers")
+        envs = [ChannelPruningEnv(p, sc, reward=c.reward, action=c.action) for p, sc in zip(problems, scorers)]
         state = None
         if resume and run_dir is not None:
             probe = envs[0] if len(envs) == 1 else MultiModelEnv(envs)
@@ -271,8 +253,8 @@ class RLSearch:
             self.model = loaded[0]
             if env is not probe:
                 self.model.set_env(env)
-            for p, cache in zip(problems, state.get("caches") or [state["cache"]]):
-                p.restore_cache(cache)
+            for sc, cache in zip(scorers, state["caches"]):
+                sc.restore_cache(cache)
         # SB3's logger: actor / critic losses next to the episode scalars in tb/ (nothing without a run folder)
         # (configure(None, []) would still create a /tmp/SB3-<date> folder: a bare Logger writes nowhere)
         self.model.set_logger(configure(str(run_dir / "tb"), ["tensorboard"]) if run_dir is not None
@@ -281,79 +263,73 @@ class RLSearch:
         self.best_trajectory = (state or {}).get("best_trajectory")  # the best episode's states and actions
         log_dirs = ([run_dir] * len(problems) if len(problems) == 1 or run_dir is None
                     else [run_dir / f"{i}-{len(p.structure.groups)}g" for i, p in enumerate(problems)])
-        logs = [EpisodeLog(d, p.structure, start_episode=start) for d, p in zip(log_dirs, problems)]
+        logs = [EpisodeLog(d, p.structure, start_episode=start, score_kind=sc.evaluator.kind)
+                for d, p, sc in zip(log_dirs, problems, scorers)]
         if state is not None:
-            for lg, best in zip(logs, state.get("bests") or [state["best"]]):
+            for lg, best in zip(logs, state["bests"]):
                 lg.best = Best.from_state(best)
         callback = EpisodeEnd(self.model.action_noise, c.noise_decay, self.model.learning_starts)
-        timings = [getattr(p.evaluator, "timing", None) for p in problems]
 
-        def eval_clock() -> float:
-            return sum(t.calibrate + t.evaluate for t in timings if t is not None)
+        def eval_clock() -> float:  # seconds spent scoring in this process
+            return sum(sc.seconds for sc in scorers)
 
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=c.episodes, initial=start, desc=f"search ({c.algo})", unit="ep", dynamic_ncols=True)
         eval_total = state.get("eval_elapsed", 0.0) if state else 0.0  # both totals span resumes
-        workers = problems[0].pool.workers if problems[0].pool is not None else 1
+        workers = scorers[0].workers
         if workers > 1 and len(problems) > 1:
             raise AutopruneError("--workers with --more-models is not supported yet: run one model per search")
         try:
-            episode = start
-            while episode < c.episodes:
-                count = min(workers, c.episodes - episode)
-                if workers == 1:
-                    finished = [self._episode(env, episode, callback, eval_clock)]
-                else:
-                    finished = self._parallel_round(env, episode, count, callback)
-                self.model.logger.dump(step=episode + count - 1)
-                for ep in finished:
-                    eval_total += ep.eval_seconds
-                    elapsed += ep.seconds
-                    log = logs[ep.episode % len(logs)]
-                    if log.record(ep.episode, ep.reward, ep.info, noise=ep.explore, seconds=ep.seconds,
-                                  eval_seconds=ep.eval_seconds) and len(logs) == 1:
-                        self.best_trajectory = self._trajectory(ep)
-                    if ep.acting is not None and ep.reward > self.best_policy["score"]:
-                        self.best_policy = {"score": float(ep.reward), "episode": ep.episode, "zip": ep.acting}
-                    if on_episode is not None:
-                        on_episode(ep.episode, ep.reward, ep.info)
-                    if bar is not None:
+            with progress_bar(c.episodes, start, f"search ({c.algo})", progress) as bar:
+                episode = start
+                while episode < c.episodes:
+                    count = min(workers, c.episodes - episode)
+                    if workers == 1:
+                        finished = [self._episode(env, episode, callback, eval_clock)]
+                    else:
+                        finished = self._parallel_round(env, episode, count, callback)
+                    self.model.logger.dump(step=episode + count - 1)
+                    for ep in finished:
+                        eval_total += ep.eval_seconds
+                        elapsed += ep.seconds
+                        log = logs[ep.episode % len(logs)]
+                        if log.record(ep.episode, ep.reward, ep.info, noise=ep.explore, seconds=ep.seconds,
+                                      eval_seconds=ep.eval_seconds) and len(logs) == 1:
+                            self.best_trajectory = self._trajectory(ep)
+                        if ep.acting is not None and ep.reward > self.best_policy["score"]:
+                            self.best_policy = {"score": float(ep.reward), "episode": ep.episode, "zip": ep.acting}
+                        if on_episode is not None:
+                            on_episode(ep.episode, ep.reward, ep.info)
                         bar.update(1)
                         if log.best.info.get("accuracy") is not None:
                             bar.set_postfix(best=f"{100 * log.best.info['accuracy']:.2f}%", refresh=False)
-                every = max(1, c.checkpoint_every)
-                done = episode + count
-                if run_dir is not None and (done // every > episode // every or done == c.episodes):
-                    save_checkpoint(run_dir / "checkpoints", done, self.model,
-                                    {"best": logs[0].best.to_state(), "cache": problems[0].cache_state(),
-                                     "bests": [lg.best.to_state() for lg in logs],
-                                     "caches": [p.cache_state() for p in problems], "elapsed": elapsed,
-                                     "eval_elapsed": eval_total, "best_policy": self.best_policy,
-                                     "best_trajectory": self.best_trajectory})
-                episode = done
+                    every = max(1, c.checkpoint_every)
+                    done = episode + count
+                    if run_dir is not None and (done // every > episode // every or done == c.episodes):
+                        save_checkpoint(run_dir / "checkpoints", done, self.model,
+                                        {"bests": [lg.best.to_state() for lg in logs],
+                                         "caches": [sc.cache_state() for sc in scorers], "elapsed": elapsed,
+                                         "eval_elapsed": eval_total, "best_policy": self.best_policy,
+                                         "best_trajectory": self.best_trajectory})
+                    episode = done
         finally:
-            if bar is not None:
-                bar.close()
             for lg in logs:
                 lg.close()
             self.model.logger.close()
-        policy_path = None
-        if run_dir is not None:
-            self.model.save(run_dir / "final_policy.zip")
-        kept = dict(self.best_policy)
+        final = self._policy_bytes()  # before distillation moves the actor
         distilled = self._distil(envs[0], logs[0].best) if c.distil_best and len(problems) == 1 else None
+        kept = self.best_policy
         if distilled is not None:  # it plays the best allocation, so it scores the best episode's reward
             kept = {"score": float(logs[0].best.info["reward"]), "episode": logs[0].best.episode, "zip": distilled}
-        if run_dir is not None:
-            policy_path = run_dir / "policy.zip"
-            if distilled is not None and self.best_policy["zip"] is not None:  # what the search's own episodes kept
-                (run_dir / "noise_free_policy.zip").write_bytes(self.best_policy["zip"])
-            if kept["zip"] is not None:
-                policy_path.write_bytes(kept["zip"])
-            else:  # no noise-free episode ran (episodes <= warm-up + eval_every - 1): the final actor
-                self.model.save(policy_path)
-        return SearchResult(logs[0].best, c.episodes, elapsed, eval_total, policy_path, kept["score"],
-                            kept["episode"], [lg.best for lg in logs], policy_distilled=distilled is not None)
+        policy_path = self._write_policies(run_dir, final, kept, distilled is not None) if run_dir else None
+        return SearchResult(logs[0].best, c.episodes, elapsed, eval_total, logs[0].rewards, logs[0].noise_free,
+                            policy_path, kept["score"], kept["episode"], [lg.best for lg in logs],
+                            policy_distilled=distilled is not None)
+
+    def _write_policies(self, run_dir: Path, final: bytes, kept: dict, distilled: bool) -> Path:
+        """``final_policy.zip`` (the last actor), ``policy.zip`` (the kept one; the last actor when no
+        noise-free episode ran) and, when the kept one was distilled, ``noise_free_policy.zip`` (the best
+        actor of the search's own noise-free episodes)."""
+        (run_dir / "final_policy.zip").write_bytes(final)
+        if distilled and self.best_policy["zip"] is not None:
+            (run_dir / "noise_free_policy.zip").write_bytes(self.best_policy["zip"])
+        (run_dir / "policy.zip").write_bytes(kept["zip"] if kept["zip"] is not None else final)
+        return run_dir / "policy.zip"

@@ -1,8 +1,8 @@
-"""``PruningProblem``: one model, one budget, one scorer -- what every allocator is handed."""
+"""``PruningProblem``: one model and one budget -- the value every allocator is handed."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -15,52 +15,40 @@ from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
 
 
-@dataclass(frozen=True)
-class Score:
-    """An adaptive-BN score: accuracy on ``images`` held-out images; ``partial`` when stopped early."""
-
-    accuracy: float
-    images: int
-    partial: bool = False
-
-
 METRICS = ("macs", "params", "latency")
 
 
-@dataclass
+class LatencyModel(Protocol):
+    """Predicted seconds of a pruned model from its keep counts (``autoprune.deploy.latency.LatencyTable``)."""
+
+    dense: float
+
+    def predict(self, counts: Sequence[int] | np.ndarray) -> float:
+        ...
+
+
+@dataclass(frozen=True, eq=False)
 class PruningProblem:
     """Prune ``structure.model`` to ``target`` x its dense cost (``metric``: "macs", "params", or
     "latency" predicted by ``latency``, a lookup table with ``predict(counts)`` and ``dense``,
     e.g. ``autoprune.deploy.latency.latency_table``).
 
-    ``evaluator`` scores a pruned copy (adaptive-BN accuracy on the held-out split); ``score``
-    prunes with ``criterion`` and caches by allocation, so no allocation is evaluated twice.
-    Keep ratios per group are bounded to [``min_keep``, ``max_keep``].
-
-    ``early_stop`` (searches only): a candidate is scored against the best full score so far and
-    stopped once it surely cannot beat it (``AdaptiveBNEvaluator.score``); its partial estimate is
-    returned and flagged in ``last_score``, and never becomes the best (it is below it by design).
+    A value: what to prune and to what budget, never who scores it (``autoprune.core.scoring.Scorer``).
+    Channels are chosen by ``criterion`` (on ``calib_batches`` for data-dependent criteria); keep
+    ratios per group are bounded to [``min_keep``, ``max_keep``]. ``target_range``: a
+    budget-conditioned search samples each episode's target from it (``with_target``).
     """
 
     structure: ModelStructure
     target: float
     metric: str = "macs"
-    evaluator: Callable[[nn.Module], float] | None = None
     criterion: str = "l1"
     calib_batches: Sequence[torch.Tensor] | None = None
     min_keep: float = 0.2
     max_keep: float = 1.0
     round_to: int = 1
-    early_stop: bool = False
-    latency: Any = None  # LatencyTable for metric="latency"
-    # budget-conditioned search: each episode of ChannelPruningEnv samples ``target`` from this range
+    latency: LatencyModel | None = None  # for metric="latency"
     target_range: tuple[float, float] | None = None
-    # parallel scoring (e.g. ``autoprune.train.ray_pool.RayScoringPool``): ``score(keys, must_beat)``
-    # returns one Score per keep-count tuple; ``score_many`` sends it every uncached candidate at once
-    pool: Any = None
-    _cache: dict[tuple[int, ...], Score] = field(default_factory=dict, repr=False)
-    best_full: float = field(default=-float("inf"), repr=False)
-    last_score: Score | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -112,65 +100,13 @@ class PruningProblem:
     def pruned_model(self, allocation: Allocation) -> nn.Module:
         return prune(self.structure, allocation, self.criterion, self.calib_batches)
 
-    def cache_state(self) -> dict[tuple[int, ...], Score]:
-        """The scores so far (kept in search checkpoints so a resumed search re-scores nothing)."""
-        return dict(self._cache)
-
-    def restore_cache(self, entries: dict[tuple[int, ...], Score | float]) -> None:
-        """Reload ``cache_state()`` output (plain floats from older checkpoints are full scores)."""
-        for key, value in entries.items():
-            score = value if isinstance(value, Score) else Score(float(value), 0)
-            self._cache[key] = score
-            if not score.partial:
-                self.best_full = max(self.best_full, score.accuracy)
-
     def key(self, allocation: Allocation) -> tuple[int, ...]:
-        """The score cache's key: the allocation's keep counts."""
+        """An allocation's keep counts: what identifies a candidate (score caches are keyed by it)."""
         return tuple(int(k) for k in allocation.counts(self.structure))
 
-    def _needs_scoring(self, key: tuple[int, ...]) -> bool:
-        cached = self._cache.get(key)
-        return cached is None or (cached.partial and not self.early_stop)
-
-    def _must_beat(self) -> float | None:
-        return self.best_full if self.early_stop and self.best_full > -float("inf") else None
-
-    def _store(self, key: tuple[int, ...], score: Score) -> Score:
-        self._cache[key] = score
-        if not score.partial:
-            self.best_full = max(self.best_full, score.accuracy)
-        return score
-
-    def score(self, allocation: Allocation) -> float:
-        """Adaptive-BN accuracy of ``allocation`` (cached); see ``last_score`` for how many images."""
-        if self.evaluator is None:
-            raise AutopruneError("this problem has no evaluator: pass held-out data")
-        key = self.key(allocation)
-        if self._needs_scoring(key):
-            model = self.pruned_model(allocation)
-            if hasattr(self.evaluator, "score"):
-                self._store(key, self.evaluator.score(model, self._must_beat()))
-            else:  # any callable scorer: full scores, image count unknown
-                self._store(key, Score(float(self.evaluator(model)), 0))
-        self.last_score = self._cache[key]
-        return self.last_score.accuracy
-
-    def score_many(self, allocations: Sequence[Allocation]) -> list[Score]:
-        """Score several allocations, in parallel on ``pool`` when there is one (same cache as ``score``).
-
-        Early stopping compares every candidate of the batch with the best full score known when the
-        batch is sent, so a batch may stop fewer candidates early than one-by-one scoring would.
-        """
-        keys = [self.key(a) for a in allocations]
-        todo = list(dict.fromkeys(k for k in keys if self._needs_scoring(k)))
-        if todo and self.pool is not None:
-            for key, score in zip(todo, self.pool.score(todo, self._must_beat())):
-                self._store(key, score)
-        else:
-            for key, alloc in zip(keys, allocations):
-                if key in todo:
-                    self.score(alloc)
-        return [self._cache[k] for k in keys]
+    def with_target(self, target: float) -> "PruningProblem":
+        """The same problem at another budget (budget-conditioned episodes, reports at several targets)."""
+        return replace(self, target=target)
 
 
 def fill_to_budget(problem: PruningProblem, counts: np.ndarray, order: Sequence[int] | None = None) -> np.ndarray:

@@ -23,6 +23,7 @@ from autoprune.core.allocation import Allocation
 from autoprune.core.criteria import group_scores
 from autoprune.core.io import load_model
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import Scorer
 from autoprune.core.prune import channels_to_remove
 from autoprune.deploy.latency import latency_table
 from autoprune.errors import AutopruneError
@@ -125,14 +126,12 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
     record["dense"].update(macs=structure.dense_macs, params=structure.dense_params)
     latency = (latency_table(structure, cfg.latency_batch, cfg.latency_precision, cfg.round_to)
                if cfg.metric == "latency" else None)
-    pool = None
+    base = PruningProblem(structure, cfg.targets[0], metric=cfg.metric, criterion=cfg.criterion, latency=latency,
+                          calib_batches=calib, min_keep=cfg.min_keep, max_keep=cfg.max_keep, round_to=cfg.round_to)
+    # one scorer (and pool) for every target; allocators run on rank 0 only
+    scorer = Scorer(base, evaluator, pool=cfg.parallel.pool(base, evaluator) if main else None)
     for target in cfg.targets:
-        problem = PruningProblem(structure, target, metric=cfg.metric, evaluator=evaluator, criterion=cfg.criterion,
-                                 latency=latency,
-                                 calib_batches=calib, min_keep=cfg.min_keep, max_keep=cfg.max_keep,
-                                 round_to=cfg.round_to)
-        if main:  # one pool for every target; allocators run on rank 0 only
-            pool = problem.pool = pool if pool is not None else cfg.parallel.attach(problem)
+        problem = base.with_target(target)
         for spec, method in zip(cfg.allocators, method_labels(cfg.allocators)):
             reuse: tuple[Allocation, float] | None = None
             for seed in cfg.seeds:
@@ -151,7 +150,7 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                     folder = out / "allocators" / f"{_slug(method)}_t{target:g}_s{seed}"
                     allocator = build_allocator(spec, seed, folder)
                     log(f"[{target:g}] {method} seed {seed}: allocating")
-                    alloc = allocator.allocate(problem)
+                    alloc = allocator.allocate(problem, scorer)
                     if getattr(allocator, "rows", None) and getattr(allocator, "output_dir", None):
                         from autoprune.experiments.plots import plot_sensitivity
 
@@ -165,7 +164,7 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                 if not within:  # keep the row (hours of work elsewhere in the run) but say so
                     log(f"warning: allocator '{method}' missed the budget at target {target:g} "
                         f"({problem.cost(alloc.counts(structure)) / problem.dense_cost:.4f} of dense)")
-                abn = problem.score(alloc)
+                abn = scorer.value(alloc)
                 if main:
                     alloc.save(alloc_file, structure, method=method, spec=spec, target=target, seed=seed,
                                adaptive_bn_acc=abn, alloc_seconds=alloc_seconds)
@@ -197,8 +196,8 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                         "wall_seconds": alloc_seconds + time.perf_counter() - t1})
                     save_results(cfg, record)
                     log(f"    test {100 * test_acc:.2f}% ({evaluator.label} before: {100 * abn:.2f}%)")
-    if pool is not None:
-        pool.close()
+    if scorer.pool is not None:
+        scorer.pool.close()
     return record
 
 

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from autoprune.core.problem import Score
+from autoprune.core.scoring import Score
 from autoprune.train.precision import Precision, resolve_precision
 
 
@@ -22,7 +22,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
              precision: str | Precision = "fp32") -> float:
     """Top-1 accuracy (fraction) of ``model`` in eval mode on pre-normalised tensors."""
-    return top1(model, x, y, batch_size, resolve_precision(precision, x.device)).accuracy
+    return top1(model, x, y, batch_size, resolve_precision(precision, x.device)).value
 
 
 @torch.no_grad()
@@ -106,6 +106,7 @@ class AdaptiveBNEvaluator:
         self.eval_batch_size = eval_batch_size
         self.timing = EvalTiming()
         self.label = "adaptive-BN"  # how reports name this score
+        self.kind = "adaptive-bn"  # its --score value
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Bring ``model`` (in place) to the state that is scored: here, BN recalibrated."""
@@ -114,7 +115,7 @@ class AdaptiveBNEvaluator:
         return model
 
     def __call__(self, model: nn.Module) -> float:
-        return self.score(model).accuracy
+        return self.score(model).value
 
     def score(self, model: nn.Module, must_beat: float | None = None) -> Score:
         """Recalibrate, then score; with ``must_beat``, stop early once the model surely cannot reach it."""

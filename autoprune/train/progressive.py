@@ -38,6 +38,7 @@ from autoprune.core.criteria import group_scores
 from autoprune.core.io import load_pruned, save_pruned
 from autoprune.core.legal import bisect, legal_step
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import Scorer
 from autoprune.core.prune import channels_to_remove
 from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
@@ -180,11 +181,11 @@ class ProgressivePruner:
             self._evaluator = AdaptiveBNEvaluator(self._calib, vx, vy, precision=self.precision)
         return self._calib
 
-    def _problem(self, structure: ModelStructure, target: float) -> PruningProblem:
+    def _problem(self, structure: ModelStructure, target: float) -> tuple[PruningProblem, Scorer]:
         self._calibration()
-        return PruningProblem(structure, target=target, metric="macs", evaluator=self._evaluator,
-                              criterion=self.criterion, calib_batches=self._calib, min_keep=self.min_keep,
-                              round_to=self.round_to)
+        problem = PruningProblem(structure, target=target, metric="macs", criterion=self.criterion,
+                                 calib_batches=self._calib, min_keep=self.min_keep, round_to=self.round_to)
+        return problem, Scorer(problem, self._evaluator)
 
     def prune(self, step: int) -> tuple[nn.Module, torch.optim.Optimizer] | None:
         """Cut the current model to the schedule's target at ``step``."""
@@ -198,7 +199,7 @@ class ProgressivePruner:
             if self.trajectory == "final":
                 counts = self.trajectory_counts(structure, planned)
             elif relative < 1.0:
-                counts = self.allocator.allocate(self._problem(structure, relative)).counts(structure)
+                counts = self.allocator.allocate(*self._problem(structure, relative)).counts(structure)
             else:
                 counts = np.array([g.channels for g in structure.groups])
             if not any(int(k) < g.channels for g, k in zip(structure.groups, counts)):
@@ -222,7 +223,7 @@ class ProgressivePruner:
         """Trajectory ``final``: the allocator decides every group's final width once, on the original model."""
         if self.final_widths is None:
             def decide() -> dict[str, int]:
-                counts = self.allocator.allocate(self._problem(self.original, self.schedule.final)).counts(self.original)
+                counts = self.allocator.allocate(*self._problem(self.original, self.schedule.final)).counts(self.original)
                 return {g.name: int(k) for g, k in zip(self.original.groups, counts)}
 
             self.final_widths = distributed.from_main(decide)

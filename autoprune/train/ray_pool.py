@@ -15,8 +15,9 @@ from typing import Sequence
 import torch
 
 from autoprune.core.allocation import Allocation
-from autoprune.core.problem import PruningProblem, Score
+from autoprune.core.problem import PruningProblem
 from autoprune.core.prune import prune
+from autoprune.core.scoring import Score
 from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
 from autoprune.train.evaluator import AdaptiveBNEvaluator
@@ -60,13 +61,15 @@ class ScoreWorker:
 
 
 class RayScoringPool:
-    """``workers`` Ray actors scoring for one ``PruningProblem`` (set as its ``pool``), ``threads`` torch
-    threads each (default: the local cores shared out, or 1 per actor on a cluster)."""
+    """``workers`` Ray actors scoring allocations of one ``PruningProblem`` with ``evaluator`` (a
+    ``Scorer``'s pool), ``threads`` torch threads each (default: the local cores shared out, or 1 per
+    actor on a cluster)."""
 
-    def __init__(self, problem: PruningProblem, workers: int, address: str | None = None, threads: int | None = None):
+    def __init__(self, problem: PruningProblem, evaluator: AdaptiveBNEvaluator, workers: int,
+                 address: str | None = None, threads: int | None = None):
         if workers < 1:
             raise AutopruneError(f"--workers {workers} must be at least 1")
-        ev = problem.evaluator
+        ev = evaluator
         if type(ev) is not AdaptiveBNEvaluator:  # workers rebuild exactly this evaluator
             raise AutopruneError("parallel scoring (--workers) supports the adaptive-BN score only: "
                                  "drop --workers, or use --score adaptive-bn")
@@ -102,11 +105,11 @@ class RayScoringPool:
         self._actors = []
 
 
-def scoring_pool(problem: PruningProblem, workers: int, address: str | None = None) -> RayScoringPool | None:
-    """Attach a Ray pool to ``problem`` when asked for (``workers > 1`` or a cluster address), else None."""
+def scoring_pool(problem: PruningProblem, evaluator: AdaptiveBNEvaluator, workers: int,
+                 address: str | None = None) -> RayScoringPool | None:
+    """A Ray pool when asked for (``workers > 1`` or a cluster address), else None (score in this process)."""
     if workers < 1:
         raise AutopruneError(f"--workers {workers} must be at least 1")
     if workers == 1 and address is None:
         return None
-    problem.pool = RayScoringPool(problem, workers, address)
-    return problem.pool
+    return RayScoringPool(problem, evaluator, workers, address)

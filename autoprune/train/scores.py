@@ -51,7 +51,8 @@ class FinetuneEvaluator(AdaptiveBNEvaluator):
         self.data, self.steps, self.seed = data, steps, seed
         per_epoch = -(-len(data.train) // BATCH)
         self.recipe = TrainRecipe(epochs=steps / per_epoch, lr=lr, batch_size=BATCH)
-        self.label = score_label(f"finetune:{steps}")
+        self.kind = f"finetune:{steps}"
+        self.label = score_label(self.kind)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         super().prepare(model)

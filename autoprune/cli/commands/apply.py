@@ -5,8 +5,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoprune.cli.targets import HELP as TARGET_HELP
-from autoprune.cli.targets import TargetOptions
+from autoprune.experiments.targets import HELP as TARGET_HELP
+from autoprune.experiments.targets import TargetOptions
 from autoprune.config import add_config_args, flat_config, nested, resolve_config, save_config
 from autoprune.runs import check_run_dir
 from autoprune.train.training import TrainRecipe
@@ -56,7 +56,6 @@ def run(args) -> None:
     from autoprune.agents.policy import PolicyAllocator
     from autoprune.agents.uniform import UniformAllocator
     from autoprune.core.cost import measure_cost
-    from autoprune.core.problem import PruningProblem
     from autoprune.train.artifacts import save_calibrated
     from autoprune.train.evaluator import accuracy
     from autoprune.train.training import train
@@ -66,9 +65,9 @@ def run(args) -> None:
     max_keep = cfg.max_keep if cfg.max_keep is not None else float(allocator.meta["max_keep"])
     ws = cfg.ws.open()
     structure = ws.structure()
-    calib = ws.data.calibration_batches(128, ws.device)
-    problem = PruningProblem(structure, target, metric, ws.evaluator() if cfg.evaluate else None, cfg.criterion,
-                             calib, min_keep, max_keep, cfg.round_to, latency=cfg.target.table(structure, cfg.round_to))
+    calib = ws.calibration()
+    problem = ws.problem(target, metric, criterion=cfg.criterion, min_keep=min_keep, max_keep=max_keep,
+                         round_to=cfg.round_to, latency=cfg.target.table(structure, cfg.round_to))
     allocation, latency_fit = cfg.target.fit(problem, allocator.allocate(problem))
     cost_ratio = problem.cost(allocation.counts(structure)) / problem.dense_cost
     pruned = problem.pruned_model(allocation)
@@ -81,8 +80,9 @@ def run(args) -> None:
                     "config": flat_config(cfg)}
     if cfg.evaluate:
         uniform = UniformAllocator().allocate(problem)
-        report["adaptive_bn_accuracy"] = problem.score(allocation)
-        report["uniform_adaptive_bn_accuracy"] = problem.score(uniform)
+        scorer = ws.scorer(problem)
+        report["adaptive_bn_accuracy"] = scorer.value(allocation)
+        report["uniform_adaptive_bn_accuracy"] = scorer.value(uniform)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     if cfg.finetune.epochs > 0:

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from autoprune.cli.targets import TargetOptions
+from autoprune.experiments.targets import TargetOptions
 from autoprune.config import add_config_args, flat_config, nested, resolve_resumable, save_config
 from autoprune.errors import AutopruneError
 from autoprune.experiments.plots import plot_channels_over_training, plot_schedule
@@ -152,20 +152,18 @@ class _Decided:
     def __init__(self, allocation):
         self.allocation = allocation
 
-    def allocate(self, problem):
+    def allocate(self, problem, scorer=None):
         return self.allocation
 
 
 def _latency_shape(cfg: ProgressiveConfig, ws, allocator):
     """(fixed allocator, its MACs fraction as the schedule's final target, (target options, latency table))."""
-    from autoprune.core.problem import PruningProblem
-
     options = TargetOptions(latency=cfg.latency, latency_batch=cfg.latency_batch,
                             latency_precision=cfg.latency_precision, latency_fit=cfg.latency_fit)
     structure = ws.structure()
     table = options.table(structure, cfg.round_to)
-    problem = PruningProblem(structure, cfg.latency, "latency", ws.evaluator(), cfg.criterion,
-                             ws.data.calibration_batches(128, ws.device), cfg.min_keep, 1.0, cfg.round_to, latency=table)
-    allocation, _ = options.fit(problem, allocator.allocate(problem))
+    problem = ws.problem(cfg.latency, "latency", criterion=cfg.criterion, min_keep=cfg.min_keep, round_to=cfg.round_to,
+                         latency=table)
+    allocation, _ = options.fit(problem, allocator.allocate(problem, ws.scorer(problem)))
     dense = copy.deepcopy(structure.model)  # the latency reference: training prunes ws.model in place
     return _Decided(allocation), allocation.macs(structure) / structure.dense_macs, (options, table, dense)
