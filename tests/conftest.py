@@ -56,9 +56,12 @@ def flop_counter_cost(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int
     which counts 2 FLOPs per multiply-accumulate, not from autoprune's own hooks."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
+    was_training = model.training
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.eval()(x)
+    finally:
+        model.train(was_training)
     ops = counter.get_flop_counts()["Global"]
     flops = sum(v for op, v in ops.items() if str(op).split(".")[1] in ("convolution", "addmm", "mm"))
     return flops // 2 // x.shape[0], sum(p.numel() for p in model.parameters())
@@ -66,17 +69,17 @@ def flop_counter_cost(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int
 
 @pytest.fixture
 def fake_clock(monkeypatch):
-    """Latency proportional to measured MACs (a deterministic stand-in for the clock), counting calls."""
+    """Latency proportional to MACs as torch's ``FlopCounterMode`` counts them (a deterministic stand-in for
+    the clock, independent of autoprune's own cost hooks), counting calls."""
     calls = []
 
-    def fake(model, x, precision="fp32", repeats=20, warmup=3):
+    def fake(model, x, precision="fp32", min_run_time=0.02):
         calls.append(1)
-        return 1e-9 * measure_cost(model, x)[0] * x.shape[0] + 1e-4
+        return 1e-9 * flop_counter_cost(model, x)[0] * x.shape[0] + 1e-4
 
-    from autoprune.core.cost import measure_cost
-    from autoprune.deploy import latency as lat
+    from autoprune.deploy import timing
 
-    monkeypatch.setattr(lat, "measure_latency", fake)
+    monkeypatch.setattr(timing, "measure_latency", fake)
     return calls
 
 
@@ -117,11 +120,11 @@ def blocked_clock(monkeypatch):
     channel count, as real conv kernels are. Counts its calls."""
     calls = []
 
-    def fake(model, x, precision="fp32", repeats=20, warmup=3):
+    def fake(model, x, precision="fp32", min_run_time=0.02):
         calls.append(1)
         return 1e-9 * blocked_macs(model, x) + 1e-4
 
-    from autoprune.deploy import latency as lat
+    from autoprune.deploy import timing
 
-    monkeypatch.setattr(lat, "measure_latency", fake)
+    monkeypatch.setattr(timing, "measure_latency", fake)
     return calls
