@@ -84,15 +84,26 @@ def _rows(run_dir):
         return list(csv.DictReader(f))
 
 
-def test_compare_writes_one_row_per_method_recipe_and_seed_at_the_budget(run_dir):
+def test_compare_writes_one_row_per_method_recipe_and_seed_at_the_budget(run_dir, tiny_setup):
+    from autoprune.core.allocation import Allocation
+    from autoprune.core.prune import prune
+
     rows = _rows(run_dir)
     assert {(r["method"], r["recipe"], r["seed"]) for r in rows} == {
         (m, rec, s) for m in ("uniform", "layer-stats", "global", "random") for rec in ("lr-rewind", "scratch-E") for s in ("0", "1")}
     record = json.loads((run_dir / "results.json").read_text())
+    model, data, evaluator = tiny_setup
+    structure = ModelStructure(model, torch.randn(1, 3, 8, 8))
+    n_test = len(data.tensors("test")[1])
+    assert len({r["abn_acc"] for r in rows if r["abn_acc"]}) > 1  # allocations score apart: the check below can fail
     for r in rows:
         assert 0.594 <= float(r["macs_ratio"]) <= 0.6 and r["within_budget"] == "True"
-        assert 0.0 <= float(r["test_acc"]) <= 1.0
+        assert float(r["test_acc"]) * n_test == pytest.approx(round(float(r["test_acc"]) * n_test))  # k of 100 images
         assert (r["abn_acc"] == "") == r["recipe"].startswith("scratch")
+        if r["abn_acc"]:  # the score of the row's allocation, pruned again here (L1) and scored again
+            ratios = record["allocations"][f"{r['method']}|0.6|{r['seed']}"].values()
+            alloc = Allocation.from_counts(structure, [round(k * g.channels) for k, g in zip(ratios, structure.groups)])
+            assert float(r["abn_acc"]) == pytest.approx(evaluator(prune(structure, alloc, "l1")), abs=1e-9)
         assert float(r["drop"]) == pytest.approx(100 * (record["dense"]["test_acc"] - float(r["test_acc"])))
     for name in ("report.md", "accuracy_vs_macs.png", "channels.png", "config.yaml"):
         assert (run_dir / name).stat().st_size > 100
