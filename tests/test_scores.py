@@ -78,7 +78,7 @@ def test_compare_scores_allocators_by_the_chosen_score(tmp_path, capsys):
         assert main(base + ["--score", score, "--output", str(out)]) == 0
         record = json.loads((out / "results.json").read_text())
         assert record["config"]["score"] == score
-        pre[score] = record["rows"][0]["abn_acc"]
+        pre[score] = record["rows"][0]["score"]
     report = (tmp_path / "finetune12" / "report.md").read_text()
     assert "12-step fine-tuned acc %" in report and "adaptive-BN acc %" not in report
     assert "adaptive-BN acc %" in (tmp_path / "adaptive-bn" / "report.md").read_text()
