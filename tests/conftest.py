@@ -68,10 +68,12 @@ def flop_counter_cost(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int
 
 
 @pytest.fixture
-def fake_clock(monkeypatch):
+def fake_clock(monkeypatch, tmp_path):
     """Latency proportional to MACs as torch's ``FlopCounterMode`` counts them (a deterministic stand-in for
-    the clock, independent of autoprune's own cost hooks), counting calls."""
+    the clock, independent of autoprune's own cost hooks), counting calls. Tables it times are cached in
+    the test's own folder: another test's clock never sees them."""
     calls = []
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
 
     def fake(model, x, precision="fp32", min_run_time=0.02):
         calls.append(1)
@@ -115,10 +117,11 @@ def blocked_macs(model: torch.nn.Module, x: torch.Tensor, block: int = 8) -> int
 
 
 @pytest.fixture
-def blocked_clock(monkeypatch):
+def blocked_clock(monkeypatch, tmp_path):
     """Latency proportional to channel-blocked MACs (``blocked_macs``, blocks of 8): a staircase in the
-    channel count, as real conv kernels are. Counts its calls."""
+    channel count, as real conv kernels are. Counts its calls; caches in the test's own folder."""
     calls = []
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
 
     def fake(model, x, precision="fp32", min_run_time=0.02):
         calls.append(1)

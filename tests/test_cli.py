@@ -16,6 +16,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_prune_then_evaluate_then_train(tmp_path, capsys):
     out = tmp_path / "p.pt"
     assert main(["prune", "--model", "resnet20", "--ratio", "0.5", "--output", str(out), "--calib-size", "128", *SYN]) == 0

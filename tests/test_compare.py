@@ -84,6 +84,7 @@ def _rows(run_dir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.xdist_group("compare-run")  # the module-scoped run_dir is built once
 def test_compare_writes_one_row_per_method_recipe_and_seed_at_the_budget(run_dir, tiny_setup):
     from autoprune.core.allocation import Allocation
     from autoprune.core.prune import prune
@@ -112,6 +113,7 @@ def test_compare_writes_one_row_per_method_recipe_and_seed_at_the_budget(run_dir
     assert "±" in report and "wins" in report
 
 
+@pytest.mark.xdist_group("compare-run")  # the module-scoped run_dir is built once
 def test_deterministic_allocators_give_the_same_allocation_for_every_seed(run_dir):
     def counts(name):
         return json.loads((run_dir / "allocations" / name).read_text())["groups"]
@@ -120,6 +122,7 @@ def test_deterministic_allocators_give_the_same_allocation_for_every_seed(run_di
     assert float(rows[0]["alloc_seconds"]) == float(rows[1]["alloc_seconds"])  # searched once
 
 
+@pytest.mark.xdist_group("compare-run")  # the module-scoped run_dir is built once
 def test_rerun_resumes_without_new_work_and_other_settings_are_refused(run_dir, tiny_setup):
     before = (run_dir / "results.json").read_text()
     record = _run(_config(run_dir), tiny_setup)

@@ -71,6 +71,7 @@ def test_search_saves_what_it_scored_tiny(tmp_path, capsys):
 
 
 @needs_shared
+@pytest.mark.slow
 def test_search_apply_prune_save_what_they_scored_and_never_open_test(tmp_path, capsys, cifar_slice):
     """ResNet-20 on real images; test/ holds only unreadable files, so any decode of it would fail."""
     data = f"imagefolder:{cifar_slice}"

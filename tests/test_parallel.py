@@ -14,7 +14,9 @@ from autoprune.cli.main import main
 from .conftest import RESNET20_CKPT
 
 ray = pytest.importorskip("ray", reason="the [distributed] extra is part of the test install")
-pytestmark = pytest.mark.skipif(not RESNET20_CKPT.exists(), reason="shared checkpoints not present")
+# one Ray session per worker: the module's tests stay together (pytest-xdist ``--dist loadgroup``)
+pytestmark = [pytest.mark.skipif(not RESNET20_CKPT.exists(), reason="shared checkpoints not present"),
+              pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 # a trained network on the synthetic images: candidates score differently (a random net ties them all)
 COMMON = ["--model", "resnet20", "--checkpoint", str(RESNET20_CKPT), "--data", "synthetic", "--val-size", "200",

@@ -164,6 +164,7 @@ KILLED_AFTER_SAVING = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("allocator", ["uniform", "allocation"])
+@pytest.mark.slow
 def test_killed_and_resumed_run_ends_with_the_same_allocation(tmp_path, allocator):
     args = TINY + ["--epochs", "4"]
     if allocator == "allocation":  # trajectory mode (the default for allocation:)
@@ -182,8 +183,8 @@ def test_killed_and_resumed_run_ends_with_the_same_allocation(tmp_path, allocato
 
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_SAVING, "8", "progressive", "--output", str(killed)] + args,
-                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    command = [sys.executable, "-c", KILLED_AFTER_SAVING, "8", "progressive", "--output", str(killed)] + args
+    proc = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
     assert proc.returncode == -signal.SIGKILL
     state = killed / "state.pt"
     assert state.exists() and not (killed / "model.pt").exists()

@@ -29,8 +29,8 @@ def _next_goal(rows: list[dict], target: float) -> float:
     return float(min(1.0, max(0.5 * x1, min(2.0 * x1, goal))))
 
 
-def fit_measured(problem: PruningProblem, allocation: Allocation, precision: Precision | str = "fp32", tolerance: float = 0.05,
-                 steps: int = 4, min_run_time: float = 0.5, rounds: int = 10,
+def fit_measured(problem: PruningProblem, allocation: Allocation, precision: Precision | str = "fp32",
+                 tolerance: float = 0.05, steps: int = 4, min_run_time: float = 0.5, rounds: int = 10,
                  reference: tuple[nn.Module, Sequence[int]] | None = None,
                  target: float | None = None) -> tuple[Allocation, list[dict]]:
     """The table predicts, the device decides: time ``allocation``'s pruned model against the dense

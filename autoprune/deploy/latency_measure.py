@@ -108,7 +108,8 @@ def _group_table(structure: ModelStructure, batch_size: int, precision: Precisio
             d.append(statistics.median(diffs))
         widths.append(ws)
         deltas.append(_isotonic(d))  # fewer channels never slower, within the measurements' noise
-    dense = statistics.median(dense_times) if dense_times else timing.measure_latency(structure.model, x, prec, min_run_time * rounds)
+    dense = (statistics.median(dense_times) if dense_times
+             else timing.measure_latency(structure.model, x, prec, min_run_time * rounds))
     table = LatencyTable(table_key(structure, batch_size, prec, round_to, points, "groups"), dense, widths, deltas)
     table.scale = _calibrate(structure, table, x, prec, round_to, min_run_time, rounds)
     return table

@@ -6,7 +6,6 @@ import statistics
 
 import torch
 import torch.nn as nn
-from torch.utils.benchmark import Timer
 
 from autoprune.train.precision import Precision, resolve_precision
 
@@ -16,6 +15,10 @@ def measure_latency(model: nn.Module, x: torch.Tensor, precision: Precision | st
     """Median seconds of one forward pass of ``x`` (eval mode, the precision's autocast and memory
     format) by ``torch.utils.benchmark``'s ``blocked_autorange``, at this process's thread count
     (``Timer`` would default to one). Timed on a copy: ``model`` itself is left as it was."""
+    # imported here: torch.utils.benchmark pulls in the C++ extension loader, which warns on import
+    # on machines with a CUDA toolkit but no GPU (every command would print it)
+    from torch.utils.benchmark import Timer
+
     prec = resolve_precision(precision, x.device)
     model = copy.deepcopy(model).eval().to(memory_format=prec.memory_format)
     x = x.contiguous(memory_format=prec.memory_format) if x.dim() == 4 else x
