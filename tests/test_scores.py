@@ -22,6 +22,7 @@ def test_score_spec_parsing():
             finetune_steps(bad)
 
 
+@pytest.mark.slow
 def test_finetune_score_trains_then_scores_deterministically(synthetic_bundle):
     torch.manual_seed(0)
     model = create_model("resnet20", 10)
@@ -43,6 +44,7 @@ def test_finetune_score_trains_then_scores_deterministically(synthetic_bundle):
     assert abn(copy.deepcopy(model)) != score
 
 
+@pytest.mark.slow
 def test_search_with_finetune_score_saves_the_scored_model(tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["search", "--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64",
