@@ -75,6 +75,23 @@ def test_layer_table_prices_channel_blocks(resnet20_structure, blocked_clock):
     assert worst_linear > 0.01  # interpolating the staircase is measurably wrong
 
 
+def test_measure_latency_times_a_copy_at_this_process_thread_count():
+    """The real clock: BatchNorm statistics and train mode of the model passed in are left alone, and the
+    forward passes run at the caller's thread count (``torch.utils.benchmark.Timer`` defaults to one)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    model.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))  # copied along with the model
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seconds = timing.measure_latency(model, torch.randn(2, 3, 16, 16), min_run_time=0.01)
+    finally:
+        torch.set_num_threads(threads)
+    assert 0 < seconds < 1 and seen and set(seen) == {2}
+    assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
 def test_paired_ratio_cancels_a_drifting_clock(monkeypatch):
     """A machine that slows down while it measures (seen: 16% within one run on a shared VM) moves
     both sides of a round alike: the paired ratio stays within one step's drift of the truth (0.5),
