@@ -1,4 +1,4 @@
-"""Latency budgets (issue 16): does the lookup table predict real latency, and does targeting
+"""Latency budgets: does the lookup table predict real latency, and does targeting
 latency beat targeting MACs at the same measured latency?
 
 Two parts, rows in ``bench/results/latency-budget.json``, resumable row by row. Timing needs an

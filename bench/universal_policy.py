@@ -1,4 +1,4 @@
-"""One policy for any model and budget (issue 15, point 5): train it, then measure it zero-shot and warm-started.
+"""One policy for any model and budget: train it, then measure it zero-shot and warm-started.
 
 Parts (rows in ``bench/results/universal-policy.json``; each part is resumable):
 

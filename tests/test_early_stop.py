@@ -1,5 +1,5 @@
 """Multi-fidelity scoring: a candidate that surely cannot beat the best stops early, and an early-stopped
-estimate is flagged and never reported as a full score (issue 12, point 4)."""
+estimate is flagged and never reported as a full score."""
 import csv
 import json
 

@@ -1,5 +1,5 @@
 """What a user takes home is what was scored: saved pruned models carry recalibrated BN, commands
-decode only the splits they use, and bad data is a one-line error (issue 10)."""
+decode only the splits they use, and bad data is a one-line error."""
 import json
 import subprocess
 import sys
