@@ -23,7 +23,7 @@ class PolicyAllocator:
         self.policy, self.meta = load_policy(self.path)
 
     def allocate(self, problem: PruningProblem, scorer: Scorer | None = None) -> Allocation:
-        env = ChannelPruningEnv(problem, evaluate=False, action=self.meta.get("action", "absolute"))
+        env = ChannelPruningEnv(problem, evaluate=False, action=self.meta["action"])
         if env.observation_space.shape != self.policy.observation_space.shape:
             raise AutopruneError(f"policy '{self.path}' expects observations of shape "
                                  f"{self.policy.observation_space.shape}, this env gives {env.observation_space.shape}")

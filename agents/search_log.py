@@ -38,7 +38,7 @@ class Best:
     @classmethod
     def from_state(cls, state: dict) -> "Best":
         keep = state.get("keep")
-        return cls(state["score"], state["episode"], None if keep is None else Allocation(keep), state.get("info", {}))
+        return cls(state["score"], state["episode"], None if keep is None else Allocation(keep), state["info"])
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Final quality (issue 13): does the learned budget win after real fine-tuning, and does the
+"""Final quality: does the learned budget win after real fine-tuning, and does the
 adaptive-BN proxy predict the fine-tuned ranking?
 
 Protocol (also written at the top of ``final-quality.md``):
@@ -167,7 +167,7 @@ class ModelBench:
                 # CPU seconds of the training (all threads): unaffected when the run is paused (SIGSTOP) for timings
                 "cpu_seconds": time.process_time() - c0, "torch_threads": torch.get_num_threads(),
                 "precision": self.ws.precision.name, "train_images": len(self.ws.data.train),
-                "cpu": machine()["cpu"],  # the grid spans sessions, and sessions land on different machines
+                "cpu": machine()["cpu"],  # the grid spans several runs, and runs land on different machines
                 # the dense checkpoint is rebuilt per machine (same recipe, not bit-identical): name it
                 "dense_test_acc": json.loads(finetuned_checkpoint(self.model).with_suffix(".json").read_text())["test_acc"]}
 

@@ -1,4 +1,4 @@
-"""Latency budgets (issue 16): does the lookup table predict real latency, and does targeting
+"""Latency budgets: does the lookup table predict real latency, and does targeting
 latency beat targeting MACs at the same measured latency?
 
 Two parts, rows in ``bench/results/latency-budget.json``, resumable row by row. Timing needs an
@@ -48,7 +48,7 @@ from autoprune.core.legal import bisect
 from autoprune.core.scoring import Scorer
 from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.structure import ModelStructure
-from autoprune.deploy.latency import fit_measured, latency_table, paired_ratio
+from autoprune.deploy.latency import fit_measured, latency_table, measure_latency, paired_ratio
 from autoprune.errors import AutopruneError
 from autoprune.models import create_model, model_info
 from autoprune.runs import write_json_atomic
@@ -66,9 +66,10 @@ SEARCH_SEEDS = (0, 1, 2)  # random-search seeds of the search part (one row per 
 PAIRED_224_64 = 20  # 224-px models at batch 64: ~1 s a pass here, fewer passes (noisier ratios)
 
 
-def _paired(model: str, batch: int) -> dict:
-    repeats = PAIRED_224_64 if batch == 64 and model.startswith("tv:") else PAIRED[batch]
-    return {"repeats": repeats, "rounds": 10 if repeats >= 50 else 5}
+def _paired(model: str, batch: int, seconds_per_pass: float) -> dict:
+    """Timing per side of a paired ratio: about ``PAIRED`` dense forward passes' worth of seconds."""
+    passes = PAIRED_224_64 if batch == 64 and model.startswith("tv:") else PAIRED[batch]
+    return {"min_run_time": passes * seconds_per_pass, "rounds": 10 if passes >= 50 else 5}
 
 
 def load() -> dict:
@@ -113,7 +114,7 @@ def predict(record: dict) -> None:
                 allocs[f"random{i}"] = Allocation.from_counts(s, random_feasible_counts(problem, rng))
             for name, alloc in allocs.items():
                 counts = alloc.counts(s)
-                fitted, steps = fit_measured(problem, alloc, "fp32", **_paired(model, batch))
+                fitted, steps = fit_measured(problem, alloc, "fp32", **_paired(model, batch, table.dense))
                 raw, kept = steps[0], min(steps, key=lambda r: abs(r["measured_ratio"] / target - 1))  # what fit_measured returns
                 predicted, ratio = raw["predicted_ratio"], raw["measured_ratio"]
                 record["predict"].append({
@@ -154,7 +155,7 @@ def search(record: dict) -> None:
         ref = lat_problem.pruned_model(Allocation.from_counts(structure, ref_counts))
         fitted, steps = fit_measured(lat_problem, Allocation.from_counts(structure, row["macs"]["counts"]), "fp32",
                                      tolerance=0.02, reference=(ref, ref_counts), target=1.0,
-                                     **_paired("resnet56", batch))
+                                     **_paired("resnet56", batch, table.dense))
         kept = min(steps, key=lambda r: abs(r["measured_ratio"] - 1))
         row["equal_speed"] = {
             "latency_adaptive_bn_accuracy": row["latency"]["adaptive_bn_accuracy"],
@@ -179,10 +180,11 @@ def _search_row(structure, table, lat_problem, scorer, calib, x, seed: int, batc
     for name, problem in (("latency", lat_problem), ("macs", macs_problem)):
         best = get_allocator("random", samples=50, seed=seed).allocate(problem, scorer)
         # both winners re-scaled to the latency target (--latency-fit), each timed against the dense model
-        fitted, steps = fit_measured(lat_problem, best, "fp32", **_paired("resnet56", batch))
+        fitted, steps = fit_measured(lat_problem, best, "fp32", **_paired("resnet56", batch, table.dense))
         counts = fitted.counts(structure)
         winners[name] = problem.pruned_model(fitted)
-        ratio, measured, dense = paired_ratio(winners[name], structure.model, x, "fp32", **_paired("resnet56", batch))
+        ratio, measured, dense = paired_ratio(winners[name], structure.model, x, "fp32",
+                                              **_paired("resnet56", batch, table.dense))
         row[name] = {"adaptive_bn_accuracy": scorer.value(fitted), "measured_ms": 1e3 * measured,
                      "dense_ms": 1e3 * dense, "before_fit": {
                          "adaptive_bn_accuracy": scorer.value(best), "measured_ratio": steps[0]["measured_ratio"],
@@ -193,7 +195,7 @@ def _search_row(structure, table, lat_problem, scorer, calib, x, seed: int, batc
                      "counts": [int(k) for k in counts]}
     # how far apart "within 5% of the target" leaves them: the two winners timed against each other
     row["latency_over_macs_time"] = paired_ratio(winners["latency"], winners["macs"], x, "fp32",
-                                                 **_paired("resnet56", batch))[0]
+                                                 **_paired("resnet56", batch, table.dense))[0]
     return row
 
 
@@ -206,6 +208,7 @@ def round_to(record: dict) -> None:
                 continue
             s = _structure(model)
             x = torch.randn(batch, *s.example_input.shape[1:])
+            paired = _paired(model, batch, measure_latency(s.model, x, "fp32"))
             for step in (1, 8, 16):
                 try:
                     alloc = uniform_allocation(PruningProblem(s, TARGET, round_to=step))
@@ -215,7 +218,7 @@ def round_to(record: dict) -> None:
                     continue
                 counts = alloc.counts(s)
                 remove = [list(range(g.channels - k)) for g, k in zip(s.groups, counts)]
-                ratio, measured, dense = paired_ratio(s.prune_copy(remove), s.model, x, "fp32", **_paired(model, batch))
+                ratio, measured, dense = paired_ratio(s.prune_copy(remove), s.model, x, "fp32", **paired)
                 record["round_to"].append({"model": model, "batch": batch, "round_to": step, "macs_target": TARGET,
                                            "macs_ratio": s.macs(counts) / s.dense_macs, "measured_ms": 1e3 * measured,
                                            "dense_ms": 1e3 * dense, "measured_ratio": ratio, "speedup": 1 / ratio})

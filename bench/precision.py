@@ -1,4 +1,4 @@
-"""Does bf16 change what autoprune measures, and what does it buy? (issue 12, points 1-3)
+"""Does bf16 change what autoprune measures, and what does it buy?
 
 Three parts, each a list of rows in ``bench/results/precision.json``, resumable row by row:
 

@@ -16,7 +16,7 @@ Arms (every one ends at the same MACs and trains the same number of epochs, exce
 * ``scratch-B``     same architecture, epochs / macs-ratio epochs (the compute of dense training)
 
 With a searched allocation per (target, seed) (``--searched``: by default the DDPG searches of
-``bench/final_quality.py``, the same held-out split and seed), issue 14's arms:
+``bench/final_quality.py``, the same held-out split and seed), the arms:
 
 * ``oneshot-searched``         one-shot prune to the searched allocation, LR rewinding (cosine from --lr)
 * ``prog-SHAPE-searched``      progressive, every cut heading for the searched shape (trajectory final)
@@ -24,7 +24,7 @@ With a searched allocation per (target, seed) (``--searched``: by default the DD
 * ``weight-rewind-searched``   the searched channels, their values rewound to --rewind-checkpoint, LR rewinding
 * ``scratch-B-searched``       the searched shape from random init, epochs / macs-ratio epochs, --scratch-lr
 
-``--full`` is issue 14's protocol: the whole training split minus the 2,000 held-out images of the
+``--full`` is the full protocol: the whole training split minus the 2,000 held-out images of the
 search, 6 epochs, seeds 0 1, 50% and 30% of MACs, lr 0.01, those arms plus ``tpf-rewind`` (one-shot
 uniform + LR rewinding) and ``prog-cubic`` (progressive uniform); results in ``progressive-full.json``.
 
@@ -32,7 +32,7 @@ Each arm reports test accuracy, training cost (sum over steps of batch forward M
 Results are appended to the JSON file after every arm; rerunning with the same ``--out`` skips the
 arms already done.
 
-    python -m bench.progressive --full           # issue 14's protocol (~8 h: 10-14 min per 6-epoch run, 1 thread)
+    python -m bench.progressive --full           # the full protocol (~8 h: 10-14 min per 6-epoch run, 1 thread)
     python -m bench.progressive                  # the first protocol (10k images, 3 epochs; ~1.7 h)
     python -m bench.progressive --quick          # smoke test (~1-2 min)
 """
@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prune-every", type=float, default=0.25, help="epochs between progressive cuts")
     p.add_argument("--final-share", type=float, default=0.25, help="share of training at the final width")
     p.add_argument("--arms", nargs="+", default=None, help="run only arms whose name starts with one of these")
-    p.add_argument("--full", action="store_true", help="issue 14's protocol (see the module docstring)")
+    p.add_argument("--full", action="store_true", help="the full protocol (see the module docstring)")
     p.add_argument("--scratch-lr", type=float, default=None, help="peak lr of the scratch arms (default: --lr)")
     p.add_argument("--searched", default=str(RESULTS / "final-quality" / "allocations"),
                    help="folder of searched allocations, MODEL_tTARGET_searched_sSEED.json")
@@ -207,7 +207,7 @@ class Bench:
         epochs = self.args.epochs / (alloc.macs(s) / s.dense_macs) if budget else self.args.epochs
         return model, self.fit(model, self.recipe(epochs, self.args.scratch_lr), seed).train_macs
 
-    # -- issue 14: arms around a searched allocation ------------------------------------------
+    # -- arms around a searched allocation ---------------------------------------------------
     def searched_path(self, target: float, seed: int) -> Path:
         return Path(self.args.searched) / f"{MODEL}_t{target:g}_searched_s{seed}.json"
 
@@ -328,14 +328,14 @@ def table(records: list[dict], dense_acc: float) -> list[dict]:
     return rows
 
 
-# issue 14's goals: each progressive arm heading for the searched shape, against these references
+# the goals: each progressive arm heading for the searched shape, against these references
 GOALS = {"oneshot-searched": "at least as accurate with fewer training MACs",
          "prog-cubic": "at least +1 point at 30% of MACs"}
 
 
 def goal_lines(out: dict, target: float) -> list[str]:
     """Paired-by-seed differences of the progressive-to-searched arms from their references, with the
-    training-MACs ratio: what issue 14's goals are judged on."""
+    training-MACs ratio: what the goals are judged on."""
     runs = [r for r in out["runs"] if r["target"] == target]
     acc = {(r["arm"], r["seed"]): 100 * r["test_acc"] for r in runs}
     macs = {(r["arm"], r["seed"]): r["train_macs"] for r in runs}
@@ -361,10 +361,10 @@ def missing_runs(out: dict) -> list[str]:
 
 
 def markdown(out: dict) -> str:
-    protocol = (__doc__.split("``--full`` is issue 14's protocol: ")[1].split("\n\n")[0].replace("\n", " ")
+    protocol = (__doc__.split("``--full`` is the full protocol: ")[1].split("\n\n")[0].replace("\n", " ")
                 if out["protocol"].get("full") else None)
     lines = [f"# Progressive vs train-prune-finetune ({MODEL})", "", f"`{out['command']}`", "",
-             *([f"Protocol (``--full``, issue 14): {protocol}", ""] if protocol else []),
+             *([f"Protocol (``--full``): {protocol}", ""] if protocol else []),
              f"dense test accuracy {100 * out['dense_test_acc']:.2f}% on {out['n_test']} test images; "
              f"{out['n_train']} training images; checkpoint `{out['checkpoint']}`; wall time with "
              f"{out['torch_threads']} torch thread(s)", "",

@@ -1,4 +1,4 @@
-"""Does the search's score predict the model after fine-tuning? (issue 13, point 3)
+"""Does the search's score predict the model after fine-tuning?
 
 ResNet-20 (JPEG-adapted checkpoint), random feasible allocations (seeded; 20 at 30% of MACs, 12 at
 50%), L1 criterion. For each allocation, on the same 2,000 held-out training images:

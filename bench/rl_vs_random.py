@@ -1,4 +1,4 @@
-"""The learned agent against EagleEye's random search at equal evaluations (issue 15).
+"""The learned agent against EagleEye's random search at equal evaluations.
 
 Grid: ResNet-20 and ResNet-56 (JPEG-adapted checkpoints) at 50% and 30% of MACs, seeds 0 1 2,
 100 episodes per search (30 of them random warm-up for the RL agents), the search defaults

@@ -7,7 +7,7 @@
 Suites measured here: ``engine`` (structure build, applying one allocation, analytical vs measured
 MACs), ``latency`` (dense vs physically pruned vs masked inference), ``evaluator`` (one adaptive-BN
 candidate vs its bare forward passes), ``episode`` (one RL search episode split into its parts).
-``search``, ``compare`` and ``progressive`` run those issues' protocols (bench/search.py,
+``search``, ``compare`` and ``progressive`` run those scripts' protocols (bench/search.py,
 bench/compare.py, bench/progressive.py) in their quick or full form.
 """
 from __future__ import annotations

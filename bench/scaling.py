@@ -1,4 +1,4 @@
-"""Parallel candidate scoring: candidates per minute in one process and on 1 or 2 Ray workers (issue 17).
+"""Parallel candidate scoring: candidates per minute in one process and on 1 or 2 Ray workers.
 
 ResNet-20 and ResNet-56 (JPEG-adapted checkpoints), 50% of MACs, the search defaults (1,024
 calibration / 2,000 held-out images, default precision), the same ``CANDIDATES`` random feasible

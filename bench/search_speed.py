@@ -1,4 +1,4 @@
-"""Search speed and multi-fidelity scoring (issue 12, point 4 and its timing goal).
+"""Search speed and multi-fidelity scoring.
 
 Two parts, rows in ``bench/results/search-speed.json``, resumable row by row:
 

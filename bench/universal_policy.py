@@ -1,4 +1,4 @@
-"""One policy for any model and budget (issue 15, point 5): train it, then measure it zero-shot and warm-started.
+"""One policy for any model and budget: train it, then measure it zero-shot and warm-started.
 
 Parts (rows in ``bench/results/universal-policy.json``; each part is resumable):
 
@@ -75,7 +75,7 @@ def train(record: dict) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, dst)
     record["train"] = {"command": "autoprune " + " ".join(args).replace(str(cache_dir()), "$AUTOPRUNE_CACHE"),
-                       "seconds_this_session": time.perf_counter() - t0, "policy": str(POLICY.relative_to(RESULTS))}
+                       "seconds_this_process": time.perf_counter() - t0, "policy": str(POLICY.relative_to(RESULTS))}
     save(record)
 
 

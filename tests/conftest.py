@@ -56,27 +56,32 @@ def flop_counter_cost(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int
     which counts 2 FLOPs per multiply-accumulate, not from autoprune's own hooks."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
+    was_training = model.training
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.eval()(x)
+    finally:
+        model.train(was_training)
     ops = counter.get_flop_counts()["Global"]
     flops = sum(v for op, v in ops.items() if str(op).split(".")[1] in ("convolution", "addmm", "mm"))
     return flops // 2 // x.shape[0], sum(p.numel() for p in model.parameters())
 
 
 @pytest.fixture
-def fake_clock(monkeypatch):
-    """Latency proportional to measured MACs (a deterministic stand-in for the clock), counting calls."""
+def fake_clock(monkeypatch, tmp_path):
+    """Latency proportional to MACs as torch's ``FlopCounterMode`` counts them (a deterministic stand-in for
+    the clock, independent of autoprune's own cost hooks), counting calls. Tables it times are cached in
+    the test's own folder: another test's clock never sees them."""
     calls = []
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
 
-    def fake(model, x, precision="fp32", repeats=20, warmup=3):
+    def fake(model, x, precision="fp32", min_run_time=0.02):
         calls.append(1)
-        return 1e-9 * measure_cost(model, x)[0] * x.shape[0] + 1e-4
+        return 1e-9 * flop_counter_cost(model, x)[0] * x.shape[0] + 1e-4
 
-    from autoprune.core.cost import measure_cost
-    from autoprune.deploy import latency as lat
+    from autoprune.deploy import timing
 
-    monkeypatch.setattr(lat, "measure_latency", fake)
+    monkeypatch.setattr(timing, "measure_latency", fake)
     return calls
 
 
@@ -112,16 +117,17 @@ def blocked_macs(model: torch.nn.Module, x: torch.Tensor, block: int = 8) -> int
 
 
 @pytest.fixture
-def blocked_clock(monkeypatch):
+def blocked_clock(monkeypatch, tmp_path):
     """Latency proportional to channel-blocked MACs (``blocked_macs``, blocks of 8): a staircase in the
-    channel count, as real conv kernels are. Counts its calls."""
+    channel count, as real conv kernels are. Counts its calls; caches in the test's own folder."""
     calls = []
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
 
-    def fake(model, x, precision="fp32", repeats=20, warmup=3):
+    def fake(model, x, precision="fp32", min_run_time=0.02):
         calls.append(1)
         return 1e-9 * blocked_macs(model, x) + 1e-4
 
-    from autoprune.deploy import latency as lat
+    from autoprune.deploy import timing
 
-    monkeypatch.setattr(lat, "measure_latency", fake)
+    monkeypatch.setattr(timing, "measure_latency", fake)
     return calls

@@ -16,6 +16,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_prune_then_evaluate_then_train(tmp_path, capsys):
     out = tmp_path / "p.pt"
     assert main(["prune", "--model", "resnet20", "--ratio", "0.5", "--output", str(out), "--calib-size", "128", *SYN]) == 0
@@ -123,6 +124,7 @@ def test_train_refuses_a_folder_holding_another_run(tmp_path):
     assert (run_dir / "model.pt").read_bytes() == b"weights of another run"  # nothing overwritten
 
 
+@pytest.mark.slow
 def test_weight_rewinding_from_a_training_run(tmp_path):
     """train --save-every keeps early weights; compare --recipes weight-rewind restarts the kept channels from
     them (chosen on the final weights); without that history the error says how to make it."""

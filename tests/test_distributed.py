@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -17,6 +18,7 @@ def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_weights_as_one(tmp_path):
     """Same seed, same global batch (augmentation on): torchrun x2 ends within float tolerance of one process."""
     script = str(HERE / "ddp_train_tiny.py")
@@ -32,6 +34,7 @@ def test_two_processes_train_the_same_weights_as_one(tmp_path):
     assert diff < 1e-5
 
 
+@pytest.mark.slow
 def test_torchrun_train_progressive_and_compare_write_one_run(tmp_path):
     res = _torchrun("-m", "autoprune.cli", "train", "--model", "resnet20", *SYN[:4], *SYN[6:], "--epochs", "0.1",
                     "--batch-size", "100", "--output", "t", cwd=tmp_path)

@@ -1,5 +1,5 @@
 """Multi-fidelity scoring: a candidate that surely cannot beat the best stops early, and an early-stopped
-estimate is flagged and never reported as a full score (issue 12, point 4)."""
+estimate is flagged and never reported as a full score."""
 import csv
 import json
 
@@ -31,6 +31,7 @@ def test_upper_bound_is_sound_and_tightens():
     assert misses <= 10
 
 
+@pytest.mark.slow
 def test_evaluator_stops_a_hopeless_candidate_and_flags_it(synthetic_bundle):
     torch.manual_seed(0)
     model = create_model("resnet20", 10)
@@ -43,6 +44,7 @@ def test_evaluator_stops_a_hopeless_candidate_and_flags_it(synthetic_bundle):
     assert not ev.score(model, must_beat=0.0).partial  # anything beats 0: no reason to stop
 
 
+@pytest.mark.slow
 def test_problem_rescores_partial_entries_before_reporting(resnet20_structure, synthetic_bundle):
     x, y = synthetic_bundle.tensors("val")
     ev = AdaptiveBNEvaluator(synthetic_bundle.calibration_batches(64), x, y, eval_batch_size=32, precision="fp32")
@@ -58,6 +60,7 @@ def test_problem_rescores_partial_entries_before_reporting(resnet20_structure, s
 
 
 @pytest.mark.skipif(not (CIFAR.is_dir() and RESNET20_CKPT.exists()), reason="shared data not present")
+@pytest.mark.slow
 def test_search_with_early_stop_logs_partial_rows_and_reports_full_scores(tmp_path, capsys):
     """ResNet-20 on 2,100 real training images: candidates differ enough for early stopping to engage."""
     root = tmp_path / "slice"

@@ -1,5 +1,5 @@
 """What a user takes home is what was scored: saved pruned models carry recalibrated BN, commands
-decode only the splits they use, and bad data is a one-line error (issue 10)."""
+decode only the splits they use, and bad data is a one-line error."""
 import json
 import subprocess
 import sys
@@ -71,6 +71,7 @@ def test_search_saves_what_it_scored_tiny(tmp_path, capsys):
 
 
 @needs_shared
+@pytest.mark.slow
 def test_search_apply_prune_save_what_they_scored_and_never_open_test(tmp_path, capsys, cifar_slice):
     """ResNet-20 on real images; test/ holds only unreadable files, so any decode of it would fail."""
     data = f"imagefolder:{cifar_slice}"

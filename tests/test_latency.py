@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from autoprune.agents import get_allocator
-from autoprune.core.cost import measure_cost
 from autoprune.core.problem import PruningProblem
 from autoprune.core.scoring import FunctionEvaluator, Scorer
 from autoprune.deploy import latency as lat
+from autoprune.deploy import timing
+from autoprune.deploy.latency_fit import _next_goal
+from autoprune.train.data import cache_dir
 
-from .conftest import blocked_macs
+from .conftest import blocked_macs, flop_counter_cost
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,7 +27,7 @@ def test_group_table_predicts_additive_costs_and_is_monotone(resnet20_structure,
     for _ in range(5):  # block-internal groups touch disjoint layers: the additive model is exact for MACs
         counts = np.array([rng.integers(g.channels // 4, g.channels + 1) for g in s.groups])
         remove = [list(range(g.channels - k)) for g, k in zip(s.groups, counts)]
-        truth = 1e-9 * measure_cost(s.prune_copy(remove), x)[0] * 2 + 1e-4
+        truth = 1e-9 * flop_counter_cost(s.prune_copy(remove), x)[0] * 2 + 1e-4
         assert table.predict(counts) == pytest.approx(truth, rel=0.02)
     for g, (w, d) in enumerate(zip(table.widths, table.deltas)):
         assert w == sorted(w) and w[-1] == s.groups[g].channels and np.all(np.diff(d) >= 0)
@@ -46,7 +48,7 @@ def test_layer_table_prices_both_sides_of_every_layer(resnet20_structure, fake_c
     for _ in range(5):
         counts = np.array([rng.integers(max(1, g.channels // 4), g.channels + 1) for g in s.groups])
         remove = [list(range(g.channels - k)) for g, k in zip(s.groups, counts)]
-        truth = 1e-9 * measure_cost(s.prune_copy(remove), x)[0] * 2 + 1e-4
+        truth = 1e-9 * flop_counter_cost(s.prune_copy(remove), x)[0] * 2 + 1e-4
         assert table.predict(counts) == pytest.approx(truth, rel=1e-6)
     assert len(fake_clock) == timed_before  # predicting times nothing
     for layer in table.layers:  # monotone along both axes: the budget bisections stay valid
@@ -74,24 +76,41 @@ def test_layer_table_prices_channel_blocks(resnet20_structure, blocked_clock):
     assert worst_linear > 0.01  # interpolating the staircase is measurably wrong
 
 
+def test_measure_latency_times_a_copy_at_this_process_thread_count():
+    """The real clock: BatchNorm statistics and train mode of the model passed in are left alone, and the
+    forward passes run at the caller's thread count (``torch.utils.benchmark.Timer`` defaults to one)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    model.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))  # copied along with the model
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seconds = timing.measure_latency(model, torch.randn(2, 3, 16, 16), min_run_time=0.01)
+    finally:
+        torch.set_num_threads(threads)
+    assert 0 < seconds < 1 and seen and set(seen) == {2}
+    assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
 def test_paired_ratio_cancels_a_drifting_clock(monkeypatch):
     """A machine that slows down while it measures (seen: 16% within one run on a shared VM) moves
     both sides of a round alike: the paired ratio stays within one step's drift of the truth (0.5),
     while the dense time measured first and the pruned one measured later carry the whole drift."""
     clock = {"factor": 1.0}
 
-    def drifting(model, x, precision="fp32", repeats=20, warmup=3):
+    def drifting(model, x, precision="fp32", min_run_time=0.02):
         clock["factor"] *= 1.02  # every measurement 2% slower than the one before
         return clock["factor"] * (2.0 if model is dense else 1.0)
 
     dense, pruned = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
-    monkeypatch.setattr(lat, "measure_latency", drifting)
-    ratio, _, _ = lat.paired_ratio(pruned, dense, torch.randn(1, 2), rounds=5)
+    monkeypatch.setattr(timing, "measure_latency", drifting)
+    ratio, _, _ = timing.paired_ratio(pruned, dense, torch.randn(1, 2), rounds=5)
     assert ratio == pytest.approx(0.5, rel=0.021)
-    first = lat.measure_latency(dense, None)
+    first = timing.measure_latency(dense, None)
     for _ in range(20):  # the measurements between a table's dense time and the pruned model's
-        lat.measure_latency(dense, None)
-    assert lat.measure_latency(pruned, None) / first > 0.7
+        timing.measure_latency(dense, None)
+    assert timing.measure_latency(pruned, None) / first > 0.7
 
 
 def test_table_is_cached_by_its_keys_and_remeasured_on_mismatch(resnet20_structure, fake_clock):
@@ -103,7 +122,7 @@ def test_table_is_cached_by_its_keys_and_remeasured_on_mismatch(resnet20_structu
     lat.latency_table(s, batch_size=4, points=2)  # another batch size: another table
     assert len(fake_clock) > n
     # a cached file whose stored key does not match (e.g. other threads) is measured again, not trusted
-    path = next(p for p in (lat.cache_dir() / "latency").glob("*.json") if json.loads(p.read_text())["key"] == first.key)
+    path = next(p for p in (cache_dir() / "latency").glob("*.json") if json.loads(p.read_text())["key"] == first.key)
     saved = json.loads(path.read_text())
     saved["key"]["cpu_threads"] = 99
     path.write_text(json.dumps(saved))
@@ -133,8 +152,8 @@ def test_fit_measured_corrects_a_table_the_device_disagrees_with(resnet20_struct
     table = lat.latency_table(s, batch_size=1, cache=False)
     x = torch.randn(1, 3, 32, 32)
     dense = 1e-9 * blocked_macs(s.model, x) + 1e-4
-    monkeypatch.setattr(lat, "measure_latency",
-                        lambda model, x, precision="fp32", repeats=20, warmup=3:
+    monkeypatch.setattr(timing, "measure_latency",
+                        lambda model, x, precision="fp32", min_run_time=0.02:
                         dense - 0.8 * (dense - (1e-9 * blocked_macs(model, x) + 1e-4)))
     problem = PruningProblem(s, 0.6, metric="latency", latency=table)
     chosen = get_allocator("layer-stats").allocate(problem)
@@ -142,7 +161,7 @@ def test_fit_measured_corrects_a_table_the_device_disagrees_with(resnet20_struct
     assert abs(rows[0]["measured_ratio"] / 0.6 - 1) > 0.1  # the table alone: off by more than 10%
     assert abs(rows[-1]["measured_ratio"] / 0.6 - 1) <= 0.05 and 1 < len(rows) <= 5
     remove = [list(range(g.channels - k)) for g, k in zip(s.groups, fitted.counts(s))]
-    assert lat.measure_latency(s.prune_copy(remove), x) / dense == pytest.approx(rows[-1]["measured_ratio"])
+    assert timing.measure_latency(s.prune_copy(remove), x) / dense == pytest.approx(rows[-1]["measured_ratio"])
     before, after = np.asarray(chosen.counts(s)), np.asarray(fitted.counts(s))
     assert np.all(after <= before)  # one factor for every group: deeper cuts everywhere, none grows
     assert np.corrcoef(before, after)[0, 1] > 0.9
@@ -160,7 +179,7 @@ def test_fit_brings_one_allocation_to_another_ones_measured_speed(resnet20_struc
     x = torch.randn(1, 3, 32, 32)
     dense = 1e-9 * blocked_macs(s.model, x) + 1e-4
     clock = lambda model: dense - 0.8 * (dense - (1e-9 * blocked_macs(model, x) + 1e-4))  # noqa: E731
-    monkeypatch.setattr(lat, "measure_latency", lambda model, x, precision="fp32", repeats=20, warmup=3: clock(model))
+    monkeypatch.setattr(timing, "measure_latency", lambda model, x, precision="fp32", min_run_time=0.02: clock(model))
     problem = PruningProblem(s, 0.6, metric="latency", latency=table)
     first = get_allocator("uniform").allocate(problem).counts(s)
     faster = PruningProblem(s, 0.45, metric="latency", latency=table)
@@ -178,7 +197,7 @@ def test_fit_keeps_the_closest_measurement_when_none_lands(resnet20_structure, f
     s = resnet20_structure
     table = lat.latency_table(s, batch_size=1, points=3, cache=False)
     script = iter([0.70, 0.64, 0.69, 0.72, 0.75])  # target 0.6: step 1 (0.64) is the closest, none within 5%
-    monkeypatch.setattr(lat, "paired_ratio", lambda *args, **kw: (next(script), 1.0, 1.0))
+    monkeypatch.setattr(timing, "paired_ratio", lambda *args, **kw: (next(script), 1.0, 1.0))
     problem = PruningProblem(s, 0.6, metric="latency", latency=table)
     fitted, rows = lat.fit_measured(problem, get_allocator("uniform").allocate(problem))
     assert [r["measured_ratio"] for r in rows] == [0.70, 0.64, 0.69, 0.72, 0.75]
@@ -192,16 +211,16 @@ def test_fit_steps_follow_the_secant_where_measurements_slope():
     converges along the secant through its last two measurements (within 1% on the third step);
     measurements that do not rise with the prediction (noise) fall back to the proportional correction."""
     overhead = lambda x: 0.3 + 0.7 * x  # noqa: E731
-    assert overhead(lat._next_goal([{"predicted_ratio": 0.5, "measured_ratio": overhead(0.5)}], 0.5)) == \
+    assert overhead(_next_goal([{"predicted_ratio": 0.5, "measured_ratio": overhead(0.5)}], 0.5)) == \
         pytest.approx(0.5)
     convex = lambda x: 0.5 * x + 0.5 * x ** 4  # noqa: E731 -- (1, 1) on the curve, 0.28 at 0.5
     rows = [{"predicted_ratio": 0.5, "measured_ratio": convex(0.5)}]
     for _ in range(3):
-        goal = lat._next_goal(rows, 0.5)
+        goal = _next_goal(rows, 0.5)
         rows.append({"predicted_ratio": goal, "measured_ratio": convex(goal)})
     assert [abs(r["measured_ratio"] / 0.5 - 1) < 0.01 for r in rows] == [False, False, False, True]
     noisy = [{"predicted_ratio": 0.5, "measured_ratio": 0.45}, {"predicted_ratio": 0.55, "measured_ratio": 0.44}]
-    assert lat._next_goal(noisy, 0.5) == pytest.approx(0.55 * 0.5 / 0.44)
+    assert _next_goal(noisy, 0.5) == pytest.approx(0.55 * 0.5 / 0.44)
 
 
 def test_latency_needs_a_table(resnet20_structure):
@@ -235,12 +254,12 @@ def test_a_table_that_does_not_predict_whole_models_is_refused(tmp_path, capsys,
     some CPUs): --latency stops with one line instead of promising a speed-up."""
     from autoprune.cli.main import main
 
-    def clock(model, x, precision="fp32", repeats=20, warmup=3):
-        macs = measure_cost(model, x)[0]
+    def clock(model, x, precision="fp32", min_run_time=0.02):
+        macs = flop_counter_cost(model, x)[0]
         whole = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 3
         return 1e-9 * macs + (1e-2 - 2e-9 * macs if whole else 0.0)  # a whole model: slower when smaller
 
-    monkeypatch.setattr(lat, "measure_latency", clock)
+    monkeypatch.setattr(timing, "measure_latency", clock)
     monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))  # not a table cached by another test's clock
     code = main(["search", "--model", "resnet20", "--output", str(tmp_path / "r"), "--data", "synthetic",
                  "--val-size", "100", "--calib-size", "64", "--latency", "0.6", "--agent", "random", "--episodes", "2",

@@ -1,10 +1,10 @@
 """Parallel scoring on Ray (``--workers``): same results as one process, resumable, with a clear error without Ray."""
 import csv
-import os
+import json
 import signal
 import subprocess
 import sys
-import time
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,9 @@ from autoprune.cli.main import main
 from .conftest import RESNET20_CKPT
 
 ray = pytest.importorskip("ray", reason="the [distributed] extra is part of the test install")
-pytestmark = pytest.mark.skipif(not RESNET20_CKPT.exists(), reason="shared checkpoints not present")
+# one Ray session per worker: the module's tests stay together (pytest-xdist ``--dist loadgroup``)
+pytestmark = [pytest.mark.skipif(not RESNET20_CKPT.exists(), reason="shared checkpoints not present"),
+              pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 # a trained network on the synthetic images: candidates score differently (a random net ties them all)
 COMMON = ["--model", "resnet20", "--checkpoint", str(RESNET20_CKPT), "--data", "synthetic", "--val-size", "200",
@@ -47,24 +49,39 @@ def test_random_search_on_two_workers_equals_one_process(tmp_path):
     assert (tmp_path / "two" / "best_allocation.json").read_text() == (tmp_path / "one" / "best_allocation.json").read_text()
 
 
-def _run_killed(args: list[str], run: Path, when: Path) -> None:
-    """Start the search in a subprocess and SIGKILL it once ``when`` exists."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not when.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.stderr.read()  # still running: the kill interrupts it
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+# the CLI in a process that SIGKILLs itself at the argv[3]-th call of argv[1].argv[2] (before the call
+# runs): an interruption at a known point, however fast the machine
+KILLED_AT = textwrap.dedent("""
+    import importlib, os, signal, sys
+    from autoprune.cli.main import main
+    owner, name, at = sys.argv[1].rsplit(".", 1), sys.argv[2], int(sys.argv[3])
+    cls = getattr(importlib.import_module(owner[0]), owner[1])
+    original, calls = getattr(cls, name), [0]
+    def dying(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(*args, **kwargs)
+    setattr(cls, name, dying)
+    sys.exit(main(sys.argv[4:]))
+""")
+
+
+def _run_killed(args: list[str], method: str, call: int) -> None:
+    """Run the CLI in a subprocess that SIGKILLs itself at the ``call``-th call of ``method``
+    ("module.Class.method")."""
+    owner, name = method.rsplit(".", 1)
+    proc = subprocess.run([sys.executable, "-c", KILLED_AT, owner, name, str(call), *args],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
 def test_killed_parallel_random_search_resumes_with_nothing_lost_or_repeated(tmp_path):
     random = ["--agent", "random", "--episodes", "8", "--workers", "2"]
     run = tmp_path / "killed"
-    _run_killed(["search", *COMMON, *random, "--output", str(run)], run, run / "best_allocation.json")
-    assert len(_rows(run)) < 8
+    # dies saving its first best allocation: episode 0 logged, the other seven not
+    _run_killed(["search", *COMMON, *random, "--output", str(run)], "autoprune.core.allocation.Allocation.save", 1)
+    assert 0 < len(_rows(run)) < 8
     assert main(["search", *COMMON, *random, "--output", str(run), "--resume"]) == 0
     assert main(["search", *COMMON, *random, "--output", str(tmp_path / "whole")]) == 0
     assert [r["episode"] for r in _rows(run)] == [str(i) for i in range(8)]
@@ -75,7 +92,10 @@ def test_two_worker_ddpg_search_runs_and_resumes(tmp_path):
     rl = ["--episodes", "6", "--warmup-episodes", "2", "--eval-every", "2", "--checkpoint-every", "2",
           "--workers", "2"]
     run = tmp_path / "ddpg"
-    _run_killed(["search", *COMMON, *rl, "--output", str(run)], run, run / "checkpoints" / "ep-000002")
+    # dies starting its second checkpoint (episode 4): the one of episode 2 is the last complete one
+    _run_killed(["search", *COMMON, *rl, "--output", str(run)],
+                "stable_baselines3.common.off_policy_algorithm.OffPolicyAlgorithm.save_replay_buffer", 2)
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["episode"] == 2
     assert main(["search", *COMMON, *rl, "--output", str(run), "--resume"]) == 0
     rows = _rows(run)
     assert [r["episode"] for r in rows] == [str(i) for i in range(6)]

@@ -1,4 +1,4 @@
-"""``--precision``: honoured inside the forward pass, fp32 state kept, clear errors (issue 12)."""
+"""``--precision``: honoured inside the forward pass, fp32 state kept, clear errors."""
 import json
 import subprocess
 import sys

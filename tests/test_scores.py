@@ -22,6 +22,7 @@ def test_score_spec_parsing():
             finetune_steps(bad)
 
 
+@pytest.mark.slow
 def test_finetune_score_trains_then_scores_deterministically(synthetic_bundle):
     torch.manual_seed(0)
     model = create_model("resnet20", 10)
@@ -43,6 +44,7 @@ def test_finetune_score_trains_then_scores_deterministically(synthetic_bundle):
     assert abn(copy.deepcopy(model)) != score
 
 
+@pytest.mark.slow
 def test_search_with_finetune_score_saves_the_scored_model(tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["search", "--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64",
@@ -78,7 +80,7 @@ def test_compare_scores_allocators_by_the_chosen_score(tmp_path, capsys):
         assert main(base + ["--score", score, "--output", str(out)]) == 0
         record = json.loads((out / "results.json").read_text())
         assert record["config"]["score"] == score
-        pre[score] = record["rows"][0]["abn_acc"]
+        pre[score] = record["rows"][0]["score_value"]
     report = (tmp_path / "finetune12" / "report.md").read_text()
     assert "12-step fine-tuned acc %" in report and "adaptive-BN acc %" not in report
     assert "adaptive-BN acc %" in (tmp_path / "adaptive-bn" / "report.md").read_text()

@@ -183,6 +183,7 @@ def _run(args, **kw):
     return subprocess.Popen([sys.executable, "-c", SCRIPT, *map(str, args)], cwd=ROOT, **kw)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
     episodes = 14
     reference = tmp_path / "uninterrupted"
@@ -337,6 +338,7 @@ MULTI_SCRIPT = textwrap.dedent(f"""
 """)
 
 
+@pytest.mark.slow
 def test_multi_model_search_alternates_models_and_resumes_after_sigkill(tmp_path):
     """One policy over ResNet-20 (9 groups) and ResNet-32 (15): episodes alternate, each model has its own
     log, and a SIGKILL'ed run resumes to the same rows as an uninterrupted one."""

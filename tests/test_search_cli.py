@@ -12,6 +12,7 @@ def _cli(capsys, *args: str):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_cli_search_apply_and_errors(tmp_path, capsys):
     run = tmp_path / "run"
     common = ["--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64"]
@@ -57,6 +58,7 @@ def test_cli_search_apply_and_errors(tmp_path, capsys):
     assert "uniform_adaptive_bn_accuracy" in report and (applied / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_cli_random_search_logs_like_rl(tmp_path, capsys):
     run = tmp_path / "random"
     code, out, err = _cli(capsys, "search", "--model", "resnet20", "--data", "synthetic", "--val-size", "100",
@@ -78,6 +80,7 @@ def test_cli_random_search_logs_like_rl(tmp_path, capsys):
     assert len(more) == 6 and [line.split(",")[:4] for line in more[:4]] == [line.split(",")[:4] for line in lines]
 
 
+@pytest.mark.slow
 def test_budget_conditioned_search_over_a_target_range(tmp_path, capsys):
     """--macs 0.3:0.6: every episode samples its target from the range (on a 0.01 grid) and meets it; the
     kept policy is scored at the range's ends and middle; a range where one target is expected is refused."""
@@ -107,6 +110,7 @@ def test_budget_conditioned_search_over_a_target_range(tmp_path, capsys):
     assert exit_.value.code == 2 and "LOW < HIGH" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_search_trains_one_policy_on_several_models(tmp_path, capsys):
     """--more-models: episodes alternate between ResNet-20 and ResNet-32, one log each, relative reward."""
     import csv

@@ -11,12 +11,11 @@ class RLConfig:
     """AMC's DDPG settings (He et al. 2018), expressed in SB3's [-1, 1] action space, CPU-sized.
 
     AMC ran 300-800 episodes with 100 of warm-up; 200 / 50 keep the quickstart within minutes on
-    2 CPU cores. Defaults that depart from AMC because they measured better here:
-    ``credit="episode"`` (Monte Carlo targets instead of bootstrapping one sparse reward) and
-    ``action="relative"`` (actions scale the even share of the remaining budget), both in
-    bench/results/search-*.json; self-imitation of the 3 best episodes with slower noise decay
-    (0.98), and ``distil_best``, chosen on ResNet-20 seeds 10-11 (bench/results/rl-tuning.json:
-    without them the actor settles on one corner allocation and stops improving on random search).
+    2 CPU cores. Defaults that depart from AMC: ``credit="episode"`` (Monte Carlo targets instead of
+    bootstrapping one sparse reward), ``action="relative"`` (actions scale the even share of the
+    remaining budget), self-imitation of the 3 best episodes with slower noise decay (0.98), and
+    ``distil_best``: without the last two the actor settles on one corner allocation and stops
+    improving on random search.
     """
 
     algo: str = "ddpg"  # ddpg | td3 | sac

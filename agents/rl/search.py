@@ -273,7 +273,7 @@ class RLSearch:
         def eval_clock() -> float:  # seconds spent scoring in this process
             return sum(sc.seconds for sc in scorers)
 
-        eval_total = state.get("eval_elapsed", 0.0) if state else 0.0  # both totals span resumes
+        eval_total = state["eval_elapsed"] if state else 0.0  # both totals span resumes
         workers = scorers[0].workers
         if workers > 1 and len(problems) > 1:
             raise AutopruneError("--workers with --more-models is not supported yet: run one model per search")

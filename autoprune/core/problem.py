@@ -109,12 +109,15 @@ class PruningProblem:
         return replace(self, target=target)
 
 
-def fill_to_budget(problem: PruningProblem, counts: np.ndarray, order: Sequence[int] | None = None) -> np.ndarray:
-    """Greedily add channels back (in ``order``, default round-robin) while the cost stays within budget.
+def fill_to_budget(problem: PruningProblem, counts: np.ndarray, order: Sequence[int] | None = None,
+                   budget: float | None = None) -> np.ndarray:
+    """Greedily add channels back (in ``order``, default round-robin) while the cost stays within
+    ``budget`` (default: the problem's).
 
     Allocators that round down land a little under the budget; this closes the gap so every
     allocator is compared at the same cost (within one channel).
     """
+    budget = problem.budget if budget is None else budget
     counts = counts.copy()
     hi = problem.max_counts()
     groups = list(order) if order is not None else list(range(len(counts)))
@@ -125,7 +128,7 @@ def fill_to_budget(problem: PruningProblem, counts: np.ndarray, order: Sequence[
         for i in groups:
             if counts[i] + step[i] <= hi[i]:
                 counts[i] += step[i]
-                if problem.cost(counts) <= problem.budget:
+                if problem.cost(counts) <= budget:
                     improved = True
                 else:
                     counts[i] -= step[i]

@@ -51,8 +51,8 @@ HELP = {
     "allocators": "allocator specs: uniform global sensitivity layer-stats random greedy policy:PATH allocation:PATH; "
                   "options as NAME@key=value,key=value (e.g. random@samples=30)",
     "score": "what allocators score candidates by and the report's pre-training column: adaptive-bn (EagleEye) or "
-             "finetune:STEPS (BN recalibrated, STEPS SGD steps of LR rewinding, then held-out accuracy; ~20x the cost, "
-             "ranks allocations more like full fine-tuning: bench/results/proxy-validity.json)",
+             "finetune:STEPS (BN recalibrated, STEPS SGD steps of LR rewinding, then held-out accuracy: much slower, "
+             "ranks allocations more like full fine-tuning)",
     "recipes": f"training after pruning, any of {', '.join(RECIPES)}",
     "epochs": "fine-tune epochs (fractions allowed)",
     "targets": "fractions of dense MACs (or params) to keep",

@@ -77,7 +77,7 @@ def open_results(cfg: CompareConfig) -> dict:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             raise AutopruneError(f"'{path}' is not valid JSON: move it away or pick another --output") from None
-        old_config = {"score": "adaptive-bn", **old.get("config", {})}  # runs from before --score existed
+        old_config = old.get("config", {})
         if old.get("format") != RESULT_FORMAT or old_config != _comparable(cfg):
             raise AutopruneError(f"'{cfg.output}' holds another run (different settings): "
                                  "pick another --output or move that folder away")
@@ -164,10 +164,10 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                 if not within:  # keep the row (hours of work elsewhere in the run) but say so
                     log(f"warning: allocator '{method}' missed the budget at target {target:g} "
                         f"({problem.cost(alloc.counts(structure)) / problem.dense_cost:.4f} of dense)")
-                abn = scorer.value(alloc)
+                score_value = scorer.value(alloc)
                 if main:
                     alloc.save(alloc_file, structure, method=method, spec=spec, target=target, seed=seed,
-                               adaptive_bn_acc=abn, alloc_seconds=alloc_seconds)
+                               score_value=score_value, alloc_seconds=alloc_seconds)
                 counts = alloc.counts(structure)
                 record["allocations"][f"{method}|{target:g}|{seed}"] = {g.name: int(k) / g.channels
                                                                         for g, k in zip(structure.groups, counts)}
@@ -189,13 +189,13 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                         "method": method, "spec": spec, "recipe": recipe_name, "seed": seed, "target": target,
                         "macs": macs, "params": params, "macs_ratio": macs / structure.dense_macs,
                         "params_ratio": params / structure.dense_params,
-                        "abn_acc": None if recipe_name.startswith("scratch") else abn,
+                        "score_value": None if recipe_name.startswith("scratch") else score_value,
                         "val_acc": accuracy(net, val_x, val_y), "test_acc": test_acc,
                         "drop": 100 * (dense_acc - test_acc), "epochs": recipe.epochs, "within_budget": within,
                         "alloc_seconds": alloc_seconds, "train_seconds": result.seconds,
                         "wall_seconds": alloc_seconds + time.perf_counter() - t1})
                     save_results(cfg, record)
-                    log(f"    test {100 * test_acc:.2f}% ({evaluator.label} before: {100 * abn:.2f}%)")
+                    log(f"    test {100 * test_acc:.2f}% ({evaluator.label} before: {100 * score_value:.2f}%)")
     if scorer.pool is not None:
         scorer.pool.close()
     return record

@@ -10,7 +10,7 @@ import numpy as np
 
 from autoprune.train.scores import score_label
 
-COLUMNS = ["method", "recipe", "seed", "target", "macs", "params", "macs_ratio", "params_ratio", "abn_acc",
+COLUMNS = ["method", "recipe", "seed", "target", "macs", "params", "macs_ratio", "params_ratio", "score_value",
            "val_acc", "test_acc", "drop", "epochs", "within_budget", "alloc_seconds", "train_seconds",
            "wall_seconds", "spec"]
 
@@ -30,7 +30,7 @@ def _stats(values: Iterable[float | None]) -> tuple[float, float, int] | None:
 
 
 def summarize(rows: Sequence[dict], keys: Sequence[str] = ("target", "recipe", "method"),
-              metrics: Sequence[str] = ("macs_ratio", "params_ratio", "abn_acc", "test_acc", "drop",
+              metrics: Sequence[str] = ("macs_ratio", "params_ratio", "score_value", "test_acc", "drop",
                                         "wall_seconds")) -> list[dict]:
     """One entry per ``keys`` combination: (mean, std, n) of each metric over seeds."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -61,7 +61,7 @@ def markdown_table(summary: Sequence[dict], sort_by: str = "test_acc", score: st
     ordered = sorted(summary, key=lambda e: -(e[sort_by][0] if e.get(sort_by) else -1e9))
     for e in ordered:
         lines.append(f"| {e['method']} | {_pm(e['macs_ratio'], digits=1)} | {_pm(e['params_ratio'], digits=1)} | "
-                     f"{_pm(e['abn_acc'])} | {_pm(e['test_acc'])} | {_pm(e['drop'], scale=1.0)} | {e['seeds']} | "
+                     f"{_pm(e['score_value'])} | {_pm(e['test_acc'])} | {_pm(e['drop'], scale=1.0)} | {e['seeds']} | "
                      f"{_pm(e['wall_seconds'], scale=1.0, digits=0)} |")
     return "\n".join(lines)
 
@@ -91,7 +91,7 @@ def verdict(summary: Sequence[dict], metric: str = "test_acc", learned: str = "p
 def compare_report(record: dict, title: str = "autoprune compare") -> str:
     """The markdown report of a comparison record (see ``autoprune.comparison``)."""
     cfg, dense, rows = record["config"], record["dense"] or {}, record["rows"]
-    score = cfg.get("score", "adaptive-bn")  # results written before --score existed
+    score = cfg["score"]
     lines = [f"# {title}", "",
              f"Model `{cfg['model']}` (checkpoint `{cfg['checkpoint']}`), criterion `{cfg['criterion']}`, "
              f"budget metric {cfg['metric']}, seeds {cfg['seeds']}.",

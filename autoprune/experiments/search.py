@@ -63,7 +63,8 @@ HELP = {
     "calib_size": "training images recalibrating BatchNorm for each episode",
     "score": "what each candidate is scored by: adaptive-bn (EagleEye: BN recalibrated, then held-out accuracy) or "
              "finetune:STEPS (BN recalibrated, STEPS SGD steps of LR-rewind fine-tuning, then held-out accuracy; "
-             "about 20x the cost of adaptive-bn). The RL --reward is computed from this score",
+             "much slower; ranks allocations more like a full fine-tune does). The RL --reward is computed from this "
+             "score",
     "resume": "continue the interrupted run in --output (a run folder is trusted like code: resuming reads its "
               "checkpoint files)",
     "more_models": "train the same policy on these models too (NAME or NAME=CHECKPOINT, same data and target): "
@@ -174,7 +175,7 @@ def _finish(cfg: SearchConfig, ws: Workspace, problem: PruningProblem, scorer: S
     uniform = uniform_allocation(problem)
     uniform_score = scorer.value(uniform)
     best_score = scorer.value(best_alloc) if best_score is None else best_score
-    searched = {"score": best_score, "counts": [int(c) for c in best_alloc.counts(structure)]}
+    searched = {"score_value": best_score, "counts": [int(c) for c in best_alloc.counts(structure)]}
     best_alloc, latency_fit = cfg.target.fit(problem, best_alloc)
     if [int(c) for c in best_alloc.counts(structure)] != searched["counts"]:
         best_score = scorer.value(best_alloc)  # the re-scaled allocation is what is saved: score it
@@ -219,7 +220,7 @@ def _finish(cfg: SearchConfig, ws: Workspace, problem: PruningProblem, scorer: S
         "evaluator_share": result.eval_seconds / result.seconds if result.seconds > 0 and result.eval_seconds > 0
         else None,  # None: scored on workers
         "workers": cfg.parallel.workers,
-        "wall_seconds_this_session": search_seconds,
+        "wall_seconds_this_process": search_seconds,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return SearchRun(out, best_alloc, best_score, scorer.label, uniform_score, saved_acc, dense_acc, result, summary)

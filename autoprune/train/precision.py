@@ -5,11 +5,9 @@ fp32; convolutions and matmuls run in bf16/fp16 under ``torch.autocast``. ``auto
 CPU with native bf16 instructions (AVX-512 BF16 or AMX, detected, not guessed from the CPU name),
 bf16 on a CUDA GPU that supports it (else fp16 with a gradient scaler), fp32 otherwise.
 
-Channels-last memory format is chosen per device from measurements (``python -m bench.precision
-speed``, ``bench/results/precision.json``: ResNet-20, batch 256, 2 threads). On the project's CPU it
-is faster in every case: inference 2.10x (fp32) and 1.48x (bf16), a training step 1.18x (fp32) and
-1.21x (bf16); bf16 + channels-last vs fp32 is 5.2x for inference and 2.2x for training. On CUDA it
-is the usual choice with AMP (tensor cores), not measured here.
+Channels-last memory format is used on CPU (oneDNN's convolutions prefer it, for training and
+inference, fp32 and bf16) and with AMP on CUDA (tensor cores); ``python -m bench.precision speed``
+measures it on the machine at hand.
 """
 from __future__ import annotations
 
@@ -62,7 +60,7 @@ class Precision:
 
     @property
     def memory_format(self) -> torch.memory_format:
-        """Channels-last where it is faster: always on CPU (measured), with AMP on CUDA (tensor cores)."""
+        """Channels-last where it is faster: always on CPU, with AMP on CUDA (tensor cores)."""
         fast = self.device_type == "cpu" or self.name != "fp32"
         return torch.channels_last if fast else torch.contiguous_format
 

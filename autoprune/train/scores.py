@@ -1,10 +1,9 @@
 """What a search scores candidates by (``--score``): adaptive BN, or a short fine-tune.
 
-EagleEye's adaptive-BN accuracy costs a few forward passes; measured on ResNet-20
-(``bench/results/proxy-validity.json``) it ranks random allocations moderately like the accuracy they
-reach after a 2-epoch fine-tune (Spearman 0.46 at 30% of MACs, 0.64 at 50%); 100 steps of LR-rewind
-fine-tuning before scoring rank them more alike (0.80, 0.82) at about 20x the cost per candidate
-(``bench/results/score-cost.json``). ``finetune:STEPS`` makes that the search's score.
+EagleEye's adaptive-BN accuracy costs a few forward passes and ranks allocations only moderately
+like the accuracy they reach after fine-tuning; a few SGD steps of LR-rewind fine-tuning before
+scoring rank them more alike, at many times the cost per candidate. ``finetune:STEPS`` makes that
+the search's score.
 """
 from __future__ import annotations
 
