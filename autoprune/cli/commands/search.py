@@ -62,7 +62,9 @@ _HELP = {
              "finetune:STEPS (BN recalibrated, STEPS SGD steps of LR-rewind fine-tuning, then held-out accuracy: "
              "~20x the cost; ranked allocations more like a 2-epoch fine-tune: bench/results/proxy-validity.json). "
              "The RL --reward is computed from this score",
-    "resume": "continue the interrupted run in --output",
+    "resume": "continue the interrupted run in --output. Its checkpoints are pickles (they can run code when "
+              "read): trust a run folder like code, resume only your own; one written by another autoprune "
+              "version is refused before anything in it is unpickled",
     "more_models": "train the same policy on these models too (NAME or NAME=CHECKPOINT, same data and target): "
                    "episodes alternate between the models, reward 'relative', one log per model (0-<groups>g/, ...)",
 }
