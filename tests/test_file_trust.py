@@ -187,6 +187,9 @@ def test_convert_policy_keeps_the_universal_policy_s_allocations(tmp_path, capsy
     assert "wrote" in capsys.readouterr().out
     assert new.read_bytes() == (POLICIES / "universal.zip").read_bytes()  # the committed file is this conversion
     assert main(["convert-policy", str(LEGACY), str(new)]) == 2  # never overwrites
+    other = tmp_path / "resnet20-m0.5-s0.zip"
+    assert main(["convert-policy", str(POLICIES / "legacy" / "resnet20-m0.5-s0-sb3.zip"), str(other)]) == 0
+    assert other.read_bytes() == (POLICIES / "resnet20-m0.5-s0.zip").read_bytes()
     allocator = PolicyAllocator(new)
     torch.manual_seed(0)
     for model in ("resnet20", "resnet56"):

@@ -138,7 +138,7 @@ def save_policy(model: Any, path: str | Path) -> Path:
     return path
 
 
-def read_policy_file(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def _read_policy_file(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(``policy.json`` as a dict, the actor's tensors) -- only ``zipfile``, ``json`` and safetensors touch the file."""
     from safetensors.torch import load
 
@@ -171,7 +171,7 @@ def read_policy_file(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def load_policy(path: str | Path) -> tuple[PolicyNet, dict]:
     """(the actor rebuilt from its layout, in eval mode; its ``PolicyMeta`` as a dict) from a policy file."""
-    doc, tensors = read_policy_file(path)
+    doc, tensors = _read_policy_file(path)
     meta = doc["meta"]
     if meta.get("env") != ENV_ID or meta.get("obs_version") != OBS_VERSION or meta.get("features") != list(FEATURES):
         raise AutopruneError(f"policy file '{path}' was trained on another observation layout "
