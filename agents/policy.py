@@ -1,11 +1,11 @@
-"""``policy:PATH``: a policy learned by ``autoprune search``, rolled out deterministically on any problem."""
+"""``policy:PATH``: a policy learned by ``autoprune search``, rolled out deterministically on any problem.
+
+The file is read without unpickling anything (``policy_io``), so a policy from anyone can be applied."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from autoprune.agents.rl.policy_io import load_policy, one_thread
+from autoprune.agents.rl.policy_io import load_policy
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
 from autoprune.core.scoring import Scorer
@@ -24,12 +24,7 @@ class PolicyAllocator:
 
     def allocate(self, problem: PruningProblem, scorer: Scorer | None = None) -> Allocation:
         env = ChannelPruningEnv(problem, evaluate=False, action=self.meta["action"])
-        if env.observation_space.shape != self.policy.observation_space.shape:
+        if env.observation_space.shape != self.policy.observation_shape:
             raise AutopruneError(f"policy '{self.path}' expects observations of shape "
-                                 f"{self.policy.observation_space.shape}, this env gives {env.observation_space.shape}")
-
-        def act(obs: np.ndarray) -> np.ndarray:
-            with one_thread():
-                return self.policy.predict(obs, deterministic=True)[0]
-
-        return rollout(env, act)["allocation"]
+                                 f"{self.policy.observation_shape}, this env gives {env.observation_space.shape}")
+        return rollout(env, self.policy.act)["allocation"]

@@ -262,11 +262,17 @@ def test_corrupt_or_foreign_policy_is_a_clear_error(tmp_path):
         get_allocator(f"policy:{bad}")
     from stable_baselines3 import TD3
 
+    from autoprune.agents.rl.legacy import convert_policy
+
     foreign = tmp_path / "foreign.zip"
 
     TD3("MlpPolicy", gym.make("Pendulum-v1"), device="cpu").save(foreign)
-    with pytest.raises(AutopruneError, match="not written by autoprune"):
-        get_allocator(f"policy:{foreign}")
+    with pytest.raises(AutopruneError, match="old format.*autoprune convert-policy"):
+        get_allocator(f"policy:{foreign}")  # refused by its entry names, before anything in it is read
+    converted = tmp_path / "converted.zip"
+    with pytest.raises(AutopruneError, match="not written by autoprune search"):
+        convert_policy(foreign, converted)  # the converter still wants autoprune's metadata
+    assert not converted.exists()
     with pytest.raises(AutopruneError, match="not found"):
         get_allocator(f"policy:{tmp_path / 'missing.zip'}")
 
@@ -296,23 +302,32 @@ def test_tensorboard_shows_actor_and_critic_losses(tmp_path, resnet20_structure)
 
 
 def test_init_policy_continues_from_a_saved_policy(tmp_path, resnet20_structure):
-    """--init-policy: the new search starts from the saved actor and critic, not from random weights."""
-    from stable_baselines3.common.save_util import load_from_zip_file
-
+    """--init-policy: the new search's actor (and actor target) start from the saved actor; the critic is fresh."""
     from autoprune.agents.rl import RLSearch
+    from autoprune.agents.rl.policy_io import load_policy
     from autoprune.envs import ChannelPruningEnv
     from autoprune.errors import AutopruneError
 
     problem = cheap_problem(resnet20_structure)
-    RLSearch(episodes=4, warmup_episodes=2, eval_every=1, seed=0).search(problem, cheap_scorer(problem), tmp_path / "a")
-    saved = load_from_zip_file(tmp_path / "a" / "policy.zip", device="cpu")[1]["policy"]
+    first = RLSearch(episodes=4, warmup_episodes=2, eval_every=1, seed=0)
+    first.search(problem, cheap_scorer(problem), tmp_path / "a")
+    saved, _ = load_policy(tmp_path / "a" / "policy.zip")
     warm = RLSearch(episodes=1, warmup_episodes=0, seed=7, init_policy=str(tmp_path / "a" / "policy.zip"))
     env = ChannelPruningEnv(problem, cheap_scorer(problem), action=warm.config.action)
     model = warm._build(env)
-    for name, tensor in model.policy.state_dict().items():
-        assert torch.equal(tensor, saved[name]), name
+    cold = RLSearch(episodes=1, warmup_episodes=0, seed=7)._build(env)
+    for actor in (model.policy.actor, model.policy.actor_target):
+        got = [t for n, t in actor.state_dict().items()]
+        assert len(got) == len(saved.state_dict()) and all(
+            torch.equal(a, b) for a, b in zip(got, saved.state_dict().values()))
+    for name, tensor in model.policy.critic.state_dict().items():  # same seed, no warm start: the same critic
+        assert torch.equal(tensor, cold.policy.critic.state_dict()[name]), name
+    obs = np.random.default_rng(0).uniform(0, 1, (20, env.observation_space.shape[0])).astype(np.float32)
+    assert all(np.array_equal(model.predict(o, deterministic=True)[0], saved.act(o)) for o in obs)
     with pytest.raises(AutopruneError, match="td3 policy|ddpg policy"):
         RLSearch(episodes=1, algo="td3", init_policy=str(tmp_path / "a" / "policy.zip"))._build(env)
+    with pytest.raises(AutopruneError, match="does not fit this search's networks"):
+        RLSearch(episodes=1, hidden=[64, 64], init_policy=str(tmp_path / "a" / "policy.zip"))._build(env)
 
 
 MULTI_SCRIPT = textwrap.dedent(f"""

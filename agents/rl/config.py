@@ -39,7 +39,7 @@ class RLConfig:
     reward: str = "accuracy"
     action: str = "relative"  # absolute: keep ratio in the bounds (AMC) | relative: factor on the even keep ratio
     checkpoint_every: int = 10  # episodes
-    init_policy: str | None = None  # warm start: a policy.zip (actor, critic and their optimisers) to continue from
+    init_policy: str | None = None  # warm start: a policy.zip whose actor the search starts from (fresh critic)
     seed: int = 0
 
 
@@ -58,8 +58,9 @@ HELP = {
                    "when its noise-free rollout plays exactly the best allocation (checked without an evaluation; "
                    "one model at one target only). Otherwise the best noise-free actor is kept",
     "reward": "accuracy | error_log_cost | relative (accuracy minus uniform's)",
-    "init_policy": "warm start from a policy.zip of an earlier search (same algorithm; pair it with fewer "
-                   "--warmup-episodes)",
+    "init_policy": "warm start from a policy.zip of an earlier search (same algorithm and --hidden sizes): the "
+                   "actor starts from its weights, the critic and optimisers start fresh (pair it with a few "
+                   "--warmup-episodes so the critic learns before it steers the actor)",
     "action": "absolute (keep ratio within the bounds, AMC) | relative (x0.5-x2 on the ratio that spreads the "
               "remaining budget evenly: transfers across targets) | wall (-1..1 spans exactly what the budget wall "
               "allows for the group, 0 = the even share: no flat region)",

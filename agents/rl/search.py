@@ -11,7 +11,6 @@ actor and critic losses to TensorBoard (``tb/``).
 """
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from stable_baselines3.common.logger import Logger, configure
 from autoprune.agents.rl.amc import AGENT_CLASSES, TruncatedNormalNoise, set_episode_reward
 from autoprune.agents.rl.checkpoint import load_checkpoint, save_checkpoint
 from autoprune.agents.rl.config import RLConfig
-from autoprune.agents.rl.policy_io import PolicyMeta, load_policy
+from autoprune.agents.rl.policy_io import PolicyMeta, load_actor_into, load_policy, policy_bytes
 from autoprune.agents.search_log import Best, EpisodeLog, SearchResult, progress_bar
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
@@ -126,14 +125,14 @@ class RLSearch:
         return model
 
     def _warm_start(self, model, env: ChannelPruningEnv, path: str) -> None:
-        """Continue from a saved policy: its actor, critic and optimiser states (``set_parameters``)."""
-        _, meta = load_policy(path)  # one-line errors for a missing, corrupt or foreign file
+        """Continue from a saved policy: its actor (and actor target); the critic and optimisers start fresh."""
+        net, meta = load_policy(path)  # one-line errors for a missing, corrupt, foreign or old-format file
         if meta.get("algo") != self.config.algo or meta.get("action") != self.config.action:
             raise AutopruneError(f"--init-policy '{path}' is a {meta.get('algo')} policy with {meta.get('action')} "
                                  f"actions; this search is {self.config.algo} with {self.config.action} actions")
         try:
-            model.set_parameters(str(path), exact_match=True, device="cpu")
-        except Exception as exc:
+            load_actor_into(model, net)
+        except ValueError as exc:
             raise AutopruneError(f"--init-policy '{path}' does not fit this search's networks "
                                  f"({type(exc).__name__}): use the same --hidden sizes") from None
 
@@ -144,9 +143,7 @@ class RLSearch:
         return c.eval_every > 0 and learned >= 0 and (learned + 1) % c.eval_every == 0
 
     def _policy_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        self.model.save(buf)
-        return buf.getvalue()
+        return policy_bytes(self.model.policy, self.model.autoprune_meta)
 
     def _trajectory(self, ep: "Finished") -> dict:
         """The states and applied actions of a finished episode, read back from the replay buffer."""

@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoprune", description="Learn channel-pruning budgets and prune CNNs.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        mod = importlib.import_module(f"autoprune.cli.commands.{name}")
+        mod = importlib.import_module(f"autoprune.cli.commands.{name.replace('-', '_')}")
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)  # flags state their own defaults
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

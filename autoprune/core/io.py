@@ -38,7 +38,8 @@ def save_pruned(model: nn.Module, base_name: str, num_classes: int, path: str | 
                 "channels": channel_spec(model), "state_dict": model.state_dict(), "meta": dict(meta)}, path)
 
 
-def _read(path: str | Path, what: str = "model file") -> object:
+def read_weights_only(path: str | Path, what: str = "model file") -> object:
+    """A torch file read with ``weights_only=True`` (tensors and plain containers, no classes): one-line errors."""
     path = Path(path)
     if not path.is_file():
         raise AutopruneError(f"{what} '{path}' not found: check the path")
@@ -53,7 +54,7 @@ def _is_pruned(obj: object) -> bool:
 
 
 def is_pruned_checkpoint(path: str | Path) -> bool:
-    return _is_pruned(_read(path))
+    return _is_pruned(read_weights_only(path))
 
 
 def _state_dict_of(obj: object, path: str | Path) -> dict[str, torch.Tensor]:
@@ -68,7 +69,7 @@ def _state_dict_of(obj: object, path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint as a plain state_dict."""
-    return _state_dict_of(_read(path, "checkpoint"), path)
+    return _state_dict_of(read_weights_only(path, "checkpoint"), path)
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -116,7 +117,7 @@ def _rebuild(obj: dict, path: str | Path) -> nn.Module:
 
 def load_pruned(path: str | Path) -> tuple[nn.Module, str]:
     """Rebuild a pruned model from its file: (model, base model name)."""
-    obj = _read(path)
+    obj = read_weights_only(path)
     if not _is_pruned(obj):
         raise AutopruneError(f"'{path}' is not an autoprune pruned-model file")
     return _rebuild(obj, path), obj["base"]
@@ -126,7 +127,7 @@ def load_model(name: str, num_classes: int = 10, checkpoint: str | Path | None =
     """``create_model(name)`` with a checkpoint (plain, DataParallel or pruned), reading the file once."""
     if checkpoint is None:
         return create_model(name, num_classes)
-    obj = _read(checkpoint, "checkpoint")
+    obj = read_weights_only(checkpoint, "checkpoint")
     if _is_pruned(obj):
         if obj["base"] != name:
             raise AutopruneError(

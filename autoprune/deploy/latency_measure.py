@@ -233,7 +233,7 @@ def latency_table(structure: ModelStructure, batch_size: int = 1, precision: Pre
             saved = json.loads(path.read_text())
             if saved.get("key") == key:
                 return LatencyTable(**saved)
-        except (json.JSONDecodeError, TypeError):
+        except (ValueError, TypeError):  # not JSON, not UTF-8, or other fields
             pass  # unreadable: measured again below
     table = measure_table(structure, batch_size, prec, round_to, points, method=method, quantum=quantum)
     if cache:

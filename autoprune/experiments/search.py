@@ -65,8 +65,9 @@ HELP = {
              "finetune:STEPS (BN recalibrated, STEPS SGD steps of LR-rewind fine-tuning, then held-out accuracy; "
              "much slower; ranks allocations more like a full fine-tune does). The RL --reward is computed from this "
              "score",
-    "resume": "continue the interrupted run in --output (a run folder is trusted like code: resuming reads its "
-              "checkpoint files)",
+    "resume": "continue the interrupted run in --output. Its checkpoints are pickles (they can run code when "
+              "read): trust a run folder like code, resume only your own; one written by another autoprune "
+              "version is refused before anything in it is unpickled",
     "more_models": "train the same policy on these models too (NAME or NAME=CHECKPOINT, same data and target): "
                    "episodes alternate between the models, reward 'relative', one log per model (0-<groups>g/, ...)",
 }

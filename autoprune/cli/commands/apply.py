@@ -33,7 +33,7 @@ class ApplyConfig:
 
 
 _HELP = {
-    "policy": "policy.zip written by autoprune search",
+    "policy": "policy.zip written by autoprune search (read without unpickling: safe to take from others)",
     "output": "directory for model.pt, allocation.json, report.json (must be new or empty)",
     **TARGET_HELP,
     "evaluate": "report adaptive-BN accuracy of the policy's allocation and of uniform at the same cost",

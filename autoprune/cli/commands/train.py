@@ -5,11 +5,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from autoprune.config import add_config_args, flat_config, nested, resolve_config, save_config
 from autoprune.core.cost import measure_cost
-from autoprune.core.io import save_pruned
+from autoprune.core.io import read_weights_only, save_pruned
 from autoprune.errors import AutopruneError
 from autoprune.runs import check_run_dir
 from autoprune.train import distributed
@@ -53,7 +51,7 @@ def run(args) -> None:
     if cfg.resume and state_path.exists():
         from autoprune.train.training import make_optimizer
 
-        state = torch.load(state_path, map_location=ws.device, weights_only=True)
+        state = read_weights_only(state_path, "training state")
         ws.model.load_state_dict(state["model"])
         optimizer = make_optimizer(ws.model, recipe)
         optimizer.load_state_dict(state["optimizer"])
