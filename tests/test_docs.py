@@ -1,4 +1,4 @@
-"""What the READMEs promise a reader: CI runs exactly the README's test command, and every results file they cite exists."""
+"""What the READMEs promise: CI runs exactly the README's test command; every results file they cite exists."""
 import re
 from pathlib import Path
 
