@@ -192,6 +192,18 @@ def test_every_seeded_allocator_gets_the_compare_seed(tmp_path):
     assert build_allocator("random@seed=7", 1).seed == 7  # the spec's own seed wins
 
 
+
+def test_sensitivity_curves_are_kept_and_plotted_once_per_target(tmp_path, tiny_setup):
+    """Sensitivity declares its curves (``MeasuresSensitivity``) and is deterministic: one measurement, two seeds."""
+    cfg = _config(tmp_path / "run", allocators=["sensitivity@rates=[0.5]"], recipes=["lr-rewind"],
+                  train=TrainRecipe(epochs=0.1, batch_size=64))
+    _run(cfg, tiny_setup)
+    folders = sorted(p.name for p in (tmp_path / "run" / "allocators").iterdir())
+    assert folders == ["sensitivity_t0.6_s0"]
+    rows = list(csv.DictReader(open(tmp_path / "run" / "allocators" / folders[0] / "sensitivity.csv")))
+    assert {r["group"] for r in rows} == {"conv1", "conv2", "conv3"}
+    assert (tmp_path / "run" / "allocators" / folders[0] / "sensitivity.png").stat().st_size > 100
+
 PLUGIN = """
 from autoprune.core.problem import uniform_allocation
 
