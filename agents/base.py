@@ -1,7 +1,14 @@
-"""The one interface every allocator implements: a ``PruningProblem`` in, an ``Allocation`` out."""
+"""The interfaces of allocators: a ``PruningProblem`` in, an ``Allocation`` out.
+
+``Allocator`` is what every allocator is. ``AllocatorFactory`` is what the registry holds (a class,
+usually) and what a plugin's entry point names: it declares up front whether its allocations depend
+on a ``seed`` constructor argument, so ``compare`` passes one per seed without probing the object.
+``MeasuresSensitivity`` is an optional capability that ``compare`` keeps and plots.
+"""
 from __future__ import annotations
 
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
@@ -15,3 +22,36 @@ class Allocator(Protocol):
 
     def allocate(self, problem: PruningProblem, scorer: Scorer | None = None) -> Allocation:
         ...
+
+
+class AllocatorFactory(Protocol):
+    """Builds an allocator from a spec's options (``name@key=value``).
+
+    ``seeded`` True: the factory takes ``seed=`` and different seeds give different allocations
+    (``compare --seeds`` runs it once per seed); False: deterministic, run once per target.
+    """
+
+    seeded: bool
+
+    def __call__(self, **options: Any) -> Allocator:
+        ...
+
+
+@runtime_checkable
+class MeasuresSensitivity(Protocol):
+    """Optional: per-group accuracy-drop curves measured while allocating (one row per group and keep ratio)."""
+
+    rows: list[dict]
+
+    def save(self, folder: str | Path) -> None:
+        """Write the curves (``sensitivity.csv``) into ``folder``."""
+
+
+class Factory:
+    """A plain callable made into an ``AllocatorFactory`` by declaring ``seeded`` next to it."""
+
+    def __init__(self, build: Callable[..., Allocator], seeded: bool):
+        self.build, self.seeded = build, seeded
+
+    def __call__(self, **options: Any) -> Allocator:
+        return self.build(**options)

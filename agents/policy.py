@@ -17,6 +17,7 @@ class PolicyAllocator:
     """Roll a saved policy out on ``problem`` (the env's wall keeps it within budget)."""
 
     name = "policy"
+    seeded = False
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

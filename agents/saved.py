@@ -11,6 +11,7 @@ class SavedAllocation:
     """Returns the allocation stored in ``path`` if it fits the problem's model and budget (within 1% below)."""
 
     name = "allocation"
+    seeded = False
 
     def __init__(self, path: str):
         self.path = path

@@ -7,6 +7,7 @@ from autoprune.core.problem import PruningProblem, uniform_allocation
 
 class UniformAllocator:
     name = "uniform"
+    seeded = False
 
     def allocate(self, problem: PruningProblem, scorer: Scorer | None = None) -> Allocation:
         return uniform_allocation(problem)

@@ -1,6 +1,7 @@
 """``autoprune compare``: the loop on a tiny model and 8x8 images, the CLI once on ResNet-20, and the pieces."""
 import csv
 import json
+import sys
 
 import pytest
 import torch
@@ -188,10 +189,92 @@ def test_every_seeded_allocator_gets_the_compare_seed(tmp_path):
     """compare --allocators ddpg --seeds 0 1 2 must run three different searches, not one three times."""
     from autoprune.experiments.comparison import build_allocator
 
-    for spec in ("ddpg", "td3", "sac", "random", "ddpg@episodes=5"):
-        seeds = {build_allocator(spec, s, tmp_path).seed for s in (0, 1, 2)}
+    for spec in ("ddpg", "td3", "sac", "random", "search:4", "ddpg@episodes=5"):
+        seeds = {build_allocator(spec, s).seed for s in (0, 1, 2)}
         assert seeds == {0, 1, 2}, spec
-    assert build_allocator("ddpg@episodes=5", 1, tmp_path).config.episodes == 5
+    assert build_allocator("ddpg@episodes=5", 1).config.episodes == 5
+    assert build_allocator("random@seed=7", 1).seed == 7  # the spec's own seed wins
+
+
+
+def test_sensitivity_curves_are_kept_and_plotted_once_per_target(tmp_path, tiny_setup):
+    """Sensitivity declares its curves (``MeasuresSensitivity``) and is deterministic: one measurement, two seeds."""
+    cfg = _config(tmp_path / "run", allocators=["sensitivity@rates=[0.5]"], recipes=["lr-rewind"],
+                  train=TrainRecipe(epochs=0.1, batch_size=64))
+    _run(cfg, tiny_setup)
+    folders = sorted(p.name for p in (tmp_path / "run" / "allocators").iterdir())
+    assert folders == ["sensitivity_t0.6_s0"]
+    rows = list(csv.DictReader(open(tmp_path / "run" / "allocators" / folders[0] / "sensitivity.csv")))
+    assert {r["group"] for r in rows} == {"conv1", "conv2", "conv3"}
+    assert (tmp_path / "run" / "allocators" / folders[0] / "sensitivity.png").stat().st_size > 100
+
+PLUGIN = """
+from autoprune.core.problem import uniform_allocation
+
+
+class Half:
+    name = "half"
+    seeded = True
+    built = []  # the seeds it was built with
+
+    def __init__(self, seed: int = 0):
+        Half.built.append(seed)
+
+    def allocate(self, problem):
+        return uniform_allocation(problem)
+
+
+class Undeclared:
+    name = "undeclared"
+
+    def allocate(self, problem):
+        return uniform_allocation(problem)
+"""
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """An installed package (a dist-info on sys.path) with three ``autoprune.allocators`` entry points."""
+    from autoprune.agents import ALLOCATORS
+
+    (tmp_path / "fake_budget.py").write_text(PLUGIN)
+    dist = tmp_path / "fake_budget-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-budget\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[autoprune.allocators]\nhalf = fake_budget:Half\n"
+                                           "undeclared = fake_budget:Undeclared\nbroken = fake_budget_gone:Nothing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(ALLOCATORS, "_plugins", None)  # read the entry points again, and forget them afterwards
+    monkeypatch.setattr(ALLOCATORS, "_entries", dict(ALLOCATORS._entries))
+    yield
+    monkeypatch.delitem(sys.modules, "fake_budget", raising=False)
+
+
+def test_a_plugin_allocator_is_built_and_compared_with_a_seed_per_row(plugin, tmp_path, tiny_setup):
+    from autoprune.agents import get_allocator, list_allocators
+
+    assert {"half", "broken", "uniform"} <= set(list_allocators())
+    assert type(get_allocator("half")).__name__ == "Half"
+    half = sys.modules["fake_budget"].Half
+    half.built.clear()
+    cfg = _config(tmp_path / "run", allocators=["uniform", "half"], recipes=["lr-rewind"],
+                  train=TrainRecipe(epochs=0.1, batch_size=64))
+    record = _run(cfg, tiny_setup)
+    assert {(r["method"], r["seed"]) for r in record["rows"]} == {(m, s) for m in ("uniform", "half") for s in (0, 1)}
+    assert half.built == [0, 1]  # seeded: built once per compare seed, with that seed
+
+
+def test_a_broken_plugin_is_a_one_line_error_naming_it_and_breaks_nothing_else(plugin):
+    from autoprune.agents import get_allocator
+    from autoprune.experiments.comparison import build_allocator
+
+    with pytest.raises(AutopruneError) as err:
+        get_allocator("broken")
+    assert str(err.value).startswith("allocator plugin 'broken' (fake_budget_gone:Nothing) failed to load: "
+                                     "ModuleNotFoundError") and "\n" not in str(err.value)
+    with pytest.raises(AutopruneError, match="'undeclared' does not declare seeded"):
+        build_allocator("undeclared", 0)
+    assert get_allocator("uniform").name == "uniform"
 
 
 def test_compare_with_a_latency_budget(tmp_path, tiny_setup, blocked_clock):

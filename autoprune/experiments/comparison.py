@@ -3,8 +3,9 @@
 For each target, one ``PruningProblem`` (fixed calibration and held-out splits) is handed to each
 allocator; the allocation is pruned with the problem's criterion, scored (``--score``: adaptive BN), then
 trained with each recipe and tested. Seeds change the fine-tune (data order) and the search of
-seeded allocators (random search); deterministic allocators (``seeded = False``) are run once per
-target. Rows are appended to ``results.json`` as they finish, so an interrupted run resumes.
+seeded allocators (random search, the RL searches: their factory declares ``seeded``, and each gets
+the row's seed); deterministic allocators (``seeded = False``) are run once per target. Rows are
+appended to ``results.json`` as they finish, so an interrupted run resumes.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from autoprune.agents import Allocator, MeasuresSensitivity, allocator_factory, get_allocator
 from autoprune.config import flat_config, save_config
 from autoprune.core.allocation import Allocation
 from autoprune.core.criteria import group_scores
@@ -49,16 +51,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
-def build_allocator(spec: str, seed: int, folder: Path):
-    from autoprune.agents import get_allocator
-
-    _, kwargs = parse_spec(spec)
-    alloc = get_allocator(spec)
-    if hasattr(alloc, "seed") and "seed" not in kwargs:
-        alloc.seed = seed
-    if hasattr(alloc, "output_dir") and "output_dir" not in kwargs:
-        alloc.output_dir = folder
-    return alloc
+def build_allocator(spec: str, seed: int) -> Allocator:
+    """The allocator ``spec`` names; a seeded one gets ``seed`` unless the spec sets its own."""
+    _, options = parse_spec(spec)
+    extra = {"seed": seed} if allocator_factory(spec).seeded and "seed" not in options else {}
+    return get_allocator(spec, **extra)
 
 
 # -- results file ----------------------------------------------------------------------------
@@ -147,15 +144,16 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                         return Allocation.from_dict(saved, structure), float(saved["alloc_seconds"]), False
                     if reuse is not None:
                         return reuse[0], reuse[1], False
-                    folder = out / "allocators" / f"{_slug(method)}_t{target:g}_s{seed}"
-                    allocator = build_allocator(spec, seed, folder)
+                    allocator = build_allocator(spec, seed)
                     log(f"[{target:g}] {method} seed {seed}: allocating")
                     alloc = allocator.allocate(problem, scorer)
-                    if getattr(allocator, "rows", None) and getattr(allocator, "output_dir", None):
+                    if isinstance(allocator, MeasuresSensitivity) and allocator.rows:
                         from autoprune.experiments.plots import plot_sensitivity
 
-                        plot_sensitivity(allocator.rows, Path(allocator.output_dir) / "sensitivity.png")
-                    return alloc, time.perf_counter() - t0, not getattr(allocator, "seeded", True)
+                        folder = out / "allocators" / f"{_slug(method)}_t{target:g}_s{seed}"
+                        allocator.save(folder)
+                        plot_sensitivity(allocator.rows, folder / "sensitivity.png")
+                    return alloc, time.perf_counter() - t0, not allocator_factory(spec).seeded
 
                 alloc, alloc_seconds, reusable = distributed.from_main(choose)
                 if reusable:
