@@ -15,6 +15,7 @@ from autoprune.agents.common import count_steps, criterion_scores, floor_counts,
 from autoprune.core.allocation import Allocation
 from autoprune.core.legal import bisect
 from autoprune.core.problem import PruningProblem, fill_to_budget
+from autoprune.core.scoring import Scorer
 
 
 class LayerStatsAllocator:

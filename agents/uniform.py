@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem, uniform_allocation
+from autoprune.core.scoring import Scorer
 
 
 class UniformAllocator:

@@ -3,8 +3,8 @@ from autoprune.core.allocation import Allocation
 from autoprune.core.cost import measure_cost
 from autoprune.core.io import load_model, load_pruned, save_pruned
 from autoprune.core.problem import PruningProblem
-from autoprune.core.scoring import Score, Scorer
 from autoprune.core.prune import prune
+from autoprune.core.scoring import Score, Scorer
 from autoprune.core.structure import ModelStructure
 from autoprune.deploy import export
 from autoprune.errors import AutopruneError

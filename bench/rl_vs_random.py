@@ -35,8 +35,8 @@ import torch
 from autoprune.agents.policy import PolicyAllocator
 from autoprune.agents.random_search import RandomSearch
 from autoprune.agents.rl import RLSearch
-from autoprune.core.scoring import Scorer
 from autoprune.core.problem import PruningProblem, uniform_allocation
+from autoprune.core.scoring import Scorer
 from autoprune.runs import write_json_atomic
 from autoprune.workspace import open_workspace
 

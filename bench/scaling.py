@@ -23,8 +23,8 @@ import time
 import torch
 
 from autoprune.agents.random_search import RandomSearch
-from autoprune.core.scoring import Scorer
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import Scorer
 from autoprune.runs import write_json_atomic
 from autoprune.train.ray_pool import RayScoringPool
 from autoprune.workspace import open_workspace

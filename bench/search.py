@@ -29,8 +29,8 @@ from autoprune.agents.policy import PolicyAllocator
 from autoprune.agents.random_search import RandomSearch
 from autoprune.agents.rl import RLConfig, RLSearch
 from autoprune.agents.uniform import UniformAllocator
-from autoprune.core.scoring import Scorer
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import Scorer
 from autoprune.core.structure import ModelStructure
 from autoprune.models import create_model
 from autoprune.workspace import open_workspace

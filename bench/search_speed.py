@@ -25,8 +25,8 @@ from pathlib import Path
 
 from autoprune.agents import get_allocator
 from autoprune.cli.main import main as cli_main
-from autoprune.core.scoring import Scorer
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import Scorer
 from autoprune.runs import write_json_atomic
 from autoprune.workspace import open_workspace
 

@@ -29,8 +29,8 @@ from autoprune.agents.policy import PolicyAllocator
 from autoprune.agents.random_search import RandomSearch
 from autoprune.agents.rl import RLSearch
 from autoprune.cli.main import main as cli_main
-from autoprune.core.scoring import Scorer
 from autoprune.core.problem import PruningProblem, uniform_allocation
+from autoprune.core.scoring import Scorer
 from autoprune.core.structure import ModelStructure
 from autoprune.models import create_model, model_info
 from autoprune.runs import write_json_atomic

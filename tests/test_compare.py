@@ -220,14 +220,14 @@ class Half:
     def __init__(self, seed: int = 0):
         Half.built.append(seed)
 
-    def allocate(self, problem):
+    def allocate(self, problem, scorer=None):
         return uniform_allocation(problem)
 
 
 class Undeclared:
     name = "undeclared"
 
-    def allocate(self, problem):
+    def allocate(self, problem, scorer=None):
         return uniform_allocation(problem)
 """
 

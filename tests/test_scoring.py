@@ -3,21 +3,17 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from autoprune.agents.random_search import random_feasible_counts
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.scoring import FunctionEvaluator, Scorer, require_scorer
-from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
-from autoprune.models import create_model
 
 
-@pytest.fixture(scope="module")
-def structure():
-    torch.manual_seed(0)
-    return ModelStructure(create_model("resnet20", 10).eval(), torch.randn(1, 3, 32, 32))
+@pytest.fixture
+def structure(resnet20_structure):
+    return resnet20_structure
 
 
 def test_problem_is_frozen_and_with_target_copies(structure):

@@ -25,7 +25,6 @@ import autoprune
 from autoprune.errors import AutopruneError
 from autoprune.runs import write_json_atomic
 
-
 CHECKPOINT_FORMAT = "autoprune.checkpoint/1"
 
 

@@ -14,7 +14,6 @@ from autoprune.core.prune import prune
 from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
 
-
 METRICS = ("macs", "params", "latency")
 
 

@@ -25,8 +25,8 @@ from autoprune.core.allocation import Allocation
 from autoprune.core.criteria import group_scores
 from autoprune.core.io import load_model
 from autoprune.core.problem import PruningProblem
-from autoprune.core.scoring import Scorer
 from autoprune.core.prune import channels_to_remove
+from autoprune.core.scoring import Scorer
 from autoprune.deploy.latency import latency_table
 from autoprune.errors import AutopruneError
 from autoprune.experiments.compare_config import (

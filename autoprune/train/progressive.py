@@ -38,8 +38,8 @@ from autoprune.core.criteria import group_scores
 from autoprune.core.io import load_pruned, save_pruned
 from autoprune.core.legal import bisect, legal_step
 from autoprune.core.problem import PruningProblem
-from autoprune.core.scoring import Scorer
 from autoprune.core.prune import channels_to_remove
+from autoprune.core.scoring import Scorer
 from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
 from autoprune.runs import atomic_path

@@ -5,9 +5,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoprune.config import add_config_args, flat_config, nested, resolve_config, save_config
 from autoprune.experiments.targets import HELP as TARGET_HELP
 from autoprune.experiments.targets import TargetOptions
-from autoprune.config import add_config_args, flat_config, nested, resolve_config, save_config
 from autoprune.runs import check_run_dir
 from autoprune.train.training import TrainRecipe
 from autoprune.workspace import WorkspaceOptions

@@ -6,10 +6,10 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from autoprune.experiments.targets import TargetOptions
 from autoprune.config import add_config_args, flat_config, nested, resolve_resumable, save_config
 from autoprune.errors import AutopruneError
 from autoprune.experiments.plots import plot_channels_over_training, plot_schedule
+from autoprune.experiments.targets import TargetOptions
 from autoprune.runs import check_run_dir
 from autoprune.train import distributed
 from autoprune.train.training import TrainRecipe
