@@ -301,11 +301,12 @@ def test_data_cache_with_a_pickle_is_rebuilt_not_trusted(tmp_path, monkeypatch):
 
 def test_latency_table_cache_with_a_pickle_is_measured_again(tmp_path, monkeypatch, resnet20_structure, fake_clock):
     from autoprune.deploy import latency as lat
+    from autoprune.train.data import cache_dir
 
     monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
     marker = tmp_path / "ran"
     first = lat.latency_table(resnet20_structure, batch_size=1, points=2)
-    (path,) = (lat.cache_dir() / "latency").glob("*.json")
+    (path,) = (cache_dir() / "latency").glob("*.json")
     path.write_bytes(payload_bytes(marker))
     n = len(fake_clock)
     assert lat.latency_table(resnet20_structure, batch_size=1, points=2).key == first.key
