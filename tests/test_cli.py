@@ -98,8 +98,8 @@ def test_nested_options_read_flat_or_nested_and_save_flat(tmp_path):
     saved config.yaml uses the flag names, so it reads back as the same config."""
     import argparse
 
-    from autoprune.cli.commands.progressive import ProgressiveConfig
     from autoprune.config import add_config_args, resolve_config, save_config
+    from autoprune.experiments.progressive import ProgressiveConfig
 
     flat, nested = tmp_path / "flat.yaml", tmp_path / "nested.yaml"
     flat.write_text("model: resnet20\noutput: out\nepochs: 2\nlr_schedule: constant\n")

@@ -1,19 +1,15 @@
-"""``autoprune progressive``: train-prune-train, the model shrinking on a schedule while it trains."""
+"""``autoprune progressive``: train-prune-train, the model shrinking on a schedule while it trains.
+
+The pipeline is ``autoprune.experiments.progressive.run_progressive``; this command parses, calls and
+prints (rank 0 only under torchrun).
+"""
 from __future__ import annotations
 
-import copy
-import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from autoprune.config import add_config_args, flat_config, nested, resolve_resumable, save_config
-from autoprune.errors import AutopruneError
-from autoprune.experiments.plots import plot_channels_over_training, plot_schedule
-from autoprune.experiments.targets import TargetOptions
-from autoprune.runs import check_run_dir
-from autoprune.train import distributed
-from autoprune.train.training import TrainRecipe
-from autoprune.workspace import WorkspaceOptions
+from autoprune.config import add_config_args, resolve_resumable
+from autoprune.experiments.progressive import HELP as FIELD_HELP
+from autoprune.experiments.progressive import ProgressiveConfig, run_progressive
 
 NAME = "progressive"
 HELP = "Prune while training: an allocator splits each step's cut, a schedule sets its size."
@@ -22,148 +18,16 @@ HELP = "Prune while training: an allocator splits each step's cut, a schedule se
 _RESUME_FREE = {"device", "output"}
 
 
-@dataclass
-class ProgressiveConfig:
-    output: str  # run directory
-    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("image_size",))  # --model, --checkpoint, --data, ...
-    target: float = 0.5  # kept fraction of the original MACs at the end
-    latency: float | None = None  # instead: kept fraction of the measured latency (the final shape is decided on it)
-    latency_batch: int = 1
-    latency_precision: str = "fp32"
-    latency_fit: bool = True
-    allocator: str = "uniform"
-    trajectory: str | None = None  # final | per-step; default: final for policy:/allocation:, else per-step
-    criterion: str = "l1"
-    schedule: str = "cubic"
-    prune_start: float = 0.0  # fraction of training before the schedule starts
-    final_share: float = 0.25  # fraction of training left at the final width
-    prune_every: float = 0.25  # epochs between cuts
-    min_keep: float = 0.2  # per-cut lower bound on each group's keep ratio
-    round_to: int = 1
-    recipe: TrainRecipe = nested(TrainRecipe, exclude=("momentum", "bn_l1", "augment"), rename={"schedule": "lr_schedule"},
-                                 epochs=4.0, lr=0.05)
-    resume: bool = False
-
-
 def add_arguments(parser) -> None:
-    add_config_args(parser, ProgressiveConfig, {
-        "output": "run directory (config, TensorBoard, state.pt, model.pt, allocation.json, plots)",
-        "checkpoint": "dense (or pruned) checkpoint to start from; omit to train from scratch",
-        "target": "kept fraction of the original MACs at the end",
-        "latency": "instead of --target: kept fraction of the measured latency (lookup table at --latency-batch, "
-                   "--latency-precision); the allocator decides the final shape on the original model against it, "
-                   "and every cut heads for that shape (--trajectory final)",
-        "latency_fit": "with --latency: time the decided shape and re-scale it until its measured latency is "
-                       "within 5% of the target, before training; --no-latency-fit trusts the table",
-        "allocator": "uniform, layer-stats, global, policy:PATH, allocation:PATH, search:EPISODES (random search "
-                     "with adaptive BN at each cut), ... (autoprune.agents)",
-        "trajectory": "final: fix each group's final width once (the allocator on the original model at --target) "
-                      "and move every group toward it at each cut | per-step: re-allocate on the current model at "
-                      "every cut (default: final for policy:/allocation:, per-step otherwise)",
-        "schedule": "pruning schedule: constant, linear, cosine, exponential, cubic",
-        "prune_start": "fraction of training before pruning starts (never before the LR warm-up ends)",
-        "final_share": "fraction of training left at the final width (pruning ends before it)",
-        "prune_every": "epochs between cuts",
-        "min_keep": "lower bound on each group's keep ratio at any one cut",
-        "lr_schedule": "learning-rate schedule over the whole run: cosine or constant",
-        "resume": "continue the run in --output from its last epoch"})
+    add_config_args(parser, ProgressiveConfig, FIELD_HELP)
 
 
 def run(args) -> None:
-    import torch
-
-    from autoprune.agents import get_allocator
-    from autoprune.core.criteria import get_criterion
-    from autoprune.train.artifacts import save_calibrated
-    from autoprune.train.evaluator import accuracy
-    from autoprune.train.progressive import TRAJECTORIES, default_trajectory, progressive_train
-    from autoprune.train.schedules import PruningSchedule, list_schedules
-
     cfg = resolve_resumable(ProgressiveConfig, args, _RESUME_FREE)
-    if not cfg.resume:
-        check_run_dir(cfg.output)
-    distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
-    if cfg.latency is not None and distributed.active():
-        raise AutopruneError("--latency measures timings that differ between processes: decide the shape first "
-                             "(autoprune search --latency ...), then progressive --allocator allocation:PATH")
-    if not 0.0 < cfg.final_share < 1.0:
-        raise AutopruneError(f"--final-share {cfg.final_share} must be in (0, 1): the share of training at the final width")
-    get_criterion(cfg.criterion)  # fail on a bad name before loading data
-    allocator = get_allocator(cfg.allocator)
-    trajectory = cfg.trajectory or default_trajectory(cfg.allocator)
-    if trajectory not in TRAJECTORIES:
-        raise AutopruneError(f"unknown --trajectory '{trajectory}': use {' or '.join(TRAJECTORIES)}")
-    if cfg.schedule not in list_schedules():
-        raise AutopruneError(f"unknown pruning schedule '{cfg.schedule}': use one of {', '.join(list_schedules())}")
-    if cfg.latency is not None and trajectory != "final":
-        raise AutopruneError("--latency decides the final shape once on the original model: use --trajectory final")
-    recipe = cfg.recipe
-    recipe.lr_at(recipe.warmup_steps, recipe.warmup_steps + 1)  # validates the lr schedule name
-    out = Path(cfg.output)
-    torch.manual_seed(cfg.ws.seed)  # a from-scratch initialisation must be reproducible from the seed
-    ws = cfg.ws.open()
-    total = recipe.total_steps(len(ws.data.train))
-    steps_per_epoch = -(-len(ws.data.train) // recipe.batch_size)
-    target, latency = cfg.target, None
-    if cfg.latency is not None:  # decide the shape against the latency table, then schedule its MACs
-        allocator, target, latency = _latency_shape(cfg, ws, allocator)
-    # the two schedules together: no cut while the learning rate is still warming up
-    start = max(cfg.prune_start, recipe.warmup_steps / total)
-    schedule = PruningSchedule.over_training(cfg.schedule, target, total, start, 1.0 - cfg.final_share,
-                                             every=round(cfg.prune_every * steps_per_epoch))
-    if distributed.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    result = progressive_train(ws.model, ws.data, recipe, schedule, allocator, base_name=cfg.ws.model,
-                               criterion=cfg.criterion, min_keep=cfg.min_keep, round_to=cfg.round_to,
-                               seed=cfg.ws.seed, device=ws.device, precision=ws.precision, trajectory=trajectory,
-                               state_path=out / "state.pt",
-                               resume=cfg.resume,
-                               log_dir=out / "tb")
-    if not distributed.is_main():
+    s = run_progressive(cfg)
+    if s is None:  # not rank 0
         return
-    original = result.original
-    vx, vy = ws.data.tensors("val", ws.device)
-    trained_acc = accuracy(result.model, vx, vy)
-    saved_acc, _ = save_calibrated(result.model, cfg.ws.model, ws.data.num_classes, out / "model.pt",
-                                   ws.data.calibration_batches(128, ws.device), vx, vy, allocator=cfg.allocator,
-                                   schedule=cfg.schedule, target=cfg.target)
-    result.allocation.save(out / "allocation.json", original, allocator=cfg.allocator, schedule=cfg.schedule)
-    planned = [(s, schedule.target(s)) for s in range(total + 1)]
-    summary = {"val_acc": saved_acc, "val_acc_training_bn": trained_acc, "macs": result.allocation.macs(original),
-               "macs_ratio": result.allocation.macs(original) / original.dense_macs, "target": cfg.target,
-               "train_macs": result.train_macs, "seconds": result.seconds, "precision": ws.precision.name,
-               "trajectory": trajectory, "steps": result.steps,
-               "latency": (latency[0].measured(result.model, latency[2], latency[1], result.allocation.counts(original))
-                           if latency else None),
-               "events": [{**asdict(e), "lr": recipe.lr_at(e.step, total)} for e in result.events], "history": result.history, "config": flat_config(cfg)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_schedule(planned, result.events, out / "macs_schedule.png")
-    plot_channels_over_training(result.events, {g.name: g.channels for g in original.groups}, total, out / "channels.png")
-    print(f"saved {out / 'model.pt'}: MACs {100 * summary['macs_ratio']:.1f}% of original "
-          f"(target {100 * cfg.target:.1f}%), held-out acc {100 * summary['val_acc']:.2f}% as loaded from disk "
-          f"(BN recalibrated; {100 * trained_acc:.2f}% with training-time BN statistics), "
-          f"training {result.train_macs / 1e12:.3f} TMACs in {result.seconds:.0f}s")
-
-
-class _Decided:
-    """An allocation decided before training (the shape every cut heads for)."""
-
-    def __init__(self, allocation):
-        self.allocation = allocation
-
-    def allocate(self, problem, scorer=None):
-        return self.allocation
-
-
-def _latency_shape(cfg: ProgressiveConfig, ws, allocator):
-    """(fixed allocator, its MACs fraction as the schedule's final target, (target options, latency table))."""
-    options = TargetOptions(latency=cfg.latency, latency_batch=cfg.latency_batch,
-                            latency_precision=cfg.latency_precision, latency_fit=cfg.latency_fit)
-    structure = ws.structure()
-    table = options.table(structure, cfg.round_to)
-    problem = ws.problem(cfg.latency, "latency", criterion=cfg.criterion, min_keep=cfg.min_keep, round_to=cfg.round_to,
-                         latency=table)
-    allocation, _ = options.fit(problem, allocator.allocate(problem, ws.scorer(problem)))
-    dense = copy.deepcopy(structure.model)  # the latency reference: training prunes ws.model in place
-    return _Decided(allocation), allocation.macs(structure) / structure.dense_macs, (options, table, dense)
+    print(f"saved {Path(cfg.output) / 'model.pt'}: MACs {100 * s['macs_ratio']:.1f}% of original "
+          f"(target {100 * cfg.target:.1f}%), held-out acc {100 * s['val_acc']:.2f}% as loaded from disk "
+          f"(BN recalibrated; {100 * s['val_acc_training_bn']:.2f}% with training-time BN statistics), "
+          f"training {s['train_macs'] / 1e12:.3f} TMACs in {s['seconds']:.0f}s")

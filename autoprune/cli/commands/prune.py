@@ -1,68 +1,29 @@
-"""``autoprune prune``: apply an allocation file or a uniform ratio, report cost before and after, save."""
+"""``autoprune prune``: apply an allocation file or a uniform ratio, report cost before and after, save.
+
+The pipeline is ``autoprune.experiments.prune.run_prune``; this command parses, calls and prints.
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-from autoprune.config import add_config_args, nested, resolve_config
-from autoprune.core.allocation import Allocation
-from autoprune.core.cost import measure_cost
-from autoprune.core.prune import prune
-from autoprune.errors import AutopruneError
-from autoprune.train.artifacts import save_calibrated
-from autoprune.train.evaluator import accuracy
-from autoprune.workspace import WorkspaceOptions
+from autoprune.config import add_config_args, resolve_config
+from autoprune.experiments.prune import HELP as FIELD_HELP
+from autoprune.experiments.prune import PruneConfig, run_prune
 
 NAME = "prune"
 HELP = "Prune a model to an allocation file or a uniform keep ratio and save it."
 
 
-@dataclass
-class PruneConfig:
-    output: str
-    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("train_subset", "image_size"))  # --model, --checkpoint, --data, ...
-    allocation: str | None = None
-    ratio: float | None = None  # uniform channel keep ratio, if no allocation file
-    criterion: str = "l1"
-    round_to: int = 1
-    adaptive_bn_eval: bool = True
-
-
 def add_arguments(parser) -> None:
-    add_config_args(parser, PruneConfig, {"output": "where to write the pruned model (.pt)",
-                                          "allocation": "allocation JSON (from search/compare)",
-                                          "ratio": "uniform keep ratio of channels, e.g. 0.5"})
+    add_config_args(parser, PruneConfig, FIELD_HELP)
 
 
 def run(args) -> None:
     cfg = resolve_config(PruneConfig, args)
-    if (cfg.allocation is None) == (cfg.ratio is None):
-        raise AutopruneError("give exactly one of --allocation FILE or --ratio R")
-    if cfg.ratio is not None and not 0 < cfg.ratio <= 1:
-        raise AutopruneError(f"--ratio {cfg.ratio} is outside (0, 1]")
-    out = Path(cfg.output)
-    ws = cfg.ws.open()
-    structure = ws.structure()
-    if cfg.allocation is not None:
-        alloc = Allocation.load(cfg.allocation, structure)
-    else:
-        alloc = Allocation.uniform(structure, cfg.ratio, cfg.round_to)
-    batches = ws.data.calibration_batches(128, ws.device)
-    pruned = prune(structure, alloc, cfg.criterion, batches)
-    x, _ = ws.data.tensors("val")
-    before, after = measure_cost(ws.model, x[:1].to(ws.device)), measure_cost(pruned, x[:1].to(ws.device))
-    report = {"model": cfg.ws.model, "criterion": cfg.criterion, "precision": ws.precision.name,
-              "macs_before": before[0], "macs_after": after[0], "macs_ratio": after[0] / before[0],
-              "params_before": before[1], "params_after": after[1], "params_ratio": after[1] / before[1]}
-    vx, vy = ws.data.tensors("val", ws.device)
-    if cfg.adaptive_bn_eval:
-        report["adaptive_bn_val_acc"] = ws.evaluator()(pruned)  # save_calibrated re-estimates BN below
-        report["dense_val_acc"] = accuracy(ws.model, vx, vy)
-    report["saved_model_val_acc"], _ = save_calibrated(pruned, cfg.ws.model, ws.data.num_classes, out, batches, vx, vy,
-                                                       criterion=cfg.criterion)
-    alloc.save(out.with_suffix(".allocation.json"), structure)
-    print(f"MACs {before[0]:,} -> {after[0]:,} ({100 * report['macs_ratio']:.1f}%), "
-          f"params {before[1]:,} -> {after[1]:,} ({100 * report['params_ratio']:.1f}%); saved {out} "
-          f"(BN recalibrated; as loaded from disk: {100 * report['saved_model_val_acc']:.2f}% held-out accuracy)")
-    print(json.dumps(report))
+    r = run_prune(cfg)
+    print(f"MACs {r['macs_before']:,} -> {r['macs_after']:,} ({100 * r['macs_ratio']:.1f}%), "
+          f"params {r['params_before']:,} -> {r['params_after']:,} ({100 * r['params_ratio']:.1f}%); saved "
+          f"{Path(cfg.output)} (BN recalibrated; as loaded from disk: {100 * r['saved_model_val_acc']:.2f}% held-out "
+          "accuracy)")
+    print(json.dumps(r))

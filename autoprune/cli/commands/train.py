@@ -1,82 +1,27 @@
-"""``autoprune train``: train or fine-tune a model (dense or pruned) with SGD + cosine."""
+"""``autoprune train``: train or fine-tune a model (dense or pruned) with SGD + cosine.
+
+The pipeline is ``autoprune.experiments.train.run_train``; this command parses, calls and prints
+(rank 0 only under torchrun).
+"""
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
-from autoprune.config import add_config_args, flat_config, nested, resolve_config, save_config
-from autoprune.core.cost import measure_cost
-from autoprune.core.io import read_weights_only, save_pruned
-from autoprune.errors import AutopruneError
-from autoprune.runs import check_run_dir
-from autoprune.train import distributed
-from autoprune.train.evaluator import accuracy
-from autoprune.train.training import TrainRecipe, train
-from autoprune.workspace import WorkspaceOptions
+from autoprune.config import add_config_args, resolve_config
+from autoprune.experiments.train import HELP as FIELD_HELP
+from autoprune.experiments.train import TrainConfig, run_train
 
 NAME = "train"
 HELP = "Train or fine-tune a model (dense or pruned) with SGD and a cosine learning rate."
 
 
-@dataclass
-class TrainConfig:
-    output: str  # run directory
-    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("calib_size", "image_size"))  # --model, --checkpoint, --data, ...
-    recipe: TrainRecipe = nested(TrainRecipe)  # epochs, lr, momentum, weight decay, batch size, schedule, ...
-    resume: bool = False
-    save_every: int | None = None  # epochs between kept checkpoints (checkpoints/epoch-K.pt; weight rewinding)
-
-
 def add_arguments(parser) -> None:
-    add_config_args(parser, TrainConfig, {"output": "run directory (model.pt, TensorBoard events, config)",
-                                          "bn_l1": "Network Slimming L1 penalty on BN gammas",
-                                          "save_every": "keep the weights every N epochs (and at the start) as "
-                                                        "checkpoints/epoch-K.pt, for compare --recipes weight-rewind"})
+    add_config_args(parser, TrainConfig, FIELD_HELP)
 
 
 def run(args) -> None:
     cfg = resolve_config(TrainConfig, args)
-    out = Path(cfg.output)
-    check_run_dir(out, cfg.resume)
-    distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
-    if distributed.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    ws = cfg.ws.open()
-    recipe = cfg.recipe
-    state_path = out / "state.pt"
-    start = 0
-    optimizer = None
-    if cfg.resume and state_path.exists():
-        from autoprune.train.training import make_optimizer
-
-        state = read_weights_only(state_path, "training state")
-        ws.model.load_state_dict(state["model"])
-        optimizer = make_optimizer(ws.model, recipe)
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-    x, _ = ws.data.tensors("val")
-    macs = measure_cost(ws.model, x[:1].to(ws.device))[0]
-    on_step = None
-    if cfg.save_every is not None:
-        if cfg.save_every < 1:
-            raise AutopruneError(f"--save-every {cfg.save_every} must be a positive number of epochs")
-        every = cfg.save_every * -(-len(ws.data.train) // recipe.batch_size)
-
-        def on_step(step, model, optimizer):  # before the step's update: weights after `step` updates
-            if step % every == 0 and distributed.is_main():
-                save_pruned(model, cfg.ws.model, ws.data.num_classes,
-                            out / "checkpoints" / f"epoch-{step // (every // cfg.save_every)}.pt", step=step)
-    result = train(ws.model, ws.data, recipe, device=ws.device, precision=ws.precision, seed=cfg.ws.seed,
-                   log_dir=out / "tb", on_step=on_step,
-                   checkpoint=state_path, macs_per_image=macs, start_step=start, optimizer=optimizer)
-    if not distributed.is_main():
+    summary = run_train(cfg)
+    if summary is None:  # not rank 0
         return
-    save_pruned(ws.model, cfg.ws.model, ws.data.num_classes, out / "model.pt")
-    vx, vy = ws.data.tensors("val", ws.device)
-    summary = {"val_acc": accuracy(ws.model, vx, vy), "steps": result.steps, "seconds": result.seconds,
-               "precision": ws.precision.name, "processes": distributed.rank_and_world()[1],
-               "config": flat_config(cfg)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"saved {out / 'model.pt'}: val acc {100 * summary['val_acc']:.2f}%")
+    print(f"saved {Path(cfg.output) / 'model.pt'}: val acc {100 * summary['val_acc']:.2f}%")

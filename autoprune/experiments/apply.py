@@ -1,0 +1,97 @@
+"""``run_apply(config)``: a learned policy rolled out on a model and target, pruned, optionally
+fine-tuned, saved as it was scored (the pipeline behind ``autoprune apply``)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoprune.config import flat_config, nested, save_config
+from autoprune.experiments.targets import HELP as TARGET_HELP
+from autoprune.experiments.targets import TargetOptions
+from autoprune.runs import check_run_dir
+from autoprune.train.training import TrainRecipe
+from autoprune.workspace import WorkspaceOptions
+
+
+@dataclass
+class ApplyConfig:
+    policy: str
+    output: str
+    ws: WorkspaceOptions = nested(WorkspaceOptions, val_size=2000, calib_size=1024)  # --model, --checkpoint, --data, ...
+    target: TargetOptions = nested(TargetOptions)  # --macs | --params | --latency, --latency-batch, ...
+    criterion: str = "l1"
+    min_keep: float | None = None  # default: the bounds the policy was trained with
+    max_keep: float | None = None
+    round_to: int = 1
+    evaluate: bool = True
+    report_test: bool = False
+    finetune: TrainRecipe = nested(TrainRecipe, exclude=("momentum", "schedule", "warmup_steps", "bn_l1", "augment"),
+                                   rename={"epochs": "finetune_epochs"}, epochs=0.0)
+
+
+HELP = {
+    "policy": "policy.zip written by autoprune search (read without unpickling: safe to take from others)",
+    "output": "directory for model.pt, allocation.json, report.json (must be new or empty)",
+    **TARGET_HELP,
+    "evaluate": "report adaptive-BN accuracy of the policy's allocation and of uniform at the same cost",
+    "report_test": "also score the saved model on the test split (decodes test/)",
+    "finetune_epochs": "epochs of fine-tuning after pruning (0: none)",
+    "image_size": "resize images (e.g. 224 for torchvision models); None keeps the stored size",
+}
+
+
+def run_apply(cfg: ApplyConfig) -> dict:
+    """Prune ``cfg.ws.model`` with the policy and write ``model.pt``, ``allocation.json``, ``report.json``
+    into ``cfg.output``; returns the report."""
+    from autoprune.agents.policy import PolicyAllocator
+    from autoprune.core.cost import measure_cost
+    from autoprune.core.problem import uniform_allocation
+    from autoprune.train.artifacts import save_calibrated
+    from autoprune.train.evaluator import accuracy, recalibrate_bn
+    from autoprune.train.training import train
+
+    metric, target = cfg.target.resolve()
+    out = Path(cfg.output)
+    check_run_dir(out, resumable=False)
+    allocator = PolicyAllocator(cfg.policy)  # a corrupt policy fails before any data is loaded
+    min_keep = cfg.min_keep if cfg.min_keep is not None else float(allocator.meta["min_keep"])
+    max_keep = cfg.max_keep if cfg.max_keep is not None else float(allocator.meta["max_keep"])
+    ws = cfg.ws.open()
+    structure = ws.structure()
+    calib = ws.calibration()
+    problem = ws.problem(target, metric, criterion=cfg.criterion, min_keep=min_keep, max_keep=max_keep,
+                         round_to=cfg.round_to, latency=cfg.target.table(structure, cfg.round_to))
+    allocation, latency_fit = cfg.target.fit(problem, allocator.allocate(problem))
+    cost_ratio = problem.cost(allocation.counts(structure)) / problem.dense_cost
+    pruned = problem.pruned_model(allocation)
+    x1 = ws.data.tensors("val")[0][:1].to(ws.device)
+    (macs0, params0), (macs1, params1) = measure_cost(ws.model, x1), measure_cost(pruned, x1)
+    report: dict = {"precision": ws.precision.name, "policy": cfg.policy, "policy_trained_on": allocator.meta,
+                    "model": cfg.ws.model, "metric": metric,
+                    "target": target, "cost_ratio": cost_ratio, "meets_target": problem.feasible(allocation),
+                    "macs_before": macs0, "macs_after": macs1, "params_before": params0, "params_after": params1,
+                    "config": flat_config(cfg)}
+    if cfg.evaluate:
+        scorer = ws.scorer(problem)
+        report["adaptive_bn_accuracy"] = scorer.value(allocation)
+        report["uniform_adaptive_bn_accuracy"] = scorer.value(uniform_allocation(problem))
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    if cfg.finetune.epochs > 0:
+        recalibrate_bn(pruned, calib)  # start fine-tuning from recalibrated BN statistics, as scored
+        result = train(pruned, ws.data, cfg.finetune, device=ws.device, precision=ws.precision, seed=cfg.ws.seed,
+                       log_dir=out / "tb", macs_per_image=macs1)
+        report["finetune"] = {"epochs": cfg.finetune.epochs, "steps": result.steps, "seconds": result.seconds}
+    vx, vy = ws.data.tensors("val", ws.device)
+    report["saved_model_val_accuracy"], saved = save_calibrated(
+        pruned, cfg.ws.model, ws.data.num_classes, out / "model.pt", calib, vx, vy, criterion=cfg.criterion,
+        policy=cfg.policy)
+    if problem.latency is not None:
+        report["latency"] = cfg.target.measured(saved, structure.model, problem.latency, allocation.counts(structure))
+        report["latency_fit"] = latency_fit
+    if cfg.report_test:
+        report["saved_model_test_accuracy"] = accuracy(saved, *ws.data.tensors("test", ws.device))
+    allocation.save(out / "allocation.json", structure, metric=metric, target=target)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return report
