@@ -94,6 +94,19 @@ def row_key(target: float, method: str, recipe: str, seed: int) -> str:
 
 
 # -- the loop --------------------------------------------------------------------------------
+def run_compare(cfg: CompareConfig) -> dict:
+    """The whole ``autoprune compare``: check, open the model and data, run (or resume) every row, and
+    (rank 0) write results.csv/json, report.md and the plots; returns the results record."""
+    validate(cfg)
+    open_results(cfg)  # refuse a folder holding another run before loading anything
+    ws = cfg.ws.open()
+    record = run_comparison(cfg, ws.model, ws.data, ws.device, ws.evaluator(score=cfg.score, seed=cfg.ws.seed),
+                            ws.structure)
+    if distributed.is_main():  # under torchrun, rank 0 writes
+        write_outputs(record, cfg.output)
+    return record
+
+
 def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, device: torch.device,
                    evaluator: AdaptiveBNEvaluator, structure_factory: Callable[[], Any],
                    log: Callable[[str], None] = print) -> dict:
