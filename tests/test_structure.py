@@ -117,11 +117,12 @@ def test_prune_removes_lowest_scoring_channels(resnet20_structure):
 
 
 def test_snap_respects_floor_and_rounding(resnet20_structure):
-    s = resnet20_structure
-    g = s.groups[-1]  # 64 channels
-    assert s.snap(g, 0.0) == 1
-    assert s.snap(g, 13, round_to=8) == 16
-    assert s.snap(g, 1000) == g.channels
+    from autoprune.core.counts import snap_count
+
+    g = resnet20_structure.groups[-1]  # 64 channels
+    assert snap_count(g, 0.0) == 1
+    assert snap_count(g, 13, round_to=8) == 16
+    assert snap_count(g, 1000) == g.channels
 
 
 @pytest.mark.parametrize("round_to", [0, -8, 2.5])
@@ -137,8 +138,8 @@ def test_round_to_must_be_a_positive_integer(resnet20_structure, round_to):
 
 
 def test_legal_step_is_the_one_rule(resnet20_structure):
-    from autoprune.core.legal import legal_step
+    from autoprune.core.counts import legal_step, min_count, snap_count
 
     assert legal_step(1, 8) == 8 and legal_step(4, 6) == 12 and legal_step(3, 1) == 3
     g = resnet20_structure.groups[0]
-    assert resnet20_structure.snap(g, 13.0, 8) % 8 == 0 and resnet20_structure.min_keep(g, 8) == 8
+    assert snap_count(g, 13.0, 8) % 8 == 0 and min_count(g, 8) == 8

@@ -23,7 +23,6 @@ import torch_pruning as tp
 from torch_pruning.pruner.function import DepthwiseConvPruner
 
 from autoprune.core.cost import CostTable
-from autoprune.core.legal import legal_step
 from autoprune.errors import AutopruneError
 
 
@@ -259,17 +258,6 @@ class ModelStructure:
     def params(self, keep: Sequence[int] | np.ndarray) -> int:
         """Parameter count of the model pruned to ``keep``."""
         return int(self._costs.params(self._removed(keep)))
-
-    def min_keep(self, group: PrunableGroup | int, round_to: int = 1) -> int:
-        g = self.groups[group] if isinstance(group, int) else group
-        return min(g.channels, legal_step(g.ch_groups, round_to))
-
-    def snap(self, group: PrunableGroup | int, keep: float, round_to: int = 1) -> int:
-        """Nearest legal channel count: at least one channel, a multiple of the conv groups / ``round_to``."""
-        g = self.groups[group] if isinstance(group, int) else group
-        step = legal_step(g.ch_groups, round_to)
-        k = int(round(keep / step)) * step
-        return int(min(g.channels, max(self.min_keep(g, round_to), k)))
 
     # -- pruning -----------------------------------------------------------------------------
     def removal_plan(self, remove: Sequence[Sequence[int]]) -> dict[tuple[str, Callable, int, bool], list[int]]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from autoprune.core.counts import min_count, snap_count
 from autoprune.core.structure import ModelStructure
 from autoprune.deploy import timing
 from autoprune.deploy.latency_table import METHODS, QUANTUM, TABLE_FORMAT, LatencyTable
@@ -43,8 +44,8 @@ def table_key(structure: ModelStructure, batch_size: int, precision: Precision, 
 
 def _grid(structure: ModelStructure, g: int, round_to: int, points: int) -> list[int]:
     group = structure.groups[g]
-    raw = np.linspace(structure.min_keep(g, round_to), group.channels, points)
-    return sorted({structure.snap(g, float(k), round_to) for k in raw} | {group.channels})
+    raw = np.linspace(min_count(group, round_to), group.channels, points)
+    return sorted({snap_count(group, float(k), round_to) for k in raw} | {group.channels})
 
 
 def _isotonic(values: Sequence[float]) -> list[float]:
@@ -205,7 +206,7 @@ def _calibrate(structure: ModelStructure, table: LatencyTable, x: torch.Tensor, 
     summed, measured = [], []
     for _ in range(samples):
         ratios = rng.uniform(0.2, 1.0, size=len(structure.groups))
-        counts = [structure.snap(g, r * grp.channels, round_to) for g, (grp, r) in enumerate(zip(structure.groups, ratios))]
+        counts = [snap_count(grp, r * grp.channels, round_to) for grp, r in zip(structure.groups, ratios)]
         remove = [list(range(grp.channels - k)) for grp, k in zip(structure.groups, counts)]
         cut = structure.prune_copy(remove)
         diffs = []
