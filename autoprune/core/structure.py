@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning.pruner.function import DepthwiseConvPruner
 
-from autoprune.core.cost import CostTable
+from autoprune.core.cost import CostRow, CostTable
 from autoprune.errors import AutopruneError
 
 
@@ -202,26 +202,26 @@ class ModelStructure:
             out_refs, in_refs = refs.get(name, ([], []))
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 is_conv = isinstance(module, nn.Conv2d)
-                table.rows.append(dict(
+                table.rows.append(CostRow(
                     name=name, kind="dwconv" if _is_dw(module) else ("conv" if is_conv else "linear"),
-                    out=module.out_channels if is_conv else module.out_features,
-                    **{"in": module.in_channels if is_conv else module.in_features},
-                    groups=module.groups if is_conv else 1,
-                    kk=int(np.prod(module.kernel_size)) if is_conv else 1,
+                    out_channels=module.out_channels if is_conv else module.out_features,
+                    in_channels=module.in_channels if is_conv else module.in_features,
+                    conv_groups=module.groups if is_conv else 1,
+                    kernel_area=int(np.prod(module.kernel_size)) if is_conv else 1,
                     spatial=spatial.get(module, 0.0), bias=module.bias is not None,
-                    numel=sum(p.numel() for p in own), out_refs=out_refs, in_refs=in_refs))
+                    params=sum(p.numel() for p in own), out_refs=tuple(out_refs), in_refs=tuple(in_refs)))
             else:  # per-channel modules: parameters scale with the channel count
                 c = self._channel_count(module)
-                table.rows.append(dict(kind="channel", out=c, **{"in": c}, groups=1, kk=1, spatial=0.0,
-                                       bias=False, numel=sum(p.numel() for p in own),
-                                       out_refs=out_refs + in_refs if c else [], in_refs=[]))
+                table.rows.append(CostRow(kind="channel", out_channels=c, in_channels=c,
+                                          params=sum(p.numel() for p in own),
+                                          out_refs=tuple(out_refs + in_refs) if c else (), in_refs=()))
         # loose parameters (e.g. ConvNeXt's layer_scale) that groups prune
         named_params = dict(model.named_parameters())
         for name in sorted(loose):
             p = named_params[name]
             c = p.shape[self._param_dim(name)]
-            table.rows.append(dict(kind="channel", out=c, **{"in": c}, groups=1, kk=1, spatial=0.0,
-                                   bias=False, numel=p.numel(), out_refs=refs[name][0], in_refs=[]))
+            table.rows.append(CostRow(kind="channel", out_channels=c, in_channels=c, params=p.numel(),
+                                      out_refs=tuple(refs[name][0]), in_refs=()))
         table.finish(len(self.groups))
         self._costs = table
 
