@@ -22,7 +22,7 @@ def test_option_a_resnets_prune_block_internal_channels_only(name, n_groups):
     assert all(g.name.endswith(".conv1") and g.name.startswith("layer") for g in s.groups)
     # the residual stream (stem, block conv2s, classifier) must never lose output channels:
     # only each block's conv1 + bn1 outputs are cut (conv2 loses the matching input channels)
-    out_cut = {m.name for g in s.groups for m in g.members if "out" in m.handler.__name__}
+    out_cut = {m.name for g in s.groups for m in g.members if s.graph.is_out_channel_pruning_fn(m.handler)}
     blocks = [f"{g.name.rsplit('.', 1)[0]}" for g in s.groups]
     assert out_cut == {f"{b}.{layer}" for b in blocks for layer in ("conv1", "bn1")}
     half = prune(s, Allocation.uniform(s, 0.5))
@@ -75,11 +75,9 @@ def _zero_channels(model: nn.Module, s: ModelStructure, remove):
     modules = dict(model.named_modules())
     with torch.no_grad():
         for (name, handler, dim, is_param), idxs in plan.items():
-            if is_param or "out" not in handler.__name__:
+            if is_param or not s.graph.is_out_channel_pruning_fn(handler):
                 continue
             m = modules[name]
-            if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.out_channels and "in" in handler.__name__:
-                continue
             for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
                 if p is not None:
                     p[idxs] = 0

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from torch_pruning.pruner.function import DepthwiseConvPruner
 
 from autoprune.core.cost import CostRow, CostTable
 from autoprune.errors import AutopruneError
@@ -184,22 +183,27 @@ class ModelStructure:
 
     def _build_costs(self, model: nn.Module, spatial: dict[nn.Module, float]) -> None:
         table = CostTable()
-        refs: dict[str, tuple[list, list]] = {}
+        # which side of a module each member cuts, as torch-pruning's graph registered its handler; one
+        # handler cuts both sides when input and output are the same channels (depthwise conv, BN,
+        # LayerNorm, loose parameters): a per-channel module then counts it once, on its out side
+        refs: dict[str, tuple[list, list, list]] = {}  # out side, in side, in side only
         for g in self.groups:
             for m in g.members:
-                out_refs, in_refs = refs.setdefault(m.name, ([], []))
-                fn_name = getattr(m.handler, "__name__", "")
-                owner = getattr(m.handler, "__self__", None)
-                if m.is_param or isinstance(owner, DepthwiseConvPruner) or "out" in fn_name:
+                out_refs, in_refs, in_only = refs.setdefault(m.name, ([], [], []))
+                cuts_out = self.graph.is_out_channel_pruning_fn(m.handler)
+                cuts_in = self.graph.is_in_channel_pruning_fn(m.handler)
+                if cuts_out:
                     out_refs.append((g.index, m.per_channel))
-                if isinstance(owner, DepthwiseConvPruner) or "in_channels" in fn_name:
+                if cuts_in:
                     in_refs.append((g.index, m.per_channel))
+                    if not cuts_out:
+                        in_only.append((g.index, m.per_channel))
         loose = {m.name for g in self.groups for m in g.members if m.is_param}
         for name, module in model.named_modules():
             own = [p for pn, p in module.named_parameters(recurse=False) if f"{name}.{pn}".lstrip(".") not in loose]
             if not own:
                 continue
-            out_refs, in_refs = refs.get(name, ([], []))
+            out_refs, in_refs, in_only = refs.get(name, ([], [], []))
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 is_conv = isinstance(module, nn.Conv2d)
                 table.rows.append(CostRow(
@@ -214,7 +218,7 @@ class ModelStructure:
                 c = self._channel_count(module)
                 table.rows.append(CostRow(kind="channel", out_channels=c, in_channels=c,
                                           params=sum(p.numel() for p in own),
-                                          out_refs=tuple(out_refs + in_refs) if c else (), in_refs=()))
+                                          out_refs=tuple(out_refs + in_only) if c else (), in_refs=()))
         # loose parameters (e.g. ConvNeXt's layer_scale) that groups prune
         named_params = dict(model.named_parameters())
         for name in sorted(loose):
