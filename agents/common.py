@@ -1,10 +1,9 @@
-"""Small helpers the heuristic allocators share: criterion scores and legal channel counts."""
+"""Small helpers the heuristic allocators share: criterion scores and the channels they keep."""
 from __future__ import annotations
 
 import numpy as np
 
 from autoprune.core.criteria import group_scores
-from autoprune.core.legal import legal_step
 from autoprune.core.problem import PruningProblem
 
 
@@ -12,18 +11,6 @@ def criterion_scores(problem: PruningProblem, criterion: str | None = None) -> l
     """Per-group channel scores under ``criterion`` (default: the problem's), cached on the structure."""
     scores = group_scores(problem.structure, criterion or problem.criterion, problem.calib_batches)
     return [t.detach().double().numpy() for t in scores]
-
-
-def count_steps(problem: PruningProblem) -> np.ndarray:
-    """The unit each group's channel count moves in (conv groups and ``round_to``)."""
-    return np.array([legal_step(g.ch_groups, problem.round_to) for g in problem.structure.groups])
-
-
-def floor_counts(problem: PruningProblem, counts: np.ndarray) -> np.ndarray:
-    """Round keep counts down to legal values inside the problem's [min, max] keep bounds."""
-    step = count_steps(problem)
-    snapped = (np.floor(np.asarray(counts, dtype=np.float64) / step) * step).astype(np.int64)
-    return np.clip(snapped, problem.min_counts(), problem.max_counts())
 
 
 def kept_mask(scores: np.ndarray, keep: int) -> np.ndarray:

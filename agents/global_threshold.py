@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoprune.agents.common import count_steps, criterion_scores
+from autoprune.agents.common import criterion_scores
 from autoprune.core.allocation import Allocation
+from autoprune.core.counts import count_steps
 from autoprune.core.problem import PruningProblem
 from autoprune.core.scoring import Scorer
 from autoprune.errors import AutopruneError

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoprune.agents.common import count_steps
 from autoprune.core.allocation import Allocation
-from autoprune.core.problem import PruningProblem, fill_to_budget
+from autoprune.core.counts import count_steps, fill_to_budget
+from autoprune.core.problem import PruningProblem
 from autoprune.core.scoring import Scorer, require_scorer
 
 

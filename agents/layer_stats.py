@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoprune.agents.common import count_steps, criterion_scores, floor_counts, kept_mask
+from autoprune.agents.common import criterion_scores, kept_mask
 from autoprune.core.allocation import Allocation
-from autoprune.core.legal import bisect
-from autoprune.core.problem import PruningProblem, fill_to_budget
+from autoprune.core.counts import bisect, count_steps, fill_to_budget, floor_counts
+from autoprune.core.problem import PruningProblem
 from autoprune.core.scoring import Scorer
 
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from autoprune.agents.search_log import Best, EpisodeLog, SearchResult, progress_bar
 from autoprune.core.allocation import Allocation
-from autoprune.core.legal import bisect
-from autoprune.core.problem import PruningProblem, fill_to_budget
+from autoprune.core.counts import bisect, fill_to_budget, snap_count
+from autoprune.core.problem import PruningProblem
 from autoprune.core.scoring import Score, Scorer, require_scorer
 from autoprune.errors import AutopruneError
 from autoprune.runs import write_json_atomic
@@ -29,7 +29,7 @@ def random_feasible_counts(problem: PruningProblem, rng: np.random.Generator) ->
     ratios = rng.uniform(problem.min_keep, problem.max_keep, size=len(s.groups))
 
     def counts_at(scale: float) -> np.ndarray:
-        raw = [s.snap(g, scale * r * g.channels, problem.round_to) for g, r in zip(s.groups, ratios)]
+        raw = [snap_count(g, scale * r * g.channels, problem.round_to) for g, r in zip(s.groups, ratios)]
         return np.clip(np.array(raw, dtype=np.int64), lo, hi)
 
     scale, _ = bisect(lambda x: problem.cost(counts_at(x)) <= problem.budget, 0.0, 1.0 / max(ratios.min(), 1e-6))

@@ -14,10 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-from autoprune.agents.common import count_steps
 from autoprune.core.allocation import Allocation
-from autoprune.core.legal import bisect
-from autoprune.core.problem import PruningProblem, fill_to_budget
+from autoprune.core.counts import bisect, count_steps, fill_to_budget, snap_count
+from autoprune.core.problem import PruningProblem
 from autoprune.core.scoring import Scorer, require_scorer
 
 
@@ -37,7 +36,7 @@ class SensitivityAllocator:
         trials: list[tuple[int, int, Allocation]] = [(-1, int(dense[0]), Allocation.from_counts(s, dense))]
         lo = problem.min_counts()
         for i, g in enumerate(s.groups):
-            counts = sorted({max(int(lo[i]), s.snap(g, r * g.channels, problem.round_to))
+            counts = sorted({max(int(lo[i]), snap_count(g, r * g.channels, problem.round_to))
                              for r in (*self.rates, problem.min_keep) if r >= problem.min_keep} - {g.channels})
             for k in counts:
                 keep = dense.copy()

@@ -44,7 +44,7 @@ import torch
 from autoprune.agents import get_allocator
 from autoprune.agents.random_search import random_feasible_counts
 from autoprune.core.allocation import Allocation
-from autoprune.core.legal import bisect
+from autoprune.core.counts import bisect
 from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.scoring import Scorer
 from autoprune.core.structure import ModelStructure

@@ -35,8 +35,8 @@ import numpy as np
 from gymnasium import spaces
 
 from autoprune.core.allocation import Allocation
-from autoprune.core.legal import bisect
-from autoprune.core.problem import PruningProblem, fill_to_budget, uniform_allocation
+from autoprune.core.counts import bisect, fill_to_budget, snap_count
+from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.scoring import Score, Scorer
 from autoprune.errors import AutopruneError
 
@@ -89,7 +89,7 @@ class ChannelPruningEnv(gym.Env):
         s = problem.structure
         self.n = len(s.groups)
         self.lo, self.hi = problem.min_counts(), problem.max_counts()
-        self.legal = [np.unique([s.snap(g, k, problem.round_to) for k in range(lo, hi + 1)])
+        self.legal = [np.unique([snap_count(g, k, problem.round_to) for k in range(lo, hi + 1)])
                       for g, lo, hi in zip(s.groups, self.lo, self.hi)]
         dense = float(problem.dense_cost)
         share = []

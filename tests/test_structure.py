@@ -22,7 +22,7 @@ def test_option_a_resnets_prune_block_internal_channels_only(name, n_groups):
     assert all(g.name.endswith(".conv1") and g.name.startswith("layer") for g in s.groups)
     # the residual stream (stem, block conv2s, classifier) must never lose output channels:
     # only each block's conv1 + bn1 outputs are cut (conv2 loses the matching input channels)
-    out_cut = {m.name for g in s.groups for m in g.members if "out" in m.handler.__name__}
+    out_cut = {m.name for g in s.groups for m in g.members if s.graph.is_out_channel_pruning_fn(m.handler)}
     blocks = [f"{g.name.rsplit('.', 1)[0]}" for g in s.groups]
     assert out_cut == {f"{b}.{layer}" for b in blocks for layer in ("conv1", "bn1")}
     half = prune(s, Allocation.uniform(s, 0.5))
@@ -75,11 +75,9 @@ def _zero_channels(model: nn.Module, s: ModelStructure, remove):
     modules = dict(model.named_modules())
     with torch.no_grad():
         for (name, handler, dim, is_param), idxs in plan.items():
-            if is_param or "out" not in handler.__name__:
+            if is_param or not s.graph.is_out_channel_pruning_fn(handler):
                 continue
             m = modules[name]
-            if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.out_channels and "in" in handler.__name__:
-                continue
             for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
                 if p is not None:
                     p[idxs] = 0
@@ -117,11 +115,12 @@ def test_prune_removes_lowest_scoring_channels(resnet20_structure):
 
 
 def test_snap_respects_floor_and_rounding(resnet20_structure):
-    s = resnet20_structure
-    g = s.groups[-1]  # 64 channels
-    assert s.snap(g, 0.0) == 1
-    assert s.snap(g, 13, round_to=8) == 16
-    assert s.snap(g, 1000) == g.channels
+    from autoprune.core.counts import snap_count
+
+    g = resnet20_structure.groups[-1]  # 64 channels
+    assert snap_count(g, 0.0) == 1
+    assert snap_count(g, 13, round_to=8) == 16
+    assert snap_count(g, 1000) == g.channels
 
 
 @pytest.mark.parametrize("round_to", [0, -8, 2.5])
@@ -137,8 +136,8 @@ def test_round_to_must_be_a_positive_integer(resnet20_structure, round_to):
 
 
 def test_legal_step_is_the_one_rule(resnet20_structure):
-    from autoprune.core.legal import legal_step
+    from autoprune.core.counts import legal_step, min_count, snap_count
 
     assert legal_step(1, 8) == 8 and legal_step(4, 6) == 12 and legal_step(3, 1) == 3
     g = resnet20_structure.groups[0]
-    assert resnet20_structure.snap(g, 13.0, 8) % 8 == 0 and resnet20_structure.min_keep(g, 8) == 8
+    assert snap_count(g, 13.0, 8) % 8 == 0 and min_count(g, 8) == 8

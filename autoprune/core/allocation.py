@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from autoprune.core.counts import snap_count
 from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
 
@@ -27,7 +28,7 @@ class Allocation:
     def from_counts(cls, structure: ModelStructure, counts: Sequence[int], round_to: int = 1) -> "Allocation":
         if len(counts) != len(structure.groups):
             raise ValueError(f"expected {len(structure.groups)} counts, got {len(counts)}")
-        return cls({g.name: structure.snap(g, float(k), round_to) for g, k in zip(structure.groups, counts)})
+        return cls({g.name: snap_count(g, float(k), round_to) for g, k in zip(structure.groups, counts)})
 
     @classmethod
     def from_ratios(cls, structure: ModelStructure, ratios: Sequence[float], round_to: int = 1) -> "Allocation":
@@ -92,7 +93,7 @@ class Allocation:
             if isinstance(entry, dict) and "keep" in entry:
                 keep[name] = int(entry["keep"])
             elif isinstance(entry, dict) and "ratio" in entry and name in by_name:
-                keep[name] = structure.snap(by_name[name], float(entry["ratio"]) * by_name[name].channels)
+                keep[name] = snap_count(by_name[name], float(entry["ratio"]) * by_name[name].channels)
             else:
                 raise AutopruneError(f"allocation entry for group '{name}' needs 'keep' or 'ratio'")
         return cls(keep)

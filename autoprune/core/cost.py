@@ -7,34 +7,59 @@ the independent check of the table.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn as nn
+
+GroupRefs = tuple[tuple[int, int], ...]  # (group index, channels of this module per channel of the group)
+
+
+@dataclass(frozen=True)
+class CostRow:
+    """One module (or loose parameter) of the cost table, at its dense size.
+
+    ``kind`` is "conv", "dwconv" or "linear" (weighted: MACs and parameters) or "channel" (BN,
+    LayerNorm, loose parameters: parameters that scale with one channel count, held in ``out_channels``).
+    """
+
+    kind: str
+    out_channels: int
+    in_channels: int
+    out_refs: GroupRefs  # the groups that cut this module's output channels
+    in_refs: GroupRefs  # the groups that cut its input channels
+    params: int  # parameters the module owns (loose parameters have rows of their own)
+    name: str | None = None  # module name, for weighted modules
+    conv_groups: int = 1
+    kernel_area: int = 1  # kernel height x width
+    spatial: float = 0.0  # output positions per image
+    bias: bool = False
 
 
 class CostTable:
     """MACs and parameters of every weighted module as linear functions of channels removed."""
 
     def __init__(self) -> None:
-        self.rows: list[dict] = []
+        self.rows: list[CostRow] = []
 
     def finish(self, n_groups: int) -> None:
         n = len(self.rows)
-        self.out0 = np.array([r["out"] for r in self.rows], dtype=np.float64)
-        self.in0 = np.array([r["in"] for r in self.rows], dtype=np.float64)
+        self.out0 = np.array([r.out_channels for r in self.rows], dtype=np.float64)
+        self.in0 = np.array([r.in_channels for r in self.rows], dtype=np.float64)
         self.a_out = np.zeros((n, n_groups))
         self.a_in = np.zeros((n, n_groups))
         for i, r in enumerate(self.rows):
-            for g, mult in r["out_refs"]:
+            for g, mult in r.out_refs:
                 self.a_out[i, g] += mult
-            for g, mult in r["in_refs"]:
+            for g, mult in r.in_refs:
                 self.a_in[i, g] += mult
-        self.kind = np.array([r["kind"] for r in self.rows])
-        self.groups0 = np.array([r["groups"] for r in self.rows], dtype=np.float64)
-        self.kk = np.array([r["kk"] for r in self.rows], dtype=np.float64)
-        self.spatial = np.array([r["spatial"] for r in self.rows], dtype=np.float64)
-        self.bias = np.array([r["bias"] for r in self.rows], dtype=np.float64)
-        self.numel0 = np.array([r["numel"] for r in self.rows], dtype=np.float64)
+        self.kind = np.array([r.kind for r in self.rows])
+        self.groups0 = np.array([r.conv_groups for r in self.rows], dtype=np.float64)
+        self.kk = np.array([r.kernel_area for r in self.rows], dtype=np.float64)
+        self.spatial = np.array([r.spatial for r in self.rows], dtype=np.float64)
+        self.bias = np.array([r.bias for r in self.rows], dtype=np.float64)
+        self.numel0 = np.array([r.params for r in self.rows], dtype=np.float64)
         self.is_mac = np.isin(self.kind, ("conv", "dwconv", "linear"))
 
     def shapes(self, removed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from autoprune.core.allocation import Allocation
-from autoprune.core.legal import bisect, legal_step
+from autoprune.core.counts import bisect, fill_to_budget, legal_step, snap_count, uniform_counts
 from autoprune.core.prune import prune
 from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
@@ -82,12 +82,13 @@ class PruningProblem:
         return self.target * self.dense_cost
 
     def min_counts(self) -> np.ndarray:
-        return np.array([self.structure.snap(g, max(self.min_keep * g.channels, 1), self.round_to)
+        """Every group's legal count at the ``min_keep`` ratio (at least one channel)."""
+        return np.array([snap_count(g, max(self.min_keep * g.channels, 1), self.round_to)
                          for g in self.structure.groups], dtype=np.int64)
 
     def max_counts(self) -> np.ndarray:
-        return np.array([self.structure.snap(g, self.max_keep * g.channels, self.round_to)
-                         for g in self.structure.groups], dtype=np.int64)
+        """Every group's legal count at the ``max_keep`` ratio."""
+        return uniform_counts(self, self.max_keep)
 
     def feasible(self, allocation: Allocation, tolerance: float = 0.01) -> bool:
         """Within ``tolerance`` below the budget and not above it."""
@@ -106,38 +107,6 @@ class PruningProblem:
     def with_target(self, target: float) -> "PruningProblem":
         """The same problem at another budget (budget-conditioned episodes, reports at several targets)."""
         return replace(self, target=target)
-
-
-def fill_to_budget(problem: PruningProblem, counts: np.ndarray, order: Sequence[int] | None = None,
-                   budget: float | None = None) -> np.ndarray:
-    """Greedily add channels back (in ``order``, default round-robin) while the cost stays within
-    ``budget`` (default: the problem's).
-
-    Allocators that round down land a little under the budget; this closes the gap so every
-    allocator is compared at the same cost (within one channel).
-    """
-    budget = problem.budget if budget is None else budget
-    counts = counts.copy()
-    hi = problem.max_counts()
-    groups = list(order) if order is not None else list(range(len(counts)))
-    step = [legal_step(g.ch_groups, problem.round_to) for g in problem.structure.groups]
-    improved = True
-    while improved:
-        improved = False
-        for i in groups:
-            if counts[i] + step[i] <= hi[i]:
-                counts[i] += step[i]
-                if problem.cost(counts) <= budget:
-                    improved = True
-                else:
-                    counts[i] -= step[i]
-    return counts
-
-
-def uniform_counts(problem: PruningProblem, ratio: float) -> np.ndarray:
-    """Keep ``ratio`` of every group's channels (snapped to legal counts)."""
-    s = problem.structure
-    return np.array([s.snap(g, ratio * g.channels, problem.round_to) for g in s.groups], dtype=np.int64)
 
 
 def uniform_allocation(problem: PruningProblem) -> Allocation:

@@ -20,10 +20,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from torch_pruning.pruner.function import DepthwiseConvPruner
 
-from autoprune.core.cost import CostTable
-from autoprune.core.legal import legal_step
+from autoprune.core.cost import CostRow, CostTable
 from autoprune.errors import AutopruneError
 
 
@@ -185,44 +183,49 @@ class ModelStructure:
 
     def _build_costs(self, model: nn.Module, spatial: dict[nn.Module, float]) -> None:
         table = CostTable()
-        refs: dict[str, tuple[list, list]] = {}
+        # which side of a module each member cuts, as torch-pruning's graph registered its handler; one
+        # handler cuts both sides when input and output are the same channels (depthwise conv, BN,
+        # LayerNorm, loose parameters): a per-channel module then counts it once, on its out side
+        refs: dict[str, tuple[list, list, list]] = {}  # out side, in side, in side only
         for g in self.groups:
             for m in g.members:
-                out_refs, in_refs = refs.setdefault(m.name, ([], []))
-                fn_name = getattr(m.handler, "__name__", "")
-                owner = getattr(m.handler, "__self__", None)
-                if m.is_param or isinstance(owner, DepthwiseConvPruner) or "out" in fn_name:
+                out_refs, in_refs, in_only = refs.setdefault(m.name, ([], [], []))
+                cuts_out = self.graph.is_out_channel_pruning_fn(m.handler)
+                cuts_in = self.graph.is_in_channel_pruning_fn(m.handler)
+                if cuts_out:
                     out_refs.append((g.index, m.per_channel))
-                if isinstance(owner, DepthwiseConvPruner) or "in_channels" in fn_name:
+                if cuts_in:
                     in_refs.append((g.index, m.per_channel))
+                    if not cuts_out:
+                        in_only.append((g.index, m.per_channel))
         loose = {m.name for g in self.groups for m in g.members if m.is_param}
         for name, module in model.named_modules():
             own = [p for pn, p in module.named_parameters(recurse=False) if f"{name}.{pn}".lstrip(".") not in loose]
             if not own:
                 continue
-            out_refs, in_refs = refs.get(name, ([], []))
+            out_refs, in_refs, in_only = refs.get(name, ([], [], []))
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 is_conv = isinstance(module, nn.Conv2d)
-                table.rows.append(dict(
+                table.rows.append(CostRow(
                     name=name, kind="dwconv" if _is_dw(module) else ("conv" if is_conv else "linear"),
-                    out=module.out_channels if is_conv else module.out_features,
-                    **{"in": module.in_channels if is_conv else module.in_features},
-                    groups=module.groups if is_conv else 1,
-                    kk=int(np.prod(module.kernel_size)) if is_conv else 1,
+                    out_channels=module.out_channels if is_conv else module.out_features,
+                    in_channels=module.in_channels if is_conv else module.in_features,
+                    conv_groups=module.groups if is_conv else 1,
+                    kernel_area=int(np.prod(module.kernel_size)) if is_conv else 1,
                     spatial=spatial.get(module, 0.0), bias=module.bias is not None,
-                    numel=sum(p.numel() for p in own), out_refs=out_refs, in_refs=in_refs))
+                    params=sum(p.numel() for p in own), out_refs=tuple(out_refs), in_refs=tuple(in_refs)))
             else:  # per-channel modules: parameters scale with the channel count
                 c = self._channel_count(module)
-                table.rows.append(dict(kind="channel", out=c, **{"in": c}, groups=1, kk=1, spatial=0.0,
-                                       bias=False, numel=sum(p.numel() for p in own),
-                                       out_refs=out_refs + in_refs if c else [], in_refs=[]))
+                table.rows.append(CostRow(kind="channel", out_channels=c, in_channels=c,
+                                          params=sum(p.numel() for p in own),
+                                          out_refs=tuple(out_refs + in_only) if c else (), in_refs=()))
         # loose parameters (e.g. ConvNeXt's layer_scale) that groups prune
         named_params = dict(model.named_parameters())
         for name in sorted(loose):
             p = named_params[name]
             c = p.shape[self._param_dim(name)]
-            table.rows.append(dict(kind="channel", out=c, **{"in": c}, groups=1, kk=1, spatial=0.0,
-                                   bias=False, numel=p.numel(), out_refs=refs[name][0], in_refs=[]))
+            table.rows.append(CostRow(kind="channel", out_channels=c, in_channels=c, params=p.numel(),
+                                      out_refs=tuple(refs[name][0]), in_refs=()))
         table.finish(len(self.groups))
         self._costs = table
 
@@ -259,17 +262,6 @@ class ModelStructure:
     def params(self, keep: Sequence[int] | np.ndarray) -> int:
         """Parameter count of the model pruned to ``keep``."""
         return int(self._costs.params(self._removed(keep)))
-
-    def min_keep(self, group: PrunableGroup | int, round_to: int = 1) -> int:
-        g = self.groups[group] if isinstance(group, int) else group
-        return min(g.channels, legal_step(g.ch_groups, round_to))
-
-    def snap(self, group: PrunableGroup | int, keep: float, round_to: int = 1) -> int:
-        """Nearest legal channel count: at least one channel, a multiple of the conv groups / ``round_to``."""
-        g = self.groups[group] if isinstance(group, int) else group
-        step = legal_step(g.ch_groups, round_to)
-        k = int(round(keep / step)) * step
-        return int(min(g.channels, max(self.min_keep(g, round_to), k)))
 
     # -- pruning -----------------------------------------------------------------------------
     def removal_plan(self, remove: Sequence[Sequence[int]]) -> dict[tuple[str, Callable, int, bool], list[int]]:

@@ -42,8 +42,7 @@ def fit_measured(problem: PruningProblem, allocation: Allocation, precision: Pre
     ``reference`` = (a pruned model, its counts) times against that model instead of the dense one,
     ``target`` then relative to it (1.0: as fast as it): two allocations brought to equal measured speed."""
     from autoprune.core.allocation import Allocation
-    from autoprune.core.legal import bisect
-    from autoprune.core.problem import fill_to_budget
+    from autoprune.core.counts import bisect, fill_to_budget, snap_count
 
     s, table = problem.structure, problem.latency
     target = problem.target if target is None else target
@@ -53,7 +52,7 @@ def fit_measured(problem: PruningProblem, allocation: Allocation, precision: Pre
     lo, hi = problem.min_counts(), problem.max_counts()
 
     def scaled(f: float) -> np.ndarray:
-        return np.clip([s.snap(g, f * k, problem.round_to) for g, k in enumerate(base)], lo, hi)
+        return np.clip([snap_count(g, f * k, problem.round_to) for g, k in zip(s.groups, base)], lo, hi)
 
     counts, goal, rows = np.asarray(allocation.counts(s)), target, []
     for step in range(steps + 1):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from autoprune.core.counts import min_count, snap_count
 from autoprune.core.structure import ModelStructure
 from autoprune.deploy import timing
 from autoprune.deploy.latency_table import METHODS, QUANTUM, TABLE_FORMAT, LatencyTable
@@ -43,8 +44,8 @@ def table_key(structure: ModelStructure, batch_size: int, precision: Precision, 
 
 def _grid(structure: ModelStructure, g: int, round_to: int, points: int) -> list[int]:
     group = structure.groups[g]
-    raw = np.linspace(structure.min_keep(g, round_to), group.channels, points)
-    return sorted({structure.snap(g, float(k), round_to) for k in raw} | {group.channels})
+    raw = np.linspace(min_count(group, round_to), group.channels, points)
+    return sorted({snap_count(group, float(k), round_to) for k in raw} | {group.channels})
 
 
 def _isotonic(values: Sequence[float]) -> list[float]:
@@ -168,16 +169,16 @@ def _layer_grid(structure: ModelStructure, batch_size: int, prec: Precision, poi
     timed: dict[tuple, list[list[float]]] = {}
     layers = []
     for row in structure.costs.rows:
-        if row["kind"] not in ("conv", "dwconv", "linear") or row.get("name") not in inputs:
+        if row.kind not in ("conv", "dwconv", "linear") or row.name not in inputs:
             continue
-        module = modules[row["name"]]
-        dw = row["kind"] == "dwconv"
-        step = math.lcm(quantum, module.groups if row["kind"] == "conv" else 1)  # grouped convs keep whole groups
-        in_refs = [] if dw else [list(r) for r in row["in_refs"]]  # a depthwise conv's input is its output
-        out_refs = [list(r) for r in row["out_refs"]]
-        ins, outs = _axis(row["in"], in_refs, points, step), _axis(row["out"], out_refs, points, step)
-        spatial = inputs[row["name"]][1:]
-        sig = (type(module).__name__, row["kind"], getattr(module, "kernel_size", None), getattr(module, "stride", None),
+        module = modules[row.name]
+        dw = row.kind == "dwconv"
+        step = math.lcm(quantum, module.groups if row.kind == "conv" else 1)  # grouped convs keep whole groups
+        in_refs = [] if dw else [list(r) for r in row.in_refs]  # a depthwise conv's input is its output
+        out_refs = [list(r) for r in row.out_refs]
+        ins, outs = _axis(row.in_channels, in_refs, points, step), _axis(row.out_channels, out_refs, points, step)
+        spatial = inputs[row.name][1:]
+        sig = (type(module).__name__, row.kind, getattr(module, "kernel_size", None), getattr(module, "stride", None),
                getattr(module, "padding", None), getattr(module, "dilation", None), step, module.bias is not None,
                spatial, tuple(ins), tuple(outs))
         if sig not in timed:
@@ -185,13 +186,13 @@ def _layer_grid(structure: ModelStructure, batch_size: int, prec: Precision, poi
             for c_in in ins:
                 line = []
                 for c_out in outs:
-                    block = _block(module, row["kind"], c_in, c_out).to(device)
+                    block = _block(module, row.kind, c_in, c_out).to(device)
                     x = torch.randn(batch_size, c_out if dw else c_in, *spatial, device=device)
                     line.append(timing.measure_latency(block, x, prec, min_run_time))
                 grid.append(_isotonic(line))  # more output channels never faster
             columns = [_isotonic([grid[i][j] for i in range(len(ins))]) for j in range(len(outs))]
             timed[sig] = [[columns[j][i] for j in range(len(outs))] for i in range(len(ins))]
-        layers.append({"name": row["name"], "in0": row["in"], "out0": row["out"], "in_refs": in_refs,
+        layers.append({"name": row.name, "in0": row.in_channels, "out0": row.out_channels, "in_refs": in_refs,
                        "out_refs": out_refs, "in": ins, "out": outs, "times": timed[sig]})
     return layers
 
@@ -205,7 +206,7 @@ def _calibrate(structure: ModelStructure, table: LatencyTable, x: torch.Tensor, 
     summed, measured = [], []
     for _ in range(samples):
         ratios = rng.uniform(0.2, 1.0, size=len(structure.groups))
-        counts = [structure.snap(g, r * grp.channels, round_to) for g, (grp, r) in enumerate(zip(structure.groups, ratios))]
+        counts = [snap_count(grp, r * grp.channels, round_to) for grp, r in zip(structure.groups, ratios)]
         remove = [list(range(grp.channels - k)) for grp, k in zip(structure.groups, counts)]
         cut = structure.prune_copy(remove)
         diffs = []

@@ -34,9 +34,9 @@ import torch
 import torch.nn as nn
 
 from autoprune.core.allocation import Allocation
+from autoprune.core.counts import bisect, fill_in_order, legal_step, snap_count
 from autoprune.core.criteria import group_scores
 from autoprune.core.io import load_pruned, save_pruned
-from autoprune.core.legal import bisect, legal_step
 from autoprune.core.problem import PruningProblem
 from autoprune.core.prune import channels_to_remove
 from autoprune.core.scoring import Scorer
@@ -239,7 +239,7 @@ class ProgressivePruner:
         budget = planned * self.original.dense_macs
 
         def counts_at(share: float) -> np.ndarray:
-            raw = [structure.snap(g, c - share * (c - f), self.round_to) for g, c, f in zip(structure.groups, current, target)]
+            raw = [snap_count(g, c - share * (c - f), self.round_to) for g, c, f in zip(structure.groups, current, target)]
             return np.clip(np.array(raw, dtype=np.int64), target.astype(np.int64), current.astype(np.int64))
 
         if structure.macs(counts_at(0.0)) <= budget:
@@ -249,13 +249,8 @@ class ProgressivePruner:
         counts = counts_at(bisect(lambda share: structure.macs(counts_at(share)) > budget, iters=30)[1])
         # rounding overshoots the cut a little: give channels back, one legal step at a time, largest gap first
         steps = [legal_step(g.ch_groups, self.round_to) for g in structure.groups]
-        for i in np.argsort(-(current - counts)):
-            while counts[i] + steps[i] <= current[i]:
-                counts[i] += steps[i]
-                if structure.macs(counts) > budget:
-                    counts[i] -= steps[i]
-                    break
-        return counts
+        return fill_in_order(counts, steps, current, np.argsort(-(current - counts)),
+                             lambda c: structure.macs(c) <= budget)
 
     def log_event(self, event: PruneEvent) -> None:
         if self.writer is not None:
