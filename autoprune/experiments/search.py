@@ -134,9 +134,9 @@ def run_search(cfg: SearchConfig) -> SearchRun:
             result = RandomSearch(cfg.rl.episodes, cfg.ws.seed).search(problem, scorer, out, cfg.resume, cfg.progress)
         else:
             problems, scorers = [problem], [scorer]
-            for spec in cfg.more_models:
-                other_ws = replace(cfg.ws, model=spec.partition("=")[0],
-                                   checkpoint=spec.partition("=")[2] or None).open()
+            for spec in cfg.more_models:  # NAME or NAME=CHECKPOINT
+                name, _, checkpoint = spec.partition("=")
+                other_ws = replace(cfg.ws, model=name, checkpoint=checkpoint or None).open()
                 problems.append(_problem(cfg, other_ws))
                 scorers.append(other_ws.scorer(problems[-1], cfg.score, calib_batch_size=cfg.calib_batch_size,
                                                seed=cfg.ws.seed, early_stop=cfg.early_stop))
