@@ -2,7 +2,8 @@
 
 ``get_allocator(spec)`` builds one by name, with options as ``name@key=value`` (the CLI's
 ``--allocators`` syntax): ``uniform``, ``random``, ``ddpg``/``td3``/``sac`` (an RL search),
-``global``, ``sensitivity``, ``layer-stats``, ``greedy``, ``policy:PATH`` (a policy learned by
+``global``, ``tp-global`` (torch-pruning's own global pruning), ``sensitivity``, ``layer-stats``,
+``greedy``, ``policy:PATH`` (a policy learned by
 ``autoprune search``), ``allocation:PATH`` (a saved allocation, e.g. a search's
 ``best_allocation.json``), ``search:N`` (EagleEye's random search with N samples:
 ``random@samples=N``).
@@ -27,6 +28,7 @@ from autoprune.agents.policy import PolicyAllocator
 from autoprune.agents.random_search import RandomSearch
 from autoprune.agents.saved import SavedAllocation
 from autoprune.agents.sensitivity import SensitivityAllocator
+from autoprune.agents.tp_global import TPGlobalAllocator
 from autoprune.agents.uniform import UniformAllocator
 from autoprune.errors import AutopruneError
 from autoprune.registry import Registry, parse_spec
@@ -54,6 +56,7 @@ ALLOCATORS.register("random", _RANDOM)
 for _algo in ("ddpg", "td3", "sac"):
     ALLOCATORS.register(_algo, Factory(_rl_search, seeded=True), algo=_algo)
 ALLOCATORS.register("global", GlobalThresholdAllocator)
+ALLOCATORS.register("tp-global", TPGlobalAllocator)
 ALLOCATORS.register("sensitivity", SensitivityAllocator)
 ALLOCATORS.register("layer-stats", LayerStatsAllocator)
 ALLOCATORS.register("greedy", GreedyAllocator)

@@ -13,7 +13,7 @@ from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
 from autoprune.models import create_model
 
-HEURISTICS = ["uniform", "global", "sensitivity", "layer-stats", "greedy"]
+HEURISTICS = ["uniform", "global", "tp-global", "sensitivity", "layer-stats", "greedy"]
 
 
 def _structure(seed=0):

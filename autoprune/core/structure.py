@@ -101,6 +101,8 @@ class ModelStructure:
                 f"torch-pruning cannot trace this model ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
             ) from None
         ignored = list(ignored_layers) if ignored_layers is not None else default_ignored_layers(model, num_classes)
+        # by name, so a pruner built on a copy of the model can leave the same layers alone
+        self.ignored_names: list[str] = [self._module_names[m] for m in ignored if m in self._module_names]
         order, spatial = self._forward_order(model, example_input)
         self.tp_groups: list[tp.dependency.Group] = []
         self.groups: list[PrunableGroup] = []
