@@ -1,10 +1,11 @@
 """``tp-global``: torch-pruning's own global pruning, stepped until the MACs budget is met.
 
-What a Torch-Pruning user runs instead of a search: ``GroupMagnitudeImportance(p=1)`` (the library's
-default normaliser and group reduction, both "mean"; ``tp-global@p=2`` for its default norm), one
+What a Torch-Pruning user runs instead of a search: ``GroupMagnitudeImportance()`` with the library's
+defaults (p=2, normaliser and group reduction both "mean"; ``tp-global@p=1`` for L1), one
 ranking over all groups (``global_pruning=True``), at most ``max_pruning_ratio`` of each group
 pruned, and the library's linear schedule of ``iterative_steps`` steps up to ``max_pruning_ratio``
-of all channels, on a copy of the model, stopped at the first step whose model fits the budget. The widths the library leaves are read off the pruned copy; the gap left by the last step
+of all channels, on a copy of the model, stopped at the first step whose model fits the budget. The
+widths the library leaves are read off the pruned copy; the gap left by the last step
 is then closed as every other allocator closes it.
 
 Only the widths carry over: the problem's criterion still picks which channels an allocation keeps.
@@ -37,7 +38,7 @@ def group_widths(structure: ModelStructure, model: nn.Module) -> np.ndarray:
 
 
 def global_pruner(structure: ModelStructure, model: nn.Module, pruning_ratio: float, max_pruning_ratio: float,
-                  steps: int, p: int = 1, round_to: int = 1) -> tp.pruner.MetaPruner:
+                  steps: int, p: int = 2, round_to: int = 1) -> tp.pruner.MetaPruner:
     """torch-pruning's global magnitude pruner on ``model`` (a copy of the structure's), leaving the
     structure's ignored layers alone; its linear schedule ends at ``pruning_ratio`` of all channels."""
     ignored = [model.get_submodule(name) for name in structure.ignored_names]
@@ -59,7 +60,7 @@ def _check_options(max_pruning_ratio: object, steps: object, p: object) -> None:
 
 
 def tp_global_counts(problem: PruningProblem, max_pruning_ratio: float = 0.9, steps: int = 100,
-                     p: int = 1) -> tuple[np.ndarray, int]:
+                     p: int = 2) -> tuple[np.ndarray, int]:
     """Kept channels per group at the first step where the model torch-pruning's global pruning
     leaves fits the MACs budget, and that step (raw: before the problem's bounds and the final fill).
 
@@ -91,7 +92,7 @@ class TPGlobalAllocator:
     name = "tp-global"
     seeded = False  # magnitude ranking of fixed weights: deterministic
 
-    def __init__(self, max_pruning_ratio: float = 0.9, steps: int = 100, p: int = 1):
+    def __init__(self, max_pruning_ratio: float = 0.9, steps: int = 100, p: int = 2):
         _check_options(max_pruning_ratio, steps, p)  # a bad spec option fails before any pruning
         self.max_pruning_ratio, self.steps, self.p = max_pruning_ratio, steps, p
         self.raw_counts: np.ndarray | None = None  # widths torch-pruning left, before bounds and fill

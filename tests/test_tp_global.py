@@ -26,11 +26,11 @@ def _structure() -> ModelStructure:
 
 
 def _direct_torch_pruning(structure: ModelStructure, budget_macs: float, steps: int) -> tuple[list[int], int]:
-    """What a Torch-Pruning user writes: global L1 group pruning, 90% cap, stepped until the measured
+    """What a Torch-Pruning user writes: global group-magnitude pruning (library defaults), 90% cap, stepped until the measured
     conv + linear MACs fit; the widths of the block-internal convs it leaves."""
     model = copy.deepcopy(structure.model).eval()
     pruner = tp.pruner.MetaPruner(
-        model, structure.example_input, importance=tp.importance.GroupMagnitudeImportance(p=1),
+        model, structure.example_input, importance=tp.importance.GroupMagnitudeImportance(),  # the library defaults
         global_pruning=True, pruning_ratio=0.9, max_pruning_ratio=0.9, iterative_steps=steps,
         ignored_layers=model.pruning_ignored_layers())
     for step in range(1, steps + 1):
