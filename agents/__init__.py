@@ -50,9 +50,8 @@ def _samples(n: str) -> dict[str, Any]:
     return {"samples": int(n)}
 
 
-_RANDOM = Factory(RandomSearch, seeded=True)
 ALLOCATORS.register("uniform", UniformAllocator)
-ALLOCATORS.register("random", _RANDOM)
+ALLOCATORS.register("random", RandomSearch)
 for _algo in ("ddpg", "td3", "sac"):
     ALLOCATORS.register(_algo, Factory(_rl_search, seeded=True), algo=_algo)
 ALLOCATORS.register("global", GlobalThresholdAllocator)
@@ -62,7 +61,7 @@ ALLOCATORS.register("layer-stats", LayerStatsAllocator)
 ALLOCATORS.register("greedy", GreedyAllocator)
 ALLOCATORS.register_prefix("policy:", PolicyAllocator, lambda p: {"path": p}, "policy:PATH")
 ALLOCATORS.register_prefix("allocation:", SavedAllocation, lambda p: {"path": p}, "allocation:PATH")
-ALLOCATORS.register_prefix("search:", _RANDOM, _samples, "search:N")
+ALLOCATORS.register_prefix("search:", RandomSearch, _samples, "search:N")
 
 
 def register_allocator(name: str, factory: AllocatorFactory, **preset: Any) -> None:

@@ -46,6 +46,7 @@ class RandomSearch:
     """
 
     name = "random"
+    seeded = True  # a seed draws the candidates
 
     def __init__(self, samples: int = 60, seed: int = 0,
                  on_sample: Callable[[int, Allocation, Score], None] | None = None, batch: int | None = None):

@@ -53,7 +53,7 @@ class PolicyMeta:
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """Tiny MLP updates run ~5-30x faster on one thread than on two busy ones (measured here)."""
+    """Tiny MLP updates on one thread: extra threads only add overhead when other processes share the cores."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -93,10 +93,6 @@ class RLSearch:
         """The search's seed (``compare --seeds`` sets it per seed, like random search's)."""
         return self.config.seed
 
-    @seed.setter
-    def seed(self, value: int) -> None:
-        self.config = RLConfig(**{**asdict(self.config), "seed": int(value)})
-
     def allocate(self, problem: PruningProblem, scorer: Scorer | None = None) -> Allocation:
         return self.search(problem, require_scorer(scorer, self.name)).allocation
 
