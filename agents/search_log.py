@@ -86,6 +86,26 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> Iterator
         bar.close()
 
 
+def annotate_episodes(path: Path, structure: ModelStructure, scores: dict[tuple[int, ...], float],
+                      column: str) -> int:
+    """Add ``column`` to ``episodes.csv``: ``scores`` (keyed by keep counts) on the episodes that played
+    those counts, empty elsewhere (e.g. the finalist score of the re-ranked candidates). Returns the
+    number of rows annotated."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns, rows = [c for c in reader.fieldnames or [] if c != column] + [column], list(reader)
+    hits = 0
+    for r in rows:
+        key = tuple(int(round(float(r[f"keep:{g.name}"]) * g.channels)) for g in structure.groups)
+        r[column] = f"{scores[key]:.6f}" if key in scores else ""
+        hits += key in scores
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, columns)
+        w.writeheader()
+        w.writerows(rows)
+    return hits
+
+
 class EpisodeLog:
     """Appends one row per episode, mirrors it to TensorBoard, keeps ``best_allocation.json`` current."""
 
@@ -119,7 +139,7 @@ class EpisodeLog:
             with self.csv_path.open(newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["episode"]) < episodes]
         with atomic_path(self.csv_path) as tmp, tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, self.columns)
+            w = csv.DictWriter(f, self.columns, extrasaction="ignore")  # drops a finished run's finalist column
             w.writeheader()
             w.writerows(rows)
         for r in rows:

@@ -94,10 +94,10 @@ class Workspace:
                               max_keep, round_to, latency, target_range)
 
     def evaluator(self, calib_batch_size: int = 128, score: str = "adaptive-bn", seed: int = 0) -> AdaptiveBNEvaluator:
-        """The candidates' score (``--score``: adaptive-bn, or finetune:STEPS) on the held-out split."""
+        """The candidates' score (``--score``, ``autoprune.train.scores``) on the held-out split."""
         x, y = self.data.tensors("val", self.device)
         return make_evaluator(score, self.data, self.calibration(calib_batch_size), x, y, precision=self.precision,
-                              seed=seed)
+                              seed=seed, structure=self.structure())
 
     def scorer(self, problem: PruningProblem, score: str = "adaptive-bn", *, calib_batch_size: int = 128,
                seed: int = 0, early_stop: bool = False, parallel: ParallelOptions | None = None) -> Scorer:

@@ -1,34 +1,44 @@
-"""Does the search's score predict the model after fine-tuning?
+"""Which score predicts the model after fine-tuning, and at what cost per candidate?
 
-ResNet-20 (JPEG-adapted checkpoint), random feasible allocations (seeded; 20 at 30% of MACs, 12 at
-50%), L1 criterion. For each allocation, on the same 2,000 held-out training images:
-- ``abn``: adaptive-BN accuracy with the search's calibration (1,024 training images),
-- ``plain``: accuracy right after pruning, BN statistics of the dense model (no recalibration),
-- ``abn_4x``: adaptive-BN accuracy with 4x the calibration images (4,096; the 1,024 are among them),
-- ``ft100``: held-out accuracy after 100 steps (batch 128) of LR-rewind fine-tuning -- a candidate
-  cheaper proxy; the search's ``--score finetune:100`` is this recipe (``autoprune.train.scores``;
-  it recalibrates BN under the search's precision, here in fp32),
-then the ground truth: test accuracy (10,000 images, fp32) after a 2-epoch LR-rewind fine-tune
-(cosine from 0.01, 48,000 training images, seed 0). Reported: Spearman rank correlation of the
-fine-tuned test accuracy with each proxy, per target, and a scatter plot.
+Pools (L1 criterion, JPEG-adapted dense checkpoints of ``bench/base_models.py``): random feasible
+allocations (seeded, the first 20 at 30% / 12 at 50% of MACs are the rows of the first version of
+this benchmark) -- ResNet-20: 40 at 30% and 40 at 50% of MACs; ResNet-56: 24 at 30% -- plus the
+``uniform``, ``layer-stats``, ``sensitivity``, ``searched`` and ``random`` allocations of the
+final-quality grid (``bench/results/final-quality/allocations``) at the same model and target.
 
-    python -m bench.proxy_validity          # resumable row by row (~3 min a row on 2 idle cores)
-    python -m bench.proxy_validity --report # correlations (with 95% bootstrap intervals) and plot only
+Every candidate gets every score of ``SCORES`` (``autoprune.train.scores``; 1,024 calibration
+images, 2,000 held-out training images, seconds per candidate measured one score at a time) and
+the ground truth: test accuracy (10,000 images, fp32) after 2 epochs of LR rewinding (cosine from
+0.01, 48,000 training images, seed 0). The report gives, per model and target, each score's
+Spearman and Kendall rank correlation with the truth (95% bootstrap intervals), the paired
+bootstrap of its difference from ``adaptive-bn``, its seconds per candidate, and what choosing by
+it takes home: the truth of the candidate it ranks first and the mean truth of its top 5.
+
+    python -m bench.proxy_validity                      # resumable: each candidate's truth and each score
+    python -m bench.proxy_validity --models resnet20    # one model's pools
+    python -m bench.proxy_validity --scores-only        # add missing scores to existing rows, no fine-tunes
+    python -m bench.proxy_validity --report             # correlations, table and plot from the rows only
+
+Rows written by the first version (``truth_build: "v1"``) were fine-tuned on another machine (Intel
+Xeon, bf16) from that machine's build of the dense checkpoint; their scores are computed here on this
+machine's build. The report says how many rows of each kind a figure uses.
 """
 from __future__ import annotations
 
-import copy
+import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from autoprune.agents.random_search import random_feasible_counts
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
+from autoprune.core.scoring import Scorer
 from autoprune.runs import write_json_atomic
-from autoprune.train.evaluator import AdaptiveBNEvaluator, accuracy, recalibrate_bn
+from autoprune.train.evaluator import accuracy, recalibrate_bn
 from autoprune.train.training import TrainRecipe, train
 from autoprune.workspace import open_workspace
 
@@ -36,125 +46,295 @@ from .base_models import DATA, finetuned_checkpoint
 from .common import RESULTS, machine
 
 OUT = RESULTS / "proxy-validity.json"
-SAMPLES = {0.3: 20, 0.5: 12}
-PROXIES = ("abn", "plain", "abn_4x", "ft100")
+GRID = RESULTS / "final-quality" / "allocations"
+POOLS = {("resnet20", 0.3): 40, ("resnet20", 0.5): 40, ("resnet56", 0.3): 24}
+SCORES = ("adaptive-bn", "adaptive-bn:loss", "adaptive-bn:kd", "reconstruct", "reconstruct:loss",
+          "finetune:10", "finetune:25", "finetune:50", "finetune:100",
+          "finetune-kd:10", "finetune-kd:25", "finetune-kd:50", "finetune-kd:100")
+BASELINE = "adaptive-bn"
+TRUTH_EPOCHS = 2.0
 
 
-def spearman(a: list[float], b: list[float]) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+# -- statistics -----------------------------------------------------------------------------
+def _ranks(a) -> np.ndarray:
+    """Average ranks (ties share their mean rank)."""
+    a = np.asarray(a, dtype=float)
+    order = np.argsort(a, kind="mergesort")
+    ranks = np.empty(len(a))
+    ranks[order] = np.arange(len(a))
+    for v in np.unique(a):
+        tie = a == v
+        ranks[tie] = ranks[tie].mean()
+    return ranks
+
+
+def spearman(a, b) -> float:
+    ra, rb = _ranks(a), _ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def bootstrap_intervals(sel: list[dict], resamples: int = 2000, seed: int = 0) -> dict:
-    """95% percentile-bootstrap intervals (rows resampled with replacement) of each proxy's Spearman
-    correlation, and of its difference from adaptive BN's on the same resample (paired)."""
+def kendall(a, b) -> float:
+    """Kendall's tau-b."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    da, db = np.sign(a[:, None] - a[None, :]), np.sign(b[:, None] - b[None, :])
+    iu = np.triu_indices(len(a), 1)
+    da, db = da[iu], db[iu]
+    denom = np.sqrt((da != 0).sum() * (db != 0).sum())
+    return float((da * db).sum() / denom) if denom else float("nan")
+
+
+def bootstrap(scores: dict[str, np.ndarray], truth: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict:
+    """95% percentile intervals of each score's Spearman and Kendall, and of its Spearman minus the
+    baseline's on the same resample (paired)."""
     rng = np.random.default_rng(seed)
-    truth = np.array([r["test_acc"] for r in sel])
-    scores = {p: np.array([r[p] for r in sel]) for p in PROXIES}
-    rhos: dict[str, list[float]] = {p: [] for p in PROXIES}
+    draws: dict[str, dict[str, list[float]]] = {s: {"spearman": [], "kendall": []} for s in scores}
     for _ in range(resamples):
-        i = rng.integers(0, len(sel), len(sel))
-        if len(set(truth[i])) > 1 and all(len(set(v[i])) > 1 for v in scores.values()):
-            for p in PROXIES:
-                rhos[p].append(spearman(list(scores[p][i]), list(truth[i])))
+        i = rng.integers(0, len(truth), len(truth))
+        if len(set(truth[i])) < 3:
+            continue
+        for s, v in scores.items():
+            draws[s]["spearman"].append(spearman(v[i], truth[i]))
+            draws[s]["kendall"].append(kendall(v[i], truth[i]))
 
     def interval(values) -> list[float]:
-        return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+        values = np.asarray(values)
+        values = values[~np.isnan(values)]
+        return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if len(values) else [None, None]
 
-    out = {p: interval(rhos[p]) for p in PROXIES}
-    out.update({f"{p} - abn": interval(np.array(rhos[p]) - np.array(rhos["abn"])) for p in PROXIES if p != "abn"})
+    out = {}
+    for s in scores:
+        out[s] = {"spearman_95": interval(draws[s]["spearman"]), "kendall_95": interval(draws[s]["kendall"])}
+        if BASELINE in scores and s != BASELINE:
+            out[s]["spearman_minus_baseline_95"] = interval(
+                np.array(draws[s]["spearman"]) - np.array(draws[BASELINE]["spearman"]))
     return out
 
 
 def summarize(rows: list[dict]) -> dict:
+    """Per pool ("model@target"): for every score with a value on every row that has a truth."""
     out = {}
-    for target in SAMPLES:
-        sel = [r for r in rows if r["target"] == target]
-        if len(sel) < 3:
+    for (model, target) in POOLS:
+        sel = [r for r in rows if r["model"] == model and r["target"] == target and r.get("test_acc") is not None]
+        names = [s for s in SCORES if sel and all(s in r["scores"] for r in sel)]
+        if len(sel) < 5 or not names:
             continue
-        truth = [r["test_acc"] for r in sel]
-        out[f"{target:g}"] = {"n": len(sel), **{p: spearman([r[p] for r in sel], truth) for p in PROXIES},
-                              "interval_95": bootstrap_intervals(sel), "picked": picked(sel)}
+        truth = np.array([r["test_acc"] for r in sel])
+        values = {s: np.array([r["scores"][s]["value"] for r in sel]) for s in names}
+        intervals = bootstrap(values, truth)
+        table = {}
+        for s in names:
+            order = np.argsort(-values[s], kind="mergesort")
+            table[s] = {"spearman": spearman(values[s], truth), "kendall": kendall(values[s], truth),
+                        **intervals[s],
+                        "seconds_per_candidate": float(np.median([r["scores"][s]["seconds"] for r in sel])),
+                        "first_pick_test_acc": float(truth[order[0]]), "first_pick": sel[order[0]]["source"],
+                        "top5_mean_test_acc": float(truth[order[:5]].mean())}
+        base = table.get(BASELINE, {}).get("seconds_per_candidate")
+        for s in names:
+            table[s]["cost_vs_adaptive_bn"] = table[s]["seconds_per_candidate"] / base if base else None
+        grid = {r["source"]: r["test_acc"] for r in sel if not r["source"].startswith("random#")}
+        out[f"{model}@{target:g}"] = {
+            "n": len(sel), "n_v1_truth": sum(r.get("truth_build") == "v1" for r in sel),
+            "best_test_acc": float(truth.max()), "median_test_acc": float(np.median(truth)),
+            "grid_test_acc": grid, "scores": table}
     return out
 
 
-def picked(sel: list[dict]) -> dict:
-    """What choosing by each proxy would have taken home: the fine-tuned test accuracy of the allocation
-    it ranks first, against the best and the median of the same rows (the search's real question)."""
-    truth = sorted(r["test_acc"] for r in sel)
-    out = {p: max(sel, key=lambda r: r[p])["test_acc"] for p in PROXIES}
-    return {**out, "best": truth[-1], "median": float(np.median(truth))}
+# -- the pools --------------------------------------------------------------------------------
+def pool_candidates(model: str, target: float, problem: PruningProblem, n: int) -> list[tuple[str, list[int]]]:
+    """(source, keep counts): the seeded random draws (same sequence as the first version), then the grid's."""
+    rng = np.random.default_rng(0)
+    cands = [(f"random#{i}", [int(c) for c in random_feasible_counts(problem, rng)]) for i in range(n)]
+    for path in sorted(GRID.glob(f"{model}_t{target:g}_*.json")):
+        arm_seed = path.stem.split("_", 2)[2]  # e.g. searched_s0
+        alloc = Allocation.from_dict(json.loads(path.read_text()), problem.structure)
+        cands.append((f"grid:{arm_seed}", [int(c) for c in alloc.counts(problem.structure)]))
+    return cands
 
 
-def plot(rows: list[dict], path) -> None:
+def migrate(record: dict) -> None:
+    """Rows of the first version: name their model, source and scores the current way."""
+    names = {"abn": "adaptive-bn", "ft100": "finetune:100"}
+    for r in record["rows"]:
+        if "model" in r:
+            continue
+        r.update(model="resnet20", source=f"random#{r['index']}", truth_build="v1",
+                 v1={k: r.pop(k) for k in ("abn", "plain", "abn_4x", "ft100") if k in r})
+        r["scores"] = {}
+        r["v1"]["note"] = f"scores of the first version ({', '.join(names)}), on that machine's dense build"
+
+
+class Bench:
+    def __init__(self, model: str, record: dict):
+        self.model, self.record = model, record
+        self.ckpt = finetuned_checkpoint(model)
+        self.ws = open_workspace(model, str(self.ckpt), DATA, val_size=2000, calib_size=1024, precision="fp32")
+        self.structure = self.ws.structure()
+        self.calib = self.ws.calibration(128)
+        self.test = self.ws.data.tensors("test")
+        self.dense_build = json.loads(self.ckpt.with_suffix(".json").read_text())
+        self.scorers: dict[str, Scorer] = {}
+
+    def problem(self, target: float) -> PruningProblem:
+        return PruningProblem(self.structure, target, calib_batches=self.calib)
+
+    def scorer(self, score: str) -> Scorer:
+        if score not in self.scorers:
+            self.scorers[score] = self.ws.scorer(self.problem(0.5), score)
+        return self.scorers[score]
+
+    def add_scores(self, row: dict) -> bool:
+        """Every missing score of ``row``; True if any was added."""
+        alloc = Allocation.from_counts(self.structure, row["counts"])
+        added = False
+        for score in SCORES:
+            if score in row["scores"]:
+                continue
+            t0 = time.perf_counter()
+            value = self.scorer(score).value(alloc)
+            row["scores"][score] = {"value": value, "seconds": time.perf_counter() - t0}
+            added = True
+        return added
+
+    def truth(self, target: float, counts: list[int]) -> dict:
+        problem = self.problem(target)
+        pruned = problem.pruned_model(Allocation.from_counts(self.structure, counts))
+        recalibrate_bn(pruned, self.calib)
+        result = train(pruned, self.ws.data, TrainRecipe(epochs=TRUTH_EPOCHS, lr=0.01), seed=0, progress=False,
+                       precision=self.ws.precision)
+        return {"test_acc": accuracy(pruned, *self.test), "finetune_seconds": result.seconds,
+                "truth_precision": self.ws.precision.name, "truth_build": "v2",
+                "dense_test_acc": self.dense_build["test_acc"], "cpu": machine()["cpu"]}
+
+
+def save(record: dict) -> None:
+    record["summary"] = summarize(record["rows"])
+    write_json_atomic(OUT, record, indent=1)
+
+
+def run(models: list[str], scores_only: bool) -> None:
+    record = json.loads(OUT.read_text()) if OUT.exists() else {"rows": []}
+    record.update(command="python -m bench.proxy_validity", machine=machine(), scores=list(SCORES))
+    record.pop("spearman_with_finetuned_test_acc", None)  # the first version's summary: recomputed as "summary"
+    migrate(record)
+    for model in models:
+        bench = Bench(model, record)
+        pools = [(m, t, n) for (m, t), n in POOLS.items() if m == model]
+        for _, target, n in pools:  # first: scores of rows that already have their truth (cheap)
+            for row in [r for r in record["rows"] if r["model"] == model and r["target"] == target]:
+                if bench.add_scores(row):
+                    save(record)
+                    print(f"{model}@{target:g} {row['source']}: scores added", flush=True)
+        if scores_only:
+            continue
+        for _, target, n in pools:
+            rows = {r["source"]: r for r in record["rows"] if r["model"] == model and r["target"] == target}
+            for source, counts in pool_candidates(model, target, bench.problem(target), n):
+                if source in rows:
+                    if rows[source]["counts"] != counts:
+                        raise SystemExit(f"{model}@{target:g} {source}: stored counts differ from the draw")
+                    continue
+                t0 = time.perf_counter()
+                row = {"model": model, "target": target, "source": source, "counts": counts,
+                       "macs_ratio": bench.structure.macs(counts) / bench.structure.dense_macs, "scores": {}}
+                row.update(bench.truth(target, counts))
+                bench.add_scores(row)
+                row["seconds"] = time.perf_counter() - t0
+                record["rows"].append(row)
+                save(record)
+                print(f"{model}@{target:g} {source}: test {100 * row['test_acc']:.2f}% "
+                      f"adaptive-bn {100 * row['scores']['adaptive-bn']['value']:.2f}% ({row['seconds']:.0f} s)",
+                      flush=True)
+
+
+# -- the report --------------------------------------------------------------------------------
+def report(record: dict) -> str:
+    lines = ["# Proxy validity: which score predicts the fine-tuned model", "",
+             f"Rerun: `{record['command']}` (resumable). Truth: test accuracy after {TRUTH_EPOCHS:g} epochs of LR "
+             "rewinding. Rank correlations over each pool (random feasible allocations plus the final-quality "
+             "grid's), 95% bootstrap intervals; `- abn` is the paired interval of the Spearman difference from "
+             "adaptive-BN; cost is median seconds per candidate (one thread) relative to adaptive-BN's; "
+             "first pick / top 5: the truth of the candidate the score ranks first / the mean of its top 5.", ""]
+    for pool, s in record.get("summary", {}).items():
+        lines += [f"## {pool}: {s['n']} candidates ({s['n_v1_truth']} with first-version truth), best "
+                  f"{100 * s['best_test_acc']:.2f}%, median {100 * s['median_test_acc']:.2f}%", "",
+                  "| score | Spearman [95%] | Kendall [95%] | - abn [95%] | s/candidate | cost x abn | first pick | "
+                  "top 5 |", "|---|---|---|---|---|---|---|---|"]
+
+        def iv(v):
+            return "n/a" if v[0] is None else f"[{v[0]:.2f}, {v[1]:.2f}]"
+
+        for name, t in s["scores"].items():
+            diff = iv(t["spearman_minus_baseline_95"]) if "spearman_minus_baseline_95" in t else ""
+            lines.append(f"| {name} | {t['spearman']:.2f} {iv(t['spearman_95'])} | {t['kendall']:.2f} "
+                         f"{iv(t['kendall_95'])} | {diff} | {t['seconds_per_candidate']:.1f} | "
+                         f"{t['cost_vs_adaptive_bn']:.1f} | {100 * t['first_pick_test_acc']:.2f} | "
+                         f"{100 * t['top5_mean_test_acc']:.2f} |")
+        if s["grid_test_acc"]:
+            lines += ["", "Grid allocations in this pool (truth): " + ", ".join(
+                f"{k[5:]} {100 * v:.2f}" for k, v in sorted(s["grid_test_acc"].items()))]
+        lines.append("")
+    missing = []
+    for (model, target), n in POOLS.items():
+        have = [r for r in record["rows"] if r["model"] == model and r["target"] == target]
+        n_random = sum(r["source"].startswith("random#") for r in have)
+        if n_random < n:
+            missing.append(f"{model}@{target:g}: {n - n_random} of {n} random candidates")
+    if missing:
+        lines += ["Missing rows (the run continues where it stopped): " + "; ".join(missing) + ".", ""]
+    return "\n".join(lines)
+
+
+def plot(record: dict, path: Path, names: tuple[str, ...] = ("adaptive-bn", "reconstruct", "finetune:10",
+                                                              "finetune-kd:10", "finetune:100")) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(PROXIES), figsize=(4 * len(PROXIES), 3.6), sharey=True)
-    for ax, proxy in zip(axes, PROXIES):
-        for target, marker in zip(SAMPLES, "os"):
-            sel = [r for r in rows if r["target"] == target]
-            if sel:
-                rho = spearman([r[proxy] for r in sel], [r["test_acc"] for r in sel]) if len(sel) > 2 else float("nan")
-                ax.scatter([100 * r[proxy] for r in sel], [100 * r["test_acc"] for r in sel], marker=marker,
-                           label=f"{100 * target:g}% MACs (rho {rho:.2f})", alpha=0.8)
-        ax.set(xlabel=f"{proxy} (held-out %)", title=proxy)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel("test % after 2-epoch LR rewind")
+    pools = list(record.get("summary", {}))
+    if not pools:
+        return
+    fig, axes = plt.subplots(len(pools), len(names), figsize=(3.2 * len(names), 3.0 * len(pools)), squeeze=False)
+    for i, pool in enumerate(pools):
+        model, target = pool.split("@")
+        sel = [r for r in record["rows"] if r["model"] == model and r["target"] == float(target)
+               and r.get("test_acc") is not None]
+        for j, name in enumerate(names):
+            ax = axes[i][j]
+            pts = [(r["scores"][name]["value"], r["test_acc"]) for r in sel if name in r["scores"]]
+            if pts:
+                x, y = zip(*pts)
+                ax.scatter(x, [100 * v for v in y], s=10, alpha=0.7)
+                ax.set_title(f"{pool} {name}\nrho {spearman(x, y):.2f}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+        axes[i][0].set_ylabel("test % after 2-epoch LR rewind", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def main() -> int:
-    record = json.loads(OUT.read_text()) if OUT.exists() else {
-        "command": "python -m bench.proxy_validity", "machine": machine(), "rows": []}
-    if sys.argv[1:] == ["--report"]:  # recompute the correlations and the plot from the rows, run nothing
-        record["spearman_with_finetuned_test_acc"] = summarize(record["rows"])
-        write_json_atomic(OUT, record, indent=1)
-        plot(record["rows"], RESULTS / "proxy-validity.png")
-        print(json.dumps(record["spearman_with_finetuned_test_acc"], indent=1))
-        return 0
-    ws = open_workspace("resnet20", str(finetuned_checkpoint("resnet20")), DATA, val_size=2000, calib_size=4096)
-    structure = ws.structure()
-    calib4 = ws.data.calibration_batches(128)
-    calib = calib4[:8]  # 1,024 images, as the search uses
-    vx, vy = ws.data.tensors("val")
-    test_x, test_y = ws.data.tensors("test")
-    abn, abn4 = (AdaptiveBNEvaluator(c, vx, vy, precision=ws.precision) for c in (calib, calib4))
-    for target, n in SAMPLES.items():
-        problem = PruningProblem(structure, target, calib_batches=calib)
-        rng = np.random.default_rng(0)
-        for i in range(n):
-            counts = random_feasible_counts(problem, rng)  # drawn even when the row exists: same sequence
-            if any(r["target"] == target and r["index"] == i for r in record["rows"]):
-                continue
-            t0 = time.perf_counter()
-            pruned = problem.pruned_model(Allocation.from_counts(structure, counts))
-            row = {"target": target, "index": i, "counts": [int(c) for c in counts],
-                   "macs_ratio": structure.macs(counts) / structure.dense_macs,
-                   "plain": accuracy(pruned, vx, vy, precision=ws.precision),
-                   "abn": abn(copy.deepcopy(pruned)), "abn_4x": abn4(copy.deepcopy(pruned))}
-            recalibrate_bn(pruned, calib)
-            short = copy.deepcopy(pruned)
-            train(short, ws.data, TrainRecipe(epochs=100 / 375, lr=0.01), seed=0, progress=False,
-                  precision=ws.precision)
-            row["ft100"] = accuracy(short, vx, vy, precision=ws.precision)
-            result = train(pruned, ws.data, TrainRecipe(epochs=2, lr=0.01), seed=0, progress=False,
-                           precision=ws.precision)
-            row.update(test_acc=accuracy(pruned, test_x, test_y), finetune_seconds=result.seconds,
-                       seconds=time.perf_counter() - t0, precision=ws.precision.name)
-            record["rows"].append(row)
-            record["spearman_with_finetuned_test_acc"] = summarize(record["rows"])
-            write_json_atomic(OUT, record, indent=1)
-            plot(record["rows"], RESULTS / "proxy-validity.png")
-            print(f"@{target:g} #{i}: abn {100 * row['abn']:.2f} plain {100 * row['plain']:.2f} "
-                  f"abn4x {100 * row['abn_4x']:.2f} ft100 {100 * row['ft100']:.2f} -> test {100 * row['test_acc']:.2f} "
-                  f"({row['seconds']:.0f} s)", flush=True)
-    print(json.dumps(record.get("spearman_with_finetuned_test_acc"), indent=1))
+def write_reports(record: dict) -> None:
+    (RESULTS / "proxy-validity.md").write_text(report(record) + "\n")
+    plot(record, RESULTS / "proxy-validity.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=sorted({m for m, _ in POOLS}))
+    parser.add_argument("--scores-only", action="store_true")
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.report:
+        run(args.models, args.scores_only)
+    record = json.loads(OUT.read_text())
+    migrate(record)
+    save(record)
+    write_reports(record)
+    print(report(record))
     return 0
 
 

@@ -92,8 +92,8 @@ def test_search_apply_prune_save_what_they_scored_and_never_open_test(tmp_path, 
                           "--output", applied)
     assert code == 0, err
     report = json.loads((applied / "report.json").read_text())
-    assert abs(_plain(applied / "model.pt", x, y) - report["adaptive_bn_accuracy"]) <= 0.005 + 1e-9
-    assert report["saved_model_val_accuracy"] == pytest.approx(report["adaptive_bn_accuracy"], abs=0.005 + 1e-9)
+    assert abs(_plain(applied / "model.pt", x, y) - report["score_value"]) <= 0.005 + 1e-9
+    assert report["saved_model_val_accuracy"] == pytest.approx(report["score_value"], abs=0.005 + 1e-9)
 
     pruned = tmp_path / "pruned.pt"
     code, out, err = _cli(capsys, "prune", *common, "--ratio", 0.5, "--output", pruned)

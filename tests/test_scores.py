@@ -1,4 +1,4 @@
-"""``--score finetune:STEPS``: the short-fine-tune proxy, as a search uses it and saves it."""
+"""``--score``: every score a search can rank candidates by, as a search uses it and saves it."""
 import copy
 import json
 
@@ -10,16 +10,24 @@ from autoprune.core.io import load_pruned
 from autoprune.errors import AutopruneError
 from autoprune.models import create_model
 from autoprune.train.evaluator import AdaptiveBNEvaluator, accuracy
-from autoprune.train.scores import FinetuneEvaluator, finetune_steps
+from autoprune.train.scores import ScoreEvaluator, ScoreSpec, parse_score
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_score_spec_parsing():
-    assert finetune_steps("adaptive-bn") == 0 and finetune_steps("finetune:100") == 100
-    for bad in ("finetune", "finetune:0", "finetune:-3", "finetune:1.5", "abn"):
-        with pytest.raises(AutopruneError, match="use adaptive-bn or finetune:STEPS"):
-            finetune_steps(bad)
+    assert parse_score("adaptive-bn") == ScoreSpec()
+    assert parse_score("finetune:100") == ScoreSpec("finetune", 100)
+    assert parse_score("finetune-kd:25:loss") == ScoreSpec("finetune-kd", 25, "loss")
+    assert parse_score("adaptive-bn:kd") == ScoreSpec("adaptive-bn", 0, "kd")
+    for text in ("adaptive-bn", "adaptive-bn:loss", "reconstruct", "reconstruct:loss", "finetune:10",
+                 "finetune-kd:50", "finetune:10:kd"):
+        assert str(parse_score(text)) == text  # what run folders record is what was typed
+    for bad in ("finetune", "finetune:0", "finetune:-3", "finetune:1.5", "abn", "adaptive-bn:top5",
+                "reconstruct:loss:kd", "finetune-kd", "adaptive-bn:3"):
+        with pytest.raises(AutopruneError) as err:
+            parse_score(bad)
+        assert f"'{bad}'" in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.slow
@@ -28,7 +36,7 @@ def test_finetune_score_trains_then_scores_deterministically(synthetic_bundle):
     model = create_model("resnet20", 10)
     x, y = synthetic_bundle.tensors("val")
     calib = synthetic_bundle.calibration_batches(64)
-    ft = FinetuneEvaluator(synthetic_bundle, 6, calib, x, y, lr=0.05, precision="fp32")
+    ft = ScoreEvaluator(ScoreSpec("finetune", 6), calib, x, y, data=synthetic_bundle, lr=0.05, precision="fp32")
     abn = AdaptiveBNEvaluator(calib, x, y, precision="fp32")
     first, second = copy.deepcopy(model), copy.deepcopy(model)
     torch.manual_seed(123)
@@ -65,7 +73,7 @@ def test_search_with_finetune_score_saves_the_scored_model(tmp_path, capsys):
     code = main(["search", "--model", "resnet20", "--data", "synthetic", "--macs", "0.5", "--score", "finetune",
                  "--output", str(tmp_path / "bad")])
     err = capsys.readouterr().err
-    assert code == 2 and "unknown --score 'finetune'" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "--score 'finetune'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
 
 
@@ -88,5 +96,60 @@ def test_compare_scores_allocators_by_the_chosen_score(tmp_path, capsys):
     capsys.readouterr()
     assert main(base + ["--score", "finetune:x", "--output", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
-    assert "unknown --score 'finetune:x'" in err and len(err.strip().splitlines()) == 1
+    assert "--score 'finetune:x'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def _pruned_resnet20(keep: float = 0.5):
+    from autoprune.core.allocation import Allocation
+    from autoprune.core.problem import PruningProblem
+    from autoprune.core.structure import ModelStructure
+
+    torch.manual_seed(0)
+    dense = create_model("resnet20", 10).eval()
+    structure = ModelStructure(dense, torch.randn(1, 3, 32, 32))
+    problem = PruningProblem(structure, keep)
+    return structure, problem.pruned_model(Allocation.uniform(structure, keep))
+
+
+def test_loss_and_kd_metrics_match_torch_directly(synthetic_bundle):
+    """adaptive-bn:loss is minus the held-out cross-entropy, adaptive-bn:kd minus the KL divergence from the
+    dense model's outputs, both after the same BN recalibration; checked with torch.nn.functional directly."""
+    import torch.nn.functional as F
+
+    from autoprune.train.evaluator import recalibrate_bn
+    from autoprune.train.scores import make_evaluator
+
+    structure, pruned = _pruned_resnet20()
+    x, y = synthetic_bundle.tensors("val")
+    calib = synthetic_bundle.calibration_batches(64)
+    expected = copy.deepcopy(pruned)
+    recalibrate_bn(expected, calib)
+    with torch.no_grad():
+        student, teacher = expected(x), structure.model.eval()(x)
+    kl = F.kl_div(F.log_softmax(student, 1), F.log_softmax(teacher, 1), log_target=True, reduction="batchmean")
+    # the same quantity written out: sum_c p_dense (log p_dense - log p_pruned), averaged over images
+    p = F.softmax(teacher, 1)
+    assert float(kl) == pytest.approx(float((p * (p.log() - F.log_softmax(student, 1))).sum(1).mean()), rel=1e-4)
+    kwargs = dict(data=synthetic_bundle, calib_batches=calib, val_x=x, val_y=y, precision="fp32",
+                  structure=structure)
+    kd = make_evaluator("adaptive-bn:kd", **kwargs)
+    loss = make_evaluator("adaptive-bn:loss", **kwargs)
+    assert kd.score(copy.deepcopy(pruned)).value == pytest.approx(-float(kl), rel=1e-4)
+    assert loss.score(copy.deepcopy(pruned)).value == pytest.approx(-float(F.cross_entropy(student, y)), rel=1e-4)
+    assert "KL divergence" in parse_score("adaptive-bn:kd").format(-0.25)
+
+
+def test_finetune_kd_distils_from_the_dense_model(synthetic_bundle):
+    """finetune-kd trains towards the dense model's outputs: after the steps its KL to the dense model is lower
+    than plain fine-tuning's with the same data order."""
+    from autoprune.train.scores import make_evaluator
+
+    structure, pruned = _pruned_resnet20()
+    x, y = synthetic_bundle.tensors("val")
+    calib = synthetic_bundle.calibration_batches(64)
+    kwargs = dict(data=synthetic_bundle, calib_batches=calib, val_x=x, val_y=y, precision="fp32",
+                  structure=structure)
+    plain, distilled = make_evaluator("finetune:8:kd", **kwargs), make_evaluator("finetune-kd:8:kd", **kwargs)
+    assert distilled.recipe.kd_weight > 0 and plain.recipe.kd_weight == 0
+    assert distilled.score(copy.deepcopy(pruned)).value > plain.score(copy.deepcopy(pruned)).value

@@ -84,6 +84,7 @@ class Scorer:
                  early_stop: bool = False):
         self.problem, self.evaluator, self.pool, self.early_stop = problem, evaluator, pool, early_stop
         self._cache: dict[tuple[int, ...], Score] = {}
+        self.requested: list[tuple[int, ...]] = []  # every key asked for, in order (what an allocator looked at)
         self.best_full = -float("inf")
         self.seconds = 0.0  # spent scoring in this process
 
@@ -129,6 +130,7 @@ class Scorer:
     def score(self, allocation: Allocation) -> Score:
         """``allocation``'s score (cached)."""
         key = self.key(allocation)
+        self.requested.append(key)
         if self._needs_scoring(key):
             t0 = time.perf_counter()
             result = self.evaluator.score(self.problem.pruned_model(allocation), self._must_beat())
@@ -147,6 +149,7 @@ class Scorer:
         the batch is sent, so a batch may stop fewer candidates early than one-by-one scoring would.
         """
         keys = [self.key(a) for a in allocations]
+        self.requested += keys
         todo = list(dict.fromkeys(k for k in keys if self._needs_scoring(k)))
         if todo and self.pool is not None:
             for key, score in zip(todo, self.pool.score(todo, self._must_beat())):

@@ -25,6 +25,9 @@ from autoprune.core.cost import CostRow, CostTable
 from autoprune.errors import AutopruneError
 
 
+REMOVED_ATTR = "autoprune_removed"  # set by ``ModelStructure.prune_copy`` on the pruned copy
+
+
 @dataclass
 class Member:
     """One (module or parameter, dimension) that a group prunes, with its index map."""
@@ -279,9 +282,23 @@ class ModelStructure:
                     bucket.update(m.root_to_idxs[r])
         return {k: sorted(v) for k, v in plan.items()}
 
+    def removed_channels(self, remove: Sequence[Sequence[int]]) -> dict[str, dict[str, list[int]]]:
+        """Per pruned module: its removed output (``"out"``) and input (``"in"``) channels, in the dense
+        model's coordinates (what a layer-wise refit needs to line the pruned layer up with the dense one)."""
+        out: dict[str, dict[str, list[int]]] = {}
+        for (name, handler, _, is_param), idxs in self.removal_plan(remove).items():
+            side = {"prune_out_channels": "out", "prune_in_channels": "in"}.get(handler.__name__)
+            if not is_param and side is not None:
+                out.setdefault(name, {})[side] = idxs
+        return out
+
     def prune_copy(self, remove: Sequence[Sequence[int]], model: nn.Module | None = None) -> nn.Module:
-        """A physically smaller deep copy of ``model`` (default: the reference) without ``remove[g]`` channels."""
+        """A physically smaller deep copy of ``model`` (default: the reference) without ``remove[g]`` channels.
+
+        The copy carries ``removed_channels(remove)`` as ``REMOVED_ATTR`` (a plain attribute: not in its
+        state dict) so a score can refit its layers against the dense model's (``train.reconstruct``)."""
         pruned = copy.deepcopy(self.model if model is None else model)
+        setattr(pruned, REMOVED_ATTR, self.removed_channels(remove))
         for (name, handler, dim, is_param), idxs in self.removal_plan(remove).items():
             handler.__self__.pruning_dim = dim
             if is_param:

@@ -25,6 +25,7 @@ class ApplyConfig:
     max_keep: float | None = None
     round_to: int = 1
     evaluate: bool = True
+    score: str = "adaptive-bn"  # autoprune.train.scores
     report_test: bool = False
     finetune: TrainRecipe = nested(TrainRecipe, exclude=("momentum", "schedule", "warmup_steps", "bn_l1", "augment"),
                                    rename={"epochs": "finetune_epochs"}, epochs=0.0)
@@ -34,9 +35,13 @@ HELP = {
     "policy": "policy.zip written by autoprune search (read without unpickling: safe to take from others)",
     "output": "directory for model.pt, allocation.json, report.json (must be new or empty)",
     **TARGET_HELP,
-    "evaluate": "report adaptive-BN accuracy of the policy's allocation and of uniform at the same cost",
+    "evaluate": "report the --score of the policy's allocation and of uniform at the same cost",
+    "score": "what the allocation is scored by (see search --help); with reconstruct or finetune:STEPS the saved model "
+             "is the one scored (refitted or fine-tuned), before any --finetune-epochs",
     "report_test": "also score the saved model on the test split (decodes test/)",
     "finetune_epochs": "epochs of fine-tuning after pruning (0: none)",
+    "kd_weight": "distil the fine-tune from the dense model: weight of the KL term against the label loss, in [0, 1]",
+    "kd_temperature": "softmax temperature of the distillation term",
     "image_size": "resize images (e.g. 224 for torchvision models); None keeps the stored size",
 }
 
@@ -49,8 +54,10 @@ def run_apply(cfg: ApplyConfig) -> dict:
     from autoprune.core.problem import uniform_allocation
     from autoprune.train.artifacts import save_calibrated
     from autoprune.train.evaluator import accuracy, recalibrate_bn
+    from autoprune.train.scores import parse_score
     from autoprune.train.training import train
 
+    spec = parse_score(cfg.score)  # a bad score fails before any data is loaded
     metric, target = cfg.target.resolve()
     out = Path(cfg.output)
     check_run_dir(out, resumable=False)
@@ -72,21 +79,26 @@ def run_apply(cfg: ApplyConfig) -> dict:
                     "target": target, "cost_ratio": cost_ratio, "meets_target": problem.feasible(allocation),
                     "macs_before": macs0, "macs_after": macs1, "params_before": params0, "params_after": params1,
                     "config": flat_config(cfg)}
+    scorer = ws.scorer(problem, cfg.score, seed=cfg.ws.seed)
     if cfg.evaluate:
-        scorer = ws.scorer(problem)
-        report["adaptive_bn_accuracy"] = scorer.value(allocation)
-        report["uniform_adaptive_bn_accuracy"] = scorer.value(uniform_allocation(problem))
+        report.update(score=cfg.score, score_value=scorer.value(allocation),
+                      uniform_score_value=scorer.value(uniform_allocation(problem)))
+    prepared = spec.preparation != "adaptive-bn"
+    if prepared:  # the model that was scored (refitted / briefly fine-tuned) is what is saved and trained on
+        pruned = scorer.scored_model(allocation)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     if cfg.finetune.epochs > 0:
-        recalibrate_bn(pruned, calib)  # start fine-tuning from recalibrated BN statistics, as scored
+        if not prepared:
+            recalibrate_bn(pruned, calib)  # start fine-tuning from recalibrated BN statistics, as scored
         result = train(pruned, ws.data, cfg.finetune, device=ws.device, precision=ws.precision, seed=cfg.ws.seed,
-                       log_dir=out / "tb", macs_per_image=macs1)
+                       log_dir=out / "tb", macs_per_image=macs1,
+                       teacher=structure.model if cfg.finetune.kd_weight else None)
         report["finetune"] = {"epochs": cfg.finetune.epochs, "steps": result.steps, "seconds": result.seconds}
     vx, vy = ws.data.tensors("val", ws.device)
     report["saved_model_val_accuracy"], saved = save_calibrated(
         pruned, cfg.ws.model, ws.data.num_classes, out / "model.pt", calib, vx, vy, criterion=cfg.criterion,
-        policy=cfg.policy)
+        policy=cfg.policy, prepare=(lambda m: m) if prepared and cfg.finetune.epochs == 0 else None)
     if problem.latency is not None:
         report["latency"] = cfg.target.measured(saved, structure.model, problem.latency, allocation.counts(structure))
         report["latency_fit"] = latency_fit

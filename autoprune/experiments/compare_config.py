@@ -11,10 +11,10 @@ from autoprune.config import nested
 from autoprune.core.problem import METRICS
 from autoprune.errors import AutopruneError
 from autoprune.registry import parse_spec
-from autoprune.train.training import TrainRecipe
+from autoprune.train.training import TrainRecipe, check_distillation
 from autoprune.workspace import PARALLEL_HELP, ParallelOptions, WorkspaceOptions
 
-RECIPES = ("finetune", "lr-rewind", "weight-rewind", "scratch-E", "scratch-B")
+RECIPES = ("finetune", "lr-rewind", "lr-rewind-kd", "weight-rewind", "scratch-E", "scratch-B")
 
 
 @dataclass
@@ -28,15 +28,20 @@ class CompareConfig:
     latency_batch: int = 1
     latency_precision: str = "fp32"
     criterion: str = "l1"
-    score: str = "adaptive-bn"  # adaptive-bn | finetune:STEPS (autoprune.train.scores)
+    score: str = "adaptive-bn"  # autoprune.train.scores: adaptive-bn[:loss|:kd], reconstruct, finetune[-kd]:STEPS
     allocators: list[str] = field(default_factory=lambda: ["uniform", "global", "sensitivity", "layer-stats",
                                                            "random", "greedy"])
     seeds: list[int] = field(default_factory=lambda: [0])
     recipes: list[str] = field(default_factory=lambda: ["lr-rewind"])
-    train: TrainRecipe = nested(TrainRecipe, exclude=("lr", "momentum", "schedule", "warmup_steps", "augment"))
+    train: TrainRecipe = nested(TrainRecipe, exclude=("lr", "momentum", "schedule", "warmup_steps", "augment",
+                                                      "kd_weight", "kd_temperature"))
     finetune_lr: float = 0.001  # classic fine-tuning: constant small learning rate
     rewind_lr: float = 0.01  # learning-rate rewinding: cosine from this rate (Renda et al. 2020)
     scratch_lr: float = 0.1
+    finalists: int = 0  # re-rank a searching allocator's K best candidates with --finalist-score (0: off)
+    finalist_score: str = "finetune:100"
+    kd_weight: float = 0.9  # lr-rewind-kd: loss = (1 - w) x cross-entropy + w x T^2 x KL(dense || pruned)
+    kd_temperature: float = 4.0
     rewind_to: int | None = None  # weight-rewind: the epoch of the dense run's checkpoints/epoch-K.pt
     scratch_epochs: float | None = None  # scratch-E epochs (default: --epochs); scratch-B scales it by dense/pruned MACs
     min_keep: float = 0.2
@@ -50,11 +55,16 @@ HELP = {
     "output": "run directory (results.csv/json, report.md, plots, allocations)",
     "allocators": "allocator specs: uniform global sensitivity layer-stats random greedy policy:PATH allocation:PATH; "
                   "options as NAME@key=value,key=value (e.g. random@samples=30)",
-    "score": "what allocators score candidates by and the report's pre-training column: adaptive-bn (EagleEye) or "
-             "finetune:STEPS (BN recalibrated, STEPS SGD steps of LR rewinding, then held-out accuracy: much slower, "
-             "ranks allocations more like full fine-tuning)",
+    "score": "what allocators score candidates by and the report's pre-training column: adaptive-bn (EagleEye), "
+             "reconstruct, finetune:STEPS, finetune-kd:STEPS, optionally :loss or :kd (see search --help)",
     "recipes": f"training after pruning, any of {', '.join(RECIPES)}",
     "epochs": "fine-tune epochs (fractions allowed)",
+    "finalists": "give every allocator that scores several candidates (random, RL, greedy) the search's finalists "
+                 "stage: its K best distinct feasible candidates re-scored by --finalist-score, the best kept. 0: off",
+    "finalist_score": "the score that re-ranks the finalists (any --score value)",
+    "kd_weight": "lr-rewind-kd recipe: weight of the distillation term (KL to the dense model's outputs) against "
+                 "the label loss, in [0, 1]",
+    "kd_temperature": "lr-rewind-kd recipe: softmax temperature of the distillation term",
     "targets": "fractions of dense MACs (or params) to keep",
     "train_subset": "train on this many images of the training split (CPU-sized runs)",
     "rewind_to": "weight-rewind recipe: the kept channels restart from the dense run's weights at this epoch "
@@ -77,6 +87,9 @@ def recipe_for(cfg: CompareConfig, recipe: str, macs_ratio: float) -> TrainRecip
         return replace(cfg.train, lr=cfg.finetune_lr, schedule="constant")
     if recipe in ("lr-rewind", "weight-rewind"):  # weight rewinding replays the LR-rewinding schedule
         return replace(cfg.train, lr=cfg.rewind_lr, schedule="cosine")
+    if recipe == "lr-rewind-kd":  # LR rewinding distilled from the dense model
+        return replace(cfg.train, lr=cfg.rewind_lr, schedule="cosine", kd_weight=cfg.kd_weight,
+                       kd_temperature=cfg.kd_temperature)
     scratch = cfg.scratch_epochs if cfg.scratch_epochs is not None else cfg.train.epochs
     if recipe == "scratch-E":
         return replace(cfg.train, epochs=scratch, lr=cfg.scratch_lr, schedule="cosine")
@@ -108,11 +121,15 @@ def validate(cfg: CompareConfig) -> None:
         raise AutopruneError(f"unknown recipe(s) {bad}: use any of {', '.join(RECIPES)}")
     if "weight-rewind" in cfg.recipes:
         rewind_checkpoint(cfg)  # fails now, not after hours of other rows
-    from autoprune.train.scores import finetune_steps
+    from autoprune.train.scores import parse_score
 
-    finetune_steps(cfg.score)  # a bad --score fails before any data is read
+    parse_score(cfg.score)  # a bad --score fails before any data is read
     if cfg.train.epochs <= 0:
         raise AutopruneError(f"--epochs {cfg.train.epochs} must be positive")
+    check_distillation(cfg.kd_weight, cfg.kd_temperature)
+    from autoprune.core.finalists import check_finalists
+
+    check_finalists(cfg.finalists, cfg.finalist_score)
     for t in cfg.targets:
         if not 0 < t <= 1:
             raise AutopruneError(f"target {t} is outside (0, 1]: it is the fraction of {cfg.metric} to keep")

@@ -10,6 +10,7 @@ appended to ``results.json`` as they finish, so an interrupted run resumes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 import time
@@ -26,7 +27,8 @@ from autoprune.core.criteria import group_scores
 from autoprune.core.io import load_model
 from autoprune.core.problem import PruningProblem
 from autoprune.core.prune import channels_to_remove
-from autoprune.core.scoring import Scorer
+from autoprune.core.finalists import rerank
+from autoprune.core.scoring import Evaluator, Scorer
 from autoprune.deploy.latency import latency_table
 from autoprune.errors import AutopruneError
 from autoprune.experiments.compare_config import (
@@ -42,6 +44,7 @@ from autoprune.runs import write_json_atomic
 from autoprune.train import distributed
 from autoprune.train.data import DataBundle
 from autoprune.train.evaluator import AdaptiveBNEvaluator, accuracy
+from autoprune.train.scores import format_score
 from autoprune.train.training import train
 
 RESULT_FORMAT = "autoprune.compare/1"
@@ -74,8 +77,11 @@ def open_results(cfg: CompareConfig) -> dict:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             raise AutopruneError(f"'{path}' is not valid JSON: move it away or pick another --output") from None
-        old_config = old.get("config", {})
-        if old.get("format") != RESULT_FORMAT or old_config != _comparable(cfg):
+        old_config, new_config = old.get("config", {}), _comparable(cfg)
+        defaults = {f.name: f.default for f in dataclasses.fields(CompareConfig)}
+        # options added since that run was written count as equal when left at their defaults
+        new_config = {k: v for k, v in new_config.items() if k in old_config or v != defaults.get(k)}
+        if old.get("format") != RESULT_FORMAT or old_config != new_config:
             raise AutopruneError(f"'{cfg.output}' holds another run (different settings): "
                                  "pick another --output or move that folder away")
         return old
@@ -100,8 +106,9 @@ def run_compare(cfg: CompareConfig) -> dict:
     validate(cfg)
     open_results(cfg)  # refuse a folder holding another run before loading anything
     ws = cfg.ws.open()
+    finalist = ws.evaluator(score=cfg.finalist_score, seed=cfg.ws.seed) if cfg.finalists else None
     record = run_comparison(cfg, ws.model, ws.data, ws.device, ws.evaluator(score=cfg.score, seed=cfg.ws.seed),
-                            ws.structure)
+                            ws.structure, finalist_evaluator=finalist)
     if distributed.is_main():  # under torchrun, rank 0 writes
         write_outputs(record, cfg.output)
     return record
@@ -109,8 +116,10 @@ def run_compare(cfg: CompareConfig) -> dict:
 
 def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, device: torch.device,
                    evaluator: AdaptiveBNEvaluator, structure_factory: Callable[[], Any],
-                   log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the comparison; returns the results record (also in ``cfg.output``)."""
+                   log: Callable[[str], None] = print, finalist_evaluator: Evaluator | None = None) -> dict:
+    """Run (or resume) the comparison; returns the results record (also in ``cfg.output``). With
+    ``cfg.finalists``, an allocator that scored several feasible candidates gets the search's finalists
+    stage: its K best re-scored by ``finalist_evaluator``, the best of those kept (random and RL alike)."""
     validate(cfg)
     main = distributed.is_main()  # under torchrun: every rank trains, rank 0 allocates, logs and writes
     if cfg.metric == "latency" and distributed.active():
@@ -140,6 +149,7 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                           calib_batches=calib, min_keep=cfg.min_keep, max_keep=cfg.max_keep, round_to=cfg.round_to)
     # one scorer (and pool) for every target; allocators run on rank 0 only
     scorer = Scorer(base, evaluator, pool=cfg.parallel.pool(base, evaluator) if main else None)
+    finalist_scorer = Scorer(base, finalist_evaluator) if cfg.finalists and finalist_evaluator is not None else None
     for target in cfg.targets:
         problem = base.with_target(target)
         for spec, method in zip(cfg.allocators, method_labels(cfg.allocators)):
@@ -159,7 +169,15 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                         return reuse[0], reuse[1], False
                     allocator = build_allocator(spec, seed)
                     log(f"[{target:g}] {method} seed {seed}: allocating")
+                    mark = len(scorer.requested)
                     alloc = allocator.allocate(problem, scorer)
+                    if finalist_scorer is not None and len(set(scorer.requested[mark:])) > 1:
+                        scorer.value(alloc)  # the allocator's own pick is always a candidate
+                        ranked = rerank(problem, scorer, finalist_scorer, cfg.finalists,
+                                        keys=scorer.requested[mark:])
+                        log(f"[{target:g}] {method} seed {seed}: {len(ranked)} finalists re-scored by "
+                            f"{cfg.finalist_score}")
+                        alloc = ranked[0].allocation
                     if isinstance(allocator, MeasuresSensitivity) and allocator.rows:
                         from autoprune.experiments.plots import plot_sensitivity
 
@@ -194,19 +212,21 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                     log(f"[{target:g}] {method} seed {seed}: {recipe_name} ({recipe.epochs:g} epochs)")
                     t1 = time.perf_counter()
                     result = train(net, data, recipe, device=device, seed=seed, macs_per_image=macs, progress=False,
-                                   precision=cfg.ws.precision)
+                                   precision=cfg.ws.precision, teacher=model if recipe.kd_weight else None)
                     test_acc = accuracy(net, test_x, test_y)
                     record["rows"].append({
                         "method": method, "spec": spec, "recipe": recipe_name, "seed": seed, "target": target,
                         "macs": macs, "params": params, "macs_ratio": macs / structure.dense_macs,
                         "params_ratio": params / structure.dense_params,
                         "score_value": None if recipe_name.startswith("scratch") else score_value,
+                        "finalist_score_value": (finalist_scorer.value(alloc) if finalist_scorer is not None
+                                                 and not recipe_name.startswith("scratch") else None),
                         "val_acc": accuracy(net, val_x, val_y), "test_acc": test_acc,
                         "drop": 100 * (dense_acc - test_acc), "epochs": recipe.epochs, "within_budget": within,
                         "alloc_seconds": alloc_seconds, "train_seconds": result.seconds,
                         "wall_seconds": alloc_seconds + time.perf_counter() - t1})
                     save_results(cfg, record)
-                    log(f"    test {100 * test_acc:.2f}% ({evaluator.label} before: {100 * score_value:.2f}%)")
+                    log(f"    test {100 * test_acc:.2f}% ({evaluator.kind} before: {format_score(evaluator.kind, score_value)})")
     if scorer.pool is not None:
         scorer.pool.close()
     return record

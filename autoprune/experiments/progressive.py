@@ -35,7 +35,7 @@ class ProgressiveConfig:
     prune_every: float = 0.25  # epochs between cuts
     min_keep: float = 0.2  # per-cut lower bound on each group's keep ratio
     round_to: int = 1
-    recipe: TrainRecipe = nested(TrainRecipe, exclude=("momentum", "bn_l1", "augment"), rename={"schedule": "lr_schedule"},
+    recipe: TrainRecipe = nested(TrainRecipe, exclude=("momentum", "bn_l1", "augment", "kd_weight", "kd_temperature"), rename={"schedule": "lr_schedule"},
                                  epochs=4.0, lr=0.05)
     resume: bool = False
 

@@ -16,9 +16,10 @@ from typing import Any
 
 from autoprune.agents.rl.config import HELP as RL_HELP
 from autoprune.agents.rl.config import RLConfig
-from autoprune.agents.search_log import SearchResult, write_best_allocation
+from autoprune.agents.search_log import SearchResult, annotate_episodes, write_best_allocation
 from autoprune.config import nested, save_config
 from autoprune.core.allocation import Allocation
+from autoprune.core.finalists import check_finalists, rerank
 from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.scoring import Scorer
 from autoprune.errors import AutopruneError
@@ -41,7 +42,9 @@ class SearchConfig:
     more_models: list[str] = field(default_factory=list)  # NAME or NAME=CHECKPOINT: one policy for all of them
     rl: RLConfig = nested(RLConfig, exclude=("algo", "seed"))  # episodes, noise, learning rates, reward, action, ...
     early_stop: bool = False
-    score: str = "adaptive-bn"  # adaptive-bn | finetune:STEPS (autoprune.train.scores)
+    finalists: int = 0  # re-rank the best K candidates with --finalist-score (0: pick by --score alone)
+    finalist_score: str = "finetune:100"
+    score: str = "adaptive-bn"  # autoprune.train.scores: adaptive-bn[:loss|:kd], reconstruct, finetune[-kd]:STEPS
     criterion: str = "l1"
     min_keep: float = 0.2
     max_keep: float = 1.0
@@ -61,10 +64,16 @@ HELP = {
     "early_stop": "multi-fidelity scoring: stop scoring a candidate once it surely (99%) cannot beat the best so far; "
                   "its partial estimate is flagged in episodes.csv (images, partial) and never reported as a full score",
     "calib_size": "training images recalibrating BatchNorm for each episode",
-    "score": "what each candidate is scored by: adaptive-bn (EagleEye: BN recalibrated, then held-out accuracy) or "
-             "finetune:STEPS (BN recalibrated, STEPS SGD steps of LR-rewind fine-tuning, then held-out accuracy; "
-             "much slower; ranks allocations more like a full fine-tune does). The RL --reward is computed from this "
-             "score",
+    "score": "what each candidate is scored by (higher is better): adaptive-bn (EagleEye: BN recalibrated, then held-out "
+             "top-1), reconstruct (layers after a cut refitted by least squares to the dense outputs, then adaptive "
+             "BN: the refitted weights are what best_model.pt holds), finetune:STEPS / finetune-kd:STEPS (adaptive BN, "
+             "then STEPS SGD steps of LR rewinding, plain or distilled from the dense model); any of them followed by "
+             ":loss (held-out cross-entropy) or :kd (KL to the dense model's outputs: needs no labels). The RL "
+             "--reward is computed from this score; bench/results/proxy-validity.md has each one's cost and ranking",
+    "finalists": "two-stage selection: re-score the K best distinct feasible candidates (by --score) with "
+                 "--finalist-score and keep the best of those; best_allocation.json and best_model.pt are that pick "
+                 "(scored and saved by the finalist score), episodes.csv gets a finalist_score column. 0: off",
+    "finalist_score": "the costlier score that re-ranks the finalists (any --score value)",
     "resume": "continue the interrupted run in --output. Its checkpoints are pickles (they can run code when "
               "read): trust a run folder like code, resume only your own; one written by another autoprune "
               "version is refused before anything in it is unpickled",
@@ -92,7 +101,7 @@ def check_search_config(cfg: SearchConfig) -> SearchConfig:
     """Every one-line error a config can raise before any data is read; returns the config the run uses
     (several models or a target range train on reward 'relative')."""
     from autoprune.envs import REWARDS
-    from autoprune.train.scores import finetune_steps
+    from autoprune.train.scores import parse_score
 
     _, target, target_hi = cfg.target.resolve_range()
     if cfg.agent not in AGENTS:
@@ -101,7 +110,8 @@ def check_search_config(cfg: SearchConfig) -> SearchConfig:
         raise AutopruneError("--more-models trains one policy on several models: use an RL --agent, not random")
     if target_hi > target and cfg.agent == "random":
         raise AutopruneError("a target range trains a budget-conditioned policy: use an RL --agent, not random")
-    finetune_steps(cfg.score)
+    parse_score(cfg.score)
+    check_finalists(cfg.finalists, cfg.finalist_score)
     if cfg.rl.episodes < 1:
         raise AutopruneError(f"--episodes {cfg.rl.episodes} must be at least 1")
     if cfg.rl.reward not in REWARDS:
@@ -174,20 +184,34 @@ def _finish(cfg: SearchConfig, ws: Workspace, problem: PruningProblem, scorer: S
         problem = problem.with_target(float(result.best.info.get("target") or problem.target))
     problem = replace(problem, target_range=None)
     uniform = uniform_allocation(problem)
-    uniform_score = scorer.value(uniform)
     best_score = scorer.value(best_alloc) if best_score is None else best_score
+    kind, final_scorer, finalists = cfg.score, scorer, None
+    if cfg.finalists:  # two-stage selection: the finalist score picks among the search's best K
+        kind = cfg.finalist_score
+        final_scorer = ws.scorer(problem, kind, calib_batch_size=cfg.calib_batch_size, seed=cfg.ws.seed)
+        ranked = rerank(problem, scorer, final_scorer, cfg.finalists)
+        finalists = {"score": kind, "k": cfg.finalists,
+                     "search_pick": {"counts": [int(c) for c in best_alloc.counts(structure)], "score_value": best_score},
+                     "candidates": [{"counts": list(problem.key(f.allocation)), "search_score_value": f.search.value,
+                                     "finalist_score_value": f.final.value, "seconds": f.final.seconds}
+                                    for f in ranked]}
+        if (out / "episodes.csv").exists():
+            annotate_episodes(out / "episodes.csv", structure,
+                              {problem.key(f.allocation): f.final.value for f in ranked}, "finalist_score")
+        best_alloc, best_score = ranked[0].allocation, ranked[0].final.value
+    uniform_score = final_scorer.value(uniform)
     searched = {"score_value": best_score, "counts": [int(c) for c in best_alloc.counts(structure)]}
     best_alloc, latency_fit = cfg.target.fit(problem, best_alloc)
     if [int(c) for c in best_alloc.counts(structure)] != searched["counts"]:
-        best_score = scorer.value(best_alloc)  # the re-scaled allocation is what is saved: score it
+        best_score = final_scorer.value(best_alloc)  # the re-scaled allocation is what is saved: score it
     vx, vy = ws.data.tensors("val", ws.device)
     dense_acc = accuracy(ws.model, vx, vy)
-    evaluator = scorer.evaluator
+    evaluator = final_scorer.evaluator
     saved_acc, saved = save_calibrated(problem.pruned_model(best_alloc), cfg.ws.model, ws.data.num_classes,
                                        out / "best_model.pt", evaluator.calib_batches, vx, vy,
-                                       prepare=None if cfg.score == "adaptive-bn" else evaluator.prepare,
-                                       criterion=cfg.criterion, score_value=best_score, score=cfg.score)
-    write_best_allocation(out / "best_allocation.json", best_alloc, structure, score=cfg.score,
+                                       prepare=None if kind == "adaptive-bn" else evaluator.prepare,
+                                       criterion=cfg.criterion, score_value=best_score, score=kind)
+    write_best_allocation(out / "best_allocation.json", best_alloc, structure, score=kind,
                           score_value=best_score, episode=result.best.episode, reward=result.best.info.get("reward"),
                           metric=problem.metric, target=problem.target, uniform_score_value=uniform_score)
     marks = {"uniform": uniform_score} if cfg.rl.reward == "accuracy" else None
@@ -203,12 +227,14 @@ def _finish(cfg: SearchConfig, ws: Workspace, problem: PruningProblem, scorer: S
                   "distilled": result.policy_distilled}
     summary = {
         "model": cfg.ws.model, "agent": cfg.agent, "precision": ws.precision.name, "metric": problem.metric,
-        "target": problem.target, "score": cfg.score, "reward": cfg.rl.reward, "episodes": result.episodes,
+        "target": problem.target, "score": kind, "search_score": cfg.score, "reward": cfg.rl.reward,
+        "episodes": result.episodes, "finalists": finalists,
         "dense_macs": structure.dense_macs,
         "best": {"score_value": best_score, "macs": best_alloc.macs(structure), "params": best_alloc.params(structure),
                  "saved_model_val_accuracy": saved_acc,
                  "cost_ratio": problem.cost(best_alloc.counts(structure)) / problem.dense_cost},
-        "uniform": {"score_value": uniform_score, "macs": uniform.macs(structure),
+        "uniform": {"score_value": uniform_score, "search_score_value": scorer.value(uniform),
+                    "macs": uniform.macs(structure),
                     "cost_ratio": problem.cost(uniform.counts(structure)) / problem.dense_cost},
         "policy": policy,
         "target_range": list(target_range) if target_range else None,
@@ -224,7 +250,8 @@ def _finish(cfg: SearchConfig, ws: Workspace, problem: PruningProblem, scorer: S
         "wall_seconds_this_process": search_seconds,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return SearchRun(out, best_alloc, best_score, scorer.label, uniform_score, saved_acc, dense_acc, result, summary)
+    return SearchRun(out, best_alloc, best_score, final_scorer.label, uniform_score, saved_acc, dense_acc, result,
+                     summary)
 
 
 def _policy_at_targets(policy_path: Path, problem: PruningProblem, scorer: Scorer) -> list[dict]:

@@ -14,7 +14,7 @@ from autoprune.errors import AutopruneError
 from autoprune.runs import check_run_dir
 from autoprune.train import distributed
 from autoprune.train.evaluator import accuracy
-from autoprune.train.training import TrainRecipe, train
+from autoprune.train.training import TrainRecipe, check_distillation, train
 from autoprune.workspace import WorkspaceOptions
 
 
@@ -23,11 +23,16 @@ class TrainConfig:
     output: str  # run directory
     ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("calib_size", "image_size"))  # --model, --checkpoint, --data, ...
     recipe: TrainRecipe = nested(TrainRecipe)  # epochs, lr, momentum, weight decay, batch size, schedule, ...
+    teacher: str | None = None  # dense checkpoint to distil from (with --kd-weight)
     resume: bool = False
     save_every: int | None = None  # epochs between kept checkpoints (checkpoints/epoch-K.pt; weight rewinding)
 
 
 HELP = {"output": "run directory (model.pt, TensorBoard events, config)",
+        "teacher": "checkpoint of the dense model to distil from (same --model): the LR-rewind-with-distillation "
+                   "recipe is --teacher DENSE.pt --kd-weight 0.9 --lr 0.01 on a pruned --checkpoint",
+        "kd_weight": "weight of the distillation term (KL to the teacher's outputs) against the label loss, in [0, 1]",
+        "kd_temperature": "softmax temperature of the distillation term",
         "bn_l1": "Network Slimming L1 penalty on BN gammas",
         "save_every": "keep the weights every N epochs (and at the start) as "
                       "checkpoints/epoch-K.pt, for compare --recipes weight-rewind"}
@@ -37,6 +42,11 @@ def run_train(cfg: TrainConfig) -> dict | None:
     """Train ``cfg.ws.model``; write model.pt, summary.json, config.yaml and TensorBoard events into
     ``cfg.output`` and return the summary (None on ranks other than 0)."""
     out = Path(cfg.output)
+    check_distillation(cfg.recipe.kd_weight, cfg.recipe.kd_temperature)
+    if bool(cfg.recipe.kd_weight) != (cfg.teacher is not None):
+        raise AutopruneError("distillation needs both --teacher DENSE_CHECKPOINT and --kd-weight W > 0")
+    if cfg.teacher is not None and not Path(cfg.teacher).is_file():
+        raise AutopruneError(f"--teacher '{cfg.teacher}' not found: give the dense model's checkpoint")
     check_run_dir(out, cfg.resume)
     distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
     if distributed.is_main():
@@ -67,9 +77,14 @@ def run_train(cfg: TrainConfig) -> dict | None:
             if step % every == 0 and distributed.is_main():
                 save_pruned(model, cfg.ws.model, ws.data.num_classes,
                             out / "checkpoints" / f"epoch-{step // (every // cfg.save_every)}.pt", step=step)
+    teacher = None
+    if cfg.teacher is not None:
+        from autoprune.core.io import load_model
+
+        teacher = load_model(cfg.ws.model, ws.data.num_classes, cfg.teacher).to(ws.device)
     result = train(ws.model, ws.data, recipe, device=ws.device, precision=ws.precision, seed=cfg.ws.seed,
-                   log_dir=out / "tb", on_step=on_step,
-                   checkpoint=state_path, macs_per_image=macs, start_step=start, optimizer=optimizer)
+                   log_dir=out / "tb", on_step=on_step, checkpoint=state_path, macs_per_image=macs,
+                   start_step=start, optimizer=optimizer, teacher=teacher)
     if not distributed.is_main():
         return None
     save_pruned(ws.model, cfg.ws.model, ws.data.num_classes, out / "model.pt")

@@ -34,6 +34,8 @@ class TrainRecipe:
     warmup_steps: int = 0
     bn_l1: float = 0.0  # Network Slimming: L1 penalty on BN gammas
     augment: bool = True
+    kd_weight: float = 0.0  # distillation: loss = (1 - w) x cross-entropy + w x T^2 x KL(teacher || student)
+    kd_temperature: float = 4.0
 
     def total_steps(self, n_train: int) -> int:
         return max(1, int(round(self.epochs * math.ceil(n_train / self.batch_size))))
@@ -65,6 +67,21 @@ def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.SGD:
                            lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
 
 
+def check_distillation(weight: float, temperature: float) -> None:
+    """One-line errors for distillation settings (before any data is read)."""
+    if not 0.0 <= weight <= 1.0:
+        raise AutopruneError(f"--kd-weight {weight} must be in [0, 1] (the distillation term's share of the loss)")
+    if temperature <= 0:
+        raise AutopruneError(f"--kd-temperature {temperature} must be positive")
+
+
+def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Mean over images of KL(teacher || student) on outputs softened by ``temperature``."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+                    log_target=True, reduction="batchmean")
+
+
 def bn_l1_penalty(model: nn.Module) -> torch.Tensor:
     return sum(m.weight.abs().sum() for m in model.modules()
                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None)
@@ -75,20 +92,26 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
           macs_per_image: float = 0.0, progress: bool = True,
           on_step: Callable[[int, nn.Module, torch.optim.Optimizer], tuple[nn.Module, torch.optim.Optimizer] | None] | None = None,
           start_step: int = 0, optimizer: torch.optim.Optimizer | None = None,
-          precision: str | Precision = "auto", validate: bool = True) -> TrainResult:
+          precision: str | Precision = "auto", validate: bool = True, teacher: nn.Module | None = None) -> TrainResult:
     """Train ``model`` in place for ``recipe.epochs``; evaluate on the validation split each epoch.
 
     ``on_step(step, model, optimizer)`` may return a replacement (model, optimizer) -- the
     progressive pruner uses it to shrink the model mid-training. ``checkpoint`` is written at
     every epoch end (model + optimizer + step) so a run can be resumed with ``start_step``.
     ``validate=False`` skips the per-epoch held-out accuracy (for callers that score the model themselves).
-    A NaN loss stops training with an error after saving what was trained so far. ``precision``
+    With ``recipe.kd_weight`` the loss distils from ``teacher`` (e.g. the dense model; kept in eval mode, run
+    under no_grad on the same augmented batch; Hinton et al.'s T^2 scaling). A NaN loss stops training with an error after saving what was trained so far. ``precision``
     runs forward and backward passes under autocast (weights, BN statistics, loss and optimizer
     state stay fp32; fp16 adds a gradient scaler). Under ``torchrun`` the model trains in DDP
     (``autoprune.train.distributed``): each rank takes its slice of every global batch, the model is
     re-wrapped after ``on_step`` replaces it, and only rank 0 logs, shows progress and checkpoints.
     """
     device = torch.device(device)
+    check_distillation(recipe.kd_weight, recipe.kd_temperature)
+    if recipe.kd_weight and teacher is None:
+        raise AutopruneError("a distillation recipe (kd_weight > 0) needs the teacher model (the dense checkpoint)")
+    if teacher is not None:
+        teacher.eval()
     prec = resolve_precision(precision, device)
     fmt = prec.memory_format
     scaler = prec.grad_scaler()
@@ -140,6 +163,12 @@ def train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, *, device: to
                 loss = F.cross_entropy(logits.float(), y)
             else:  # DDP averages over ranks: sum / global batch x world gives the whole batch's mean gradient
                 loss = F.cross_entropy(logits.float(), y, reduction="sum") * (world / batch)
+            if recipe.kd_weight:
+                with torch.no_grad(), prec.autocast():
+                    teacher_logits = teacher(x.contiguous(memory_format=fmt)).float()
+                t = recipe.kd_temperature
+                loss = (1 - recipe.kd_weight) * loss + recipe.kd_weight * t * t * kd_divergence(logits.float(),
+                                                                                             teacher_logits, t)
             if recipe.bn_l1:
                 loss = loss + recipe.bn_l1 * bn_l1_penalty(model)
             if not torch.isfinite(loss):

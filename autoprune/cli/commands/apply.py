@@ -9,6 +9,7 @@ from pathlib import Path
 from autoprune.config import add_config_args, resolve_config
 from autoprune.experiments.apply import HELP as FIELD_HELP
 from autoprune.experiments.apply import ApplyConfig, run_apply
+from autoprune.train.scores import parse_score
 
 NAME = "apply"
 HELP = "Apply a learned pruning policy (policy.zip from search) to a model and target; prune, fine-tune, save."
@@ -24,8 +25,8 @@ def run(args) -> None:
     line = (f"{r['model']}: MACs {r['macs_before']:,} -> {r['macs_after']:,}, params {r['params_before']:,} -> "
             f"{r['params_after']:,} ({100 * r['cost_ratio']:.1f}% of {r['metric']}, target {100 * r['target']:g}%)")
     if cfg.evaluate:
-        line += (f"; adaptive-BN accuracy {100 * r['adaptive_bn_accuracy']:.2f}% "
-                 f"(uniform {100 * r['uniform_adaptive_bn_accuracy']:.2f}%)")
+        fmt = parse_score(r["score"]).format
+        line += f"; {fmt(r['score_value'])} (uniform {fmt(r['uniform_score_value'])})"
     print(line)
     line = (f"saved {Path(cfg.output) / 'model.pt'}: as loaded from disk, {100 * r['saved_model_val_accuracy']:.2f}% "
             "plain accuracy on the held-out training images")

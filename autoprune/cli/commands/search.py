@@ -7,6 +7,7 @@ from __future__ import annotations
 from autoprune.config import add_config_args, resolve_resumable
 from autoprune.experiments.search import HELP as FIELD_HELP
 from autoprune.experiments.search import SearchConfig, SearchRun, run_search
+from autoprune.train.scores import parse_score
 
 NAME = "search"
 HELP = "Search per-group pruning ratios for a MACs/params target with RL (DDPG/TD3/SAC) or random search."
@@ -24,15 +25,23 @@ def run(args) -> None:
 
 def report(run: SearchRun) -> None:
     s, label, metric = run.summary, run.score_label, run.summary["metric"]
+    fmt, fmt_search = parse_score(s["score"]).format, parse_score(s["search_score"]).format
     for row in s["policy_at_targets"] or []:
-        print(f"policy at {100 * row['target']:g}% of {metric}: {100 * row['policy_score']:.2f}% {label} accuracy "
-              f"(uniform {100 * row['uniform_score']:.2f}%)")
+        print(f"policy at {100 * row['target']:g}% of {metric}: {fmt_search(row['policy_score'])} "
+              f"(uniform {fmt_search(row['uniform_score'])})")
     print(f"dense: {100 * run.dense_accuracy:.2f}% val accuracy, {s['dense_macs']:,} MACs")
-    print(f"best {s['agent']} allocation: {100 * run.score:.2f}% {label} accuracy at "
+    print(f"best {s['agent']} allocation: {fmt(run.score)} at "
           f"{s['best']['macs']:,} MACs ({100 * s['best']['cost_ratio']:.1f}% of {metric})")
+    if s["finalists"]:
+        f = s["finalists"]
+        rank = 1 + sorted(c["search_score_value"] for c in f["candidates"])[::-1].index(
+            f["candidates"][0]["search_score_value"])
+        print(f"finalists: the {len(f['candidates'])} best by {s['search_score']} re-scored by {f['score']}; the pick "
+              f"was #{rank} by {s['search_score']} ({fmt_search(f['candidates'][0]['search_score_value'])}; "
+              f"the search's own pick: {fmt_search(f['search_pick']['score_value'])})")
     print(f"best_model.pt as loaded from disk: {100 * run.saved_model_accuracy:.2f}% plain accuracy on the same "
           "held-out images")
-    print(f"uniform allocation:  {100 * run.uniform_score:.2f}% {label} accuracy at "
+    print(f"uniform allocation:  {fmt(run.uniform_score)} at "
           f"{s['uniform']['macs']:,} MACs ({100 * s['uniform']['cost_ratio']:.1f}% of {metric})")
     if s["latency"] is not None:
         lat = s["latency"]
@@ -42,7 +51,7 @@ def report(run: SearchRun) -> None:
     policy = s["policy"]
     if policy is not None:
         reward = run.search.policy_score
-        score = (f"{100 * reward:.2f}% {label} accuracy" if s["reward"] == "accuracy"
+        score = (fmt_search(reward) if s["reward"] == "accuracy"
                  else f"reward {reward:.4f}")
         how = ("fitted onto the best episode, plays it" if policy["distilled"]
                else f"the best noise-free episode, {policy['episode']}")

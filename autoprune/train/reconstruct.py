@@ -1,0 +1,183 @@
+"""Least-squares reconstruction: refit each layer whose inputs were pruned so that it reproduces
+the dense layer's output (He et al. 2017, "Channel Pruning"; AMC and ThiNet do the same).
+
+Pruning a layer's input channels leaves its output short of what the next layers were trained on;
+a refit by ridge regression on a few hundred calibration images recovers much of it. Layers are
+refitted in forward order during one pass of the pruned model, each on the inputs the already
+refitted layers before it produce, so errors are corrected rather than accumulated. Only plain
+convolutions (one conv group) and linear layers are refitted; the targets are the dense model's
+outputs at the same sampled positions (computed once per model: ``DenseTargets``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from autoprune.core.structure import REMOVED_ATTR, ModelStructure
+from autoprune.errors import AutopruneError
+
+
+@dataclass(frozen=True)
+class RefitReport:
+    """One refitted layer: relative squared output error on the fitting sample, before and after."""
+
+    name: str
+    rows: int
+    error_before: float
+    error_after: float
+
+
+def refittable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+
+
+def input_pruned_layers(structure: ModelStructure) -> list[str]:
+    """The layers of ``structure`` whose input channels some group removes (the refit candidates)."""
+    names = {m.name for g in structure.groups for m in g.members
+             if not m.is_param and m.handler.__name__ == "prune_in_channels"}
+    modules = dict(structure.model.named_modules())
+    return sorted(n for n in names if refittable(modules[n]))
+
+
+def _positions(module: nn.Module, out: torch.Tensor, per_image: int, seed: int) -> torch.Tensor | None:
+    """Sampled output positions, [N, P] flat spatial indices (None: a linear layer on [N, F] inputs)."""
+    if isinstance(module, nn.Linear) and out.dim() == 2:
+        return None
+    spatial = out.shape[2:].numel() if isinstance(module, nn.Conv2d) else out.shape[1:-1].numel()
+    gen = torch.Generator().manual_seed(seed)
+    p = min(per_image, spatial)
+    return torch.stack([torch.randperm(spatial, generator=gen)[:p] for _ in range(out.shape[0])]).to(out.device)
+
+
+def _output_rows(module: nn.Module, out: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    """The layer's outputs at the sampled positions, [rows, channels]."""
+    if pos is None:
+        return out
+    if isinstance(module, nn.Conv2d):
+        flat = out.flatten(2)  # [N, C, L]
+        return flat.gather(2, pos.unsqueeze(1).expand(-1, flat.shape[1], -1)).permute(0, 2, 1).reshape(-1, flat.shape[1])
+    flat = out.reshape(out.shape[0], -1, out.shape[-1])  # linear on [N, ..., F]
+    return flat.gather(1, pos.unsqueeze(2).expand(-1, -1, flat.shape[2])).reshape(-1, flat.shape[2])
+
+
+def _input_rows(module: nn.Module, x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    """The inputs each sampled output sees: conv patches (unfolded in small image chunks, memory-bounded)
+    or linear features, [rows, in_features]."""
+    if pos is None:
+        return x
+    if isinstance(module, nn.Linear):
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        return flat.gather(1, pos.unsqueeze(2).expand(-1, -1, flat.shape[2])).reshape(-1, flat.shape[2])
+    k, d, p, s = module.kernel_size, module.dilation, module.padding, module.stride
+    if isinstance(p, str):
+        raise AutopruneError(f"reconstruct cannot refit a conv with padding='{p}': use another --score")
+    per_patch = x.shape[1] * k[0] * k[1]
+    chunk = max(1, int(2e7 // max(1, per_patch * x.shape[2] * x.shape[3])))
+    rows = []
+    for i in range(0, x.shape[0], chunk):
+        cols = F.unfold(x[i:i + chunk], k, dilation=d, padding=p, stride=s)  # [n, Cin*k*k, L]
+        idx = pos[i:i + chunk].unsqueeze(1).expand(-1, cols.shape[1], -1)
+        rows.append(cols.gather(2, idx).permute(0, 2, 1).reshape(-1, per_patch))
+    return torch.cat(rows)
+
+
+class DenseTargets:
+    """The dense model's outputs of the candidate layers at sampled positions of ``images``."""
+
+    def __init__(self, dense: nn.Module, layers: Sequence[str], images: torch.Tensor, positions: int = 16,
+                 seed: int = 0):
+        self.images, self.layers, self.per_image, self.seed = images, list(layers), positions, seed
+        self.positions: dict[str, torch.Tensor | None] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        modules = dict(dense.named_modules())
+
+        def keep(name: str, i: int):
+            def hook(mod, inp, out):
+                pos = _positions(mod, out, self.per_image, self.seed + i)
+                self.positions[name] = pos
+                self.outputs[name] = _output_rows(mod, out.float(), pos)
+            return hook
+
+        handles = [modules[n].register_forward_hook(keep(n, i)) for i, n in enumerate(self.layers)]
+        was_training = dense.training
+        try:
+            dense.eval()
+            with torch.no_grad():
+                dense(images)
+        finally:
+            for h in handles:
+                h.remove()
+            dense.train(was_training)
+
+
+def _solve(x: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, ridge: float) -> torch.Tensor:
+    """argmin_W ||x W^T - y||^2 + lam ||W - w0||^2 with lam = ``ridge`` x mean diag(x^T x): a refit that
+    stays near the pruned weights where the sample says little (float64 normal equations)."""
+    x, y, w0 = x.double(), y.double(), w0.double()
+    gram = x.T @ x
+    lam = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
+    gram.diagonal().add_(lam)
+    rhs = x.T @ y + lam * w0.T
+    return torch.linalg.solve(gram, rhs).T
+
+
+def _relative_error(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> float:
+    return float(((x @ w.T - y) ** 2).sum() / (y ** 2).sum().clamp_min(1e-12))
+
+
+def refit_pruned_layers(pruned: nn.Module, targets: DenseTargets, ridge: float = 1e-3) -> list[RefitReport]:
+    """Refit, in place and in forward order, every layer of ``pruned`` whose inputs were pruned
+    (``ModelStructure.prune_copy`` records which) towards ``targets``; BN statistics are left as they
+    are (recalibrate afterwards). Returns each refitted layer's error before and after."""
+    removed = getattr(pruned, REMOVED_ATTR, None)
+    if removed is None:
+        raise AutopruneError("reconstruct needs a model pruned by autoprune (it records the removed channels): "
+                             "prune with ModelStructure.prune_copy / PruningProblem.pruned_model")
+    modules = dict(pruned.named_modules())
+    reports: list[RefitReport] = []
+
+    def refit(name: str):
+        def hook(mod, args):
+            x = args[0].float()
+            pos = targets.positions[name]
+            xr = _input_rows(mod, x, pos)
+            y = targets.outputs[name]
+            out_cut = removed[name].get("out", [])
+            if out_cut:
+                keep = torch.ones(y.shape[1], dtype=torch.bool, device=y.device)
+                keep[out_cut] = False
+                y = y[:, keep]
+            w0 = mod.weight.detach().reshape(mod.weight.shape[0], -1).float()
+            if mod.bias is not None:  # the bias is one more column of ones
+                xr = torch.cat([xr, xr.new_ones(len(xr), 1)], 1)
+                w0 = torch.cat([w0, mod.bias.detach().float()[:, None]], 1)
+            before = _relative_error(xr, w0, y)
+            w = _solve(xr, y, w0, ridge).float()
+            after = _relative_error(xr, w, y)
+            if after >= before:  # never make a layer worse than pruning left it
+                return None
+            with torch.no_grad():
+                if mod.bias is not None:
+                    mod.bias.copy_(w[:, -1])
+                    w = w[:, :-1]
+                mod.weight.copy_(w.reshape(mod.weight.shape))
+            reports.append(RefitReport(name, len(xr), before, after))
+            return None
+        return hook
+
+    layers = [n for n in targets.layers if removed.get(n, {}).get("in") and n in modules]
+    handles = [modules[n].register_forward_pre_hook(refit(n)) for n in layers]
+    was_training = pruned.training
+    try:
+        pruned.eval()
+        with torch.no_grad():
+            pruned(targets.images.to(next(pruned.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+        pruned.train(was_training)
+    return reports
