@@ -185,7 +185,8 @@ def test_killed_from_scratch_run_resumes_to_the_same_allocation(tmp_path, killed
     assert main(["progressive", "--output", str(killed), "--resume"]) == 0
     resumed = json.loads((killed / "summary.json").read_text())
     assert _final(killed) == _final(straight)
-    assert resumed["decision"] == summary["decision"]
+    decided = ("step", "epoch", "reason", "widths")  # not "seconds", which differ between the runs
+    assert [resumed["decision"][k] for k in decided] == [summary["decision"][k] for k in decided]
     assert [(p["step"], p["widths"]) for p in resumed["probes"]] == [(p["step"], p["widths"]) for p in summary["probes"]]
     assert [(e["step"], e["channels"]) for e in resumed["events"]] == [(e["step"], e["channels"]) for e in summary["events"]]
     assert [r["train_macs"] for r in resumed["ledger"]] == pytest.approx([r["train_macs"] for r in summary["ledger"]])

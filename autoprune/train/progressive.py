@@ -276,7 +276,8 @@ class ProgressivePruner:
         assert d is not None
         if not d.auto:
             if step >= d.step:
-                self.decide(step, self.ask_allocator(), "fixed")
+                t0 = time.perf_counter()
+                self.decide(step, self.ask_allocator(), "fixed", time.perf_counter() - t0)
             return
         late = step >= d.latest
         if not (boundary or late) or (self.probes and self.probes[-1]["step"] == step):
@@ -291,14 +292,14 @@ class ProgressivePruner:
             moved = "" if distance is None else f", moved {distance:.4f} (threshold {d.threshold:g})"
             print(f"step {step}: allocation asked on the dense model{moved}", flush=True)
         distances = [p["distance"] for p in self.probes if p["distance"] is not None]
-        if d.settled(distances):
-            self.decide(step, widths, "settled")
-        elif late:
-            self.decide(step, widths, "latest")
+        if d.settled(distances) or late:
+            self.decide(step, widths, "settled" if d.settled(distances) else "latest",
+                        sum(p["seconds"] for p in self.probes))
 
-    def decide(self, step: int, widths: dict[str, int], reason: str) -> None:
-        """Fix the final shape at ``step`` and schedule the cuts from there."""
-        self._follow({"step": step, "epoch": step / self.steps_per_epoch, "reason": reason, "widths": widths})
+    def decide(self, step: int, widths: dict[str, int], reason: str, seconds: float) -> None:
+        """Fix the final shape at ``step`` and schedule the cuts from there (``seconds``: spent deciding)."""
+        self._follow({"step": step, "epoch": step / self.steps_per_epoch, "reason": reason, "widths": widths,
+                      "seconds": seconds})
         if self.progress and distributed.is_main():
             print(f"step {step} (epoch {step / self.steps_per_epoch:g}): shape decided ({reason}), "
                   f"cuts at steps {self.schedule.events[0]}..{self.schedule.end}", flush=True)
