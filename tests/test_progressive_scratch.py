@@ -1,5 +1,6 @@
 """Progressive from scratch: the shape decided during training (fixed or when it settles), the target met
 (FlopCounterMode), the training-MACs ledger, and resume after SIGKILL."""
+import argparse
 import json
 import os
 import signal
@@ -155,6 +156,21 @@ def test_from_scratch_options_fail_in_one_line(tmp_path, capsys):
         assert message in err and err.strip().count("\n") == 0, err
     assert main(["progressive", "--output", out, "--decide-at", "0.2"] + TINY[:-1]) == 2
     assert "add --from-scratch" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # argparse's one-line error for the flag
+        main(["progressive", "--output", out, "--decide-at", "soon"] + TINY)
+    assert exit_.value.code == 2 and "give a fraction of the run in [0, 1), or auto" in capsys.readouterr().err
+    config = tmp_path / "c.yaml"  # YAML may give the fraction as a number; a config file says which key is wrong
+    config.write_text("decide_at: 1.5\n")
+    assert main(["progressive", "--output", out, "--config", str(config)] + TINY) == 2
+    assert "key 'decide_at': --decide-at 1.5 must be a fraction" in capsys.readouterr().err
+    config.write_text("decide_at: 0.25\n")
+    from autoprune.config import add_config_args, resolve_config
+    from autoprune.experiments.progressive import ProgressiveConfig
+
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, ProgressiveConfig)
+    assert resolve_config(ProgressiveConfig, parser.parse_args(["--config", str(config), "--model", "resnet20",
+                                                                "--output", out])).decide_at == "0.25"
 
 
 def _final(run: Path) -> dict:

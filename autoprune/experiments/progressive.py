@@ -6,9 +6,10 @@
 on the smaller network."""
 from __future__ import annotations
 
+import argparse
 import copy
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoprune.config import flat_config, nested, save_config
@@ -17,9 +18,22 @@ from autoprune.experiments.plots import plot_channels_over_training, plot_schedu
 from autoprune.experiments.targets import TargetOptions
 from autoprune.runs import check_run_dir
 from autoprune.train import distributed
-from autoprune.train.decision import ShapeDecision, parse_decide_at
+from autoprune.train.decision import AUTO, ShapeDecision, parse_decide_at
 from autoprune.train.training import TrainRecipe
 from autoprune.workspace import WorkspaceOptions
+
+
+class BadDecideAt(argparse.ArgumentTypeError, ValueError):
+    """A --decide-at that is neither a fraction nor auto (argparse prints it as the flag's one-line error)."""
+
+
+def decide_at_option(value: str | float) -> str:
+    """``--decide-at`` as a config keeps it (flag or YAML, string or number): ``auto`` or the checked fraction."""
+    try:
+        fraction = parse_decide_at(value)
+    except AutopruneError as exc:
+        raise BadDecideAt(str(exc)) from None
+    return AUTO if fraction is None else f"{fraction:g}"
 
 
 @dataclass
@@ -39,7 +53,7 @@ class ProgressiveConfig:
     final_share: float = 0.25  # fraction of training left at the final width
     prune_every: float = 0.25  # epochs between cuts
     from_scratch: bool = False  # train from the initialization; decide the final shape at --decide-at
-    decide_at: str = "auto"  # F (fraction of the run) | auto; with --from-scratch
+    decide_at: str = field(default="auto", metadata={"parse": decide_at_option})  # F (fraction of the run) | auto
     decide_threshold: float = 0.02  # auto: mean |change of keep ratio| per group between epochs
     decide_patience: int = 2  # auto: consecutive epochs below the threshold
     decide_by: float = 0.5  # auto: decide at this fraction of the run at the latest

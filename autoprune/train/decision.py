@@ -72,3 +72,4 @@ def parse_decide_at(value: str | float | None) -> float | None:
     if not 0.0 <= fraction < 1.0:
         raise AutopruneError(f"--decide-at {fraction} must be a fraction of the run in [0, 1), or auto")
     return fraction
+
