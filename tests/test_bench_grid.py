@@ -44,3 +44,30 @@ def test_final_quality_report_measures_drops_from_the_build_the_rows_started_fro
 def test_final_quality_report_lists_an_arms_seeds_in_order():
     rows = [{**_row("resnet56", "uniform", 0.80, 0.8869), "seed": s} for s in (1, 0)]
     assert "| 0,1 |" in report({"command": "x", "rows": rows}, ["resnet56"])
+
+
+def _scratch_row(arm: str, seed: int, acc: float, tmacs: float, target: float = 0.3) -> dict:
+    return {"arm": arm, "target": target, "seed": seed, "test_acc": acc, "macs_ratio": target,
+            "train_macs": tmacs * 1e12, "seconds": 10.0, "decision_epoch": 6.0 if arm.startswith("prog") else None}
+
+
+def test_progressive_scratch_report_states_the_goals_paired_by_seed():
+    from autoprune.train.training import TrainRecipe
+    from bench.progressive_scratch import ARMS, images_seen, markdown, parse_args, rerun_command
+
+    assert images_seen(1000, TrainRecipe(epochs=2.5, batch_size=128)) == 2 * 1000 + 4 * 128  # 8 steps per epoch
+    assert images_seen(1000, TrainRecipe(epochs=1, batch_size=128)) == 1000  # the short last batch
+    rows = [_scratch_row("pipeline", 0, 0.80, 10.0), _scratch_row("pipeline", 1, 0.81, 10.0),
+            _scratch_row("progressive-searched", 0, 0.79, 5.0), _scratch_row("progressive-searched", 1, 0.81, 6.0),
+            _scratch_row("progressive-uniform", 0, 0.78, 5.0)]
+    record = {"command": "x", "protocol": {"epochs": 40.0, "seeds": [0, 1], "targets": [0.3]}, "dense": {},
+              "rows": rows}
+    text = markdown(record)
+    assert "progressive-searched − pipeline: -0.50 ± 0.71 (n=2, not resolved) points at 0.55x" in text
+    assert "progressive-searched − progressive-uniform: +1.00 ± 0.00 (n=1, not resolved)" in text
+    assert "| progressive-searched | 0,1 | 80.00 ± 1.41 |" in text and "| 0.55 |" in text
+    assert f"5 of {2 * len(ARMS)} (arm|target|seed)" in text
+    args = parse_args(["--decide-at", "auto", "--epochs", "20"])
+    command = rerun_command(args, "scratch-B", 0.3, 1)
+    assert "--epochs=20.0" in command and "--decide-at=auto" in command and "--lr" not in command
+    assert command.endswith("--arms scratch-B --targets 0.3 --seeds 1")

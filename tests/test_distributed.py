@@ -58,6 +58,21 @@ def test_torchrun_train_progressive_and_compare_write_one_run(tmp_path):
     assert sorted(r["method"] for r in rows) == ["random", "uniform"] and res.stdout.count("## 50% macs") == 1
 
 
+@pytest.mark.slow
+def test_torchrun_progressive_from_scratch_decides_once_for_every_rank(tmp_path):
+    """--from-scratch under torchrun: rank 0 asks the allocator at each epoch end and decides; every rank
+    heads for that shape (one decision printed, one run written, the target met)."""
+    res = _torchrun("-m", "autoprune.cli", "progressive", "--model", "resnet20", *SYN, "--train-subset", "400",
+                    "--epochs", "4", "--batch-size", "100", "--target", "0.5", "--prune-every", "0.5",
+                    "--from-scratch", "--allocator", "global", "--decide-threshold", "1", "--decide-patience", "1",
+                    "--output", "p", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert summary["decision"]["step"] == 8 and [p["step"] for p in summary["probes"]] == [4, 8]
+    assert [e["step"] for e in summary["events"]] == [10, 12] and 0.495 <= summary["macs_ratio"] <= 0.5
+    assert res.stdout.count("shape decided at epoch 2") == 1
+
+
 def test_torchrun_refuses_commands_that_do_not_train(tmp_path):
     res = _torchrun("-m", "autoprune.cli", "search", "--model", "resnet20", *SYN, "--macs", "0.5",
                     "--output", "s", cwd=tmp_path)

@@ -85,3 +85,14 @@ def test_over_training_rejects_bad_ranges():
         PruningSchedule.over_training("cubic", 0.5, 100, start=0.8, end=0.5)
     with pytest.raises(AutopruneError, match="too short"):
         PruningSchedule.over_training("cubic", 0.5, 2, start=0.0, end=0.2)
+
+
+def test_a_schedule_started_late_keeps_its_end_spacing_and_final():
+    """A shape decided at step 40 (from scratch): the same cuts, compressed into (40, end]."""
+    s = PruningSchedule("cubic", 0.3, 0, 100, 10)
+    late = s.starting_at(40)
+    assert late.events == [50, 60, 70, 80, 90, 100] and late.end == s.end and late.final == s.final
+    assert late.target(40) == 1.0 and late.target(100) == pytest.approx(0.3)
+    assert s.starting_at(0) is s
+    with pytest.raises(AutopruneError, match="decide earlier"):
+        s.starting_at(100)

@@ -1,10 +1,15 @@
 """``run_progressive(config)``: train-prune-train, the model shrinking on a schedule while it trains
-(the pipeline behind ``autoprune progressive``). Under torchrun every rank trains; rank 0 writes."""
+(the pipeline behind ``autoprune progressive``). Under torchrun every rank trains; rank 0 writes.
+
+``--from-scratch`` trains from the initialization and decides the final shape part-way through
+(``autoprune.train.decision``): the dense model's training is not paid for yet, so most epochs run
+on the smaller network."""
 from __future__ import annotations
 
+import argparse
 import copy
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoprune.config import flat_config, nested, save_config
@@ -13,8 +18,22 @@ from autoprune.experiments.plots import plot_channels_over_training, plot_schedu
 from autoprune.experiments.targets import TargetOptions
 from autoprune.runs import check_run_dir
 from autoprune.train import distributed
+from autoprune.train.decision import AUTO, ShapeDecision, parse_decide_at
 from autoprune.train.training import TrainRecipe
 from autoprune.workspace import WorkspaceOptions
+
+
+class BadDecideAt(argparse.ArgumentTypeError, ValueError):
+    """A --decide-at that is neither a fraction nor auto (argparse prints it as the flag's one-line error)."""
+
+
+def decide_at_option(value: str | float) -> str:
+    """``--decide-at`` as a config keeps it (flag or YAML, string or number): ``auto`` or the checked fraction."""
+    try:
+        fraction = parse_decide_at(value)
+    except AutopruneError as exc:
+        raise BadDecideAt(str(exc)) from None
+    return AUTO if fraction is None else f"{fraction:g}"
 
 
 @dataclass
@@ -33,6 +52,11 @@ class ProgressiveConfig:
     prune_start: float = 0.0  # fraction of training before the schedule starts
     final_share: float = 0.25  # fraction of training left at the final width
     prune_every: float = 0.25  # epochs between cuts
+    from_scratch: bool = False  # train from the initialization; decide the final shape at --decide-at
+    decide_at: str = field(default="auto", metadata={"parse": decide_at_option})  # F (fraction of the run) | auto
+    decide_threshold: float = 0.02  # auto: mean |change of keep ratio| per group between epochs
+    decide_patience: int = 2  # auto: consecutive epochs below the threshold
+    decide_by: float = 0.5  # auto: decide at this fraction of the run at the latest
     min_keep: float = 0.2  # per-cut lower bound on each group's keep ratio
     round_to: int = 1
     recipe: TrainRecipe = nested(TrainRecipe, exclude=("momentum", "bn_l1", "augment", "kd_weight", "kd_temperature"), rename={"schedule": "lr_schedule"},
@@ -58,6 +82,16 @@ HELP = {
     "prune_start": "fraction of training before pruning starts (never before the LR warm-up ends)",
     "final_share": "fraction of training left at the final width (pruning ends before it)",
     "prune_every": "epochs between cuts",
+    "from_scratch": "train from the initialization (no --checkpoint) and decide the final shape part-way through "
+                    "(--decide-at), by --allocator on the dense model as trained so far; every cut then heads for "
+                    "that shape (--trajectory final)",
+    "decide_at": "with --from-scratch: the fraction of the run at which the shape is decided, or auto: when the "
+                 "allocation --allocator gives at each epoch end stops moving (Early-Bird; with a search allocator "
+                 "that is one search per epoch)",
+    "decide_threshold": "--decide-at auto: the allocation has settled when its keep ratios move by less than this "
+                        "between consecutive epochs (mean absolute change over groups)",
+    "decide_patience": "--decide-at auto: consecutive epoch-to-epoch changes that must be below the threshold",
+    "decide_by": "--decide-at auto: decide at this fraction of the run at the latest, settled or not",
     "min_keep": "lower bound on each group's keep ratio at any one cut",
     "lr_schedule": "learning-rate schedule over the whole run: cosine or constant",
     "resume": "continue the run in --output from its last epoch"}
@@ -85,13 +119,14 @@ def run_progressive(cfg: ProgressiveConfig) -> dict | None:
         raise AutopruneError(f"--final-share {cfg.final_share} must be in (0, 1): the share of training at the final width")
     get_criterion(cfg.criterion)  # fail on a bad name before loading data
     allocator = get_allocator(cfg.allocator)
-    trajectory = cfg.trajectory or default_trajectory(cfg.allocator)
+    trajectory = cfg.trajectory or ("final" if cfg.from_scratch else default_trajectory(cfg.allocator))
     if trajectory not in TRAJECTORIES:
         raise AutopruneError(f"unknown --trajectory '{trajectory}': use {' or '.join(TRAJECTORIES)}")
     if cfg.schedule not in list_schedules():
         raise AutopruneError(f"unknown pruning schedule '{cfg.schedule}': use one of {', '.join(list_schedules())}")
     if cfg.latency is not None and trajectory != "final":
         raise AutopruneError("--latency decides the final shape once on the original model: use --trajectory final")
+    decide_at = _check_from_scratch(cfg, trajectory)
     recipe = cfg.recipe
     recipe.lr_at(recipe.warmup_steps, recipe.warmup_steps + 1)  # validates the lr schedule name
     out = Path(cfg.output)
@@ -106,6 +141,10 @@ def run_progressive(cfg: ProgressiveConfig) -> dict | None:
     start = max(cfg.prune_start, recipe.warmup_steps / total)
     schedule = PruningSchedule.over_training(cfg.schedule, target, total, start, 1.0 - cfg.final_share,
                                              every=round(cfg.prune_every * steps_per_epoch))
+    decision = None
+    if cfg.from_scratch:
+        decision = ShapeDecision(None if decide_at is None else round(decide_at * total), cfg.decide_threshold,
+                                 cfg.decide_patience, round(cfg.decide_by * total))
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -114,7 +153,7 @@ def run_progressive(cfg: ProgressiveConfig) -> dict | None:
                                seed=cfg.ws.seed, device=ws.device, precision=ws.precision, trajectory=trajectory,
                                state_path=out / "state.pt",
                                resume=cfg.resume,
-                               log_dir=out / "tb")
+                               log_dir=out / "tb", decision=decision)
     if not distributed.is_main():
         return None
     original = result.original
@@ -124,6 +163,7 @@ def run_progressive(cfg: ProgressiveConfig) -> dict | None:
                                    ws.data.calibration_batches(128, ws.device), vx, vy, allocator=cfg.allocator,
                                    schedule=cfg.schedule, target=cfg.target)
     result.allocation.save(out / "allocation.json", original, allocator=cfg.allocator, schedule=cfg.schedule)
+    schedule = result.schedule or schedule  # from scratch: the cuts started at the decision
     planned = [(s, schedule.target(s)) for s in range(total + 1)]
     summary = {"val_acc": saved_acc, "val_acc_training_bn": trained_acc, "macs": result.allocation.macs(original),
                "macs_ratio": result.allocation.macs(original) / original.dense_macs, "target": cfg.target,
@@ -131,11 +171,39 @@ def run_progressive(cfg: ProgressiveConfig) -> dict | None:
                "trajectory": trajectory, "steps": result.steps,
                "latency": (latency[0].measured(result.model, latency[2], latency[1], result.allocation.counts(original))
                            if latency else None),
-               "events": [{**asdict(e), "lr": recipe.lr_at(e.step, total)} for e in result.events], "history": result.history, "config": flat_config(cfg)}
+               "events": [asdict(e) for e in result.events], "decision": result.decision, "probes": result.probes,
+               "ledger": result.ledger, "history": result.history, "config": flat_config(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_schedule(planned, result.events, out / "macs_schedule.png")
     plot_channels_over_training(result.events, {g.name: g.channels for g in original.groups}, total, out / "channels.png")
     return summary
+
+
+def _check_from_scratch(cfg: ProgressiveConfig, trajectory: str) -> float | None:
+    """The one-line errors of the from-scratch options; returns --decide-at as a fraction (None: auto)."""
+    if not cfg.from_scratch:
+        if str(cfg.decide_at).strip().lower() != "auto":
+            raise AutopruneError("--decide-at decides the shape of a run trained from its initialization: "
+                                 "add --from-scratch")
+        return None
+    if cfg.ws.checkpoint is not None:
+        raise AutopruneError("--from-scratch trains from the initialization: drop --checkpoint (or --from-scratch)")
+    if cfg.latency is not None:
+        raise AutopruneError("--latency decides the shape before training; with --from-scratch decide it by MACs "
+                             "(--target), or search a latency shape first and pass --allocator allocation:PATH")
+    if trajectory != "final":
+        raise AutopruneError("--from-scratch heads every cut for the shape decided during training: "
+                             "use --trajectory final (the default with --from-scratch)")
+    decide_at = parse_decide_at(cfg.decide_at)
+    last = 1.0 - cfg.final_share  # the last cut
+    if decide_at is not None and decide_at >= last:
+        raise AutopruneError(f"--decide-at {decide_at:g} leaves no time to prune before the final share "
+                             f"(pruning ends at {last:g} of the run): decide earlier or lower --final-share")
+    if decide_at is None and not 0.0 < cfg.decide_by < last:
+        raise AutopruneError(f"--decide-by {cfg.decide_by:g} must be in (0, {last:g}): pruning ends at {last:g} "
+                             "of the run (1 - --final-share)")
+    ShapeDecision(None, cfg.decide_threshold, cfg.decide_patience)  # checks threshold and patience
+    return decide_at
 
 
 class _Decided:

@@ -10,6 +10,11 @@ Two ways to decide where each cut goes (``trajectory``):
 - ``per-step``: at each event the allocator is asked again, on the current, partly pruned model at
   the step's budget (for heuristics meant to re-look at the model, e.g. ``layer-stats``).
 
+From scratch (a ``ShapeDecision``, ``autoprune.train.decision``), the ``final`` shape is not decided
+before training but part-way through it, on the dense model as trained so far: at a fixed step, or
+when the allocation the allocator would give stops moving between epochs. Nothing is cut before
+the decision; the schedule's events are then compressed into what is left of it.
+
 At every event of a ``PruningSchedule`` the driver
 
 1. reads the step's planned cost (a fraction of the ORIGINAL model's MACs),
@@ -18,8 +23,8 @@ At every event of a ``PruningSchedule`` the driver
 4. carries the optimizer state over (``surgery.prune_with_optimizer``).
 
 Training itself is ``autoprune.training.train``; the driver is its ``on_step`` hook, which also
-counts training MACs (batch MACs of the model that actually ran) and writes a resumable state
-file at every epoch boundary.
+counts training MACs (batch MACs of the model that actually ran; ``ledger`` keeps the running sum
+at every epoch boundary) and writes a resumable state file at every epoch boundary.
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ from autoprune.errors import AutopruneError
 from autoprune.runs import atomic_path
 from autoprune.train import distributed
 from autoprune.train.data import DataBundle
+from autoprune.train.decision import ShapeDecision, keep_distance
 from autoprune.train.evaluator import AdaptiveBNEvaluator
 from autoprune.train.precision import Precision, resolve_precision
 from autoprune.train.schedules import PruningSchedule
@@ -62,7 +68,8 @@ def default_trajectory(allocator_spec: str) -> str:
 
 @dataclass
 class PruneEvent:
-    """One cut: planned and realised kept fraction of the original MACs, and the widths after it."""
+    """One cut: planned and realised kept fraction of the original MACs, and the widths after it; when it
+    happened (step, epoch, learning rate) and the training MACs spent before it."""
 
     step: int
     planned: float
@@ -70,6 +77,9 @@ class PruneEvent:
     macs: int
     channels: dict[str, int]
     seconds: float
+    epoch: float = 0.0
+    lr: float = 0.0
+    train_macs: float = 0.0
 
 
 @dataclass
@@ -82,6 +92,10 @@ class ProgressiveResult:
     seconds: float
     steps: int
     history: list[dict] = field(default_factory=list)  # per-epoch val accuracy (of this process)
+    schedule: PruningSchedule | None = None  # the schedule the cuts followed (from scratch: from the decision on)
+    decision: dict | None = None  # from scratch: step, epoch, reason and widths of the decided shape
+    probes: list[dict] = field(default_factory=list)  # --decide-at auto: the allocation asked at each epoch
+    ledger: list[dict] = field(default_factory=list)  # training MACs spent by each epoch boundary
 
 
 # -- the driver ----------------------------------------------------------------------------
@@ -96,9 +110,15 @@ class ProgressivePruner:
                  allocator: Any, *, base_name: str, criterion: str = "l1", min_keep: float = 0.2, round_to: int = 1,
                  seed: int = 0, device: torch.device | str = "cpu", state_path: str | Path | None = None,
                  writer: Any = None, progress: bool = True, precision: str | Precision = "auto",
-                 trajectory: str = "per-step"):
+                 trajectory: str = "per-step", decision: ShapeDecision | None = None):
         if trajectory not in TRAJECTORIES:
             raise AutopruneError(f"unknown trajectory '{trajectory}': use {' or '.join(TRAJECTORIES)}")
+        if decision is not None and trajectory != "final":
+            raise AutopruneError("a shape decided during training is the one every cut heads for: use trajectory final")
+        self.decision = decision
+        self.decided: dict | None = None  # step, epoch, reason, widths (once decided)
+        self.probes: list[dict] = []
+        self.ledger: list[dict] = []
         self.trajectory = trajectory
         self.final_widths: dict[str, int] | None = None  # trajectory "final": fixed before training
         self.original = original
@@ -110,8 +130,9 @@ class ProgressivePruner:
         self.writer, self.progress = writer, progress
         self.n_train = len(data.train)
         self.steps_per_epoch = math.ceil(self.n_train / recipe.batch_size)
+        self.total = recipe.total_steps(self.n_train)
         self.events: list[PruneEvent] = []
-        self._event_steps = set(schedule.events)
+        self._event_steps = set() if decision is not None else set(schedule.events)  # no cut before a decision
         self.train_macs = 0.0
         self.elapsed = 0.0  # wall seconds of earlier processes (resume)
         self.resumed_at = -1
@@ -140,7 +161,8 @@ class ProgressivePruner:
             save_pruned(self.model, self.base_name, self.data.num_classes, tmp, format=STATE_FORMAT, step=step,
                         optimizer=self.optimizer.state_dict(), events=[asdict(e) for e in self.events],
                         train_macs=self.train_macs, seconds=self.elapsed + time.perf_counter() - self._t0,
-                        final_widths=self.final_widths)
+                        final_widths=self.final_widths, decided=self.decided, probes=self.probes,
+                        ledger=self.ledger)
 
     def load_state(self) -> int:
         """Restore model, optimizer, events and counters from ``state_path``; returns the step to resume at."""
@@ -155,6 +177,9 @@ class ProgressivePruner:
         self.events = [PruneEvent(**e) for e in meta["events"]]
         self.train_macs, self.elapsed = float(meta["train_macs"]), float(meta["seconds"])
         self.final_widths = meta.get("final_widths")
+        self.probes, self.ledger = list(meta.get("probes") or []), list(meta.get("ledger") or [])
+        if meta.get("decided") is not None:
+            self._follow(meta["decided"])
         self.macs = self.original.macs([self.widths(self.model)[g.name] for g in self.original.groups])
         self.resumed_at = int(meta["step"])
         return self.resumed_at
@@ -162,8 +187,12 @@ class ProgressivePruner:
     # -- the hook -----------------------------------------------------------------------------
     def __call__(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer):
         self.model, self.optimizer = model, optimizer
-        if step % self.steps_per_epoch == 0 and step > self.resumed_at and step > 0:
+        boundary = step % self.steps_per_epoch == 0 and step > 0
+        if boundary and step > self.resumed_at:
+            self.ledger.append({"epoch": step / self.steps_per_epoch, "step": step, "train_macs": self.train_macs})
             self.save_state(step)
+        if self.decision is not None and self.decided is None:
+            self.consider_deciding(step, boundary)
         replaced = None
         if step in self._event_steps and all(e.step != step for e in self.events):
             replaced = self.prune(step)
@@ -214,7 +243,8 @@ class ProgressivePruner:
             self.macs = structure.macs(counts)
         widths = self.widths(self.model)
         event = PruneEvent(step, planned, self.macs / self.original.dense_macs, int(self.macs), widths,
-                           time.perf_counter() - t0)
+                           time.perf_counter() - t0, step / self.steps_per_epoch, self.recipe.lr_at(step, self.total),
+                           self.train_macs)
         self.events.append(event)
         self.log_event(event)
         return replaced
@@ -228,6 +258,57 @@ class ProgressivePruner:
 
             self.final_widths = distributed.from_main(decide)
         return self.final_widths
+
+    # -- deciding the shape during training (from scratch) -----------------------------------
+    def ask_allocator(self) -> dict[str, int]:
+        """The widths the allocator gives the current (still dense) model at the final target."""
+        def decide() -> dict[str, int]:
+            structure = ModelStructure(self.model, self._example, num_classes=self.data.num_classes)
+            counts = self.allocator.allocate(*self._problem(structure, self.schedule.final)).counts(structure)
+            return {g.name: int(k) for g, k in zip(structure.groups, counts)}
+
+        return distributed.from_main(decide)  # under DDP every rank heads for rank 0's shape
+
+    def consider_deciding(self, step: int, boundary: bool) -> None:
+        """``ShapeDecision``: decide at its step; or (auto) ask the allocator at each epoch boundary and
+        decide once its answer has stopped moving, or at the latest step."""
+        d = self.decision
+        assert d is not None
+        if not d.auto:
+            if step >= d.step:
+                t0 = time.perf_counter()
+                self.decide(step, self.ask_allocator(), "fixed", time.perf_counter() - t0)
+            return
+        late = step >= d.latest
+        if not (boundary or late) or (self.probes and self.probes[-1]["step"] == step):
+            return
+        t0 = time.perf_counter()
+        widths = self.ask_allocator()
+        channels = {g.name: g.channels for g in self.original.groups}
+        distance = keep_distance(widths, self.probes[-1]["widths"], channels) if self.probes else None
+        self.probes.append({"step": step, "epoch": step / self.steps_per_epoch, "distance": distance,
+                            "widths": widths, "seconds": time.perf_counter() - t0})
+        if self.progress and distributed.is_main():
+            moved = "" if distance is None else f", moved {distance:.4f} (threshold {d.threshold:g})"
+            print(f"step {step}: allocation asked on the dense model{moved}", flush=True)
+        distances = [p["distance"] for p in self.probes if p["distance"] is not None]
+        if d.settled(distances) or late:
+            self.decide(step, widths, "settled" if d.settled(distances) else "latest",
+                        sum(p["seconds"] for p in self.probes))
+
+    def decide(self, step: int, widths: dict[str, int], reason: str, seconds: float) -> None:
+        """Fix the final shape at ``step`` and schedule the cuts from there (``seconds``: spent deciding)."""
+        self._follow({"step": step, "epoch": step / self.steps_per_epoch, "reason": reason, "widths": widths,
+                      "seconds": seconds})
+        if self.progress and distributed.is_main():
+            print(f"step {step} (epoch {step / self.steps_per_epoch:g}): shape decided ({reason}), "
+                  f"cuts at steps {self.schedule.events[0]}..{self.schedule.end}", flush=True)
+
+    def _follow(self, decided: dict) -> None:
+        self.decided = decided
+        self.final_widths = dict(decided["widths"])
+        self.schedule = self.schedule.starting_at(int(decided["step"]))
+        self._event_steps = set(self.schedule.events)
 
     def trajectory_counts(self, structure: ModelStructure, planned: float) -> np.ndarray:
         """Widths (in ``structure``'s group order) after moving every group the same share of the way
@@ -269,9 +350,9 @@ class ProgressivePruner:
             start = self.load_state()
         if self.optimizer is None:
             self.optimizer = self.make_optimizer(self.model)
-        if self.trajectory == "final":
+        if self.trajectory == "final" and self.decision is None:
             self.plan_final_widths()
-        total = self.recipe.total_steps(self.n_train)
+        total = self.total
         if self.schedule.end >= total:
             raise AutopruneError(f"the pruning schedule ends at step {self.schedule.end}, after training ({total} steps)")
         self._t0 = time.perf_counter()
@@ -284,9 +365,15 @@ class ProgressivePruner:
                            progress=self.progress, on_step=self, start_step=start, optimizer=self.optimizer,
                            precision=self.precision)
             history = result.history
+        if self.decision is not None and self.decided is None:
+            raise AutopruneError(f"training ended before the shape was decided (latest step {self.decision.latest} "
+                                 f"of {total}): lower --decide-by or --decide-at")
+        if not self.ledger or self.ledger[-1]["step"] != total:
+            self.ledger.append({"epoch": total / self.steps_per_epoch, "step": total, "train_macs": self.train_macs})
         self.save_state(total)
         return ProgressiveResult(self.model, self.original, self.allocation(), self.events, self.train_macs,
-                                 self.elapsed + time.perf_counter() - self._t0, total, history)
+                                 self.elapsed + time.perf_counter() - self._t0, total, history, self.schedule,
+                                 self.decided, self.probes, self.ledger)
 
 
 def progressive_train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, schedule: PruningSchedule,
@@ -294,11 +381,13 @@ def progressive_train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, s
                       round_to: int = 1, seed: int = 0, device: torch.device | str = "cpu",
                       state_path: str | Path | None = None, resume: bool = False,
                       log_dir: str | Path | None = None, progress: bool = True,
-                      precision: str | Precision = "auto", trajectory: str = "per-step") -> ProgressiveResult:
+                      precision: str | Precision = "auto", trajectory: str = "per-step",
+                      decision: ShapeDecision | None = None) -> ProgressiveResult:
     """Train ``model`` for ``recipe.epochs`` while pruning it to ``schedule.final`` of its MACs.
 
     ``allocator`` is any ``Allocator`` (``autoprune.agents.get_allocator(name)``); ``trajectory``
-    says whether it decides the final shape once (``final``) or every cut anew (``per-step``). With
+    says whether it decides the final shape once (``final``) or every cut anew (``per-step``);
+    ``decision`` (from scratch) says when during training the ``final`` shape is decided. With
     ``state_path`` a resumable state is written at every epoch boundary; ``resume`` continues from it.
     """
     device = torch.device(device)
@@ -314,7 +403,7 @@ def progressive_train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, s
         pruner = ProgressivePruner(original, data, recipe, schedule, allocator, base_name=base_name,
                                    criterion=criterion, min_keep=min_keep, round_to=round_to, seed=seed,
                                    device=device, state_path=state_path, writer=writer, progress=progress,
-                                   precision=precision, trajectory=trajectory)
+                                   precision=precision, trajectory=trajectory, decision=decision)
         return pruner.run(resume=resume, log_dir=log_dir)
     finally:
         if writer is not None:

@@ -18,7 +18,7 @@ of the final cut, where ``final`` is the kept fraction at the end.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from autoprune.errors import AutopruneError
@@ -109,6 +109,16 @@ class PruningSchedule:
     def target(self, step: int) -> float:
         """Kept fraction of the original cost planned at ``step``."""
         return 1.0 - self.fraction(step) * (1.0 - self.final)
+
+    def starting_at(self, step: int) -> PruningSchedule:
+        """The same cuts compressed into (``step``, ``end``]: for a shape decided part-way through training,
+        pruning cannot start before the decision (same end, same spacing between events)."""
+        if step <= self.start:
+            return self
+        if step >= self.end:
+            raise AutopruneError(f"the shape was decided at step {step}, at or after the last planned cut "
+                                 f"(step {self.end}): decide earlier (--decide-at, --decide-by) or lower --final-share")
+        return replace(self, start=step)
 
     @classmethod
     def over_training(cls, shape: str, final: float, total_steps: int, start: float = 0.0, end: float = 0.75,

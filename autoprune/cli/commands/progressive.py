@@ -31,3 +31,6 @@ def run(args) -> None:
           f"(target {100 * cfg.target:.1f}%), held-out acc {100 * s['val_acc']:.2f}% as loaded from disk "
           f"(BN recalibrated; {100 * s['val_acc_training_bn']:.2f}% with training-time BN statistics), "
           f"training {s['train_macs'] / 1e12:.3f} TMACs in {s['seconds']:.0f}s")
+    if s["decision"] is not None:
+        d = s["decision"]
+        print(f"shape decided at epoch {d['epoch']:g} (step {d['step']}, {d['reason']})")
