@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoprune.agents.base import Allocator, AllocatorFactory, Factory, MeasuresSensitivity
+from autoprune.agents.base import Allocator, AllocatorFactory, Factory, MeasuresSensitivity, UsesSensitivity
 from autoprune.agents.global_threshold import GlobalThresholdAllocator
 from autoprune.agents.greedy import GreedyAllocator
 from autoprune.agents.layer_stats import LayerStatsAllocator
@@ -88,4 +88,4 @@ def get_allocator(spec: str, **kwargs: Any) -> Allocator:
 
 
 __all__ = ["ALLOCATORS", "ENTRY_POINT_GROUP", "Allocator", "AllocatorFactory", "Factory", "MeasuresSensitivity",
-           "allocator_factory", "get_allocator", "list_allocators", "register_allocator"]
+           "UsesSensitivity", "allocator_factory", "get_allocator", "list_allocators", "register_allocator"]

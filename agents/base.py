@@ -3,7 +3,8 @@
 ``Allocator`` is what every allocator is. ``AllocatorFactory`` is what the registry holds (a class,
 usually) and what a plugin's entry point names: it declares up front whether its allocations depend
 on a ``seed`` constructor argument, so ``compare`` passes one per seed without probing the object.
-``MeasuresSensitivity`` is an optional capability that ``compare`` keeps and plots.
+``MeasuresSensitivity`` is an optional capability that ``compare`` keeps and plots; ``UsesSensitivity``
+one that reads a sensitivity table, which ``compare`` measures once and hands to every such allocator.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
 from autoprune.core.scoring import Scorer
+from autoprune.core.sensitivity import SensitivityTable
 
 
 class Allocator(Protocol):
@@ -45,6 +47,15 @@ class MeasuresSensitivity(Protocol):
 
     def save(self, folder: str | Path) -> None:
         """Write the curves (``sensitivity.csv``) into ``folder``."""
+
+
+@runtime_checkable
+class UsesSensitivity(Protocol):
+    """Optional: reads the per-group sensitivity table measured at ``rates`` (set ``sensitivity`` to hand
+    it a table already measured with the same score; None: it measures its own)."""
+
+    rates: tuple[float, ...]
+    sensitivity: SensitivityTable | None
 
 
 class Factory:

@@ -21,14 +21,27 @@ range the budget wall allows for this group: -1 is the wall's lower bound, 0 the
 the upper bound (log-interpolated on each side). No action value is wasted outside what the wall
 allows, so distinct actions give distinct widths wherever the wall leaves a choice.
 
-The observation is scale-free (relative depth, log sizes, fractions of the model's cost), so a
-policy learned on one model can be rolled out on another. The reward is 0 until the last step,
+With ``action="sensitivity"`` the action is the same squashed log-ratio, around the width sensitivity
+analysis gives this group (``autoprune.core.sensitivity``) instead of the even count: action 0
+everywhere plays the sensitivity allocation, so the agent learns corrections to the heuristic. Its
+lower wall asks only for 99% of the budget (the tolerance every allocation is held to), so that
+allocation sits inside the wall. Without a table (no held-out data) its centre is the even count,
+as with ``wall``.
+
+``play(allocations)`` queues allocations to be played as is by the next episodes, whatever the
+actions (the search's warm start from the heuristics); each step still reports the action that
+gives its width, which is what the replay buffer learns.
+
+The observation is scale-free (relative depth, log sizes, fractions of the model's cost, and the
+group's sensitivity: the score with only this group pruned to keep 25/50/75%, relative to the
+dense score), so a policy learned on one model can be rolled out on another. Without a sensitivity
+table (no held-out data to measure it) those three features read 1: nothing measured. The reward is 0 until the last step,
 then the scorer's (cached) score of the allocation.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -38,16 +51,18 @@ from autoprune.core.allocation import Allocation
 from autoprune.core.counts import bisect, fill_to_budget, snap_count
 from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.scoring import Score, Scorer
+from autoprune.core.sensitivity import FEATURE_RATIOS, SensitivityTable
 from autoprune.errors import AutopruneError
 
-OBS_VERSION = 1
+OBS_VERSION = 2  # 2: the sensitivity features
 FEATURES = (
     "depth", "is_conv", "is_dwconv", "is_linear", "log_in_channels", "log_channels", "log_kernel_area",
-    "log_stride", "log_weights", "group_cost_share", "cost_removed", "cost_share_left", "cost_to_remove",
-    "target", "prev_keep",
+    "log_stride", "log_weights", "group_cost_share", *(f"sensitivity_{round(100 * r)}" for r in FEATURE_RATIOS),
+    "cost_removed", "cost_share_left", "cost_to_remove", "target", "prev_keep",
 )
 REWARDS = ("accuracy", "error_log_cost", "relative")
-ACTIONS = ("absolute", "relative", "wall")
+ACTIONS = ("absolute", "relative", "wall", "sensitivity")
+TOLERANCE = 0.01  # an allocation may land this far below its budget
 
 
 def _log_scaled(value: float, top: float) -> float:
@@ -67,14 +82,17 @@ class ChannelPruningEnv(gym.Env):
             or ``relative`` (score minus ``reference``, default: the uniform allocation's).
         reference: the ``relative`` reward's baseline accuracy.
         action: ``absolute`` (keep ratio within the bounds, AMC), ``relative`` (a factor on the
-            even keep ratio of the remaining budget) or ``wall`` (around the even keep count,
-            within the budget wall's range for this group).
+            even keep ratio of the remaining budget), ``wall`` (around the even keep count,
+            within the budget wall's range for this group) or ``sensitivity`` (the same, around the
+            sensitivity allocation's count; the even count without ``sensitivity``).
+        sensitivity: the model's sensitivity table (the observation's ``sensitivity_*`` features).
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, problem: PruningProblem, scorer: Scorer | None = None, reward: str = "accuracy",
-                 evaluate: bool = True, reference: float | None = None, action: str = "absolute"):
+                 evaluate: bool = True, reference: float | None = None, action: str = "absolute",
+                 sensitivity: SensitivityTable | None = None):
         if reward not in REWARDS:
             raise AutopruneError(f"unknown reward '{reward}': use one of {', '.join(REWARDS)}")
         if action not in ACTIONS:
@@ -98,7 +116,14 @@ class ChannelPruningEnv(gym.Env):
             keep[i] = 0
             share.append((dense - problem.cost(keep)) / dense)
         self.share = np.clip(np.array(share), 0.0, 1.0)
-        self._static = np.array([self._static_features(i) for i in range(self.n)], dtype=np.float32)
+        self.sensitivity = sensitivity
+        sens = (sensitivity.features(problem) if sensitivity is not None
+                else np.ones((self.n, len(FEATURE_RATIOS)), dtype=np.float32))
+        self._static = np.concatenate([np.array([self._static_features(i) for i in range(self.n)], dtype=np.float32),
+                                       sens], axis=1)
+        self._sensitivity_counts: dict[float, np.ndarray] = {}  # the sensitivity allocation per target
+        self._queue: list[Callable[[PruningProblem], Allocation]] = []  # what the next episodes play as is
+        self._playing: np.ndarray | None = None
         self.observation_space = spaces.Box(0.0, 1.0, shape=(len(FEATURES),), dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
         self.counts = self.hi.copy()
@@ -123,13 +148,15 @@ class ChannelPruningEnv(gym.Env):
         left = self.share[self.t:].sum() / max(self.share.sum(), 1e-12)
         to_remove = max(0.0, p.cost(at_max) - p.budget) / dense
         dynamic = [removed, left, to_remove, p.target, self.prev_keep]
-        obs = np.concatenate([self._static[i], np.asarray(dynamic, dtype=np.float32)])
+        obs = np.concatenate([self._static[i], np.asarray(dynamic, dtype=np.float32)])  # static: shape, cost, sensitivity
         return np.clip(obs, 0.0, 1.0).astype(np.float32)
 
     # -- budget wall -------------------------------------------------------------------------
     def wall(self, i: int) -> tuple[int, int]:
-        """(lowest, highest) legal keep count of group ``i`` that keeps the budget reachable."""
+        """(lowest, highest) legal keep count of group ``i`` that keeps the budget reachable (with
+        ``sensitivity`` actions, the lower wall only asks for the budget within ``TOLERANCE``)."""
         p, legal = self.problem, self.legal[i]
+        floor = p.budget * (1 - TOLERANCE) if self.action_kind == "sensitivity" else p.budget
         below, above = self.counts.copy(), self.counts.copy()
         below[i + 1:], above[i + 1:] = self.lo[i + 1:], self.hi[i + 1:]
 
@@ -147,7 +174,7 @@ class ChannelPruningEnv(gym.Env):
         a, b = 0, len(legal) - 1
         while a < b:
             m = (a + b) // 2
-            a, b = (a, m) if cost(above, int(legal[m])) >= p.budget else (m + 1, b)
+            a, b = (a, m) if cost(above, int(legal[m])) >= floor else (m + 1, b)
         lower = min(a, upper)
         return int(legal[lower]), int(legal[upper])
 
@@ -163,6 +190,31 @@ class ChannelPruningEnv(gym.Env):
         if cost(1.0) <= p.budget:
             return 1.0
         return bisect(lambda ratio: cost(ratio) <= p.budget, iters=30)[0]
+
+    def sensitivity_counts(self) -> np.ndarray:
+        """The sensitivity allocation's keep counts at this episode's target (``sensitivity`` actions' centre)."""
+        t = self.problem.target
+        if t not in self._sensitivity_counts:
+            alloc = self.sensitivity.allocation(self.problem)
+            self._sensitivity_counts[t] = alloc.counts(self.problem.structure)
+        return self._sensitivity_counts[t]
+
+    def play(self, makers: list[Callable[[PruningProblem], Allocation]]) -> None:
+        """The next episodes play ``maker(problem)`` as is (one maker per episode, called with the episode's
+        problem, so at its target), whatever the actions; their steps report the action giving each width."""
+        self._queue.extend(makers)
+
+    def play_nothing(self) -> None:
+        """Drop the queued allocations: the next episodes follow the actions."""
+        self._queue.clear()
+
+    def _next_played(self) -> np.ndarray | None:
+        if not self._queue:
+            return None
+        alloc = self._queue.pop(0)(self.problem)
+        if not self.problem.feasible(alloc, TOLERANCE):
+            raise AutopruneError("an allocation played by the env must meet the budget within 1% below it")
+        return alloc.counts(self.problem.structure)
 
     def keep_ratio(self, action: float) -> float:
         p = self.problem
@@ -197,6 +249,7 @@ class ChannelPruningEnv(gym.Env):
         self.counts = self.hi.copy()
         self.t = 0
         self.prev_keep = 1.0
+        self._playing = self._next_played()
         return self._observation(), {}
 
     def step(self, action) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -209,19 +262,24 @@ class ChannelPruningEnv(gym.Env):
         if self.action_kind == "relative":
             even = max(self.even_keep(i), 1e-6)
             want = float(np.clip(even * 2.0 ** a, p.min_keep, p.max_keep)) * g.channels
-        elif self.action_kind == "wall":
-            centre = float(np.clip(self.even_keep(i) * g.channels, lower, upper))
+        elif self.action_kind in ("wall", "sensitivity"):
+            mid = (self.sensitivity_counts()[i] if self.action_kind == "sensitivity" and self.sensitivity is not None
+                   else self.even_keep(i) * g.channels)
+            centre = float(np.clip(mid, lower, upper))
             want = self.wall_width(a, lower, centre, upper)
         else:
             want = self.keep_ratio(a) * g.channels
         legal = self.legal[i]
-        k = int(legal[np.argmin(np.abs(legal - want))])
-        k = min(max(k, lower), upper)
+        if self._playing is not None:  # a queued allocation: its width, whatever the action
+            k = int(self._playing[i])
+        else:
+            k = int(legal[np.argmin(np.abs(legal - want))])
+            k = min(max(k, lower), upper)
         self.counts[i] = k
         self.prev_keep = k / g.channels
         if self.action_kind == "relative":
             applied = float(np.clip(math.log2(max(self.prev_keep, 1e-9) / even), -1.0, 1.0))
-        elif self.action_kind == "wall":
+        elif self.action_kind in ("wall", "sensitivity"):
             applied = self.wall_action(k, lower, centre, upper)
         else:
             applied = self.to_action(self.prev_keep)
@@ -229,7 +287,8 @@ class ChannelPruningEnv(gym.Env):
         self.t += 1
         if self.t < self.n:
             return self._observation(), 0.0, False, False, info
-        self.counts = fill_to_budget(self.problem, self.counts)
+        if self._playing is None:  # a queued allocation is played exactly
+            self.counts = fill_to_budget(self.problem, self.counts)
         allocation = Allocation({gr.name: int(c) for gr, c in zip(self.problem.structure.groups, self.counts)})
         reward, score = self.reward_of(allocation)
         s = self.problem.structure

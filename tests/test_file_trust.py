@@ -15,9 +15,7 @@ import torch
 from autoprune.cli.main import main
 from autoprune.core.problem import PruningProblem
 from autoprune.core.scoring import FunctionEvaluator, Scorer
-from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
-from autoprune.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ROOT / "bench" / "results" / "policies"
@@ -162,45 +160,18 @@ def test_search_policy_round_trips_and_acts_like_sb3(tmp_path, resnet20_structur
     for o in obs:  # the search's model is the kept (distilled) actor
         assert np.array_equal(net.act(o), search.model.predict(o, deterministic=True)[0])
     fresh = PruningProblem(resnet20_structure, 0.5)
-    assert PolicyAllocator(tmp_path / "policy.zip").allocate(fresh) == result.allocation
-
-
-def _sb3_allocation(path: Path, problem: PruningProblem):
-    """The rollout the old reader gave: SB3's policy from the (trusted, committed) old zip."""
-    from stable_baselines3.common.save_util import load_from_zip_file
-
-    from autoprune.envs import ChannelPruningEnv, rollout
-
-    data, params, _ = load_from_zip_file(path, device="cpu", custom_objects={"action_noise": None},
-                                         print_system_info=False)
-    policy = data["policy_class"](data["observation_space"], data["action_space"], lambda _: 0.0,
-                                  **data.get("policy_kwargs", {}))
-    policy.load_state_dict(params["policy"])
-    env = ChannelPruningEnv(problem, evaluate=False, action=data["autoprune_meta"]["action"])
-    return rollout(env, lambda o: policy.predict(o, deterministic=True)[0])["allocation"]
+    assert PolicyAllocator(tmp_path / "policy.zip").allocate(fresh, Scorer(fresh, scorer.evaluator)) == result.allocation
 
 
 @needs_legacy
-def test_convert_policy_keeps_the_universal_policy_s_allocations(tmp_path, capsys):
-    from autoprune.agents.policy import PolicyAllocator
-
+def test_convert_policy_refuses_an_old_observation_layout_in_one_line(tmp_path, capsys):
+    """The legacy SB3 policies were trained on observation layout v1 (no sensitivity features): converting
+    one would not make it usable, so it is refused in one line and nothing is written."""
     new = tmp_path / "universal.zip"
-    assert main(["convert-policy", str(LEGACY), str(new)]) == 0
-    assert "wrote" in capsys.readouterr().out
-    assert new.read_bytes() == (POLICIES / "universal.zip").read_bytes()  # the committed file is this conversion
-    assert main(["convert-policy", str(LEGACY), str(new)]) == 2  # never overwrites
-    other = tmp_path / "resnet20-m0.5-s0.zip"
-    assert main(["convert-policy", str(POLICIES / "legacy" / "resnet20-m0.5-s0-sb3.zip"), str(other)]) == 0
-    assert other.read_bytes() == (POLICIES / "resnet20-m0.5-s0.zip").read_bytes()
-    allocator = PolicyAllocator(new)
-    torch.manual_seed(0)
-    for model in ("resnet20", "resnet56"):
-        structure = ModelStructure(create_model(model, 10).eval(), torch.randn(1, 3, 32, 32), num_classes=10)
-        for target in (0.3, 0.5):
-            problem = PruningProblem(structure, target)
-            alloc = allocator.allocate(problem)
-            assert alloc == _sb3_allocation(LEGACY, problem), (model, target)
-            assert problem.feasible(alloc)
+    assert main(["convert-policy", str(LEGACY), str(new)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "another observation layout" in err and "v1" in err and "\n" not in err
+    assert not new.exists()
 
 
 def test_convert_policy_help_says_it_unpickles(capsys):

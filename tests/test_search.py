@@ -42,7 +42,7 @@ def test_same_seed_same_best_allocation(resnet20_structure):
     b = _search(resnet20_structure, seed=3)
     assert a.allocation == b.allocation and a.best.score == b.best.score
     c = _search(resnet20_structure, seed=4)
-    assert c.allocation != a.allocation  # the seed does matter
+    assert c.rewards[2:] != a.rewards[2:]  # the seed does matter (after the two heuristic episodes)
 
 
 def test_td3_and_sac_run_and_stay_feasible(resnet20_structure):
@@ -127,7 +127,7 @@ def test_kept_policy_is_the_best_noise_free_actor(tmp_path, resnet20_structure):
     best = max(greedy, key=lambda e: seen[e][0])
     assert result.policy_episode == best and result.policy_score == seen[best][0]
     # policy.zip is the actor as it was when it played that episode, not the one after it learned
-    assert PolicyAllocator(tmp_path / "policy.zip").allocate(problem) == seen[best][1]
+    assert PolicyAllocator(tmp_path / "policy.zip").allocate(problem, cheap_scorer(problem)) == seen[best][1]
     assert (tmp_path / "final_policy.zip").exists()
     assert not result.policy_distilled and not (tmp_path / "noise_free_policy.zip").exists()
 
@@ -140,7 +140,8 @@ def test_distilled_policy_plays_the_best_allocation(tmp_path, resnet20_structure
 
     seen = {}  # without self-imitation the best episode of this seed is a noisy one
     problem = cheap_problem(resnet20_structure)
-    result = RLSearch(episodes=12, warmup_episodes=3, eval_every=3, seed=0, imitation=0.0, noise_decay=0.95).search(
+    result = RLSearch(episodes=12, warmup_episodes=3, eval_every=3, seed=2, imitation=0.0, noise_decay=0.95,
+                      heuristic_warmup=False, action="relative").search(
         problem, cheap_scorer(problem), tmp_path,
         on_episode=lambda e, r, info: seen.setdefault(e, (r, info["allocation"])))
     greedy_best = max((5, 8, 11), key=lambda e: seen[e][0])
@@ -148,8 +149,9 @@ def test_distilled_policy_plays_the_best_allocation(tmp_path, resnet20_structure
     assert result.policy_distilled and result.policy_episode == result.best.episode
     assert result.policy_score == seen[result.best.episode][0]
     fresh = cheap_problem(resnet20_structure)
-    assert PolicyAllocator(tmp_path / "policy.zip").allocate(fresh) == result.allocation
-    assert PolicyAllocator(tmp_path / "noise_free_policy.zip").allocate(fresh) == seen[greedy_best][1]
+    scorer = cheap_scorer(fresh)  # measures the sensitivity the policy reads (cached: one sweep for both)
+    assert PolicyAllocator(tmp_path / "policy.zip").allocate(fresh, scorer) == result.allocation
+    assert PolicyAllocator(tmp_path / "noise_free_policy.zip").allocate(fresh, scorer) == seen[greedy_best][1]
 
 
 SCRIPT = textwrap.dedent(f"""
@@ -179,6 +181,9 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+SWEEP_20, SWEEP_32 = 1 + 9 * 4, 1 + 15 * 4  # the sensitivity sweep's scores: dense + 4 ratios per group
+
+
 def _run(args, **kw):
     return subprocess.Popen([sys.executable, "-c", SCRIPT, *map(str, args)], cwd=ROOT, **kw)
 
@@ -189,7 +194,7 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
     reference = tmp_path / "uninterrupted"
     assert _run([reference, episodes, 0]).wait(timeout=120) == 0
     run = tmp_path / "killed"
-    assert _run([run, episodes, 9]).wait(timeout=120) == -signal.SIGKILL  # dies scoring episode 9
+    assert _run([run, episodes, SWEEP_20 + 9]).wait(timeout=120) == -signal.SIGKILL  # dies scoring episode 8
     latest = run / "checkpoints" / "latest.json"
     import json
 
@@ -249,7 +254,8 @@ def test_relative_action_policy_rolls_out_in_its_own_action_mode(tmp_path, resne
         problem, cheap_scorer(problem), tmp_path, on_episode=lambda e, r, info: seen.setdefault(e, info["allocation"]))
     allocator = PolicyAllocator(tmp_path / "policy.zip")
     assert allocator.meta["action"] == "relative"
-    assert allocator.allocate(problem) == seen[result.policy_episode]  # same actions, same mode, same allocation
+    # same actions, same mode, same sensitivity features: same allocation
+    assert allocator.allocate(problem, cheap_scorer(problem)) == seen[result.policy_episode]
     for target in (0.3, 0.7):  # the same policy, other budgets
         other = cheap_problem(resnet20_structure, target)
         assert other.feasible(allocator.allocate(other))
@@ -371,7 +377,7 @@ def test_multi_model_search_alternates_models_and_resumes_after_sigkill(tmp_path
         assert sum(k.startswith("keep:") for k in rows[0]) == groups
     killed = tmp_path / "killed"
     # scoring calls: one per episode plus one uniform reference per model (relative reward); die in episode 6
-    assert run([killed, episodes, 8, 0]).wait(timeout=180) == -signal.SIGKILL
+    assert run([killed, episodes, SWEEP_20 + SWEEP_32 + 8, 0]).wait(timeout=180) == -signal.SIGKILL
     assert run([killed, episodes, 0, "resume"]).wait(timeout=180) == 0
     for name in logs:
         ref, got = _rows(reference / name / "episodes.csv"), _rows(killed / name / "episodes.csv")

@@ -12,8 +12,9 @@ class RLConfig:
 
     AMC ran 300-800 episodes with 100 of warm-up; 200 / 50 keep the quickstart within minutes on
     2 CPU cores. Defaults that depart from AMC: ``credit="episode"`` (Monte Carlo targets instead of
-    bootstrapping one sparse reward), ``action="relative"`` (actions scale the even share of the
-    remaining budget), self-imitation of the 3 best episodes with slower noise decay (0.98), and
+    bootstrapping one sparse reward), ``action="sensitivity"`` (actions move each group's width away
+    from the sensitivity allocation's, which with the uniform one is played first:
+    ``heuristic_warmup``), the group's sensitivity in the observation, self-imitation of the 3 best episodes with slower noise decay (0.98), and
     ``distil_best``: without the last two the actor settles on one corner allocation and stops
     improving on random search.
     """
@@ -35,9 +36,10 @@ class RLConfig:
     imitation: float = 1.0  # self-imitation weight: the actor also regresses onto its best episodes' actions
     imitation_top: int = 3  # how many of the best episodes in the replay window it imitates
     distil_best: bool = True  # after the search, fit the actor onto the best episode: the kept policy plays it
+    heuristic_warmup: bool = True  # the first episodes play the sensitivity, then the uniform allocation
     eval_every: int = 5  # every Nth learning episode runs the actor without noise; the best such actor is kept
     reward: str = "accuracy"
-    action: str = "relative"  # absolute: keep ratio in the bounds (AMC) | relative: factor on the even keep ratio
+    action: str = "sensitivity"  # absolute (AMC) | relative | wall | sensitivity: around sensitivity's width
     checkpoint_every: int = 10  # episodes
     init_policy: str | None = None  # warm start: a policy.zip whose actor the search starts from (fresh critic)
     seed: int = 0
@@ -58,10 +60,15 @@ HELP = {
                    "when its noise-free rollout plays exactly the best allocation (checked without an evaluation; "
                    "one model at one target only). Otherwise the best noise-free actor is kept",
     "reward": "accuracy | error_log_cost | relative (accuracy minus uniform's)",
+    "heuristic_warmup": "the first two episodes (per model) play the sensitivity allocation, then the uniform one, "
+                        "as is: both in the replay buffer and episodes.csv, so the best is never below them. "
+                        "The sensitivity sweep they need is measured once per model and score (cached in the run "
+                        "folder's sensitivity.json) and also feeds the observation",
     "init_policy": "warm start from a policy.zip of an earlier search (same algorithm and --hidden sizes): the "
                    "actor starts from its weights, the critic and optimisers start fresh (pair it with a few "
                    "--warmup-episodes so the critic learns before it steers the actor)",
     "action": "absolute (keep ratio within the bounds, AMC) | relative (x0.5-x2 on the ratio that spreads the "
               "remaining budget evenly: transfers across targets) | wall (-1..1 spans exactly what the budget wall "
-              "allows for the group, 0 = the even share: no flat region)",
+              "allows for the group, 0 = the even share: no flat region) | sensitivity (the same squashed log-ratio around "
+              "the sensitivity allocation's width: 0 everywhere plays sensitivity analysis' allocation)",
 }

@@ -9,7 +9,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from autoprune.agents.rl.policy_io import POLICY_FORMAT, PolicyNet, load_policy, policy_bytes
+from autoprune.agents.rl.policy_io import POLICY_FORMAT, PolicyNet, check_layout, load_policy, policy_bytes
 from autoprune.errors import AutopruneError
 from autoprune.runs import atomic_path
 
@@ -36,6 +36,7 @@ def convert_policy(old: str | Path, new: str | Path) -> PolicyNet:
     meta = (data or {}).get("autoprune_meta")
     if not isinstance(meta, dict) or meta.get("format") not in (OLD_FORMAT, POLICY_FORMAT) or "policy" not in (params or {}):
         raise AutopruneError(f"'{old}' was not written by autoprune search (no autoprune metadata)")
+    check_layout({**meta, "obs_version": meta.get("obs_version", 1)}, old)  # converting it would not make it usable
     try:
         policy = data["policy_class"](data["observation_space"], data["action_space"], lambda _: 0.0,
                                       **data.get("policy_kwargs", {}))

@@ -169,13 +169,19 @@ def _read_policy_file(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return doc, tensors
 
 
+def check_layout(meta: dict, path: str | Path) -> None:
+    """One line when a policy was trained on another observation layout than this version's."""
+    if meta.get("env") != ENV_ID or meta.get("obs_version") != OBS_VERSION or meta.get("features") != list(FEATURES):
+        raise AutopruneError(f"policy file '{path}' was trained on another observation layout "
+                             f"({meta.get('env')} v{meta.get('obs_version')}, this version reads v{OBS_VERSION}): "
+                             "retrain it with this autoprune version")
+
+
 def load_policy(path: str | Path) -> tuple[PolicyNet, dict]:
     """(the actor rebuilt from its layout, in eval mode; its ``PolicyMeta`` as a dict) from a policy file."""
     doc, tensors = _read_policy_file(path)
     meta = doc["meta"]
-    if meta.get("env") != ENV_ID or meta.get("obs_version") != OBS_VERSION or meta.get("features") != list(FEATURES):
-        raise AutopruneError(f"policy file '{path}' was trained on another observation layout "
-                             f"({meta.get('env')} v{meta.get('obs_version')}): retrain it with this autoprune version")
+    check_layout(meta, path)
     try:
         layout = doc["actor"]
         net = PolicyNet([int(s) for s in layout["sizes"]], str(layout["activation"]),

@@ -8,6 +8,13 @@ exploration noise, every RNG and the score cache, and continues at the next epis
 applied actions after the search, and kept when its noise-free rollout plays exactly the best
 allocation (checked with the env unscored: no evaluation is spent). SB3's own logger writes the
 actor and critic losses to TensorBoard (``tb/``).
+
+The agent reads each group's sensitivity (``autoprune.core.sensitivity``): the table is handed in,
+or measured with the search's own scorer before the first episode and cached in the run folder's
+``sensitivity.json`` (a resumed search reads it back). With ``heuristic_warmup`` the first episodes
+(per model) play the sensitivity allocation, then the uniform one, as is: their transitions are in
+the replay buffer and their scores in ``episodes.csv``, so the search's best is never below
+either heuristic by its own score.
 """
 from __future__ import annotations
 
@@ -27,8 +34,9 @@ from autoprune.agents.rl.config import RLConfig
 from autoprune.agents.rl.policy_io import PolicyMeta, load_actor_into, load_policy, policy_bytes
 from autoprune.agents.search_log import Best, EpisodeLog, SearchResult, progress_bar
 from autoprune.core.allocation import Allocation
-from autoprune.core.problem import PruningProblem
+from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.scoring import Scorer, require_scorer
+from autoprune.core.sensitivity import FEATURE_RATIOS, SensitivityTable, cached_sensitivity
 from autoprune.envs import ChannelPruningEnv
 from autoprune.envs.channel_pruning import rollout
 from autoprune.envs.multi import MultiModelEnv
@@ -87,6 +95,8 @@ class RLSearch:
             raise AutopruneError("episodes must be >= 1 and warm-up episodes >= 0")
         self.name = self.config.algo
         self.model = None
+        self.rates = FEATURE_RATIOS
+        self.sensitivity: SensitivityTable | None = None  # ``UsesSensitivity``: compare hands its table over
 
     @property
     def seed(self) -> int:
@@ -94,7 +104,29 @@ class RLSearch:
         return self.config.seed
 
     def allocate(self, problem: PruningProblem, scorer: Scorer | None = None) -> Allocation:
-        return self.search(problem, require_scorer(scorer, self.name)).allocation
+        return self.search(problem, require_scorer(scorer, self.name), sensitivity=self.sensitivity).allocation
+
+    def _tables(self, problems: list[PruningProblem], scorers: list[Scorer], run_dir: Path | None,
+                given: SensitivityTable | list[SensitivityTable] | None) -> list[SensitivityTable]:
+        """Each problem's sensitivity table: the given one (checked), else from ``run_dir/sensitivity.json``,
+        else measured with its scorer (and cached there)."""
+        if given is not None:
+            tables = given if isinstance(given, list) else [given]
+            if len(tables) != len(problems):
+                raise ValueError(f"{len(problems)} problems but {len(tables)} sensitivity tables")
+            for t, p, sc in zip(tables, problems, scorers):
+                t.check(p, sc.evaluator.kind)
+            return tables
+        return [cached_sensitivity(run_dir, p, sc) for p, sc in zip(problems, scorers)]
+
+    def _warm_start_from_heuristics(self, envs: list[ChannelPruningEnv], start: int) -> None:
+        """Queue the sensitivity and uniform allocations as each env's first episodes (those not played
+        before ``start``: env ``i`` of ``m`` runs episodes ``i``, ``i + m``, ...)."""
+        if not self.config.heuristic_warmup:
+            return
+        for i, env in enumerate(envs):
+            played = len(range(i, start, len(envs)))
+            env.play([env.sensitivity.allocation, uniform_allocation][played:])
 
     def _build(self, env: ChannelPruningEnv | MultiModelEnv):
         c = self.config
@@ -216,13 +248,16 @@ class RLSearch:
 
     def search(self, problem: PruningProblem | list[PruningProblem], scorer: Scorer | list[Scorer],
                run_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
-               on_episode: Callable[[int, float, dict], None] | None = None) -> SearchResult:
+               on_episode: Callable[[int, float, dict], None] | None = None,
+               sensitivity: SensitivityTable | list[SensitivityTable] | None = None) -> SearchResult:
         """Run (or continue) the search; a list of problems (several models) trains one policy on all of
         them, episode ``e`` on problem ``e % len``, each logged in its own ``run_dir/<i>-<group count>g/``.
 
         With ``run_dir``: episodes.csv, TensorBoard, checkpoints, ``policy.zip`` (the kept actor: fitted
         onto the best episode, see ``distil_best``, else the one whose noise-free episode scored best; then
         that one is also ``noise_free_policy.zip``) and ``final_policy.zip`` (the actor after the last episode).
+        ``sensitivity``: each problem's table, already measured with the same score (default: measured
+        here, cached in ``run_dir/sensitivity.json``).
         """
         c = self.config
         run_dir = Path(run_dir) if run_dir is not None else None
@@ -230,13 +265,18 @@ class RLSearch:
         scorers = scorer if isinstance(scorer, list) else [scorer]
         if len(scorers) != len(problems):
             raise ValueError(f"{len(problems)} problems but {len(scorers)} scorers")
-        envs = [ChannelPruningEnv(p, sc, reward=c.reward, action=c.action) for p, sc in zip(problems, scorers)]
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        tables = self._tables(problems, scorers, run_dir, sensitivity)
+        envs = [ChannelPruningEnv(p, sc, reward=c.reward, action=c.action, sensitivity=t)
+                for p, sc, t in zip(problems, scorers, tables)]
         state = None
         if resume and run_dir is not None:
             probe = envs[0] if len(envs) == 1 else MultiModelEnv(envs)
             loaded = load_checkpoint(run_dir / "checkpoints", AGENT_CLASSES[c.algo], probe)
             state = loaded[1] if loaded else None
         start = state["episode"] if state else 0
+        self._warm_start_from_heuristics(envs, start)
         env = envs[0] if len(envs) == 1 else MultiModelEnv(envs, start_episode=start)
         elapsed = state["elapsed"] if state else 0.0
         if state is None:
@@ -307,6 +347,8 @@ class RLSearch:
             for lg in logs:
                 lg.close()
             self.model.logger.close()
+            for e in envs:
+                e.play_nothing()
         final = self._policy_bytes()  # before distillation moves the actor
         distilled = self._distil(envs[0], logs[0].best) if c.distil_best and len(problems) == 1 else None
         kept = self.best_policy

@@ -9,8 +9,9 @@ workers or stops a hopeless candidate early. A new score is a new ``Evaluator``;
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch.nn as nn
 
@@ -95,6 +96,17 @@ class Scorer:
     @property
     def workers(self) -> int:
         return self.pool.workers if self.pool is not None else 1
+
+    @contextmanager
+    def outside_search(self) -> Iterator["Scorer"]:
+        """Scores that are not candidates (a sensitivity sweep, the dense model): full scores, never the
+        best that early stopping compares candidates with."""
+        early, best = self.early_stop, self.best_full
+        self.early_stop = False
+        try:
+            yield self
+        finally:
+            self.early_stop, self.best_full = early, best
 
     def full_scores(self) -> "Scorer":
         """From here on every figure is a full score (no early stop, no pool): for final reports."""

@@ -69,7 +69,8 @@ def run_apply(cfg: ApplyConfig) -> dict:
     calib = ws.calibration()
     problem = ws.problem(target, metric, criterion=cfg.criterion, min_keep=min_keep, max_keep=max_keep,
                          round_to=cfg.round_to, latency=cfg.target.table(structure, cfg.round_to))
-    allocation, latency_fit = cfg.target.fit(problem, allocator.allocate(problem))
+    scorer = ws.scorer(problem, cfg.score, seed=cfg.ws.seed)  # the policy reads the model's sensitivity, measured by it
+    allocation, latency_fit = cfg.target.fit(problem, allocator.allocate(problem, scorer))
     cost_ratio = problem.cost(allocation.counts(structure)) / problem.dense_cost
     pruned = problem.pruned_model(allocation)
     x1 = ws.data.tensors("val")[0][:1].to(ws.device)
@@ -79,7 +80,6 @@ def run_apply(cfg: ApplyConfig) -> dict:
                     "target": target, "cost_ratio": cost_ratio, "meets_target": problem.feasible(allocation),
                     "macs_before": macs0, "macs_after": macs1, "params_before": params0, "params_after": params1,
                     "config": flat_config(cfg)}
-    scorer = ws.scorer(problem, cfg.score, seed=cfg.ws.seed)
     if cfg.evaluate:
         report.update(score=cfg.score, score_value=scorer.value(allocation),
                       uniform_score_value=scorer.value(uniform_allocation(problem)))

@@ -5,7 +5,9 @@ allocator; the allocation is pruned with the problem's criterion, scored (``--sc
 trained with each recipe and tested. Seeds change the fine-tune (data order) and the search of
 seeded allocators (random search, the RL searches: their factory declares ``seeded``, and each gets
 the row's seed); deterministic allocators (``seeded = False``) are run once per target. Rows are
-appended to ``results.json`` as they finish, so an interrupted run resumes.
+appended to ``results.json`` as they finish, so an interrupted run resumes. Allocators that read the
+per-group sensitivity (``UsesSensitivity``: ``sensitivity``, the RL searches, ``policy:``) share one
+sweep per model and score, measured once and cached in ``sensitivity.json``.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from autoprune.agents import Allocator, MeasuresSensitivity, allocator_factory, get_allocator
+from autoprune.agents import Allocator, MeasuresSensitivity, UsesSensitivity, allocator_factory, get_allocator
 from autoprune.config import flat_config, save_config
 from autoprune.core.allocation import Allocation
 from autoprune.core.criteria import group_scores
@@ -29,6 +31,7 @@ from autoprune.core.problem import PruningProblem
 from autoprune.core.prune import channels_to_remove
 from autoprune.core.finalists import rerank
 from autoprune.core.scoring import Evaluator, Scorer
+from autoprune.core.sensitivity import SensitivityTable, cached_sensitivity
 from autoprune.deploy.latency import latency_table
 from autoprune.errors import AutopruneError
 from autoprune.experiments.compare_config import (
@@ -150,6 +153,18 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
     # one scorer (and pool) for every target; allocators run on rank 0 only
     scorer = Scorer(base, evaluator, pool=cfg.parallel.pool(base, evaluator) if main else None)
     finalist_scorer = Scorer(base, finalist_evaluator) if cfg.finalists and finalist_evaluator is not None else None
+    tables: dict[tuple[float, ...], SensitivityTable] = {}
+
+    def share_sensitivity(allocator: Allocator) -> None:
+        """Hand a sensitivity-reading allocator the run's table (one sweep per run: it does not depend on
+        the target), unless it brings its own (``sensitivity@table=PATH``)."""
+        if not isinstance(allocator, UsesSensitivity) or allocator.sensitivity is not None \
+                or getattr(allocator, "table_path", None) is not None:
+            return
+        rates = tuple(allocator.rates)
+        if rates not in tables:
+            tables[rates] = cached_sensitivity(out, base, scorer, model=cfg.ws.model, ratios=rates)
+        allocator.sensitivity = tables[rates]
     for target in cfg.targets:
         problem = base.with_target(target)
         for spec, method in zip(cfg.allocators, method_labels(cfg.allocators)):
@@ -168,6 +183,7 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                     if reuse is not None:
                         return reuse[0], reuse[1], False
                     allocator = build_allocator(spec, seed)
+                    share_sensitivity(allocator)
                     log(f"[{target:g}] {method} seed {seed}: allocating")
                     mark = len(scorer.requested)
                     alloc = allocator.allocate(problem, scorer)

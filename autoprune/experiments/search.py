@@ -22,6 +22,8 @@ from autoprune.core.allocation import Allocation
 from autoprune.core.finalists import check_finalists, rerank
 from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.scoring import Scorer
+from autoprune.core.sensitivity import FILE as SENSITIVITY_FILE
+from autoprune.core.sensitivity import cached_sensitivity, find_table, load_tables, table_key
 from autoprune.errors import AutopruneError
 from autoprune.experiments.targets import HELP as TARGET_HELP
 from autoprune.experiments.targets import TargetOptions
@@ -143,16 +145,19 @@ def run_search(cfg: SearchConfig) -> SearchRun:
         if cfg.agent == "random":
             result = RandomSearch(cfg.rl.episodes, cfg.ws.seed).search(problem, scorer, out, cfg.resume, cfg.progress)
         else:
-            problems, scorers = [problem], [scorer]
+            problems, scorers, names = [problem], [scorer], [cfg.ws.model]
             for spec in cfg.more_models:  # NAME or NAME=CHECKPOINT
                 name, _, checkpoint = spec.partition("=")
                 other_ws = replace(cfg.ws, model=name, checkpoint=checkpoint or None).open()
                 problems.append(_problem(cfg, other_ws))
                 scorers.append(other_ws.scorer(problems[-1], cfg.score, calib_batch_size=cfg.calib_batch_size,
                                                seed=cfg.ws.seed, early_stop=cfg.early_stop))
+                names.append(name)
+            # once per model and score, on the workers when there are some; a resumed run reads it back
+            tables = [cached_sensitivity(out, p, sc, model=n) for p, sc, n in zip(problems, scorers, names)]
             result = RLSearch(cfg.rl, algo=cfg.agent, seed=cfg.ws.seed).search(
                 problems if len(problems) > 1 else problem, scorers if len(scorers) > 1 else scorer, out,
-                resume=cfg.resume, progress=cfg.progress)
+                resume=cfg.resume, progress=cfg.progress, sensitivity=tables if len(tables) > 1 else tables[0])
     finally:
         if scorer.pool is not None:
             scorer.pool.close()
@@ -221,6 +226,12 @@ def _finish(cfg: SearchConfig, ws: Workspace, problem: PruningProblem, scorer: S
     plot_per_group([g.name for g in structure.groups],
                    {"best": best_alloc.ratios(structure), "uniform": uniform.ratios(structure)},
                    out / "allocation.png", title=f"channels kept per group ({problem.metric} x{problem.target:g})")
+    sensitivity = None
+    if (out / SENSITIVITY_FILE).exists():  # the RL agents' sweep: its cost, and its allocation by the search's score
+        table = find_table(load_tables(out), table_key(problem, scorer.evaluator.kind, cfg.ws.model))
+        if table is not None:
+            sensitivity = {"evaluations": table.evaluations, "seconds": table.seconds,
+                           "search_score_value": scorer.value(table.allocation(problem))}
     policy = None
     if result.policy_episode >= 0:
         policy = {"noise_free_reward": result.policy_score, "episode": result.policy_episode,
@@ -237,6 +248,7 @@ def _finish(cfg: SearchConfig, ws: Workspace, problem: PruningProblem, scorer: S
                     "macs": uniform.macs(structure),
                     "cost_ratio": problem.cost(uniform.counts(structure)) / problem.dense_cost},
         "policy": policy,
+        "sensitivity": sensitivity,
         "target_range": list(target_range) if target_range else None,
         "policy_at_targets": policy_at,
         "latency": (cfg.target.measured(saved, structure.model, problem.latency, best_alloc.counts(structure))
@@ -262,7 +274,7 @@ def _policy_at_targets(policy_path: Path, problem: PruningProblem, scorer: Score
     lo, hi = problem.target_range
     for t in (lo, round((lo + hi) / 2, 2), hi):
         at = replace(problem, target=t, target_range=None)
-        alloc = allocator.allocate(at)
+        alloc = allocator.allocate(at, scorer)  # the sensitivity sweep is in the scorer's cache
         rows.append({"target": t, "policy_score": scorer.value(alloc),
                      "uniform_score": scorer.value(uniform_allocation(at)),
                      "cost_ratio": at.cost(alloc.counts(at.structure)) / at.dense_cost})
