@@ -161,10 +161,17 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
         if not isinstance(allocator, UsesSensitivity) or allocator.sensitivity is not None \
                 or getattr(allocator, "table_path", None) is not None:
             return
-        rates = tuple(allocator.rates)
+        rates = tuple(sorted(allocator.rates))
         if rates not in tables:
             tables[rates] = cached_sensitivity(out, base, scorer, model=cfg.ws.model, ratios=rates)
         allocator.sensitivity = tables[rates]
+
+    if main:  # a table brought by one allocator (sensitivity@table=PATH) serves every other one too
+        for spec in cfg.allocators:
+            if "table" in parse_spec(spec)[1]:
+                given = build_allocator(spec, cfg.seeds[0])
+                if isinstance(given, UsesSensitivity) and hasattr(given, "table"):
+                    tables.setdefault(tuple(sorted(given.rates)), given.table(base, scorer))
     for target in cfg.targets:
         problem = base.with_target(target)
         for spec, method in zip(cfg.allocators, method_labels(cfg.allocators)):
