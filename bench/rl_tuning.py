@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory() as run_dir:
                 result = RLSearch(episodes=EPISODES, warmup_episodes=WARMUP, seed=seed, **setting).search(
                     prob, scorer, run_dir)
-                policy = scorer.value(PolicyAllocator(result.policy_path).allocate(prob))
+                policy = scorer.value(PolicyAllocator(result.policy_path).allocate(prob, scorer))
                 searched = result.policy_path.with_name("noise_free_policy.zip")  # kept beside a distilled policy
-                noise_free = scorer.value(PolicyAllocator(searched).allocate(prob)) if searched.exists() else policy
+                noise_free = scorer.value(PolicyAllocator(searched).allocate(prob, scorer)) if searched.exists() else policy
             row = {**key, "setting": setting, "best": result.best.info["accuracy"], "policy": policy,
                    "policy_distilled": result.policy_distilled, "policy_noise_free": noise_free,
                    "best_episode": result.best.episode, "seconds": time.perf_counter() - t0,

@@ -100,9 +100,9 @@ def run(record: dict, models: list[str], agents: list[tuple[str, str]], targets:
                                           seed=seed, **settings)
                         result = search.search(problem, scorer, run_dir)
                         seconds = time.perf_counter() - t0
-                        policy = scorer.value(PolicyAllocator(result.policy_path).allocate(problem))
+                        policy = scorer.value(PolicyAllocator(result.policy_path).allocate(problem, scorer))
                         searched = result.policy_path.with_name("noise_free_policy.zip")  # kept beside a distilled one
-                        noise_free = (scorer.value(PolicyAllocator(searched).allocate(problem)) if searched.exists()
+                        noise_free = (scorer.value(PolicyAllocator(searched).allocate(problem, scorer)) if searched.exists()
                                       else policy)
                     row = {"model": model, "target": target, "seed": seed, "episodes": EPISODES, "agent": agent,
                            "action": action, "best": result.best.info["accuracy"], "random_best": ref["random_best"],

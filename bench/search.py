@@ -73,7 +73,7 @@ def run_case(model: str, target: float, seeds: list[int], episodes: int, warmup:
         rand_best = scorer.value(RandomSearch(samples=episodes, seed=seed).allocate(problem, scorer))
         rand_seconds = time.perf_counter() - t0
         cost = problem.cost(res.allocation.counts(structure)) / problem.dense_cost
-        final_policy = scorer.value(PolicyAllocator(run_dir / "final_policy.zip").allocate(problem))
+        final_policy = scorer.value(PolicyAllocator(run_dir / "final_policy.zip").allocate(problem, scorer))
         per_seed.append({"seed": seed, "learned": res.best.info["accuracy"], "random": rand_best,
                          "uniform": uniform_acc, "policy": res.policy_score, "policy_episode": res.policy_episode,
                          "policy_path": str(res.policy_path),
@@ -105,7 +105,7 @@ def transfer(policies: list[Path], args) -> dict:
         uniform_acc = scorer.value(UniformAllocator().allocate(problem))
         rows = []
         for allocator in allocators:
-            alloc = allocator.allocate(problem)
+            alloc = allocator.allocate(problem, scorer)  # reads the sensitivity, measured once
             rows.append({"cost_ratio": problem.cost(alloc.counts(structure)) / problem.dense_cost,
                          "meets_target": problem.feasible(alloc), "policy_acc": scorer.value(alloc)})
         out[f"resnet56@{target:g}"] = {"uniform_acc": uniform_acc, "policy_acc": _stats([r["policy_acc"] for r in rows]),

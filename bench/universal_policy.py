@@ -3,17 +3,24 @@
 Parts (rows in ``bench/results/universal-policy.json``; each part is resumable):
 
 - ``train``: ``autoprune search`` on ResNet-20 and ResNet-56 (JPEG-adapted checkpoints) at once,
-  each episode's target drawn from 0.25-0.75 of MACs, relative reward and actions, DDPG, 300
-  episodes (50 warm-up), seed 0. The kept policy becomes ``bench/results/policies/universal.zip``
-  (with its ``episodes.csv`` logs and ``summary.json``); the run folder lives in the cache.
-- ``zero-shot``: the policy rolled out with no evaluation spent at 30/40/50/70% of MACs on
-  ResNet-20 and ResNet-56 (adaptive-BN accuracy vs uniform and vs the best of 30 random
-  allocations, same held-out split) and, for shape and budget only (random weights), on ResNet-32,
-  ResNet-110, tv:resnet18 and tv:mobilenet_v2: does every allocation meet its target within 1%?
+  each episode's target drawn from 0.25-0.75 of MACs, relative reward, the default actions
+  (``sensitivity`` since observation layout 2), DDPG, 300 episodes (50 warm-up, the first four
+  playing each model's sensitivity and uniform allocations), seed 0. The kept policy becomes
+  ``bench/results/policies/universal.zip`` (with its ``episodes.csv`` logs and ``summary.json``);
+  the run folder lives in the cache. A committed policy trained on an older observation layout
+  is retrained, and the rows measured with it move to ``superseded``.
+- ``zero-shot``: the policy rolled out with no search at 30/40/50/70% of MACs on ResNet-20 and
+  ResNet-56 (adaptive-BN accuracy vs uniform, vs sensitivity analysis' allocation and vs the best
+  of 30 random allocations, same held-out split; the policy reads the model's sensitivity sweep,
+  measured once per model: ``sweep_evaluations``) and, for shape and budget only (random weights,
+  no data: the sensitivity features read 1 and the actions centre on the even count), on
+  ResNet-32, ResNet-110, tv:resnet18 and tv:mobilenet_v2: does every allocation meet its target within 1%?
 - ``warm-start``: ResNet-20 and ResNet-56 at 30% and 50%, seeds 0-2: 30 episodes of DDPG started
-  from the universal policy (no warm-up) vs random search with 30 samples, best adaptive-BN accuracy.
+  from the universal policy (no warm-up) vs random search with 30 samples, best adaptive-BN accuracy
+  (the search also measures the sensitivity sweep first: ``sweep_evaluations``).
 
-    python -m bench.universal_policy                 # all parts (~40 min on 2 idle cores)
+    python -m bench.universal_policy                 # all parts: the retrain on layout 2 and both tables
+                                                     # (~1 h on 2 idle cores: ~40 min before the sweeps)
     python -m bench.universal_policy zero-shot       # one part
 """
 from __future__ import annotations
@@ -26,12 +33,15 @@ import time
 import torch
 
 from autoprune.agents.policy import PolicyAllocator
+from autoprune.agents.rl.policy_io import policy_meta
 from autoprune.agents.random_search import RandomSearch
 from autoprune.agents.rl import RLSearch
 from autoprune.cli.main import main as cli_main
 from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.scoring import Scorer
+from autoprune.core.sensitivity import measure_sensitivity
 from autoprune.core.structure import ModelStructure
+from autoprune.envs import OBS_VERSION
 from autoprune.models import create_model, model_info
 from autoprune.runs import write_json_atomic
 from autoprune.train.data import cache_dir
@@ -58,9 +68,16 @@ def save(record: dict) -> None:
 
 
 def train(record: dict) -> None:
-    if record["train"] is not None and POLICY.exists():
+    current = POLICY.exists() and policy_meta(POLICY).get("obs_version") == OBS_VERSION
+    if record["train"] is not None and current:
         return
-    run = cache_dir() / "universal-run"
+    if record["train"] is not None:  # trained on an older observation layout: keep its rows apart, retrain
+        record.setdefault("superseded", []).append({
+            "obs_version": record["train"].get("obs_version", 1), "train": record["train"],
+            "zero_shot": record["zero_shot"], "warm_start": record["warm_start"]})
+        record.update(train=None, zero_shot=[], warm_start=[])
+        save(record)
+    run = cache_dir() / f"universal-run-v{OBS_VERSION}"
     args = ["search", "--model", "resnet20", "--checkpoint", str(finetuned_checkpoint("resnet20")),
             "--more-models", f"resnet56={finetuned_checkpoint('resnet56')}", "--data", DATA, "--macs", "0.25:0.75",
             "--episodes", str(EPISODES), "--warmup-episodes", str(WARMUP), "--seed", "0", "--output", str(run)]
@@ -75,7 +92,8 @@ def train(record: dict) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, dst)
     record["train"] = {"command": "autoprune " + " ".join(args).replace(str(cache_dir()), "$AUTOPRUNE_CACHE"),
-                       "seconds_this_process": time.perf_counter() - t0, "policy": str(POLICY.relative_to(RESULTS))}
+                       "seconds_this_process": time.perf_counter() - t0, "policy": str(POLICY.relative_to(RESULTS)),
+                       "obs_version": OBS_VERSION}
     save(record)
 
 
@@ -89,7 +107,7 @@ def zero_shot(record: dict) -> None:
     policy = PolicyAllocator(POLICY)
     done = {(r["model"], r["target"]) for r in record["zero_shot"]}
     for model in SCORED + SHAPE_ONLY:
-        ws = None
+        ws = scorer = table = None
         for target in TARGETS:
             if (model, target) in done:
                 continue
@@ -97,16 +115,20 @@ def zero_shot(record: dict) -> None:
                 ws = ws or open_workspace(model, str(finetuned_checkpoint(model)), DATA, val_size=2000, calib_size=1024)
                 structure = ws.structure()
                 problem = PruningProblem(structure, target, calib_batches=ws.data.calibration_batches(128))
-                scorer = Scorer(problem, ws.evaluator())
+                scorer = scorer or Scorer(problem, ws.evaluator())  # one cache per model: one sweep for every target
+                table = table or measure_sensitivity(problem, scorer, model=model)
+                policy.sensitivity = table
             else:
                 structure = _shape_structure(model)
                 problem = PruningProblem(structure, target)
-            alloc = policy.allocate(problem)
+                policy.sensitivity = None
+            alloc = policy.allocate(problem, scorer if model in SCORED else None)
             row = {"model": model, "target": target, "cost_ratio": problem.cost(alloc.counts(structure)) / problem.dense_cost,
                    "meets_target": problem.feasible(alloc), "scored": model in SCORED}
             if model in SCORED:
                 rand = RandomSearch(RANDOM_SAMPLES, seed=0).allocate(problem, scorer)
                 row.update(policy=scorer.value(alloc), uniform=scorer.value(uniform_allocation(problem)),
+                           sensitivity=scorer.value(table.allocation(problem)), sweep_evaluations=table.evaluations,
                            random_best=scorer.value(rand), random_samples=RANDOM_SAMPLES)
             record["zero_shot"].append(row)
             save(record)
@@ -126,13 +148,15 @@ def warm_start(record: dict) -> None:
 
                 problem = PruningProblem(structure, target, calib_batches=calib)
                 t0 = time.perf_counter()  # no score cache shared between the two arms
-                warm = RLSearch(episodes=WARM_EPISODES, warmup_episodes=0, reward="relative", seed=seed,
-                                init_policy=str(POLICY)).search(problem, Scorer(problem, ws.evaluator()))
+                search = RLSearch(episodes=WARM_EPISODES, warmup_episodes=0, reward="relative", seed=seed,
+                                  init_policy=str(POLICY))
+                warm = search.search(problem, Scorer(problem, ws.evaluator()))
                 warm_seconds = time.perf_counter() - t0
                 scorer = Scorer(problem, ws.evaluator())
                 t0 = time.perf_counter()
                 rand = scorer.value(RandomSearch(WARM_EPISODES, seed=seed).allocate(problem, scorer))
                 row = {"model": model, "target": target, "seed": seed, "episodes": WARM_EPISODES,
+                       "sweep_evaluations": search.tables[0].evaluations,
                        "warm_started_best": warm.best.info["accuracy"], "random_best": rand,
                        "uniform": scorer.value(uniform_allocation(problem)), "warm_seconds": warm_seconds,
                        "random_seconds": time.perf_counter() - t0}

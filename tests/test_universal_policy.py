@@ -10,7 +10,17 @@ from autoprune.core.structure import ModelStructure
 from autoprune.models import create_model
 
 POLICY = Path(__file__).resolve().parents[1] / "bench" / "results" / "policies" / "universal.zip"
-pytestmark = [pytest.mark.skipif(not POLICY.exists(), reason="universal policy not committed"),
+
+
+def _current() -> bool:
+    from autoprune.agents.rl.policy_io import policy_meta
+    from autoprune.envs import OBS_VERSION
+
+    return POLICY.exists() and policy_meta(POLICY).get("obs_version") == OBS_VERSION
+
+
+pytestmark = [pytest.mark.skipif(not _current(), reason="universal policy not committed on this observation layout "
+                                 "(retrain it: python -m bench.universal_policy)"),
               pytest.mark.usefixtures("one_thread")]
 
 

@@ -169,6 +169,11 @@ def _read_policy_file(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return doc, tensors
 
 
+def policy_meta(path: str | Path) -> dict:
+    """A policy file's ``PolicyMeta`` as a dict, whatever observation layout it was trained on."""
+    return _read_policy_file(path)[0]["meta"]
+
+
 def check_layout(meta: dict, path: str | Path) -> None:
     """One line when a policy was trained on another observation layout than this version's."""
     if meta.get("env") != ENV_ID or meta.get("obs_version") != OBS_VERSION or meta.get("features") != list(FEATURES):

@@ -97,6 +97,7 @@ class RLSearch:
         self.model = None
         self.rates = FEATURE_RATIOS
         self.sensitivity: SensitivityTable | None = None  # ``UsesSensitivity``: compare hands its table over
+        self.tables: list[SensitivityTable] = []  # each problem's table, once a search ran
 
     @property
     def seed(self) -> int:
@@ -267,7 +268,7 @@ class RLSearch:
             raise ValueError(f"{len(problems)} problems but {len(scorers)} scorers")
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
-        tables = self._tables(problems, scorers, run_dir, sensitivity)
+        tables = self.tables = self._tables(problems, scorers, run_dir, sensitivity)  # per problem, kept for reports
         envs = [ChannelPruningEnv(p, sc, reward=c.reward, action=c.action, sensitivity=t)
                 for p, sc, t in zip(problems, scorers, tables)]
         state = None
