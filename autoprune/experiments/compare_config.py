@@ -54,7 +54,9 @@ HELP = {
     "metric": "budget metric: macs, params or latency (measured lookup table at --latency-batch / --latency-precision)",
     "output": "run directory (results.csv/json, report.md, plots, allocations)",
     "allocators": "allocator specs: uniform global sensitivity layer-stats random greedy policy:PATH allocation:PATH; "
-                  "options as NAME@key=value,key=value (e.g. random@samples=30)",
+                  "options as NAME@key=value,key=value (e.g. random@samples=30). sensitivity, the RL agents and "
+                  "policy:PATH share one sensitivity sweep per run (sensitivity.json); sensitivity@table=PATH reuses "
+                  "a search's (its run folder's sensitivity.json, same score and model)",
     "score": "what allocators score candidates by and the report's pre-training column: adaptive-bn (EagleEye), "
              "reconstruct, finetune:STEPS, finetune-kd:STEPS, optionally :loss or :kd (see search --help)",
     "recipes": f"training after pruning, any of {', '.join(RECIPES)}",
