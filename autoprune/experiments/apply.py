@@ -32,7 +32,8 @@ class ApplyConfig:
 
 
 HELP = {
-    "policy": "policy.zip written by autoprune search (read without unpickling: safe to take from others)",
+    "policy": "policy.zip written by autoprune search (read without unpickling: safe to take from others); it reads "
+              "each group's sensitivity, measured first with --score (one sweep: dense + 4 keep ratios per group)",
     "output": "directory for model.pt, allocation.json, report.json (must be new or empty)",
     **TARGET_HELP,
     "evaluate": "report the --score of the policy's allocation and of uniform at the same cost",
