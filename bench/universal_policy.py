@@ -17,11 +17,15 @@ Parts (rows in ``bench/results/universal-policy.json``; each part is resumable):
   ResNet-32, ResNet-110, tv:resnet18 and tv:mobilenet_v2: does every allocation meet its target within 1%?
 - ``warm-start``: ResNet-20 and ResNet-56 at 30% and 50%, seeds 0-2: 30 episodes of DDPG started
   from the universal policy (no warm-up) vs random search with 30 samples, best adaptive-BN accuracy
-  (the search also measures the sensitivity sweep first: ``sweep_evaluations``).
+  (the search reads the model's sensitivity sweep, measured once per model: ``sweep_evaluations``).
 
-    python -m bench.universal_policy                 # all parts: the retrain on layout 2 and both tables
-                                                     # (~1 h on 2 idle cores: ~40 min before the sweeps)
+    python -m bench.universal_policy                 # all parts: the retrain on layout 2, then both tables
     python -m bench.universal_policy zero-shot       # one part
+
+Time on layout 2, estimated from ``bench/agent_vs_sensitivity.py --smoke`` (one fp32 thread of this
+2-core machine under load: 5.6 s CPU per ResNet-20 evaluation; ResNet-56 ~3x): ``train`` ~1.8 h
+(150 episodes per model, both sweeps, uniform references), ``zero-shot`` ~1.3 h, ``warm-start``
+~2.8 h; ~6 h in all (it took ~40 min on layout 1, on 2 idle cores of a CPU with native bf16).
 """
 from __future__ import annotations
 
@@ -138,7 +142,7 @@ def zero_shot(record: dict) -> None:
 def warm_start(record: dict) -> None:
     done = {(r["model"], r["target"], r["seed"]) for r in record["warm_start"]}
     for model in SCORED:
-        ws = None
+        ws = table = None
         for target in WARM_TARGETS:
             for seed in SEEDS:
                 if (model, target, seed) in done:
@@ -147,16 +151,17 @@ def warm_start(record: dict) -> None:
                 structure, calib = ws.structure(), ws.data.calibration_batches(128)
 
                 problem = PruningProblem(structure, target, calib_batches=calib)
+                table = table or measure_sensitivity(problem, Scorer(problem, ws.evaluator()), model=model)  # once
                 t0 = time.perf_counter()  # no score cache shared between the two arms
                 search = RLSearch(episodes=WARM_EPISODES, warmup_episodes=0, reward="relative", seed=seed,
                                   init_policy=str(POLICY))
-                warm = search.search(problem, Scorer(problem, ws.evaluator()))
+                warm = search.search(problem, Scorer(problem, ws.evaluator()), sensitivity=table)
                 warm_seconds = time.perf_counter() - t0
                 scorer = Scorer(problem, ws.evaluator())
                 t0 = time.perf_counter()
                 rand = scorer.value(RandomSearch(WARM_EPISODES, seed=seed).allocate(problem, scorer))
                 row = {"model": model, "target": target, "seed": seed, "episodes": WARM_EPISODES,
-                       "sweep_evaluations": search.tables[0].evaluations,
+                       "sweep_evaluations": table.evaluations,  # measured once per model, not in warm_seconds
                        "warm_started_best": warm.best.info["accuracy"], "random_best": rand,
                        "uniform": scorer.value(uniform_allocation(problem)), "warm_seconds": warm_seconds,
                        "random_seconds": time.perf_counter() - t0}
