@@ -23,9 +23,10 @@ Parts (rows in ``bench/results/universal-policy.json``; each part is resumable):
     python -m bench.universal_policy zero-shot       # one part
 
 Time on layout 2, estimated from ``bench/agent_vs_sensitivity.py --smoke`` (one fp32 thread of this
-2-core machine under load: 5.6 s CPU per ResNet-20 evaluation; ResNet-56 ~3x): ``train`` ~1.8 h
-(150 episodes per model, both sweeps, uniform references), ``zero-shot`` ~1.3 h, ``warm-start``
-~2.8 h; ~6 h in all (it took ~40 min on layout 1, on 2 idle cores of a CPU with native bf16).
+2-core machine: 3.4-5.6 s CPU per ResNet-20 evaluation, ResNet-56 ~3x): ``train`` ~1.4 h (150
+episodes per model, both sweeps, uniform references per target), ``zero-shot`` ~1.1 h, ``warm-start``
+~2 h; ~4.5 h in all on an idle thread (it took ~40 min on layout 1, on 2 idle cores of a CPU with
+native bf16).
 """
 from __future__ import annotations
 

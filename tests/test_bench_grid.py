@@ -71,3 +71,38 @@ def test_progressive_scratch_report_states_the_goals_paired_by_seed():
     command = rerun_command(args, "scratch-B", 0.3, 1)
     assert "--epochs=20.0" in command and "--decide-at=auto" in command and "--lr" not in command
     assert command.endswith("--arms scratch-B --targets 0.3 --seeds 1")
+
+
+def test_agent_vs_sensitivity_report_checks_both_goals_on_every_cell():
+    from bench.agent_vs_sensitivity import goals, report
+
+    def row(seed, best, policy, action="sensitivity"):
+        return {"model": "resnet20", "target": 0.3, "seed": seed, "agent": "ddpg", "action": action, "best": best,
+                "random_best": 0.30, "sensitivity": 0.31, "policy": policy, "uniform": 0.25}
+
+    won = [row(0, 0.318, 0.316), row(1, 0.316, 0.310)]  # mean best 31.7: +0.7 over sensitivity's 31.0
+    lost = [row(0, 0.312, 0.312, "wall"), row(1, 0.314, 0.300, "wall")]  # +0.3; policy 0.7 below best
+    g = goals(won)
+    assert g["beats"] and g["policy_ok"] and round(100 * g["margin"], 2) == 0.7
+    assert not goals(lost)["beats"] and not goals(lost)["policy_ok"]
+    text = report({"command": "x", "evaluations": 200, "warmup_episodes": 30, "rows": won + lost})
+    cells = [line for line in text.splitlines() if line.startswith("| resnet20")]
+    assert len(cells) == 2 and "| met | " in cells[0] and cells[1].count("missed") == 2
+
+
+def test_agent_vs_sensitivity_save_keeps_rows_another_process_wrote(tmp_path):
+    import json
+
+    from bench.agent_vs_sensitivity import save
+
+    def row(model):
+        return {"model": model, "target": 0.3, "seed": 0, "agent": "ddpg", "action": "sensitivity", "best": 0.3,
+                "random_best": 0.3, "sensitivity": 0.3, "policy": 0.3, "uniform": 0.2}
+
+    out = tmp_path / "grid.json"
+    base = {"command": "x", "evaluations": 200, "warmup_episodes": 30, "tables": {}, "cells": []}
+    save({**base, "rows": [row("resnet56")]}, out)  # the other process
+    mine = {**base, "rows": [row("resnet20")], "tables": {"resnet20": {}}}
+    save(mine, out)
+    assert sorted(r["model"] for r in json.loads(out.read_text())["rows"]) == ["resnet20", "resnet56"]
+    assert out.with_suffix(".md").exists()

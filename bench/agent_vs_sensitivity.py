@@ -1,0 +1,245 @@
+"""The default agent (sensitivity in the observation, heuristic warm start) vs random search vs sensitivity.
+
+Grid: ResNet-20 and ResNet-56 (JPEG-adapted checkpoints) at 30% and 50% of MACs, seeds 0 1 2, the
+search defaults otherwise (1,024 calibration / 2,000 held-out images, adaptive-BN top-1, default
+precision). Every arm gets the same number of evaluations, ``--evaluations`` (200):
+
+- ``sensitivity``: sensitivity analysis' allocation as is, from one sweep per model (dense + 4 keep
+  ratios per group: 37 scores on ResNet-20, 109 on ResNet-56), measured once and kept in the JSON;
+- ``random_best``: the best of 200 random feasible allocations (the row's seed);
+- the agent: the sweep counts against its budget, so it plays 200 - sweep episodes (163 / 91), the
+  first two being the sensitivity and uniform allocations, 30 warm-up episodes in all. ``best`` is
+  the best allocation it scored, ``policy`` its kept policy.zip rolled out once, no search.
+
+Agents: DDPG with ``--action sensitivity`` (the default, listed first), ``relative`` and ``wall``.
+Rows (``model, target, seed, agent, action, best, random_best, sensitivity, policy, uniform``, ...)
+go to ``bench/results/agent-vs-sensitivity.json`` as they finish (resumable: rerun the command);
+``agent-vs-sensitivity.md`` has mean ± std per cell and the goal check, win or lose: the agent's
+best >= max(sensitivity, random best) + 0.5 on the cell means, its kept policy within 0.5 of its best.
+
+    python -m bench.agent_vs_sensitivity                                   # the whole grid
+    python -m bench.agent_vs_sensitivity --models resnet20 --targets 0.3 --seeds 0 --agents ddpg/sensitivity
+
+Time, from the smoke run (``--smoke``: ResNet-20 at 30%, the sweep, 45 random samples, 8 episodes;
+one fp32 thread of this AVX2-only 2-core machine while two other benchmarks and a test run shared
+it: 728 s wall, 398 s CPU): the sweep's near-dense candidates cost 5.6 s CPU each (37 in 207 s),
+candidates at the target 3.4 s (random search: 45 in 152 s); ResNet-56 ~3x. On one idle thread
+(CPU time; this load stretched wall time 1.8x):
+
+- a ResNet-20 agent row (163 episodes): ~10 min; a ResNet-56 row (91 episodes): ~17 min;
+- per cell, random search's 200 samples: ~12 min (ResNet-20), ~37 min (ResNet-56);
+- per model, the sweep: ~3.5 min (ResNet-20), ~31 min (ResNet-56);
+- the grid, 3 agents x 12 cells + 12 random searches: ~13.5 h; the default agent alone
+  (``--agents ddpg/sensitivity``): ~8 h. Two processes on disjoint ``--models`` can share the file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoprune.agents.policy import PolicyAllocator
+from autoprune.agents.random_search import RandomSearch
+from autoprune.agents.rl import RLSearch
+from autoprune.core.problem import PruningProblem, uniform_allocation
+from autoprune.core.scoring import Scorer
+from autoprune.core.sensitivity import SensitivityTable, measure_sensitivity
+from autoprune.runs import write_json_atomic
+
+from .common import RESULTS, machine
+
+OUT = RESULTS / "agent-vs-sensitivity.json"
+MODELS, TARGETS, SEEDS = ("resnet20", "resnet56"), (0.3, 0.5), (0, 1, 2)
+AGENTS = (("ddpg", "sensitivity"), ("ddpg", "relative"), ("ddpg", "wall"))  # the default first
+EVALUATIONS, WARMUP, VAL, CALIB = 200, 30, 2000, 1024
+GOAL, POLICY_GAP = 0.005, 0.005  # best >= max(sensitivity, random) + 0.5 points; policy within 0.5 of best
+
+
+def load(path: Path, command: str, evaluations: int) -> dict:
+    if path.exists():
+        record = json.loads(path.read_text())
+        if record["evaluations"] != evaluations:
+            raise SystemExit(f"{path} holds a grid at {record['evaluations']} evaluations: pass --evaluations "
+                             f"{record['evaluations']} or another --out")
+        return record
+    return {"command": command, "machine": machine(), "evaluations": evaluations, "warmup_episodes": WARMUP,
+            "tables": {}, "cells": [], "rows": []}
+
+
+def save(record: dict, out: Path) -> None:
+    """Write the record, first taking in rows another process added to the file meanwhile (two processes
+    on disjoint --models or --seeds can share one file)."""
+    if out.exists():
+        disk = json.loads(out.read_text())
+        for part, key in (("rows", ("model", "target", "seed", "agent", "action")), ("cells", ("model", "target", "seed"))):
+            have = {tuple(r[k] for k in key) for r in record[part]}
+            record[part] += [r for r in disk[part] if tuple(r[k] for k in key) not in have]
+        record["tables"] = {**disk["tables"], **record["tables"]}
+    write_json_atomic(out, record, indent=1)
+    out.with_suffix(".md").write_text(report(record))
+
+
+def table_of(record: dict, model: str, problem: PruningProblem, scorer: Scorer) -> SensitivityTable:
+    """The model's sweep, measured once (its evaluations and seconds are charged to every agent row)."""
+    if model not in record["tables"]:
+        cpu = time.process_time()
+        table = measure_sensitivity(problem, scorer, model=model)
+        record["tables"][model] = {**table.to_dict(), "cpu_seconds": time.process_time() - cpu}
+        print(f"{model}: sensitivity sweep, {table.evaluations} evaluations in {table.seconds:.0f} s "
+              f"({time.process_time() - cpu:.0f} s CPU)", flush=True)
+    return SensitivityTable.from_dict(record["tables"][model])
+
+
+def cell(record: dict, problem: PruningProblem, scorer: Scorer, table: SensitivityTable, model: str,
+         target: float, seed: int, evaluations: int) -> dict:
+    """Random search's best, sensitivity's and uniform's scores for (model, target, seed), once."""
+    for c in record["cells"]:
+        if (c["model"], c["target"], c["seed"]) == (model, target, seed):
+            return c
+    t0, cpu = time.perf_counter(), time.process_time()
+    best = scorer.value(RandomSearch(evaluations, seed).allocate(problem, scorer))
+    c = {"model": model, "target": target, "seed": seed, "random_best": best,
+         "random_seconds": time.perf_counter() - t0, "random_cpu_seconds": time.process_time() - cpu,
+         "sensitivity": scorer.value(table.allocation(problem)), "uniform": scorer.value(uniform_allocation(problem))}
+    print(f"{model} @{target:g} seed {seed}: random search, {evaluations} evaluations in {c['random_seconds']:.0f} s "
+          f"({c['random_cpu_seconds']:.0f} s CPU)", flush=True)
+    record["cells"].append(c)
+    return c
+
+
+def run(record: dict, out: Path, models: list[str], agents: list[tuple[str, str]], targets: tuple[float, ...],
+        seeds: tuple[int, ...], val_size: int = VAL, calib_size: int = CALIB) -> None:
+    from autoprune.workspace import open_workspace
+
+    from .base_models import DATA, finetuned_checkpoint
+
+    evaluations = record["evaluations"]
+    for model in models:
+        ws = None
+        for target in targets:
+            for seed in seeds:
+                todo = [(a, act) for a, act in agents
+                        if not any((r["model"], r["target"], r["seed"], r["agent"], r["action"])
+                                   == (model, target, seed, a, act) for r in record["rows"])]
+                if not todo:
+                    continue
+                if ws is None:
+                    ws = open_workspace(model, str(finetuned_checkpoint(model)), DATA, val_size=val_size,
+                                        calib_size=calib_size)
+                problem = PruningProblem(ws.structure(), target, calib_batches=ws.calibration(128))
+                table = table_of(record, model, problem, Scorer(problem, ws.evaluator()))
+                ref = cell(record, problem, Scorer(problem, ws.evaluator()), table, model, target, seed, evaluations)
+                save(record, out)
+                episodes = evaluations - table.evaluations
+                if episodes < 2:
+                    raise SystemExit(f"--evaluations {evaluations} does not cover {model}'s sweep "
+                                     f"({table.evaluations}) and the two heuristic episodes")
+                for agent, action in todo:
+                    scorer = Scorer(problem, ws.evaluator())  # a fresh cache per search: equal evaluation counts
+                    t0, cpu = time.perf_counter(), time.process_time()
+                    with tempfile.TemporaryDirectory() as run_dir:
+                        search = RLSearch(algo=agent, action=action, episodes=episodes,
+                                          warmup_episodes=min(WARMUP, episodes), seed=seed)
+                        result = search.search(problem, scorer, run_dir, sensitivity=table)
+                        seconds = time.perf_counter() - t0 + table.seconds
+                        cpu_seconds = time.process_time() - cpu
+                        kept = PolicyAllocator(result.policy_path)
+                        kept.sensitivity = table
+                        policy = scorer.value(kept.allocate(problem, scorer))
+                    row = {"model": model, "target": target, "seed": seed, "agent": agent, "action": action,
+                           "best": result.best.info["accuracy"], "random_best": ref["random_best"],
+                           "sensitivity": ref["sensitivity"], "policy": policy, "uniform": ref["uniform"],
+                           "best_episode": result.best.episode, "policy_distilled": result.policy_distilled,
+                           "episodes": episodes, "sweep_evaluations": table.evaluations,
+                           "evaluations": table.evaluations + len(scorer.cache_state()),
+                           "config": asdict(search.config), "seconds": seconds, "cpu_seconds_after_sweep": cpu_seconds,
+                           "precision": ws.precision.name,
+                           "torch_threads": torch.get_num_threads()}
+                    record["rows"].append(row)
+                    save(record, out)
+                    print(f"{model} @{target:g} seed {seed} {agent}/{action}: best {100 * row['best']:.2f} "
+                          f"(episode {result.best.episode}) random {100 * row['random_best']:.2f} sensitivity "
+                          f"{100 * row['sensitivity']:.2f} policy {100 * policy:.2f} ({seconds:.0f} s)", flush=True)
+
+
+def goals(rows: list[dict]) -> dict:
+    """The cell's means and its goal check (values in [0, 1])."""
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("best", "random_best", "sensitivity", "policy",
+                                                               "uniform")}
+    margin = mean["best"] - max(mean["sensitivity"], mean["random_best"])
+    gap = mean["best"] - mean["policy"]
+    return {**mean, "margin": margin, "beats": margin >= GOAL - 1e-12, "policy_gap": gap,
+            "policy_ok": gap <= POLICY_GAP + 1e-12}
+
+
+def report(record: dict) -> str:
+    lines = ["# The default agent vs sensitivity analysis vs random search, at equal evaluations", "",
+             f"`{record['command']}` -- {record['evaluations']} evaluations per arm (the agent's include the "
+             f"sensitivity sweep; its first two episodes play the sensitivity and uniform allocations, "
+             f"{record['warmup_episodes']} warm-up episodes in all), adaptive-BN accuracy (%) on the held-out "
+             "training images; mean ± std over seeds. Goals per cell: best − max(sensitivity, random best) ≥ "
+             "+0.5 on the means, and the kept policy within 0.5 of the best.", "",
+             "| model | MACs | agent | action | seeds | best | random best | sensitivity | best − max(sens, random) "
+             "| goal | policy | best − policy | policy goal | uniform |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ms(values) -> str:
+        v = 100 * np.asarray(values)
+        return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+
+    keys = sorted({(r["model"], r["target"], r["agent"], r["action"]) for r in record["rows"]},
+                  key=lambda k: (k[0], k[1], k[2], k[3]))
+    for model, target, agent, action in keys:
+        rs = sorted((r for r in record["rows"] if (r["model"], r["target"], r["agent"], r["action"])
+                     == (model, target, agent, action)), key=lambda r: r["seed"])
+        g = goals(rs)
+        lines.append(f"| {model} | {100 * target:g}% | {agent} | {action} | {','.join(str(r['seed']) for r in rs)} | "
+                     f"{ms([r['best'] for r in rs])} | {ms([r['random_best'] for r in rs])} | "
+                     f"{ms([r['sensitivity'] for r in rs])} | {100 * g['margin']:+.2f} | "
+                     f"{'met' if g['beats'] else 'missed'} | {ms([r['policy'] for r in rs])} | "
+                     f"{100 * g['policy_gap']:.2f} | {'met' if g['policy_ok'] else 'missed'} | "
+                     f"{ms([r['uniform'] for r in rs])} |")
+    planned = len(MODELS) * len(TARGETS) * len(SEEDS) * len(AGENTS)
+    lines += ["", f"{len(record['rows'])} of {planned} planned rows."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--agents", nargs="+", default=[f"{a}/{act}" for a, act in AGENTS], help="AGENT/ACTION")
+    p.add_argument("--targets", nargs="+", type=float, default=list(TARGETS))
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    p.add_argument("--evaluations", type=int, default=EVALUATIONS, help="scores per arm (the sweep included)")
+    p.add_argument("--out", type=Path, default=OUT, help="results JSON (the .md beside it)")
+    p.add_argument("--smoke", action="store_true", help="time it: ResNet-20, 30%%, seed 0, the default agent, "
+                   "8 episodes after the sweep (random search: as many evaluations), into a temporary file")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.models, args.targets, args.seeds, args.agents = ["resnet20"], [0.3], [0], ["ddpg/sensitivity"]
+        args.evaluations, args.out = 37 + 8, Path(tempfile.mkdtemp()) / "smoke.json"
+    record = load(args.out, "python -m bench.agent_vs_sensitivity" + (" --smoke" if args.smoke else ""),
+                  args.evaluations)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    run(record, args.out, args.models, [tuple(a.split("/")) for a in args.agents], tuple(args.targets),
+        tuple(args.seeds))
+    save(record, args.out)
+    if args.smoke:
+        r, table = record["rows"][0], record["tables"]["resnet20"]
+        scored = r["evaluations"] - r["sweep_evaluations"] + table["evaluations"] + args.evaluations
+        print(f"smoke: {time.perf_counter() - t0:.0f} s wall, {time.process_time() - cpu0:.0f} s CPU (the machine's "
+              f"load shows in the difference) for about {scored} evaluations; sweep "
+              f"{table['seconds'] / table['evaluations']:.2f} s per evaluation; row {r['seconds']:.0f} s "
+              f"(sweep included); random search {record['cells'][0]['random_seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
