@@ -52,7 +52,10 @@ SCORES = ("adaptive-bn", "adaptive-bn:loss", "adaptive-bn:kd", "reconstruct", "r
           "finetune:10", "finetune:25", "finetune:50", "finetune:100",
           "finetune-kd:10", "finetune-kd:25", "finetune-kd:50", "finetune-kd:100")
 # scored in this order over the pools: the ones that can stay within 3x adaptive-BN's cost first
-TIERS = (SCORES[:7], SCORES[7:11], SCORES[11:])
+TIERS = (("adaptive-bn", "adaptive-bn:loss", "adaptive-bn:kd", "reconstruct", "reconstruct:loss", "finetune:10",
+          "finetune-kd:10"), ("finetune:25", "finetune-kd:25", "finetune:50", "finetune-kd:50"),
+         ("finetune:100", "finetune-kd:100"))
+assert sorted(sum(TIERS, ())) == sorted(SCORES)
 BASELINE = "adaptive-bn"
 TRUTH_EPOCHS = 2.0
 
@@ -144,16 +147,54 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+def expected_pick(values: np.ndarray, truth: np.ndarray, resamples: int = 2000, seed: int = 0,
+                  final: np.ndarray | None = None, k: int = 1) -> float:
+    """The mean truth of the candidate a selection takes home, over bootstrap resamples of the pool (a steadier
+    figure than one pool's single pick): the best by ``values``, or with ``final``, the best by ``final`` among
+    the top ``k`` by ``values`` (the finalists stage)."""
+    rng = np.random.default_rng(seed)
+    picks = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(truth), len(truth))
+        top = i[np.argsort(-values[i], kind="mergesort")[:k]]
+        picks.append(truth[top[np.argmax(final[top])]] if final is not None else truth[top[0]])
+    return float(np.mean(picks))
+
+
+def selection(rows: list[dict], screen: str, finals: tuple[str, ...], ks: tuple[int, ...] = (3, 5, 10)) -> dict:
+    """Per pool: the expected truth of the pick when selecting by ``screen`` alone, by each final score alone, and
+    by ``screen`` then each final score on its top k (the finalists stage), with the finalists' added cost."""
+    out = {}
+    for (model, target) in POOLS:
+        sel = [r for r in rows if r["model"] == model and r["target"] == target and r.get("test_acc") is not None
+               and screen in r["scores"]]
+        usable = [f for f in finals if sum(f in r["scores"] for r in sel) == len(sel)]
+        if len(sel) < 10:
+            continue
+        truth = np.array([r["test_acc"] for r in sel])
+        v = np.array([r["scores"][screen]["value"] for r in sel])
+        pool = {"n": len(sel), "screen": screen, "by_screen": expected_pick(v, truth),
+                "best_possible": float(truth.max()), "median": float(np.median(truth))}
+        for f in usable:
+            fv = np.array([r["scores"][f]["value"] for r in sel])
+            pool[f"by {f}"] = expected_pick(fv, truth)
+            for k in ks:
+                pool[f"{screen} then {f} on top {k}"] = expected_pick(v, truth, final=fv, k=k)
+        out[f"{model}@{target:g}"] = pool
+    return out
+
+
 # -- the pools --------------------------------------------------------------------------------
 def pool_candidates(model: str, target: float, problem: PruningProblem, n: int) -> list[tuple[str, list[int]]]:
-    """(source, keep counts): the seeded random draws (same sequence as the first version), then the grid's."""
-    rng = np.random.default_rng(0)
-    cands = [(f"random#{i}", [int(c) for c in random_feasible_counts(problem, rng)]) for i in range(n)]
+    """(source, keep counts): the final-quality grid's allocations (first: they are what selection is about),
+    then the seeded random draws (the same sequence as the first version)."""
+    cands = []
     for path in sorted(GRID.glob(f"{model}_t{target:g}_*.json")):
         arm_seed = path.stem.split("_", 2)[2]  # e.g. searched_s0
         alloc = Allocation.from_dict(json.loads(path.read_text()), problem.structure)
         cands.append((f"grid:{arm_seed}", [int(c) for c in alloc.counts(problem.structure)]))
-    return cands
+    rng = np.random.default_rng(0)
+    return cands + [(f"random#{i}", [int(c) for c in random_feasible_counts(problem, rng)]) for i in range(n)]
 
 
 def migrate(record: dict) -> None:
@@ -213,6 +254,7 @@ class Bench:
 
 def save(record: dict) -> None:
     record["summary"] = summarize(record["rows"])
+    record["selection"] = selection(record["rows"], BASELINE, tuple(s for s in SCORES if s != BASELINE))
     write_json_atomic(OUT, record, indent=1)
     write_reports(record)
 
@@ -283,6 +325,14 @@ def report(record: dict) -> str:
         if s["grid_test_acc"]:
             lines += ["", "Grid allocations in this pool (truth): " + ", ".join(
                 f"{k[5:]} {100 * v:.2f}" for k, v in sorted(s["grid_test_acc"].items()))]
+        lines.append("")
+    for pool, sel in record.get("selection", {}).items():
+        lines += [f"## Selection, {pool}: what each way of choosing takes home ({sel['n']} candidates)", "",
+                  "Mean test accuracy after the 2-epoch fine-tune of the picked candidate over 2,000 bootstrap "
+                  f"resamples of the pool (best possible {100 * sel['best_possible']:.2f}, median "
+                  f"{100 * sel['median']:.2f}).", "", "| selection | expected pick % |", "|---|---|",
+                  f"| by {sel['screen']} | {100 * sel['by_screen']:.2f} |"]
+        lines += [f"| {k} | {100 * v:.2f} |" for k, v in sel.items() if k.startswith("by ") or " then " in k]
         lines.append("")
     missing = []
     for (model, target), n in POOLS.items():
