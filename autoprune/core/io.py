@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from autoprune.errors import AutopruneError
-from autoprune.models import create_model
+from autoprune.models import create_model, drop_aux_heads
 
 PRUNED_FORMAT = "autoprune.pruned/1"
 _CHANNEL_ATTRS = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features",
@@ -106,6 +106,7 @@ def _resize(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 def _rebuild(obj: dict, path: str | Path) -> nn.Module:
     model = create_model(obj["base"], obj["num_classes"])
+    drop_aux_heads(model, keep={k.split(".", 1)[0] for k in obj["state_dict"]})  # saved without them
     for name, attrs in obj["channels"].items():
         module = model.get_submodule(name)
         for attr, value in attrs.items():
@@ -124,15 +125,29 @@ def load_pruned(path: str | Path) -> tuple[nn.Module, str]:
 
 
 def load_model(name: str, num_classes: int = 10, checkpoint: str | Path | None = None) -> nn.Module:
-    """``create_model(name)`` with a checkpoint (plain, DataParallel or pruned), reading the file once."""
+    """``create_model(name)`` with a checkpoint (plain, DataParallel or pruned), reading the file once,
+    ready to prune: auxiliary classifiers (GoogLeNet, Inception-v3) are dropped (``load_model_noting``)."""
+    return load_model_noting(name, num_classes, checkpoint)[0]
+
+
+def load_model_noting(name: str, num_classes: int = 10,
+                      checkpoint: str | Path | None = None) -> tuple[nn.Module, list[str]]:
+    """``load_model``, and the auxiliary classifiers it dropped (after loading their weights, if any)."""
     if checkpoint is None:
-        return create_model(name, num_classes)
+        model = create_model(name, num_classes)
+        return model, drop_aux_heads(model)
     obj = read_weights_only(checkpoint, "checkpoint")
     if _is_pruned(obj):
         if obj["base"] != name:
             raise AutopruneError(
                 f"checkpoint '{checkpoint}' is a pruned {obj['base']}, not a {name}: pass --model {obj['base']}")
-        return _rebuild(obj, checkpoint)
+        return _rebuild(obj, checkpoint), []
     model = create_model(name, num_classes)
     load_weights(model, _state_dict_of(obj, checkpoint), f"checkpoint '{checkpoint}'")
-    return model
+    return model, drop_aux_heads(model)
+
+
+def pruned_meta(path: str | Path) -> dict:
+    """The ``meta`` a pruned-model file was saved with (e.g. its ``input_size``); {} for other files."""
+    obj = read_weights_only(path)
+    return dict(obj.get("meta", {})) if _is_pruned(obj) else {}

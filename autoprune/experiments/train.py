@@ -15,19 +15,19 @@ from autoprune.runs import check_run_dir
 from autoprune.train import distributed
 from autoprune.train.evaluator import accuracy
 from autoprune.train.training import TrainRecipe, train
-from autoprune.workspace import WorkspaceOptions
+from autoprune.workspace import INPUT_HELP, WorkspaceOptions
 
 
 @dataclass
 class TrainConfig:
     output: str  # run directory
-    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("calib_size", "image_size"))  # --model, --checkpoint, --data, ...
+    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("calib_size",))  # --model, --checkpoint, --data, ...
     recipe: TrainRecipe = nested(TrainRecipe)  # epochs, lr, momentum, weight decay, batch size, schedule, ...
     resume: bool = False
     save_every: int | None = None  # epochs between kept checkpoints (checkpoints/epoch-K.pt; weight rewinding)
 
 
-HELP = {"output": "run directory (model.pt, TensorBoard events, config)",
+HELP = {**INPUT_HELP, "output": "run directory (model.pt, TensorBoard events, config)",
         "bn_l1": "Network Slimming L1 penalty on BN gammas",
         "save_every": "keep the weights every N epochs (and at the start) as "
                       "checkpoints/epoch-K.pt, for compare --recipes weight-rewind"}
@@ -39,10 +39,10 @@ def run_train(cfg: TrainConfig) -> dict | None:
     out = Path(cfg.output)
     check_run_dir(out, cfg.resume)
     distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
+    ws = cfg.ws.open()  # resolves the input size, which the config records
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-    ws = cfg.ws.open()
     recipe = cfg.recipe
     state_path = out / "state.pt"
     start = 0
@@ -55,8 +55,7 @@ def run_train(cfg: TrainConfig) -> dict | None:
         optimizer = make_optimizer(ws.model, recipe)
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-    x, _ = ws.data.tensors("val")
-    macs = measure_cost(ws.model, x[:1].to(ws.device))[0]
+    macs = measure_cost(ws.model, ws.example_input())[0]
     on_step = None
     if cfg.save_every is not None:
         if cfg.save_every < 1:
