@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from autoprune.core.cost import CostRow, CostTable
+from autoprune.core.cost import CostRow, CostTable, counted_macs
 from autoprune.errors import AutopruneError
 
 
@@ -71,6 +71,22 @@ def _untraceable(exc: Exception) -> str:
             "not supported by torch-pruning's dependency graph, so it cannot be pruned here")
 
 
+def _refuse_windowed(graph: tp.DependencyGraph) -> None:
+    """Channels reshaped together with spatial positions more than once (the classifier's flatten): window
+    attention (Swin, MaxViT) does this in every block, and torch-pruning's index tracking multiplies
+    through each such reshape, so grouping runs for many minutes (measured: > 5 min for swin_t) and the
+    groups it would give map channels unevenly anyway. Refuse it up front, in one line."""
+    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+
+    flattens = {id(node) for node in graph.module2node.values() for dep in node.dependencies
+                for f in dep.index_mapping if isinstance(f, _FlattenIndexMapping) and not f.reverse}
+    if len(flattens) > 1:
+        raise AutopruneError(
+            f"this model reshapes channels together with spatial positions inside the network ({len(flattens)} "
+            "places, as window attention in Swin and MaxViT does): torch-pruning cannot track channels through "
+            "that, so it is not supported")
+
+
 def _is_dw(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
@@ -112,10 +128,12 @@ class ModelStructure:
                 self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
         except Exception as exc:
             raise AutopruneError(_untraceable(exc)) from None
+        _refuse_windowed(self.graph)
         ignored = list(ignored_layers) if ignored_layers is not None else default_ignored_layers(model, num_classes)
         # by name, so a pruner built on a copy of the model can leave the same layers alone
         self.ignored_names: list[str] = [self._module_names[m] for m in ignored if m in self._module_names]
         order, spatial = self._forward_order(model, example_input)
+        self._hooked = set(order)  # conv/linear modules called as modules (not only their weights, functionally)
         self.tp_groups: list[tp.dependency.Group] = []
         self.groups: list[PrunableGroup] = []
         self.held: list[str] = []  # groups left whole because their width is read by attention (root names)
@@ -195,10 +213,10 @@ class ModelStructure:
             name, is_param = self._name_of(dep.target.module)
             if name is None:  # torch-pruning's bookkeeping ops (add, concat, ...): nothing to cut
                 continue
-            if self._in_attention(name):
-                self.held.append(root_name)
-                return None
             module = dep.target.module
+            if self._in_attention(name) or (isinstance(module, (nn.Conv2d, nn.Linear)) and module not in self._hooked):
+                self.held.append(root_name)  # (a layer applied functionally: its cost could not be attributed)
+                return None
             if isinstance(module, nn.Conv2d) and 1 < module.groups and not _is_dw(module):
                 ch_groups = max(ch_groups, module.groups)
             root_to: list[list[int]] = [[] for _ in range(n)]
@@ -266,7 +284,14 @@ class ModelStructure:
             c = p.shape[self._param_dim(name)]
             table.rows.append(CostRow(kind="channel", out_channels=c, in_channels=c, params=p.numel(),
                                       out_refs=tuple(refs[name][0]), in_refs=()))
+        # MACs of layers whose weights are applied functionally (no module call to hook), all in held groups:
+        # a constant, so the table's dense total is what FlopCounterMode counts
         table.finish(len(self.groups))
+        gap = counted_macs(model, self.example_input) - table.macs(np.zeros(len(self.groups)))
+        if gap > 0:
+            table.rows.append(CostRow(kind="linear", out_channels=1, in_channels=1, out_refs=(), in_refs=(), params=0,
+                                      spatial=float(gap)))
+            table.finish(len(self.groups))
         self._costs = table
 
     @property

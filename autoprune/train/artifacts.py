@@ -15,8 +15,8 @@ import torch.nn as nn
 
 from autoprune.core.io import load_pruned, save_pruned
 from autoprune.train.data import DataBundle
-from autoprune.train.precision import Precision
 from autoprune.train.evaluator import accuracy, recalibrate_bn
+from autoprune.train.precision import Precision
 
 
 def split_accuracy(model: nn.Module, data: DataBundle, split: str, device: torch.device | str = "cpu",

@@ -290,8 +290,8 @@ def _check_memory(n: int, bytes_per_image: int, split: str) -> None:
     need = n * bytes_per_image
     if need > total / 2:
         flag = {"val": "--val-size", "calib": "--calib-size"}.get(split, "a smaller split")
-        raise AutopruneError(f"the {split} split ({n:,} images) needs {need / 1e9:.1f} GB at this image size, more than "
-                             f"half this machine's memory ({total / 1e9:.1f} GB): lower {flag} or --image-size")
+        raise AutopruneError(f"the {split} split ({n:,} images) needs {need / 1e9:.1f} GB at this image size, more "
+                             f"than half this machine's memory ({total / 1e9:.1f} GB): lower {flag} or --image-size")
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -332,5 +332,5 @@ def make_bundle(spec: str, mean: tuple[float, float, float], std: tuple[float, f
     if train_subset is not None:
         train_idx = train_idx[:train_subset]
     calib_idx = train_idx[torch.randperm(len(train_idx), generator=g)[: min(calib_size, len(train_idx))]]
-    return DataBundle(train.subset(train_idx), train.subset(val_idx), train.subset(calib_idx), test, mean, std, num_classes,
-                      image_size)
+    return DataBundle(train.subset(train_idx), train.subset(val_idx), train.subset(calib_idx), test, mean, std,
+                      num_classes, image_size)

@@ -15,7 +15,8 @@ HELP = "Top-1 accuracy of a model (or pruned model file) on a data split."
 
 @dataclass
 class EvaluateConfig:
-    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("train_subset", "input_size"))  # --model, --checkpoint, --data, ...
+    # --model, --checkpoint, --data, ... (accuracy needs no input size for costs)
+    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("train_subset", "input_size"))
     split: str = "test"
     adaptive_bn: bool = False  # recalibrate BN on the calibration split first (EagleEye)
 
