@@ -157,25 +157,30 @@ def fit_resolution(model: nn.Module, name: str, bundle: DataBundle, size: tuple[
                    device: torch.device) -> None:
     """Make sure ``model`` runs on the data as fed; if it cannot at their stored size and no image size
     was asked for, feed them at the input size (resized per batch), with a note; else one line."""
-    def runs() -> Exception | None:
+    def fails() -> Exception | None:
         x = bundle.normalize(bundle.val.images[:1], device)
+        was_training = model.training
         try:
             with torch.no_grad():
                 model.eval()(x)
         except Exception as exc:  # any shape error of the model's own forward
             return exc
+        finally:
+            model.train(was_training)
         return None
 
-    exc = runs()
+    exc = fails()
     if exc is None:
         return
-    stored = tuple(bundle.val.images.shape[-2:])
+    h, w = input_hw(bundle.image_size) if bundle.image_size is not None else tuple(bundle.val.images.shape[-2:])
+    why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:100]}"
     if bundle.image_size is None:
         bundle.image_size = size
-        if runs() is None:
-            print(f"note: {name} cannot run on {stored[0]}x{stored[1]} images: they are resized to "
-                  f"{size[0]}x{size[1]}, per batch (--image-size sets another resolution)")
+        if fails() is None:
+            print(f"note: {name} cannot run on {h}x{w} images: they are resized to {size[0]}x{size[1]}, per batch "
+                  "(--image-size sets another resolution)")
             return
-    seen = input_hw(bundle.image_size)
-    raise AutopruneError(f"{name} cannot run on {seen[0]}x{seen[1]} images ({type(exc).__name__}: "
-                         f"{(str(exc).splitlines() or [''])[0][:100]}): pass --image-size {size[0]}")
+        bundle.image_size = None
+        raise AutopruneError(f"{name} cannot run on {h}x{w} images ({why}), nor at its input size "
+                             f"{size[0]}x{size[1]}: pass the --input-size and --image-size it was built for")
+    raise AutopruneError(f"{name} cannot run on {h}x{w} images ({why}): pass --image-size {size[0]}")
