@@ -48,9 +48,9 @@ FAMILIES = [  # (pattern on the name without its prefix, family), first match wi
     (r"^(vit|deit|swin|maxvit|levit|mobilevit|efficientformer)", "attention"),
     (r"^convnext", "ConvNeXt"), (r"^(edgenext|poolformer)", "metaformer"),
     (r"^shufflenet", "channel shuffle"), (r"^(googlenet|inception)", "inception"),
-    (r"^densenet", "dense"), (r"^(mobilenet_v3|mobilenetv3|efficientnet|mnasnet|semnasnet|tinynet|mixnet|rexnet)",
+    (r"^densenet", "dense"), (r"^(mobilenet_v3|mobilenetv3|efficientnet|semnasnet|tinynet|mixnet|rexnet)",
                                "depthwise + SE"),
-    (r"^(mobilenet|lcnet|ghostnet|mobileone)", "depthwise"), (r"^(regnet_y|regnety|seresnext)", "grouped + SE"),
+    (r"^(mobilenet|mnasnet|lcnet|ghostnet|mobileone)", "depthwise"), (r"^(regnet_y|regnety|seresnext)", "grouped + SE"),
     (r"^(regnet|resnext|regnetx)", "grouped"), (r"^(resnet|wide_resnet|cspresnet|dla)", "residual"),
     (r"^(vgg|alexnet|repvgg)", "plain"), (r"^squeezenet", "fire (squeeze-expand)"),
 ]
@@ -222,8 +222,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     names = args.models or sorted(torchvision_models() + TIMM, key=lambda n: any(k in n for k in LAST))
     record = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
-    done = {r["model"]: r for r in record["rows"]} if not args.redo else {}
-    rows = [done[n] for n in names if n in done]
+    done = {r["model"]: r for r in record["rows"]}
+    if args.redo:  # the named models run again; the others' rows stay
+        done = {n: r for n, r in done.items() if n not in names}
+    rows = list(done.values())
     for name in names:
         if name in done:
             continue

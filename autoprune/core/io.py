@@ -7,6 +7,7 @@ the dense model.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -75,6 +76,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Strict load with a one-line error naming what does not match."""
     own = model.state_dict()
+    meta = getattr(state, "_metadata", None)
     # old checkpoints (e.g. the shared CIFAR ResNets) predate BatchNorm's num_batches_tracked
     state = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked")}, **state}
     missing = [k for k in own if k not in state]
@@ -90,6 +92,12 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str =
             k = wrong[0]
             parts.append(f"{len(wrong)} of other shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
         raise AutopruneError(f"{source} does not match the model: {'; '.join(parts)}")
+    # module versions (``_metadata``) do not survive a weights-only round trip; modules that check theirs
+    # (torchvision's MNASNet) read the current ones
+    meta = meta or getattr(own, "_metadata", None)
+    state = OrderedDict(state)
+    if meta is not None:
+        state._metadata = meta
     model.load_state_dict(state)
 
 

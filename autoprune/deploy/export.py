@@ -51,9 +51,11 @@ def _export_onnx(model: nn.Module, path: Path, example: torch.Tensor, opset: int
                 # the default (torch.export-based) exporter emits opset >= 18 and its down-conversion fails on
                 # common ops (Pad); the legacy TorchScript-based exporter writes opsets 7..20 natively
                 method = "torchscript-onnx"
-                torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                                  opset_version=opset, dynamo=False)
+                # with gradients off, nn.MultiheadAttention takes a fused fast path this exporter has no ONNX op for
+                with torch.enable_grad():
+                        torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                                      opset_version=opset, dynamo=False)
             else:
                 method = "dynamo"  # torch's default exporter; dynamic_shapes replaces dynamic_axes there
                 big = sum(t.numel() * t.element_size() for t in model.state_dict().values()) > _EXTERNAL_DATA_BYTES
