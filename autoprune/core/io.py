@@ -25,10 +25,15 @@ def channel_spec(model: nn.Module) -> dict[str, dict[str, object]]:
     """Shape attributes of every module (channel counts, groups): what a pruned model changes."""
     spec: dict[str, dict[str, object]] = {}
     for name, m in model.named_modules():
-        attrs = {a: getattr(m, a) for a in _CHANNEL_ATTRS if hasattr(m, a)}
+        attrs = {a: getattr(m, a) for a in _CHANNEL_ATTRS if hasattr(m, a) and not _derived(m, a)}
         if attrs:
             spec[name] = {a: list(v) if isinstance(v, tuple) else v for a, v in attrs.items()}
     return spec
+
+
+def _derived(module: nn.Module, attr: str) -> bool:
+    """A property computed from the module's layers (timm's ``ConvNormAct.in_channels``): nothing to restore."""
+    return isinstance(getattr(type(module), attr, None), property)
 
 
 def save_pruned(model: nn.Module, base_name: str, num_classes: int, path: str | Path, **meta: object) -> None:
@@ -118,7 +123,8 @@ def _rebuild(obj: dict, path: str | Path) -> nn.Module:
     for name, attrs in obj["channels"].items():
         module = model.get_submodule(name)
         for attr, value in attrs.items():
-            setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+            if not _derived(module, attr):
+                setattr(module, attr, tuple(value) if isinstance(value, list) else value)
     _resize(model, obj["state_dict"])
     load_weights(model, obj["state_dict"], f"pruned model '{path}'")
     return model
