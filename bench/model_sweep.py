@@ -196,12 +196,17 @@ def _write(path: Path, rows: list[dict], opset: int | None) -> dict:
     path.write_text(json.dumps(record, indent=1) + "\n")
     md = (f"# Model sweep: every model pruned to {TARGET:.0%} of MACs at its own input size\n\n"
           f"`{record['command']}` (random weights, 10 classes, {record['threads']} thread(s); ONNX exporter per row "
-          "in the JSON: torch's default one, or with --opset 17 its TorchScript-based one, 5x faster). Each model is traced at its family's input size, given the uniform keep ratio for "
+          "in the JSON: torch's default one, or with --opset 17 its TorchScript-based one, 5x faster). Each model "
+          "is traced at its family's input size, given the uniform keep ratio for "
           f"{TARGET:.0%} of MACs, pruned, saved and reloaded; the reloaded model's MACs are counted by torch's "
           "FlopCounterMode at that size (conv + linear; 50% within 1% passes) and its ONNX export is run by "
           "onnxruntime (pass: |diff| <= 1e-4 + 1e-3 |ref| everywhere; the column gives the largest |diff| and its "
           f"ratio to that allowance). Counts: {', '.join(f'{k} {v}' for k, v in record['counts'].items())}.\n\n"
           + table(rows) + "\n")
+    missing = [n for n in torchvision_models() + TIMM if n not in {r["model"] for r in rows}]
+    if missing:
+        md += (f"\nNot run yet ({len(missing)}; rerun the command to continue, rows are kept): "
+               + ", ".join(missing) + ".\n")
     path.with_suffix(".md").write_text(md)
     return record
 
