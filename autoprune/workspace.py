@@ -7,12 +7,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from autoprune.core.io import load_model
+from autoprune.core.io import load_model_noting
 from autoprune.core.problem import LatencyModel, PruningProblem
 from autoprune.core.scoring import Scorer
 from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
-from autoprune.models import model_info
+from autoprune.models import input_hw, model_info, parse_input_size
 from autoprune.train.data import DataBundle, make_bundle
 from autoprune.train.evaluator import AdaptiveBNEvaluator, resolve_device
 from autoprune.train.precision import Precision, resolve_precision
@@ -31,13 +31,27 @@ class WorkspaceOptions:
     val_size: int = 5000  # held-out training images (the adaptive-BN score's split)
     calib_size: int = 2048  # training images recalibrating BatchNorm
     train_subset: int | None = None
-    image_size: int | None = None
+    image_size: int | None = None  # resolution the model sees (images resized per batch); None: stored size
+    # the shape MACs, parameters and latency are counted at (H or HxW); None: the family's deployment size
+    input_size: int | str | None = field(default=None, metadata={"parse": parse_input_size})
     seed: int = 0  # fixes the held-out / calibration split (and the command's other randomness)
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autoprune.train.precision)
 
     def open(self) -> "Workspace":
+        """Load model and data; an unset ``input_size`` is resolved here, so the run's config records it."""
+        if self.input_size is None:
+            self.input_size = parse_input_size(model_info(self.model).input_size)
         return open_workspace(**asdict(self))
+
+
+INPUT_HELP = {
+    "input_size": "input size (H or HxW) that MACs, parameters and latency are counted at, independent of the "
+                  "data's resolution (default: the model's own: 32 for CIFAR ResNets, 224 for most torchvision/timm "
+                  "models, 299 for Inception-v3)",
+    "image_size": "resolution the model sees: images are resized per batch (default: their stored size, or the "
+                  "input size when the model cannot run at it)",
+}
 
 
 PARALLEL_HELP = {
@@ -70,15 +84,20 @@ class Workspace:
     data: DataBundle
     device: torch.device
     precision: Precision
+    input_size: tuple[int, int] = (224, 224)  # (H, W) that costs are counted at
     _structure: ModelStructure | None = field(default=None, repr=False)
     _calibration: dict[int, list[torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def structure(self) -> ModelStructure:
         """The model's prunable groups and costs (traced once: it costs ~1 s on ResNet-56)."""
         if self._structure is None:
-            x, _ = self.data.tensors("val")
-            self._structure = ModelStructure(self.model, x[:1].to(self.device), num_classes=self.data.num_classes)
+            self._structure = ModelStructure(self.model, self.example_input(), num_classes=self.data.num_classes)
         return self._structure
+
+    def example_input(self) -> torch.Tensor:
+        """One random image at the input size: the shape every cost (MACs, parameters, latency) is counted at."""
+        gen = torch.Generator().manual_seed(0)
+        return torch.randn(1, 3, *self.input_size, generator=gen).to(self.device)
 
     def calibration(self, batch_size: int = 128) -> list[torch.Tensor]:
         """The calibration images (BN recalibration, data-dependent criteria) on the device, in batches."""
@@ -110,14 +129,58 @@ class Workspace:
 
 def open_workspace(model: str, checkpoint: str | None, data: str, *, val_size: int = 5000, calib_size: int = 2048,
                    seed: int = 0, device: str = "auto", image_size: int | None = None,
-                   train_subset: int | None = None, precision: str = "auto") -> Workspace:
-    """Load data first (to learn the class count), then the model (and its checkpoint) on the device."""
+                   input_size: int | str | None = None, train_subset: int | None = None,
+                   precision: str = "auto") -> Workspace:
+    """Load data first (to learn the class count), then the model (and its checkpoint) on the device.
+
+    Costs are counted at ``input_size`` (default: the family's); the data are fed at ``image_size``. A
+    model that cannot run at the data's stored size (a ViT's fixed position embedding, Inception's
+    minimum) gets them resized to its input size, per batch, with a note."""
     info = model_info(model)
+    size = input_hw(input_size if input_size is not None else info.input_size)
     prec = resolve_precision(precision, resolve_device(device))  # a bad precision fails before data is read
     bundle = make_bundle(data, info.mean, info.std, val_size=val_size, calib_size=calib_size, seed=seed,
                          image_size=image_size, train_subset=train_subset)
     dev = resolve_device(device)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise AutopruneError(f"checkpoint '{checkpoint}' not found: check the path")
-    net = load_model(model, bundle.num_classes, checkpoint).to(dev)
-    return Workspace(net, model, bundle, dev, prec)
+    net, dropped = load_model_noting(model, bundle.num_classes, checkpoint)
+    if dropped:
+        print(f"note: {model}: auxiliary classifier(s) {', '.join(dropped)} dropped (training-time heads; the pruned "
+              "model keeps the main one, as deployed)")
+    net = net.to(dev)
+    fit_resolution(net, model, bundle, size, dev)
+    return Workspace(net, model, bundle, dev, prec, size)
+
+
+def fit_resolution(model: nn.Module, name: str, bundle: DataBundle, size: tuple[int, int],
+                   device: torch.device) -> None:
+    """Make sure ``model`` runs on the data as fed; if it cannot at their stored size and no image size
+    was asked for, feed them at the input size (resized per batch), with a note; else one line."""
+    def fails() -> Exception | None:
+        x = bundle.normalize(bundle.val.images[:1], device)
+        was_training = model.training
+        try:
+            with torch.no_grad():
+                model.eval()(x)
+        except Exception as exc:  # any shape error of the model's own forward
+            return exc
+        finally:
+            model.train(was_training)
+        return None
+
+    exc = fails()
+    if exc is None:
+        return
+    h, w = input_hw(bundle.image_size) if bundle.image_size is not None else tuple(bundle.val.images.shape[-2:])
+    why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:100]}"
+    if bundle.image_size is None:
+        bundle.image_size = size
+        if fails() is None:
+            print(f"note: {name} cannot run on {h}x{w} images: they are resized to {size[0]}x{size[1]}, per batch "
+                  "(--image-size sets another resolution)")
+            return
+        bundle.image_size = None
+        raise AutopruneError(f"{name} cannot run on {h}x{w} images ({why}), nor at its input size "
+                             f"{size[0]}x{size[1]}: pass the --input-size and --image-size it was built for")
+    raise AutopruneError(f"{name} cannot run on {h}x{w} images ({why}): pass --image-size {size[0]}")

@@ -17,6 +17,16 @@ Protocol (also written at the top of ``final-quality.md``):
   the CPU supports it (``--precision``); test accuracy always scored in fp32 on the 10,000 test images.
 - Seeds 0, 1, 2 (ResNet-20) and 0, 1 (ResNet-56): a seed fixes the search and the data order.
 
+Round 2 (``--round 2``; rows carry ``round``): the same models, targets, seeds, held-out split and
+LR-rewinding epochs, against what a user would pick instead: ``searched`` (the default search as it
+is now: ``autoprune search``'s default score, finalists stage and DDPG settings, 200 episodes),
+``random`` (best of 200 random allocations by the same score, same finalists stage), ``sensitivity``,
+``uniform``, ``tp-global`` (torch-pruning's global magnitude pruning, library defaults) and
+``universal`` (the committed universal policy, zero-shot, no search). Every arm's model starts from
+the default score's prepared state (BN recalibrated; refitted too when the score refits). Recipes:
+``lr-rewind`` for every arm, ``lr-rewind-kd`` (the same, distilled from the dense model: weight 0.9,
+temperature 4) for ``searched`` and ``sensitivity``.
+
 Rows go to ``bench/results/final-quality.json`` as they finish (resumable row by row: rerun the
 same command); allocations and search runs are kept under ``bench/results/final-quality/``.
 
@@ -25,10 +35,12 @@ same command); allocations and search runs are kept under ``bench/results/final-
     python -m bench.final_quality --report                       # rewrite final-quality.md only
     python -m bench.final_quality --seeds 1                      # a part of the grid: a second process on a
                                                                  # copy of the repository; merge rows by key
+    nohup python -m bench.final_quality --round 2 &              # round 2 (both models)
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import statistics
@@ -50,7 +62,7 @@ from autoprune.train.training import TrainRecipe, train
 from autoprune.workspace import open_workspace
 
 from .base_models import DATA, finetuned_checkpoint
-from .common import RESULTS, machine, paired_difference
+from .common import RESULTS, T95, machine, paired_difference
 
 OUT = RESULTS / "final-quality.json"
 WORK = RESULTS / "final-quality"
@@ -64,6 +76,30 @@ VAL_SIZE, CALIB_SIZE, EPISODES, WARMUP = 2000, 1024, 200, 50
 # the searched arm's DDPG settings, pinned to those its first (ResNet-20) rows ran with: the search defaults
 # have since moved (self-imitation, noise decay 0.98), and one table keeps one protocol
 SEARCH_SETTINGS = {"imitation": 0.0, "noise_decay": 0.95, "distil_best": False}
+ROUND2_ARMS = ("searched", "random", "sensitivity", "uniform", "tp-global", "universal")
+ROUND2_KD_ARMS = ("searched", "sensitivity")
+UNIVERSAL = RESULTS / "policies" / "universal.zip"
+KD = {"kd_weight": 0.9, "kd_temperature": 4.0}
+
+
+def round2_settings() -> dict:
+    """The default search a user gets today (``autoprune search`` without options), recorded in every row."""
+    from autoprune.experiments.search import SearchConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
+    return {"agent": defaults["agent"], "score": defaults["score"], "finalists": defaults["finalists"],
+            "finalist_score": defaults["finalist_score"], "episodes": EPISODES, "warmup_episodes": WARMUP}
+
+
+def planned_rows_r2(models: list[str]) -> list[tuple[str, str, int, float, str]]:
+    """Round 2 (model, recipe, seed, target, arm): every arm's lr-rewind row of a seed, then its kd rows."""
+    rows = []
+    for model in models:
+        for seed in SEEDS[model]:
+            for target in TARGETS:
+                rows += [(model, "lr-rewind", seed, target, arm) for arm in ROUND2_ARMS]
+                rows += [(model, "lr-rewind-kd", seed, target, arm) for arm in ROUND2_KD_ARMS]
+    return rows
 
 
 def planned_rows(models: list[str]) -> list[tuple[str, str, int, float, str]]:
@@ -88,13 +124,20 @@ def rows_to_run(models: list[str], done: set[str], seeds: list[int] | None = Non
             and (targets is None or p[3] in targets)]
 
 
-def _key(model: str, recipe: str, seed: int, target: float, arm: str) -> str:
-    return f"{model}|{recipe}|{seed}|{target:g}|{arm}"
+def _key(model: str, recipe: str, seed: int, target: float, arm: str, round: int = 1) -> str:
+    return f"{model}|{recipe}|{seed}|{target:g}|{arm}" + ("" if round == 1 else f"|r{round}")
+
+
+def row_key(r: dict) -> str:
+    return _key(r["model"], r["recipe"], r["seed"], r["target"], r["arm"], r.get("round", 1))
 
 
 def load() -> dict:
     if OUT.exists():
-        return json.loads(OUT.read_text())
+        record = json.loads(OUT.read_text())
+        for r in record["rows"]:
+            r.setdefault("round", 1)
+        return record
     return {"command": "python -m bench.final_quality", "machine": machine(), "rows": []}
 
 
@@ -113,6 +156,72 @@ class ModelBench:
         self.calib = self.ws.data.calibration_batches(128)
         self.scorer = Scorer(self.problem(0.5), self.ws.evaluator())  # keyed by keep counts: serves every target
         self.test = self.ws.data.tensors("test")
+        self._scorers: dict[str, Scorer] = {"adaptive-bn": self.scorer}
+
+    def scorer_for(self, score: str) -> Scorer:
+        if score not in self._scorers:
+            self._scorers[score] = Scorer(self.problem(0.5), self.ws.evaluator(score=score))
+        return self._scorers[score]
+
+    def allocation_r2(self, target: float, arm: str, seed: int) -> tuple[Allocation, float, float, dict]:
+        """Round 2: (allocation, its default score, seconds to find it, settings), kept in WORK."""
+        from autoprune.agents.policy import PolicyAllocator
+        from autoprune.core.finalists import rerank
+
+        settings = round2_settings()
+        seed = seed if arm in SEEDED else 0
+        path = WORK / "allocations-r2" / f"{self.model}_t{target:g}_{arm}_s{seed}.json"
+        scorer = self.scorer_for(settings["score"])
+        if path.exists():
+            saved = json.loads(path.read_text())
+            return (Allocation.from_dict(saved, self.structure), saved["score_value"], saved["alloc_seconds"],
+                    saved["settings"])
+        problem = self.problem(target)
+        t0 = time.perf_counter()
+        mark = len(scorer.requested)
+        if arm == "searched":
+            search = get_allocator(settings["agent"], episodes=EPISODES, warmup_episodes=WARMUP, seed=seed)
+            run_dir = WORK / "searches-r2" / f"{self.model}_t{target:g}_s{seed}"
+            alloc = search.search(problem, scorer, run_dir, resume=(run_dir / "checkpoints").exists()).allocation
+        elif arm == "random":
+            alloc = get_allocator("random", samples=EPISODES, seed=seed).allocate(problem, scorer)
+        elif arm == "universal":
+            alloc = PolicyAllocator(UNIVERSAL).allocate(problem)
+        else:
+            alloc = get_allocator(arm).allocate(problem, scorer)
+        finalists = None
+        if arm in SEEDED and settings["finalists"]:  # the search's finalists stage, for both searching arms
+            ranked = rerank(problem, scorer, self.scorer_for(settings["finalist_score"]), settings["finalists"],
+                            keys=scorer.requested[mark:] or None)
+            alloc = ranked[0].allocation
+            finalists = [{"counts": list(problem.key(f.allocation)), "search": f.search.value, "final": f.final.value}
+                         for f in ranked]
+        seconds = time.perf_counter() - t0
+        value = scorer.value(alloc)
+        alloc.save(path, self.structure, score_value=value, alloc_seconds=seconds, arm=arm, seed=seed, target=target,
+                   settings=settings, finalists=finalists, precision=self.ws.precision.name)
+        return alloc, value, seconds, settings
+
+    def run_r2(self, recipe_name: str, seed: int, target: float, arm: str, epochs: float) -> dict:
+        alloc, score_value, alloc_seconds, settings = self.allocation_r2(target, arm, seed)
+        counts = alloc.counts(self.structure)
+        macs = self.structure.macs(counts)
+        # every arm starts from the default score's prepared state (what the pipeline hands the user)
+        net = self.scorer_for(settings["score"]).scored_model(alloc)
+        kd = recipe_name == "lr-rewind-kd"
+        recipe = TrainRecipe(epochs=epochs, lr=0.01, schedule="cosine", **(KD if kd else {}))
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = train(net, self.ws.data, recipe, seed=seed, macs_per_image=macs, progress=False,
+                       precision=self.ws.precision, teacher=self.structure.model if kd else None)
+        return {"round": 2, "model": self.model, "target": target, "arm": arm, "recipe": recipe_name, "seed": seed,
+                "epochs": recipe.epochs, "score": settings["score"], "score_value": score_value,
+                "proxy_acc": None, "settings": settings,
+                "test_acc": accuracy(net, *self.test), "val_acc": accuracy(net, *self.ws.data.tensors("val")),
+                "macs": macs, "macs_ratio": macs / self.structure.dense_macs, "train_gmacs": result.train_macs / 1e9,
+                "seconds": time.perf_counter() - t0, "alloc_seconds": alloc_seconds,
+                "cpu_seconds": time.process_time() - c0, "torch_threads": torch.get_num_threads(),
+                "precision": self.ws.precision.name, "train_images": len(self.ws.data.train), "cpu": machine()["cpu"],
+                "dense_test_acc": json.loads(finetuned_checkpoint(self.model).with_suffix(".json").read_text())["test_acc"]}
 
     def problem(self, target: float) -> PruningProblem:
         return PruningProblem(self.structure, target, calib_batches=self.calib)
@@ -159,7 +268,7 @@ class ModelBench:
         t0, c0 = time.perf_counter(), time.process_time()
         result = train(net, self.ws.data, recipe, seed=seed, macs_per_image=macs, progress=False,
                        precision=self.ws.precision)
-        return {"model": self.model, "target": target, "arm": arm, "recipe": recipe_name, "seed": seed,
+        return {"round": 1, "model": self.model, "target": target, "arm": arm, "recipe": recipe_name, "seed": seed,
                 "epochs": recipe.epochs, "proxy_acc": None if recipe_name == "scratch-B" else proxy,
                 "test_acc": accuracy(net, *self.test), "val_acc": accuracy(net, *self.ws.data.tensors("val")),
                 "macs": macs, "macs_ratio": ratio, "train_gmacs": result.train_macs / 1e9,
@@ -194,7 +303,7 @@ def _paired_line(rows: list[dict]) -> str:
 
 def report(record: dict, models: list[str]) -> str:
     base = json.loads((RESULTS / "base-models.json").read_text())["models"]
-    done = {_key(r["model"], r["recipe"], r["seed"], r["target"], r["arm"]) for r in record["rows"]}
+    done = {row_key(r) for r in record["rows"]}
     lines = ["# Final quality: accuracy after fine-tuning, by allocation method", "",
              __doc__.split("Protocol (also written at the top of ``final-quality.md``):\n")[1].split("\nRows go")[0],
              "", f"Command: `{record['command']}`. Raw rows: `final-quality.json`.", ""]
@@ -219,7 +328,7 @@ def report(record: dict, models: list[str]) -> str:
         for target in TARGETS:
             for recipe in ("lr-rewind", "scratch-B"):
                 rows = [r for r in record["rows"] if r["model"] == model and r["target"] == target
-                        and r["recipe"] == recipe]
+                        and r["recipe"] == recipe and r.get("round", 1) == 1]
                 if not rows:
                     continue
                 arms = sorted({r["arm"] for r in rows},
@@ -239,20 +348,79 @@ def report(record: dict, models: list[str]) -> str:
                                  f"{statistics.mean(r['seconds'] for r in sel):.0f} | {_cpu(sel)} |")
                 lines += ["", _paired_line(rows), ""]
     missing = [k for k in (_key(*p) for p in planned_rows(models)) if k not in done]
-    lines += ["## Rows still missing", ""]
+    lines += ["## Rows still missing (round 1)", ""]
     lines += ([f"{len(missing)} of {len(planned_rows(models))} planned rows (model|recipe|seed|target|arm): "
                + ", ".join(missing)] if missing else ["None: the protocol is complete for " + ", ".join(models) + "."])
+    lines += ["", *report_r2(record, models)]
     return "\n".join(lines) + "\n"
+
+
+def paired_interval(rows: list[dict], arm: str, other: str, recipe: str = "lr-rewind",
+                    other_recipe: str | None = None) -> tuple[float, float, float, int] | None:
+    """``arm`` minus ``other`` (test points), paired by seed: (mean, 95% t-interval low, high, n)."""
+    a = {r["seed"]: 100 * r["test_acc"] for r in rows if r["arm"] == arm and r["recipe"] == recipe}
+    b = {r["seed"]: 100 * r["test_acc"] for r in rows if r["arm"] == other and r["recipe"] == (other_recipe or recipe)}
+    diffs = [a[k] - b[k] for k in sorted(set(a) & set(b))]
+    if not diffs:
+        return None
+    m = statistics.mean(diffs)
+    half = T95.get(len(diffs) - 1, 2.0) * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return m, m - half, m + half, len(diffs)
+
+
+def report_r2(record: dict, models: list[str]) -> list[str]:
+    rows2 = [r for r in record["rows"] if r.get("round") == 2]
+    lines = ["# Round 2: the default pipeline against what a user would pick instead", ""]
+    if rows2:
+        lines += ["Settings of the searched arm: " + json.dumps(rows2[0]["settings"]) + ".", ""]
+    for model in models:
+        for target in TARGETS:
+            rows = [r for r in rows2 if r["model"] == model and r["target"] == target]
+            if not rows:
+                continue
+            lines += [f"## {model}, {100 * target:g}% of MACs (round 2)", "",
+                      "| arm | recipe | test acc % (mean ± std) | seeds | score | search s (mean) |",
+                      "|---|---|---|---|---|---|"]
+            keys = sorted({(r["arm"], r["recipe"]) for r in rows},
+                          key=lambda k: -statistics.mean(100 * r["test_acc"] for r in rows if (r["arm"], r["recipe"]) == k))
+            for arm, recipe in keys:
+                sel = sorted((r for r in rows if r["arm"] == arm and r["recipe"] == recipe), key=lambda r: r["seed"])
+                m, sd = _mean_std([100 * r["test_acc"] for r in sel])
+                lines.append(f"| {arm} | {recipe} | {m:.2f} ± {sd:.2f} | {','.join(str(r['seed']) for r in sel)} | "
+                             f"{statistics.mean(r['score_value'] for r in sel):.4f} | "
+                             f"{statistics.mean(r['alloc_seconds'] for r in sel):.0f} |")
+            diffs = []
+            for other in ROUND2_ARMS[1:]:
+                d = paired_interval(rows, "searched", other)
+                if d:
+                    diffs.append(f"{other} {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] (n={d[3]})")
+            lines += ["", "Searched minus each arm (lr-rewind, paired by seed, 95% t-interval): "
+                      + ("; ".join(diffs) if diffs else "no pair yet") + "."]
+            gains = []
+            for arm in ROUND2_KD_ARMS:
+                d = paired_interval(rows, arm, arm, "lr-rewind-kd", "lr-rewind")
+                if d:
+                    gains.append(f"{arm} {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] (n={d[3]})")
+            lines += ["Distillation gain (lr-rewind-kd minus lr-rewind): " + ("; ".join(gains) if gains else "none yet")
+                      + ".", ""]
+    done = {row_key(r) for r in rows2}
+    missing = [_key(*p, round=2) for p in planned_rows_r2(models) if _key(*p, round=2) not in done]
+    lines += ["## Rows still missing (round 2)", "",
+              f"{len(missing)} of {len(planned_rows_r2(models))} planned rows" + (": " + ", ".join(missing) if missing
+                                                                                  else ".")]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"], choices=sorted(EPOCHS))
     p.add_argument("--precision", default="auto")
+    p.add_argument("--round", type=int, default=1, choices=(1, 2), help="which round's rows to run")
     p.add_argument("--report", action="store_true", help="only rewrite final-quality.md from the JSON")
     p.add_argument("--max-rows", type=int, default=None, help="stop after this many new rows")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="only these seeds' rows")
-    p.add_argument("--recipes", nargs="+", default=None, choices=("lr-rewind", "scratch-B"), help="only these recipes")
+    p.add_argument("--recipes", nargs="+", default=None, choices=("lr-rewind", "scratch-B", "lr-rewind-kd"),
+                   help="only these recipes")
     p.add_argument("--targets", nargs="+", type=float, default=None, choices=TARGETS,
                    help="only these MAC targets' rows")
     args = p.parse_args(argv)
@@ -263,19 +431,26 @@ def main(argv: list[str] | None = None) -> int:
         record["command"] = "python -m bench.final_quality " + shlex.join(argv if argv is not None else sys.argv[1:])
     report_models = ["resnet20", "resnet56"]
     if not args.report:
-        done = {_key(r["model"], r["recipe"], r["seed"], r["target"], r["arm"]) for r in record["rows"]}
+        done = {row_key(r) for r in record["rows"]}
         benches: dict[str, ModelBench] = {}
         new = 0
-        for model, recipe, seed, target, arm in rows_to_run(args.models, done, args.seeds, args.recipes, args.targets):
+        if args.round == 1:
+            todo = rows_to_run(args.models, done, args.seeds, args.recipes, args.targets)
+        else:
+            todo = [p for p in planned_rows_r2(args.models) if _key(*p, round=2) not in done
+                    and (args.seeds is None or p[2] in args.seeds) and (args.recipes is None or p[1] in args.recipes)
+                    and (args.targets is None or p[3] in args.targets)]
+        for model, recipe, seed, target, arm in todo:
             if args.max_rows is not None and new >= args.max_rows:
                 break
             bench = benches.get(model) or benches.setdefault(model, ModelBench(model, args.precision))
-            row = bench.run(recipe, seed, target, arm, EPOCHS[model])
+            run = bench.run if args.round == 1 else bench.run_r2
+            row = run(recipe, seed, target, arm, EPOCHS[model])
             record["rows"].append(row)
             save(record)
             new += 1
             (RESULTS / "final-quality.md").write_text(report(record, report_models))
-            print(f"{model} {recipe} seed {seed} @{target:g} {arm}: test {100 * row['test_acc']:.2f}% "
+            print(f"round {args.round} {model} {recipe} seed {seed} @{target:g} {arm}: test {100 * row['test_acc']:.2f}% "
                   + (f"(adaptive-BN {100 * row['proxy_acc']:.2f}%) " if row["proxy_acc"] is not None else "")
                   + f"in {row['seconds']:.0f} s", flush=True)
     (RESULTS / "final-quality.md").write_text(report(record, report_models))

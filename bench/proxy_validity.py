@@ -51,6 +51,11 @@ POOLS = {("resnet20", 0.3): 40, ("resnet20", 0.5): 40, ("resnet56", 0.3): 24}
 SCORES = ("adaptive-bn", "adaptive-bn:loss", "adaptive-bn:kd", "reconstruct", "reconstruct:loss",
           "finetune:10", "finetune:25", "finetune:50", "finetune:100",
           "finetune-kd:10", "finetune-kd:25", "finetune-kd:50", "finetune-kd:100")
+# scored in this order over the pools: the ones that can stay within 3x adaptive-BN's cost first
+TIERS = (("adaptive-bn", "adaptive-bn:loss", "adaptive-bn:kd", "reconstruct", "reconstruct:loss", "finetune:10",
+          "finetune-kd:10"), ("finetune:25", "finetune-kd:25", "finetune:50", "finetune-kd:50"),
+         ("finetune:100", "finetune-kd:100"))
+assert sorted(sum(TIERS, ())) == sorted(SCORES)
 BASELINE = "adaptive-bn"
 TRUTH_EPOCHS = 2.0
 
@@ -113,45 +118,83 @@ def bootstrap(scores: dict[str, np.ndarray], truth: np.ndarray, resamples: int =
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Per pool ("model@target"): for every score with a value on every row that has a truth."""
+    """Per pool ("model@target"), each score over the rows that have it and their truth (``n`` says how many:
+    a score still being added covers fewer rows), its paired comparison with adaptive BN on those rows."""
     out = {}
     for (model, target) in POOLS:
-        sel = [r for r in rows if r["model"] == model and r["target"] == target and r.get("test_acc") is not None]
-        names = [s for s in SCORES if sel and all(s in r["scores"] for r in sel)]
-        if len(sel) < 5 or not names:
-            continue
-        truth = np.array([r["test_acc"] for r in sel])
-        values = {s: np.array([r["scores"][s]["value"] for r in sel]) for s in names}
-        intervals = bootstrap(values, truth)
+        pool = [r for r in rows if r["model"] == model and r["target"] == target and r.get("test_acc") is not None]
         table = {}
-        for s in names:
-            order = np.argsort(-values[s], kind="mergesort")
-            table[s] = {"spearman": spearman(values[s], truth), "kendall": kendall(values[s], truth),
-                        **intervals[s],
-                        "seconds_per_candidate": float(np.median([r["scores"][s]["seconds"] for r in sel])),
-                        "first_pick_test_acc": float(truth[order[0]]), "first_pick": sel[order[0]]["source"],
-                        "top5_mean_test_acc": float(truth[order[:5]].mean())}
-        base = table.get(BASELINE, {}).get("seconds_per_candidate")
-        for s in names:
-            table[s]["cost_vs_adaptive_bn"] = table[s]["seconds_per_candidate"] / base if base else None
-        grid = {r["source"]: r["test_acc"] for r in sel if not r["source"].startswith("random#")}
+        for name in SCORES:
+            sel = [r for r in pool if name in r["scores"] and BASELINE in r["scores"]]
+            if len(sel) < 5:
+                continue
+            truth = np.array([r["test_acc"] for r in sel])
+            values = {s: np.array([r["scores"][s]["value"] for r in sel]) for s in {name, BASELINE}}
+            order = np.argsort(-values[name], kind="mergesort")
+            table[name] = {"n": len(sel), "spearman": spearman(values[name], truth),
+                           "kendall": kendall(values[name], truth), **bootstrap(values, truth)[name],
+                           "seconds_per_candidate": float(np.median([r["scores"][name]["seconds"] for r in sel])),
+                           "first_pick_test_acc": float(truth[order[0]]), "first_pick": sel[order[0]]["source"],
+                           "top5_mean_test_acc": float(truth[order[:5]].mean())}
+        if not table:
+            continue
+        truth = np.array([r["test_acc"] for r in pool])
+        grid = {r["source"]: r["test_acc"] for r in pool if not r["source"].startswith("random#")}
         out[f"{model}@{target:g}"] = {
-            "n": len(sel), "n_v1_truth": sum(r.get("truth_build") == "v1" for r in sel),
+            "n": len(pool), "n_v1_truth": sum(r.get("truth_build") == "v1" for r in pool),
             "best_test_acc": float(truth.max()), "median_test_acc": float(np.median(truth)),
             "grid_test_acc": grid, "scores": table}
     return out
 
 
+def expected_pick(values: np.ndarray, truth: np.ndarray, resamples: int = 2000, seed: int = 0,
+                  final: np.ndarray | None = None, k: int = 1) -> float:
+    """The mean truth of the candidate a selection takes home, over bootstrap resamples of the pool (a steadier
+    figure than one pool's single pick): the best by ``values``, or with ``final``, the best by ``final`` among
+    the top ``k`` by ``values`` (the finalists stage)."""
+    rng = np.random.default_rng(seed)
+    picks = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(truth), len(truth))
+        top = i[np.argsort(-values[i], kind="mergesort")[:k]]
+        picks.append(truth[top[np.argmax(final[top])]] if final is not None else truth[top[0]])
+    return float(np.mean(picks))
+
+
+def selection(rows: list[dict], screen: str, finals: tuple[str, ...], ks: tuple[int, ...] = (3, 5, 10)) -> dict:
+    """Per pool: the expected truth of the pick when selecting by ``screen`` alone, by each final score alone, and
+    by ``screen`` then each final score on its top k (the finalists stage), with the finalists' added cost."""
+    out = {}
+    for (model, target) in POOLS:
+        sel = [r for r in rows if r["model"] == model and r["target"] == target and r.get("test_acc") is not None
+               and screen in r["scores"]]
+        usable = [f for f in finals if sum(f in r["scores"] for r in sel) == len(sel)]
+        if len(sel) < 10:
+            continue
+        truth = np.array([r["test_acc"] for r in sel])
+        v = np.array([r["scores"][screen]["value"] for r in sel])
+        pool = {"n": len(sel), "screen": screen, "by_screen": expected_pick(v, truth),
+                "best_possible": float(truth.max()), "median": float(np.median(truth))}
+        for f in usable:
+            fv = np.array([r["scores"][f]["value"] for r in sel])
+            pool[f"by {f}"] = expected_pick(fv, truth)
+            for k in ks:
+                pool[f"{screen} then {f} on top {k}"] = expected_pick(v, truth, final=fv, k=k)
+        out[f"{model}@{target:g}"] = pool
+    return out
+
+
 # -- the pools --------------------------------------------------------------------------------
 def pool_candidates(model: str, target: float, problem: PruningProblem, n: int) -> list[tuple[str, list[int]]]:
-    """(source, keep counts): the seeded random draws (same sequence as the first version), then the grid's."""
-    rng = np.random.default_rng(0)
-    cands = [(f"random#{i}", [int(c) for c in random_feasible_counts(problem, rng)]) for i in range(n)]
+    """(source, keep counts): the final-quality grid's allocations (first: they are what selection is about),
+    then the seeded random draws (the same sequence as the first version)."""
+    cands = []
     for path in sorted(GRID.glob(f"{model}_t{target:g}_*.json")):
         arm_seed = path.stem.split("_", 2)[2]  # e.g. searched_s0
         alloc = Allocation.from_dict(json.loads(path.read_text()), problem.structure)
         cands.append((f"grid:{arm_seed}", [int(c) for c in alloc.counts(problem.structure)]))
-    return cands
+    rng = np.random.default_rng(0)
+    return cands + [(f"random#{i}", [int(c) for c in random_feasible_counts(problem, rng)]) for i in range(n)]
 
 
 def migrate(record: dict) -> None:
@@ -185,11 +228,11 @@ class Bench:
             self.scorers[score] = self.ws.scorer(self.problem(0.5), score)
         return self.scorers[score]
 
-    def add_scores(self, row: dict) -> bool:
-        """Every missing score of ``row``; True if any was added."""
+    def add_scores(self, row: dict, scores: tuple[str, ...] = SCORES) -> bool:
+        """The missing ``scores`` of ``row``; True if any was added."""
         alloc = Allocation.from_counts(self.structure, row["counts"])
         added = False
-        for score in SCORES:
+        for score in scores:
             if score in row["scores"]:
                 continue
             t0 = time.perf_counter()
@@ -211,7 +254,9 @@ class Bench:
 
 def save(record: dict) -> None:
     record["summary"] = summarize(record["rows"])
+    record["selection"] = selection(record["rows"], BASELINE, tuple(s for s in SCORES if s != BASELINE))
     write_json_atomic(OUT, record, indent=1)
+    write_reports(record)
 
 
 def run(models: list[str], scores_only: bool) -> None:
@@ -221,60 +266,73 @@ def run(models: list[str], scores_only: bool) -> None:
     migrate(record)
     for model in models:
         bench = Bench(model, record)
-        pools = [(m, t, n) for (m, t), n in POOLS.items() if m == model]
-        for _, target, n in pools:  # first: scores of rows that already have their truth (cheap)
-            for row in [r for r in record["rows"] if r["model"] == model and r["target"] == target]:
-                if bench.add_scores(row):
+        pools = [(t, n) for (m, t), n in POOLS.items() if m == model]
+        for tier, scores in enumerate(TIERS):
+            for target, n in pools:  # rows that have their truth: add this tier's scores
+                for row in [r for r in record["rows"] if r["model"] == model and r["target"] == target]:
+                    if bench.add_scores(row, scores):
+                        save(record)
+                        print(f"{model}@{target:g} {row['source']}: tier {tier + 1} scores added", flush=True)
+            if scores_only or tier > 0:
+                continue
+            for target, n in pools:  # then new candidates: truth and the first tier
+                rows = {r["source"]: r for r in record["rows"] if r["model"] == model and r["target"] == target}
+                for source, counts in pool_candidates(model, target, bench.problem(target), n):
+                    if source in rows:
+                        if rows[source]["counts"] != counts:
+                            raise SystemExit(f"{model}@{target:g} {source}: stored counts differ from the draw")
+                        continue
+                    t0 = time.perf_counter()
+                    row = {"model": model, "target": target, "source": source, "counts": counts,
+                           "macs_ratio": bench.structure.macs(counts) / bench.structure.dense_macs, "scores": {}}
+                    row.update(bench.truth(target, counts))
+                    bench.add_scores(row, scores)
+                    row["seconds"] = time.perf_counter() - t0
+                    record["rows"].append(row)
                     save(record)
-                    print(f"{model}@{target:g} {row['source']}: scores added", flush=True)
-        if scores_only:
-            continue
-        for _, target, n in pools:
-            rows = {r["source"]: r for r in record["rows"] if r["model"] == model and r["target"] == target}
-            for source, counts in pool_candidates(model, target, bench.problem(target), n):
-                if source in rows:
-                    if rows[source]["counts"] != counts:
-                        raise SystemExit(f"{model}@{target:g} {source}: stored counts differ from the draw")
-                    continue
-                t0 = time.perf_counter()
-                row = {"model": model, "target": target, "source": source, "counts": counts,
-                       "macs_ratio": bench.structure.macs(counts) / bench.structure.dense_macs, "scores": {}}
-                row.update(bench.truth(target, counts))
-                bench.add_scores(row)
-                row["seconds"] = time.perf_counter() - t0
-                record["rows"].append(row)
-                save(record)
-                print(f"{model}@{target:g} {source}: test {100 * row['test_acc']:.2f}% "
-                      f"adaptive-bn {100 * row['scores']['adaptive-bn']['value']:.2f}% ({row['seconds']:.0f} s)",
-                      flush=True)
+                    print(f"{model}@{target:g} {source}: test {100 * row['test_acc']:.2f}% adaptive-bn "
+                          f"{100 * row['scores']['adaptive-bn']['value']:.2f}% ({row['seconds']:.0f} s)", flush=True)
 
 
 # -- the report --------------------------------------------------------------------------------
 def report(record: dict) -> str:
+    cost_file = RESULTS / "score-cost.json"
+    costs = ({m: v["seconds"] for m, v in json.loads(cost_file.read_text()).get("models", {}).items()}
+             if cost_file.exists() else {})
     lines = ["# Proxy validity: which score predicts the fine-tuned model", "",
              f"Rerun: `{record['command']}` (resumable). Truth: test accuracy after {TRUTH_EPOCHS:g} epochs of LR "
              "rewinding. Rank correlations over each pool (random feasible allocations plus the final-quality "
              "grid's), 95% bootstrap intervals; `- abn` is the paired interval of the Spearman difference from "
-             "adaptive-BN; cost is median seconds per candidate (one thread) relative to adaptive-BN's; "
+             "adaptive-BN; cost: seconds per candidate relative to adaptive-BN's, measured on an idle core "
+             "(`bench/results/score-cost.json`: the seconds in the rows were taken on a busy machine); "
              "first pick / top 5: the truth of the candidate the score ranks first / the mean of its top 5.", ""]
     for pool, s in record.get("summary", {}).items():
         lines += [f"## {pool}: {s['n']} candidates ({s['n_v1_truth']} with first-version truth), best "
                   f"{100 * s['best_test_acc']:.2f}%, median {100 * s['median_test_acc']:.2f}%", "",
-                  "| score | Spearman [95%] | Kendall [95%] | - abn [95%] | s/candidate | cost x abn | first pick | "
-                  "top 5 |", "|---|---|---|---|---|---|---|---|"]
+                  "| score | n | Spearman [95%] | Kendall [95%] | - abn [95%] | cost x abn | first pick | top 5 |",
+                  "|---|---|---|---|---|---|---|---|"]
 
         def iv(v):
             return "n/a" if v[0] is None else f"[{v[0]:.2f}, {v[1]:.2f}]"
 
         for name, t in s["scores"].items():
             diff = iv(t["spearman_minus_baseline_95"]) if "spearman_minus_baseline_95" in t else ""
-            lines.append(f"| {name} | {t['spearman']:.2f} {iv(t['spearman_95'])} | {t['kendall']:.2f} "
-                         f"{iv(t['kendall_95'])} | {diff} | {t['seconds_per_candidate']:.1f} | "
-                         f"{t['cost_vs_adaptive_bn']:.1f} | {100 * t['first_pick_test_acc']:.2f} | "
-                         f"{100 * t['top5_mean_test_acc']:.2f} |")
+            model = pool.split("@")[0]
+            cost = costs.get(model, {}).get(name, {}).get("x_adaptive_bn")
+            lines.append(f"| {name} | {t['n']} | {t['spearman']:.2f} {iv(t['spearman_95'])} | {t['kendall']:.2f} "
+                         f"{iv(t['kendall_95'])} | {diff} | {'' if cost is None else f'{cost:.1f}'} | "
+                         f"{100 * t['first_pick_test_acc']:.2f} | {100 * t['top5_mean_test_acc']:.2f} |")
         if s["grid_test_acc"]:
             lines += ["", "Grid allocations in this pool (truth): " + ", ".join(
                 f"{k[5:]} {100 * v:.2f}" for k, v in sorted(s["grid_test_acc"].items()))]
+        lines.append("")
+    for pool, sel in record.get("selection", {}).items():
+        lines += [f"## Selection, {pool}: what each way of choosing takes home ({sel['n']} candidates)", "",
+                  "Mean test accuracy after the 2-epoch fine-tune of the picked candidate over 2,000 bootstrap "
+                  f"resamples of the pool (best possible {100 * sel['best_possible']:.2f}, median "
+                  f"{100 * sel['median']:.2f}).", "", "| selection | expected pick % |", "|---|---|",
+                  f"| by {sel['screen']} | {100 * sel['by_screen']:.2f} |"]
+        lines += [f"| {k} | {100 * v:.2f} |" for k, v in sel.items() if k.startswith("by ") or " then " in k]
         lines.append("")
     missing = []
     for (model, target), n in POOLS.items():

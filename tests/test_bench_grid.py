@@ -106,3 +106,22 @@ def test_agent_vs_sensitivity_save_keeps_rows_another_process_wrote(tmp_path):
     save(mine, out)
     assert sorted(r["model"] for r in json.loads(out.read_text())["rows"]) == ["resnet20", "resnet56"]
     assert out.with_suffix(".md").exists()
+
+
+def test_final_quality_round2_reports_paired_intervals_and_the_distillation_gain():
+    from bench.final_quality import paired_interval, planned_rows_r2
+
+    def r2(arm: str, seed: int, acc: float, recipe: str = "lr-rewind") -> dict:
+        return {**_row("resnet20", arm, acc, 0.91), "round": 2, "seed": seed, "recipe": recipe, "score_value": acc,
+                "alloc_seconds": 5.0, "settings": {"score": "adaptive-bn"}}
+
+    rows = [r2("searched", s, a) for s, a in ((0, 0.82), (1, 0.83), (2, 0.84))]
+    rows += [r2("uniform", s, a) for s, a in ((0, 0.80), (1, 0.80), (2, 0.81))]
+    rows += [r2("searched", s, a, "lr-rewind-kd") for s, a in ((0, 0.83), (1, 0.84))]
+    m, lo, hi, n = paired_interval(rows, "searched", "uniform")
+    assert n == 3 and m == pytest.approx(2 + 2 / 3) and lo < m < hi  # 2, 3, 3 points
+    text = report({"command": "x", "rows": rows}, ["resnet20"])
+    assert "## resnet20, 30% of MACs (round 2)" in text and "uniform +2.67 [" in text
+    assert "Distillation gain (lr-rewind-kd minus lr-rewind): searched +1.00 [+1.00, +1.00] (n=2)" in text
+    assert "## Rows still missing (round 1)" in text  # round-2 rows never count as round-1 rows
+    assert f"{len(planned_rows_r2(['resnet20'])) - len(rows)} of {len(planned_rows_r2(['resnet20']))}" in text

@@ -39,14 +39,22 @@ def _candidates(run: Path) -> list[tuple]:
     return [(r["episode"], r["accuracy"], tuple(v for k, v in r.items() if k.startswith("keep:"))) for r in _rows(run)]
 
 
-def test_random_search_on_two_workers_equals_one_process(tmp_path):
-    random = ["--agent", "random", "--episodes", "8"]
+@pytest.mark.parametrize("score", ["adaptive-bn", "reconstruct:loss"])
+def test_random_search_on_two_workers_equals_one_process(tmp_path, score):
+    random = ["--agent", "random", "--episodes", "8", "--score", score]
     assert main(["search", *COMMON, *random, "--output", str(tmp_path / "one")]) == 0
     assert main(["search", *COMMON, *random, "--workers", "2", "--output", str(tmp_path / "two")]) == 0
     one, two = _candidates(tmp_path / "one"), _candidates(tmp_path / "two")
     assert len({acc for _, acc, _ in one}) > 1  # the comparison below can fail
-    assert two == one
-    assert (tmp_path / "two" / "best_allocation.json").read_text() == (tmp_path / "one" / "best_allocation.json").read_text()
+    if score == "adaptive-bn":  # top-1 counts: identical
+        assert two == one
+        assert ((tmp_path / "two" / "best_allocation.json").read_text()
+                == (tmp_path / "one" / "best_allocation.json").read_text())
+    else:  # a mean loss: equal up to the summation order of the workers' single thread
+        assert [(e, k) for e, _, k in two] == [(e, k) for e, _, k in one]
+        assert [float(a) for _, a, _ in two] == pytest.approx([float(a) for _, a, _ in one], abs=1e-5)
+        best = [json.loads((tmp_path / r / "best_allocation.json").read_text())["groups"] for r in ("one", "two")]
+        assert best[0] == best[1]
 
 
 # the CLI in a process that SIGKILLs itself at the argv[3]-th call of argv[1].argv[2] (before the call
@@ -132,6 +140,13 @@ def test_parallel_rounds_keep_the_update_to_data_ratio(algo, synthetic_bundle, o
             pool.close()
     assert updates[1] == updates[2] == 4 * len(structure.groups)  # the 4 episodes after warm-up, 1 update per step
     assert torch.get_num_threads() == 1
+
+
+def test_workers_with_a_training_score_is_a_one_line_error(tmp_path, capsys):
+    code = main(["search", *COMMON, "--agent", "random", "--episodes", "2", "--workers", "2", "--score", "finetune:5",
+                 "--output", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "not 'finetune:5'" in err[0]
 
 
 def test_workers_without_ray_is_a_one_line_error(tmp_path, monkeypatch, capsys):

@@ -121,3 +121,26 @@ def test_search_with_reconstruct_saves_the_refitted_model(tmp_path, capsys):
     alloc = Allocation.load(run / "best_allocation.json", ws.structure())
     plain = ws.scorer(ws.problem(0.5), "adaptive-bn").value(alloc)
     assert plain != pytest.approx(summary["best"]["score_value"], abs=1e-9)
+
+
+def test_apply_with_reconstruct_saves_the_model_it_scored(tmp_path, capsys):
+    """``apply --score reconstruct``: model.pt holds the refitted weights, and read back from disk it scores what
+    the report says (plain held-out top-1 == the reconstruct score)."""
+
+    from autoprune.cli.main import main
+
+    common = ["--model", "resnet20", "--checkpoint", str(RESNET20_CKPT), "--data", "synthetic", "--val-size", "100",
+              "--calib-size", "64", "--macs", "0.5", "--precision", "fp32"]
+    search = tmp_path / "search"  # a policy of this version's observation layout, played by apply below
+    assert main(["search", *common, "--episodes", "2", "--warmup-episodes", "1", "--eval-every", "1",
+                 "--output", str(search), "--no-progress"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "applied"
+    code = main(["apply", "--policy", str(search / "policy.zip"), *common, "--score", "reconstruct",
+                 "--output", str(out)])
+    text, err = capsys.readouterr()
+    assert code == 0, err
+    assert "reconstructed accuracy" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["score"] == "reconstruct"
+    assert report["saved_model_val_accuracy"] == pytest.approx(report["score_value"], abs=1e-9)

@@ -2,8 +2,8 @@
 
 ``CostTable`` holds every weighted module's MACs and parameters as linear functions of the
 channels each group removes, so any allocation is costed with a few numpy products (the
-environment does this at every step). ``measure_cost`` measures a real model with forward hooks:
-the independent check of the table.
+environment does this at every step). ``measure_cost`` measures a real model with torch's
+``FlopCounterMode``: the independent check of the table.
 """
 from __future__ import annotations
 
@@ -81,25 +81,26 @@ class CostTable:
         return float(np.round(p.sum()))
 
 
-def measure_cost(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
-    """Measured (conv + linear MACs per image, parameters) from one forward pass with hooks."""
-    total = 0
+_MAC_OPS = ("convolution", "addmm", "mm")  # what conv and linear layers run as, however they are called
 
-    def hook(mod, inp, out):
-        nonlocal total
-        if isinstance(mod, nn.Conv2d):
-            total += out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * int(np.prod(mod.kernel_size))
-        else:
-            total += out.numel() // out.shape[0] * mod.in_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+def counted_macs(model: nn.Module, example_input: torch.Tensor) -> int:
+    """Conv + linear multiply-accumulates per image of one eval-mode forward pass, as torch's
+    ``FlopCounterMode`` counts them (2 FLOPs per MAC): it sees layers applied functionally too (Swin's
+    ``F.linear(x, self.qkv.weight)``), which forward hooks miss."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(example_input[:1])
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
-    return int(total), sum(p.numel() for p in model.parameters())
+    ops = counter.get_flop_counts().get("Global", {})
+    return int(sum(v for op, v in ops.items() if str(op).split(".")[1] in _MAC_OPS) // 2)
+
+
+def measure_cost(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
+    """Measured (conv + linear MACs per image, parameters) of a real model: the oracle of the cost table."""
+    return counted_macs(model, example_input), sum(p.numel() for p in model.parameters())

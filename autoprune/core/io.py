@@ -7,13 +7,14 @@ the dense model.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from autoprune.errors import AutopruneError
-from autoprune.models import create_model
+from autoprune.models import create_model, drop_aux_heads
 
 PRUNED_FORMAT = "autoprune.pruned/1"
 _CHANNEL_ATTRS = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features",
@@ -24,10 +25,15 @@ def channel_spec(model: nn.Module) -> dict[str, dict[str, object]]:
     """Shape attributes of every module (channel counts, groups): what a pruned model changes."""
     spec: dict[str, dict[str, object]] = {}
     for name, m in model.named_modules():
-        attrs = {a: getattr(m, a) for a in _CHANNEL_ATTRS if hasattr(m, a)}
+        attrs = {a: getattr(m, a) for a in _CHANNEL_ATTRS if hasattr(m, a) and not _derived(m, a)}
         if attrs:
             spec[name] = {a: list(v) if isinstance(v, tuple) else v for a, v in attrs.items()}
     return spec
+
+
+def _derived(module: nn.Module, attr: str) -> bool:
+    """A property computed from the module's layers (timm's ``ConvNormAct.in_channels``): nothing to restore."""
+    return isinstance(getattr(type(module), attr, None), property)
 
 
 def save_pruned(model: nn.Module, base_name: str, num_classes: int, path: str | Path, **meta: object) -> None:
@@ -75,6 +81,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Strict load with a one-line error naming what does not match."""
     own = model.state_dict()
+    meta = getattr(state, "_metadata", None)
     # old checkpoints (e.g. the shared CIFAR ResNets) predate BatchNorm's num_batches_tracked
     state = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked")}, **state}
     missing = [k for k in own if k not in state]
@@ -90,6 +97,12 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str =
             k = wrong[0]
             parts.append(f"{len(wrong)} of other shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
         raise AutopruneError(f"{source} does not match the model: {'; '.join(parts)}")
+    # module versions (``_metadata``) do not survive a weights-only round trip; modules that check theirs
+    # (torchvision's MNASNet) read the current ones
+    meta = meta or getattr(own, "_metadata", None)
+    state = OrderedDict(state)
+    if meta is not None:
+        state._metadata = meta
     model.load_state_dict(state)
 
 
@@ -106,10 +119,12 @@ def _resize(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 def _rebuild(obj: dict, path: str | Path) -> nn.Module:
     model = create_model(obj["base"], obj["num_classes"])
+    drop_aux_heads(model, keep={k.split(".", 1)[0] for k in obj["state_dict"]})  # saved without them
     for name, attrs in obj["channels"].items():
         module = model.get_submodule(name)
         for attr, value in attrs.items():
-            setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+            if not _derived(module, attr):
+                setattr(module, attr, tuple(value) if isinstance(value, list) else value)
     _resize(model, obj["state_dict"])
     load_weights(model, obj["state_dict"], f"pruned model '{path}'")
     return model
@@ -124,15 +139,29 @@ def load_pruned(path: str | Path) -> tuple[nn.Module, str]:
 
 
 def load_model(name: str, num_classes: int = 10, checkpoint: str | Path | None = None) -> nn.Module:
-    """``create_model(name)`` with a checkpoint (plain, DataParallel or pruned), reading the file once."""
+    """``create_model(name)`` with a checkpoint (plain, DataParallel or pruned), reading the file once,
+    ready to prune: auxiliary classifiers (GoogLeNet, Inception-v3) are dropped (``load_model_noting``)."""
+    return load_model_noting(name, num_classes, checkpoint)[0]
+
+
+def load_model_noting(name: str, num_classes: int = 10,
+                      checkpoint: str | Path | None = None) -> tuple[nn.Module, list[str]]:
+    """``load_model``, and the auxiliary classifiers it dropped (after loading their weights, if any)."""
     if checkpoint is None:
-        return create_model(name, num_classes)
+        model = create_model(name, num_classes)
+        return model, drop_aux_heads(model)
     obj = read_weights_only(checkpoint, "checkpoint")
     if _is_pruned(obj):
         if obj["base"] != name:
             raise AutopruneError(
                 f"checkpoint '{checkpoint}' is a pruned {obj['base']}, not a {name}: pass --model {obj['base']}")
-        return _rebuild(obj, checkpoint)
+        return _rebuild(obj, checkpoint), []
     model = create_model(name, num_classes)
     load_weights(model, _state_dict_of(obj, checkpoint), f"checkpoint '{checkpoint}'")
-    return model
+    return model, drop_aux_heads(model)
+
+
+def pruned_meta(path: str | Path) -> dict:
+    """The ``meta`` a pruned-model file was saved with (e.g. its ``input_size``); {} for other files."""
+    obj = read_weights_only(path)
+    return dict(obj.get("meta", {})) if _is_pruned(obj) else {}

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from autoprune.core.cost import CostRow, CostTable
+from autoprune.core.cost import CostRow, CostTable, counted_macs
 from autoprune.errors import AutopruneError
 
 
@@ -58,6 +58,36 @@ class PrunableGroup:
     @property
     def member_names(self) -> list[str]:
         return sorted({m.name for m in self.members})
+
+
+def _untraceable(exc: Exception) -> str:
+    """One line: what torch-pruning could not follow, and what to do."""
+    import traceback
+
+    frames = {f.name for f in traceback.extract_tb(exc.__traceback__)}
+    if "update_reshape_index_mapping" in frames:
+        return ("torch-pruning cannot follow channels through a reshape that mixes channel groups (a channel "
+                "shuffle, as in ShuffleNet), so no channel of this model can be removed safely: it is not supported; "
+                "prune a model without channel shuffle")
+    first = (str(exc).splitlines() or [""])[0][:120]
+    return (f"torch-pruning cannot trace this model ({type(exc).__name__}: {first}): an operation in its forward is "
+            "not supported by torch-pruning's dependency graph, so it cannot be pruned here")
+
+
+def _refuse_windowed(graph: tp.DependencyGraph) -> None:
+    """Channels reshaped together with spatial positions more than once (the classifier's flatten): window
+    attention (Swin, MaxViT) does this in every block, and torch-pruning's index tracking multiplies
+    through each such reshape, so grouping runs for many minutes (measured: > 5 min for swin_t) and the
+    groups it would give map channels unevenly anyway. Refuse it up front, in one line."""
+    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+
+    flattens = {id(node) for node in graph.module2node.values() for dep in node.dependencies
+                for f in dep.index_mapping if isinstance(f, _FlattenIndexMapping) and not f.reverse}
+    if len(flattens) > 1:
+        raise AutopruneError(
+            f"this model reshapes channels together with spatial positions inside the network ({len(flattens)} "
+            "places, as window attention in Swin and MaxViT does): torch-pruning cannot track channels through "
+            "that, so it is not supported")
 
 
 def _is_dw(m: nn.Module) -> bool:
@@ -100,15 +130,16 @@ class ModelStructure:
                 warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
                 self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
         except Exception as exc:
-            raise AutopruneError(
-                f"torch-pruning cannot trace this model ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-            ) from None
+            raise AutopruneError(_untraceable(exc)) from None
+        _refuse_windowed(self.graph)
         ignored = list(ignored_layers) if ignored_layers is not None else default_ignored_layers(model, num_classes)
         # by name, so a pruner built on a copy of the model can leave the same layers alone
         self.ignored_names: list[str] = [self._module_names[m] for m in ignored if m in self._module_names]
         order, spatial = self._forward_order(model, example_input)
+        self._hooked = set(order)  # conv/linear modules called as modules (not only their weights, functionally)
         self.tp_groups: list[tp.dependency.Group] = []
         self.groups: list[PrunableGroup] = []
+        self.held: list[str] = []  # groups left whole because their width is read by attention (root names)
         raw = [g for g in self.graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear])]
         raw.sort(key=lambda g: order.get(g[0].dep.target.module, 1 << 30))
         for tpg in raw:
@@ -117,6 +148,10 @@ class ModelStructure:
                 self.groups.append(group)
                 self.tp_groups.append(tpg)
         if not self.groups:
+            if self.held:
+                raise AutopruneError(
+                    f"every channel group of this model feeds attention ({len(self.held)} groups: heads and embedding "
+                    "widths are read from module attributes that pruning does not update): it cannot be pruned here")
             raise AutopruneError("this model has no prunable channel groups")
         self._build_costs(model, spatial)
         model.train(was_training)
@@ -145,6 +180,24 @@ class ModelStructure:
                 h.remove()
         return order, spatial
 
+    def _in_attention(self, name: str) -> bool:
+        """Whether the module (or parameter) ``name`` is, or belongs directly to, an attention module.
+
+        Attention reshapes its projections by head counts and widths kept as Python attributes
+        (``num_heads``, ``head_dim``, a ViT's ``hidden_dim``), which replaying torch-pruning's layer
+        pruners does not update: the model would break (e.g. ``shape '[1, 768, 196]' is invalid``).
+        Such channels are held; the MLP widths between attention blocks stay prunable."""
+        parts = name.split(".")
+        for depth in (len(parts), len(parts) - 1):
+            try:
+                module = self.model.get_submodule(".".join(parts[:depth]))
+            except AttributeError:
+                continue
+            if isinstance(module, nn.MultiheadAttention) or any(
+                    hasattr(module, a) for a in ("num_heads", "n_heads", "head_dim")):
+                return True
+        return False
+
     def _name_of(self, target) -> tuple[str | None, bool]:
         if isinstance(target, nn.Parameter):
             return self.graph._param_to_name.get(target), True
@@ -164,6 +217,9 @@ class ModelStructure:
             if name is None:  # torch-pruning's bookkeeping ops (add, concat, ...): nothing to cut
                 continue
             module = dep.target.module
+            if self._in_attention(name) or (isinstance(module, (nn.Conv2d, nn.Linear)) and module not in self._hooked):
+                self.held.append(root_name)  # (a layer applied functionally: its cost could not be attributed)
+                return None
             if isinstance(module, nn.Conv2d) and 1 < module.groups and not _is_dw(module):
                 ch_groups = max(ch_groups, module.groups)
             root_to: list[list[int]] = [[] for _ in range(n)]
@@ -231,7 +287,14 @@ class ModelStructure:
             c = p.shape[self._param_dim(name)]
             table.rows.append(CostRow(kind="channel", out_channels=c, in_channels=c, params=p.numel(),
                                       out_refs=tuple(refs[name][0]), in_refs=()))
+        # MACs of layers whose weights are applied functionally (no module call to hook), all in held groups:
+        # a constant, so the table's dense total is what FlopCounterMode counts
         table.finish(len(self.groups))
+        gap = counted_macs(model, self.example_input) - table.macs(np.zeros(len(self.groups)))
+        if gap > 0:
+            table.rows.append(CostRow(kind="linear", out_channels=1, in_channels=1, out_refs=(), in_refs=(), params=0,
+                                      spatial=float(gap)))
+            table.finish(len(self.groups))
         self._costs = table
 
     @property

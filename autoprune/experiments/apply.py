@@ -11,7 +11,7 @@ from autoprune.experiments.targets import HELP as TARGET_HELP
 from autoprune.experiments.targets import TargetOptions
 from autoprune.runs import check_run_dir
 from autoprune.train.training import TrainRecipe
-from autoprune.workspace import WorkspaceOptions
+from autoprune.workspace import INPUT_HELP, WorkspaceOptions
 
 
 @dataclass
@@ -43,7 +43,7 @@ HELP = {
     "finetune_epochs": "epochs of fine-tuning after pruning (0: none)",
     "kd_weight": "distil the fine-tune from the dense model: weight of the KL term against the label loss, in [0, 1]",
     "kd_temperature": "softmax temperature of the distillation term",
-    "image_size": "resize images (e.g. 224 for torchvision models); None keeps the stored size",
+    **INPUT_HELP,
 }
 
 
@@ -53,8 +53,8 @@ def run_apply(cfg: ApplyConfig) -> dict:
     from autoprune.agents.policy import PolicyAllocator
     from autoprune.core.cost import measure_cost
     from autoprune.core.problem import uniform_allocation
-    from autoprune.train.artifacts import save_calibrated
-    from autoprune.train.evaluator import accuracy, recalibrate_bn
+    from autoprune.train.artifacts import save_calibrated, split_accuracy
+    from autoprune.train.evaluator import recalibrate_bn
     from autoprune.train.scores import parse_score
     from autoprune.train.training import train
 
@@ -74,10 +74,10 @@ def run_apply(cfg: ApplyConfig) -> dict:
     allocation, latency_fit = cfg.target.fit(problem, allocator.allocate(problem, scorer))
     cost_ratio = problem.cost(allocation.counts(structure)) / problem.dense_cost
     pruned = problem.pruned_model(allocation)
-    x1 = ws.data.tensors("val")[0][:1].to(ws.device)
+    x1 = ws.example_input()
     (macs0, params0), (macs1, params1) = measure_cost(ws.model, x1), measure_cost(pruned, x1)
     report: dict = {"precision": ws.precision.name, "policy": cfg.policy, "policy_trained_on": allocator.meta,
-                    "model": cfg.ws.model, "metric": metric,
+                    "model": cfg.ws.model, "metric": metric, "input_size": list(ws.input_size),
                     "target": target, "cost_ratio": cost_ratio, "meets_target": problem.feasible(allocation),
                     "macs_before": macs0, "macs_after": macs1, "params_before": params0, "params_after": params1,
                     "config": flat_config(cfg)}
@@ -99,12 +99,13 @@ def run_apply(cfg: ApplyConfig) -> dict:
     vx, vy = ws.data.tensors("val", ws.device)
     report["saved_model_val_accuracy"], saved = save_calibrated(
         pruned, cfg.ws.model, ws.data.num_classes, out / "model.pt", calib, vx, vy, criterion=cfg.criterion,
-        policy=cfg.policy, prepare=(lambda m: m) if prepared and cfg.finetune.epochs == 0 else None)
+        policy=cfg.policy, input_size=list(ws.input_size),
+        prepare=(lambda m: m) if prepared and cfg.finetune.epochs == 0 else None)
     if problem.latency is not None:
         report["latency"] = cfg.target.measured(saved, structure.model, problem.latency, allocation.counts(structure))
         report["latency_fit"] = latency_fit
     if cfg.report_test:
-        report["saved_model_test_accuracy"] = accuracy(saved, *ws.data.tensors("test", ws.device))
+        report["saved_model_test_accuracy"] = split_accuracy(saved, ws.data, "test", ws.device)
     allocation.save(out / "allocation.json", structure, metric=metric, target=target)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report

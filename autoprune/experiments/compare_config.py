@@ -12,7 +12,7 @@ from autoprune.core.problem import METRICS
 from autoprune.errors import AutopruneError
 from autoprune.registry import parse_spec
 from autoprune.train.training import TrainRecipe, check_distillation
-from autoprune.workspace import PARALLEL_HELP, ParallelOptions, WorkspaceOptions
+from autoprune.workspace import INPUT_HELP, PARALLEL_HELP, ParallelOptions, WorkspaceOptions
 
 RECIPES = ("finetune", "lr-rewind", "lr-rewind-kd", "weight-rewind", "scratch-E", "scratch-B")
 
@@ -21,7 +21,7 @@ RECIPES = ("finetune", "lr-rewind", "lr-rewind-kd", "weight-rewind", "scratch-E"
 class CompareConfig:
     output: str  # run directory
     # --model, --checkpoint, --data, ...; --data-seed fixes the validation / calibration split for every seed
-    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("image_size",), rename={"seed": "data_seed"})
+    ws: WorkspaceOptions = nested(WorkspaceOptions, rename={"seed": "data_seed"})
     parallel: ParallelOptions = nested(ParallelOptions)  # --workers, --ray-address: allocators score on Ray
     targets: list[float] = field(default_factory=lambda: [0.5])
     metric: str = "macs"  # macs | params | latency
@@ -51,6 +51,7 @@ class CompareConfig:
 
 HELP = {
     **PARALLEL_HELP,
+    **INPUT_HELP,
     "metric": "budget metric: macs, params or latency (measured lookup table at --latency-batch / --latency-precision)",
     "output": "run directory (results.csv/json, report.md, plots, allocations)",
     "allocators": "allocator specs: uniform global sensitivity layer-stats random greedy policy:PATH allocation:PATH; "

@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoprune.core.io import load_model
-from autoprune.deploy.export import FORMATS, export
+from autoprune.core.io import load_model, pruned_meta
+from autoprune.deploy.export import FORMATS, ParityError, export
 from autoprune.errors import AutopruneError
-from autoprune.models import model_info
+from autoprune.models import input_hw, model_info, parse_input_size
 
 
 @dataclass
@@ -18,10 +18,11 @@ class ExportConfig:
     checkpoint: str
     output: str
     format: str = "onnx"
-    image_size: int | None = None
+    input_size: int | str | None = field(default=None, metadata={"parse": parse_input_size})
     num_classes: int = 10
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4])
     opset: int | None = None  # None: the exporter's recommended opset
+    rtol: float = 1e-3
     atol: float = 1e-4
 
 
@@ -33,8 +34,10 @@ HELP = {
     "format": " or ".join(FORMATS),
     "batch_sizes": "batch sizes the parity check runs at",
     "opset": "ONNX opset; below 18 uses torch's older TorchScript-based exporter",
-    "image_size": "input height and width; unset means the model's native size",
-    "atol": "largest allowed max |diff| between the export and PyTorch",
+    "input_size": "input size (H or HxW) the export is checked at; unset: the one the pruned model was counted at, "
+                  "else the model's own",
+    "rtol": "parity check as numpy.allclose: |export - PyTorch| <= atol + rtol * |PyTorch|, element-wise",
+    "atol": "absolute part of the parity check (see rtol)",
 }
 
 
@@ -50,9 +53,14 @@ def run_export(cfg: ExportConfig) -> dict:
         raise AutopruneError(f"checkpoint '{cfg.checkpoint}' not found: check the path")
     # create_model reads both kinds of file: pruned-model files via load_pruned, dense weights strictly
     model = load_model(cfg.model, cfg.num_classes, cfg.checkpoint)
-    size = cfg.image_size or model_info(cfg.model).input_size
-    report = export(model, out, cfg.format, input_size=size, batch_sizes=cfg.batch_sizes, opset=cfg.opset,
-                    atol=cfg.atol)
+    size = input_hw(cfg.input_size or pruned_meta(cfg.checkpoint).get("input_size") or model_info(cfg.model).input_size)
+    try:
+        report = export(model, out, cfg.format, input_size=size, batch_sizes=cfg.batch_sizes, opset=cfg.opset,
+                        rtol=cfg.rtol, atol=cfg.atol)
+    except ParityError as exc:  # the file is kept: write what the check found beside it, then fail
+        exc.report.update(model=cfg.model, checkpoint=cfg.checkpoint)
+        report_path.write_text(json.dumps(exc.report, indent=2) + "\n")
+        raise
     report.update(model=cfg.model, checkpoint=cfg.checkpoint)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -59,8 +59,8 @@ class ProgressiveConfig:
     decide_by: float = 0.5  # auto: decide at this fraction of the run at the latest
     min_keep: float = 0.2  # per-cut lower bound on each group's keep ratio
     round_to: int = 1
-    recipe: TrainRecipe = nested(TrainRecipe, exclude=("momentum", "bn_l1", "augment", "kd_weight", "kd_temperature"), rename={"schedule": "lr_schedule"},
-                                 epochs=4.0, lr=0.05)
+    recipe: TrainRecipe = nested(TrainRecipe, exclude=("momentum", "bn_l1", "augment", "kd_weight", "kd_temperature"),
+                                 rename={"schedule": "lr_schedule"}, epochs=4.0, lr=0.05)
     resume: bool = False
 
 

@@ -15,20 +15,20 @@ from autoprune.runs import check_run_dir
 from autoprune.train import distributed
 from autoprune.train.evaluator import accuracy
 from autoprune.train.training import TrainRecipe, check_distillation, train
-from autoprune.workspace import WorkspaceOptions
+from autoprune.workspace import INPUT_HELP, WorkspaceOptions
 
 
 @dataclass
 class TrainConfig:
     output: str  # run directory
-    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("calib_size", "image_size"))  # --model, --checkpoint, --data, ...
+    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("calib_size",))  # --model, --checkpoint, --data, ...
     recipe: TrainRecipe = nested(TrainRecipe)  # epochs, lr, momentum, weight decay, batch size, schedule, ...
     teacher: str | None = None  # dense checkpoint to distil from (with --kd-weight)
     resume: bool = False
     save_every: int | None = None  # epochs between kept checkpoints (checkpoints/epoch-K.pt; weight rewinding)
 
 
-HELP = {"output": "run directory (model.pt, TensorBoard events, config)",
+HELP = {**INPUT_HELP, "output": "run directory (model.pt, TensorBoard events, config)",
         "teacher": "checkpoint of the dense model to distil from (same --model): the LR-rewind-with-distillation "
                    "recipe is --teacher DENSE.pt --kd-weight 0.9 --lr 0.01 on a pruned --checkpoint",
         "kd_weight": "weight of the distillation term (KL to the teacher's outputs) against the label loss, in [0, 1]",
@@ -49,10 +49,10 @@ def run_train(cfg: TrainConfig) -> dict | None:
         raise AutopruneError(f"--teacher '{cfg.teacher}' not found: give the dense model's checkpoint")
     check_run_dir(out, cfg.resume)
     distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
+    ws = cfg.ws.open()  # resolves the input size, which the config records
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-    ws = cfg.ws.open()
     recipe = cfg.recipe
     state_path = out / "state.pt"
     start = 0
@@ -65,8 +65,7 @@ def run_train(cfg: TrainConfig) -> dict | None:
         optimizer = make_optimizer(ws.model, recipe)
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-    x, _ = ws.data.tensors("val")
-    macs = measure_cost(ws.model, x[:1].to(ws.device))[0]
+    macs = measure_cost(ws.model, ws.example_input())[0]
     on_step = None
     if cfg.save_every is not None:
         if cfg.save_every < 1:

@@ -14,7 +14,24 @@ import torch
 import torch.nn as nn
 
 from autoprune.core.io import load_pruned, save_pruned
+from autoprune.train.data import DataBundle
 from autoprune.train.evaluator import accuracy, recalibrate_bn
+from autoprune.train.precision import Precision
+
+
+def split_accuracy(model: nn.Module, data: DataBundle, split: str, device: torch.device | str = "cpu",
+                   batch_size: int = 256, precision: str | Precision = "fp32") -> float:
+    """Top-1 on a whole split, batch by batch: a large test split is never held at the model's resolution."""
+    correct = total = 0
+    for x, y in data.batches(split, batch_size, device):
+        correct += accuracy(model, x, y, batch_size, precision) * len(y)
+        total += len(y)
+    return round(correct) / max(1, total)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether recalibration changes anything (ConvNeXt and ViTs normalise with LayerNorm)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def save_calibrated(model: nn.Module, base_name: str, num_classes: int, path: str | Path,

@@ -70,7 +70,10 @@ def _read_image(path: Path) -> torch.Tensor:
                              "the data set") from None
 
 
-def _decode_folder(root: Path, image_size: int | None) -> ImageSet:
+def _decode_folder(root: Path, image_size: int | tuple[int, int] | None) -> tuple[ImageSet, bool]:
+    """(every image of ``root`` at its stored size, False); a folder of mixed sizes is resized here, to
+    ``image_size``, as its images cannot be stacked otherwise: (those, True). Uniform folders are
+    resized per batch instead (``DataBundle.normalize``)."""
     classes = _class_folders(root)
     files = {cls: _image_files(root / cls) for cls in classes}
     empty = [cls for cls, fs in files.items() if not fs]
@@ -81,19 +84,30 @@ def _decode_folder(root: Path, image_size: int | None) -> ImageSet:
         raise AutopruneError(f"class folder '{root / empty[0]}' has no images: add its images or remove the folder "
                              "(from train/ and test/ alike)")
     images, labels = [], []
+    first: tuple[int, ...] | None = None
     for label, cls in enumerate(classes):
         for f in files[cls]:
             img = _read_image(f)
-            if image_size is not None and tuple(img.shape[1:]) != (image_size, image_size):
-                from torchvision.transforms.v2.functional import center_crop, resize
-
-                img = center_crop(resize(img, image_size, antialias=True), [image_size, image_size])
+            first = first or tuple(img.shape)
+            if tuple(img.shape) != first and image_size is None:
+                raise AutopruneError(f"images under '{root}' differ in size ({first[1:]} and {tuple(img.shape[1:])}): "
+                                     "pass --image-size")
             images.append(img)
             labels.append(label)
-    shapes = {tuple(i.shape) for i in images}
-    if len(shapes) != 1:
-        raise AutopruneError(f"images under '{root}' differ in size {sorted(shapes)[:2]}: pass an image size")
-    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long))
+    mixed = any(tuple(i.shape) != first for i in images)
+    if mixed:
+        images = [resize_images(i, image_size) for i in images]
+    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long)), mixed
+
+
+def resize_images(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Resize (shorter side, antialiased) and centre-crop images (..., 3, H, W) to ``size``."""
+    from torchvision.transforms.v2.functional import center_crop, resize
+
+    h, w = (size, size) if isinstance(size, int) else size
+    if tuple(images.shape[-2:]) == (h, w):
+        return images
+    return center_crop(resize(images, min(h, w), antialias=True), [h, w])
 
 
 def _folder_fingerprint(root: Path) -> str:
@@ -136,8 +150,14 @@ def _load_imagefolder(path: str, image_size: int | None) -> tuple[ImageSet, Call
                              "both need the same classes")
 
     def load(split: str) -> ImageSet:
-        key = f"imagefolder-{split}-{_folder_fingerprint(root / split)}-{image_size}"
-        return _cached(key, lambda: _decode_folder(root / split, image_size))
+        # kept at the images' own size (resized per batch later); only a mixed-size folder is kept resized
+        stem = f"imagefolder-{split}-{_folder_fingerprint(root / split)}"
+        native, resized = f"{stem}-None", f"{stem}-{image_size}"
+        for key in (native, resized):
+            if (cache_dir() / f"{key}.pt").exists():
+                return _cached(key, lambda: _decode_folder(root / split, image_size)[0])
+        data, mixed = _decode_folder(root / split, image_size)
+        return _cached(resized if mixed else native, lambda: data)
 
     return load("train"), lambda: load("test"), len(train_classes)
 
@@ -198,6 +218,7 @@ class DataBundle:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     num_classes: int
+    image_size: int | tuple[int, int] | None = None  # what the model sees; images are resized per batch
 
     @property
     def test(self) -> ImageSet:
@@ -206,6 +227,9 @@ class DataBundle:
         return self.test_source
 
     def normalize(self, images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+        """A uint8 batch as the model's input: resized to ``image_size`` (if set), scaled, normalised."""
+        if self.image_size is not None:
+            images = resize_images(images, self.image_size)
         x = images.to(device, non_blocking=True).float().div_(255)
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
@@ -217,13 +241,31 @@ class DataBundle:
         return getattr(self, name)
 
     def tensors(self, name: str, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole split, normalised, as (x, y) on ``device`` (for fast repeated evaluation)."""
+        """A whole split, normalised, as (x, y) on ``device`` (for fast repeated evaluation of the held-out
+        and calibration splits, whose sizes the user sets); resized in chunks, so only the result is held."""
         s = self.split(name)
-        return self.normalize(s.images, device), s.labels.to(device)
+        chunks = s.images.split(_RESIZE_CHUNK)
+        if len(chunks) <= 1:
+            return self.normalize(s.images, device), s.labels.to(device)
+        first = self.normalize(chunks[0], device)
+        _check_memory(len(s), first[0].numel() * first.element_size(), name)
+        x = torch.empty((len(s), *first.shape[1:]), dtype=first.dtype, device=first.device)
+        x[:len(first)] = first
+        at = len(first)
+        for chunk in chunks[1:]:
+            x[at:at + len(chunk)] = self.normalize(chunk, device)
+            at += len(chunk)
+        return x, s.labels.to(device)
+
+    def batches(self, name: str, batch_size: int = 256,
+                device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """A split in order, one normalised batch at a time (the test split, at any image size)."""
+        s = self.split(name)
+        for images, labels in zip(s.images.split(batch_size), s.labels.split(batch_size)):
+            yield self.normalize(images, device), labels.to(device)
 
     def calibration_batches(self, batch_size: int = 128, device: torch.device | str = "cpu") -> list[torch.Tensor]:
-        x = self.normalize(self.calib.images, device)
-        return list(x.split(batch_size))
+        return list(self.tensors("calib", device)[0].split(batch_size))
 
     def train_batches(self, batch_size: int, generator: torch.Generator, augment: bool = True,
                       device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -234,6 +276,22 @@ class DataBundle:
             if augment:
                 x = augment_batch(x, generator)
             yield self.normalize(x, device), self.train.labels[idx].to(device)
+
+
+_RESIZE_CHUNK = 256  # images resized at a time when a whole split is materialised
+
+
+def _check_memory(n: int, bytes_per_image: int, split: str) -> None:
+    """Refuse, in one line, a split that would not fit in memory at the model's input size."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return
+    need = n * bytes_per_image
+    if need > total / 2:
+        flag = {"val": "--val-size", "calib": "--calib-size"}.get(split, "a smaller split")
+        raise AutopruneError(f"the {split} split ({n:,} images) needs {need / 1e9:.1f} GB at this image size, more "
+                             f"than half this machine's memory ({total / 1e9:.1f} GB): lower {flag} or --image-size")
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -253,14 +311,19 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
 
 def make_bundle(spec: str, mean: tuple[float, float, float], std: tuple[float, float, float],
                 val_size: int = 5000, calib_size: int = 2048, seed: int = 0,
-                image_size: int | None = None, train_subset: int | None = None) -> DataBundle:
+                image_size: int | tuple[int, int] | None = None, train_subset: int | None = None) -> DataBundle:
     """Load ``spec`` and carve fixed validation and calibration splits out of its training set.
+
+    Images stay at their stored size; with ``image_size``, every batch is resized as it is normalised
+    (never the whole training split at once).
 
     The validation images are removed from the training part; calibration images are drawn from
     the training part (they are training data, used only for BN statistics and criteria).
     ``train_subset`` keeps a fixed random subset of the training part (for CPU-sized benchmarks).
     """
     train, test, num_classes = open_dataset(spec, image_size)
+    if spec == "synthetic" and val_size >= len(train):  # toy data: a quarter of it is held out
+        val_size = len(train) // 4
     if val_size >= len(train):
         raise AutopruneError(f"validation split of {val_size} needs more than the {len(train)} training images: pass a smaller --val-size")
     g = torch.Generator().manual_seed(seed)
@@ -269,4 +332,5 @@ def make_bundle(spec: str, mean: tuple[float, float, float], std: tuple[float, f
     if train_subset is not None:
         train_idx = train_idx[:train_subset]
     calib_idx = train_idx[torch.randperm(len(train_idx), generator=g)[: min(calib_size, len(train_idx))]]
-    return DataBundle(train.subset(train_idx), train.subset(val_idx), train.subset(calib_idx), test, mean, std, num_classes)
+    return DataBundle(train.subset(train_idx), train.subset(val_idx), train.subset(calib_idx), test, mean, std,
+                      num_classes, image_size)

@@ -29,14 +29,20 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor], precision: str | Precision = "fp32") -> None:
     """Reset BatchNorm statistics and re-estimate them (cumulative average) on ``batches``.
 
-    The statistics are fp32 buffers whatever ``precision`` the forward passes run in.
+    Only the BatchNorm layers are put in training mode: everything else runs as at inference, so
+    auxiliary heads stay silent and dropout / stochastic depth stay off (the statistics are those of
+    the network that is scored and saved). A model without BatchNorm is left as it is. The statistics
+    are fp32 buffers whatever ``precision`` the forward passes run in.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model.eval()
+    if not bns:
+        return
     saved = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # exact average over the calibration batches
-    model.train()
+        m.train()
     with resolve_precision(precision, batches[0].device if len(batches) else "cpu").autocast():
         for xb in batches:
             model(xb)

@@ -1,7 +1,8 @@
 """Score candidate allocations in parallel on Ray actors (``--workers N``, ``--ray-address ADDR``).
 
 Each actor receives the dense model, the calibration batches and the held-out tensors once, as
-one object in Ray's object store, rebuilds the model's structure and an adaptive-BN evaluator,
+one object in Ray's object store, rebuilds the model's structure and the evaluator of the
+``--score`` (any score that needs no training data: ``adaptive-bn`` and ``reconstruct``, any metric),
 and from then on is sent only keep counts (a tuple of ints per candidate). ``ray.util.ActorPool``
 hands candidates to whichever actor is free and returns the scores in submission order, so the
 result of a search does not depend on the number of workers.
@@ -49,8 +50,13 @@ class ScoreWorker:
             raise AutopruneError("a Ray worker found different prunable groups than the driver: the model's "
                                  "ignored layers must come from the model itself (pruning_ignored_layers)")
         ev = payload["evaluator"]
-        self.evaluator = AdaptiveBNEvaluator([b.to(dev) for b in ev["calib"]], ev["val_x"].to(dev),
-                                             ev["val_y"].to(dev), ev["batch_size"], ev["precision"], ev["confidence"])
+        calib, vx, vy = [b.to(dev) for b in ev["calib"]], ev["val_x"].to(dev), ev["val_y"].to(dev)
+        if ev["kind"] == "adaptive-bn":
+            self.evaluator = AdaptiveBNEvaluator(calib, vx, vy, ev["batch_size"], ev["precision"], ev["confidence"])
+        else:
+            from autoprune.train.scores import make_evaluator
+
+            self.evaluator = make_evaluator(ev["kind"], None, calib, vx, vy, ev["precision"], structure=self.structure)
         calib = payload["criterion_batches"]
         self.criterion, self.calib = payload["criterion"], None if calib is None else [b.to(dev) for b in calib]
 
@@ -70,9 +76,11 @@ class RayScoringPool:
         if workers < 1:
             raise AutopruneError(f"--workers {workers} must be at least 1")
         ev = evaluator
-        if type(ev) is not AdaptiveBNEvaluator:  # workers rebuild exactly this evaluator
-            raise AutopruneError("parallel scoring (--workers) supports the adaptive-BN score only: "
-                                 "drop --workers, or use --score adaptive-bn")
+        from autoprune.train.scores import parse_score
+
+        if not isinstance(ev, AdaptiveBNEvaluator) or parse_score(ev.kind).steps:  # workers rebuild it from its kind
+            raise AutopruneError(f"parallel scoring (--workers) supports the scores that need no training data "
+                                 f"(adaptive-bn, reconstruct), not '{ev.kind}': drop --workers, or change --score")
         ray = _ray()
         if not ray.is_initialized():
             if address is None:
@@ -86,7 +94,7 @@ class RayScoringPool:
             "model": copy.deepcopy(problem.structure.model).cpu(), "example": problem.structure.example_input.cpu(),
             "num_classes": problem.structure.num_classes, "groups": [g.name for g in problem.structure.groups],
             "criterion": problem.criterion, "criterion_batches": _cpu(problem.calib_batches),
-            "evaluator": {"calib": _cpu(ev.calib_batches), "val_x": ev.val_x.cpu(), "val_y": ev.val_y.cpu(),
+            "evaluator": {"kind": ev.kind, "calib": _cpu(ev.calib_batches), "val_x": ev.val_x.cpu(), "val_y": ev.val_y.cpu(),
                           "batch_size": ev.eval_batch_size, "precision": ev.precision.name,
                           "confidence": ev.confidence}})
         gpus = 1 if torch.cuda.is_available() else 0

@@ -5,8 +5,9 @@ import json
 from dataclasses import dataclass
 
 from autoprune.config import add_config_args, nested, resolve_config
-from autoprune.train.evaluator import accuracy, recalibrate_bn
-from autoprune.workspace import WorkspaceOptions
+from autoprune.train.artifacts import split_accuracy
+from autoprune.train.evaluator import recalibrate_bn
+from autoprune.workspace import INPUT_HELP, WorkspaceOptions
 
 NAME = "evaluate"
 HELP = "Top-1 accuracy of a model (or pruned model file) on a data split."
@@ -14,14 +15,16 @@ HELP = "Top-1 accuracy of a model (or pruned model file) on a data split."
 
 @dataclass
 class EvaluateConfig:
-    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("train_subset", "image_size"))  # --model, --checkpoint, --data, ...
+    # --model, --checkpoint, --data, ... (accuracy needs no input size for costs)
+    ws: WorkspaceOptions = nested(WorkspaceOptions, exclude=("train_subset", "input_size"))
     split: str = "test"
     adaptive_bn: bool = False  # recalibrate BN on the calibration split first (EagleEye)
 
 
 def add_arguments(parser) -> None:
     add_config_args(parser, EvaluateConfig, {"split": "train, val, calib or test",
-                                             "checkpoint": "weights, or a pruned-model file from autoprune"})
+                                             "checkpoint": "weights, or a pruned-model file from autoprune",
+                                             "image_size": INPUT_HELP["image_size"]})
 
 
 def run(args) -> None:
@@ -29,7 +32,7 @@ def run(args) -> None:
     ws = cfg.ws.open()
     if cfg.adaptive_bn:
         recalibrate_bn(ws.model, ws.data.calibration_batches(128, ws.device))
-    x, y = ws.data.tensors(cfg.split, ws.device)
-    acc = accuracy(ws.model, x, y, precision=ws.precision)
-    print(f"{cfg.ws.model} on {cfg.split} ({len(y)} images): top-1 {100 * acc:.2f}%")
-    print(json.dumps({"model": cfg.ws.model, "split": cfg.split, "images": len(y), "top1": acc}))
+    acc = split_accuracy(ws.model, ws.data, cfg.split, ws.device, precision=ws.precision)
+    n = len(ws.data.split(cfg.split))
+    print(f"{cfg.ws.model} on {cfg.split} ({n} images): top-1 {100 * acc:.2f}%")
+    print(json.dumps({"model": cfg.ws.model, "split": cfg.split, "images": n, "top1": acc}))

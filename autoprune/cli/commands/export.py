@@ -23,5 +23,8 @@ def run(args) -> None:
     report = run_export(cfg)
     worst = max(report["max_abs_diff"].values())
     opset = f", opset {report['opset']}" if report["opset"] is not None else ""
+    size = report["input_size"]
+    size = f"{size}x{size}" if isinstance(size, int) else "x".join(map(str, size))
     print(f"exported {cfg.model} to {Path(cfg.output)} ({cfg.format}{opset}, {report['file_bytes'] / 1e6:.2f} MB): "
-          f"parity ok, max |diff| {worst:.3g} <= {cfg.atol:g} at batch {', '.join(map(str, report['batch_sizes']))}")
+          f"parity ok at {size} px, max |diff| {worst:.3g} (within rtol {cfg.rtol:g} + atol {cfg.atol:g}) at batch "
+          f"{', '.join(map(str, report['batch_sizes']))}")
