@@ -54,6 +54,7 @@ from autoprune.core.sensitivity import SensitivityTable, measure_sensitivity
 from autoprune.runs import write_json_atomic
 
 from .common import RESULTS, machine
+from .common import percent_mean_std as ms
 
 OUT = RESULTS / "agent-vs-sensitivity.json"
 MODELS, TARGETS, SEEDS = ("resnet20", "resnet56"), (0.3, 0.5), (0, 1, 2)
@@ -189,10 +190,6 @@ def report(record: dict) -> str:
              "| model | MACs | agent | action | seeds | best | random best | sensitivity | best − max(sens, random) "
              "| goal | policy | best − policy | policy goal | uniform |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-
-    def ms(values) -> str:
-        v = 100 * np.asarray(values)
-        return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
 
     keys = sorted({(r["model"], r["target"], r["agent"], r["action"]) for r in record["rows"]},
                   key=lambda k: (k[0], k[1], k[2], k[3]))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -133,3 +134,9 @@ def paired_difference(values: dict[tuple[str, int], float], arm: str, other: str
     s = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
     resolved = len(diffs) > 1 and abs(m) > T95.get(len(diffs) - 1, 2.0) * s / len(diffs) ** 0.5
     return f"{m:+.2f} ± {s:.2f} (n={len(diffs)}, {'resolved' if resolved else 'not resolved'})"
+
+
+def percent_mean_std(values) -> str:
+    """Fractions as "mean ± std" in percent (sample std; the mean alone for one value)."""
+    v = 100 * np.asarray(values, dtype=float)
+    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"

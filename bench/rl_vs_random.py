@@ -42,6 +42,7 @@ from autoprune.workspace import open_workspace
 
 from .base_models import DATA, finetuned_checkpoint
 from .common import RESULTS, machine
+from .common import percent_mean_std as ms
 
 OUT = RESULTS / "rl-vs-random.json"
 MODELS, TARGETS, SEEDS = ("resnet20", "resnet56"), (0.5, 0.3), (0, 1, 2)
@@ -129,10 +130,6 @@ def report(record: dict) -> str:
              "| model | MACs | agent | action | seeds | best | random best | best − random | policy | "
              "policy − random | distilled | noise-free actor | uniform |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-
-    def ms(values) -> str:
-        v = 100 * np.asarray(values)
-        return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
 
     keys = sorted({(r["model"], r["target"], r["agent"], r["action"]) for r in record["rows"]},
                   key=lambda k: (k[0], -k[1], k[2], k[3]))
