@@ -91,6 +91,38 @@ def test_timm_vit_prunes_with_its_attention_reshape_intact():
     assert abs(flop_counter_cost(pruned, x)[0] / flop_counter_cost(dense, x)[0] - 0.5) < 0.005
 
 
+class _PatchMLP(nn.Module):
+    """MobileViT's pattern, small: an MLP run on (batch x patch area, patches, channels), so the linear
+    layers' first output dimension is not the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.fc1, self.fc2 = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(16, 64), nn.Linear(64, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        t = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 3, 5, 2, 4, 1).reshape(b * 4, h * w // 4, c)
+        t = self.fc2(torch.relu(self.fc1(t)))
+        return self.head(t.reshape(b, 4 * h * w // 4, c).mean(1))
+
+
+def test_layers_run_on_positions_folded_into_the_batch_are_costed_per_image():
+    """timm's mobilevit_xxs kept 41% of its MACs when asked for 50%: its transformer's linear layers were
+    costed per (batch x patch area) row, a quarter of their MACs, and the rest went into an unprunable
+    constant."""
+    torch.manual_seed(0)
+    model, x = _PatchMLP().eval(), torch.randn(2, 3, 16, 16)
+    s = ModelStructure(model, x, num_classes=10)
+    assert "fc1" in [g.name for g in s.groups]
+    assert all(r.name is not None for r in s.costs.rows if r.kind == "linear")  # no unattributed constant
+    assert s.dense_macs == flop_counter_cost(model, x)[0]
+    allocation = uniform_allocation(PruningProblem(s, 0.7))
+    pruned = prune(s, allocation)
+    assert s.macs(allocation.counts(s)) == flop_counter_cost(pruned, x)[0]
+
+
 def test_channel_shuffle_is_refused_in_one_line_saying_what():
     model = create_model("tv:shufflenet_v2_x0_5", 10).eval()
     with pytest.raises(AutopruneError, match="channel shuffle") as info:
