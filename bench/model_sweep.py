@@ -146,7 +146,8 @@ def table(rows: list[dict]) -> str:
                 if "export_max_abs_diff" in r else "-")
         note = r.get("reason") or (f"aux heads {', '.join(r['aux_dropped'])} dropped" if r.get("aux_dropped") else "")
         if r.get("held_groups") and r["result"] == "pruned":
-            note = (note + "; " if note else "") + f"{r['held_groups']} attention-coupled groups held"
+            note = (note + "; " if note else "") + (f"{r['held_groups']} groups held (widths read from module "
+                                                       "attributes: attention heads, shape tuples)")
         lines.append(f"| {r['model']} | {r['family']} | {r['input_size']} | {r['result']} | {kept} | {diff} | "
                      f"{note.replace('|', '/')} |")
     return "\n".join(lines)

@@ -161,6 +161,53 @@ def test_a_residual_added_to_a_slice_of_channels_is_refused_in_seconds():
     assert time.perf_counter() - t0 < 10
 
 
+class _CrossStage(nn.Module):
+    """CSPNet's stage, small: half the channels skip, the other half runs residual blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_exp = nn.Conv2d(3, 16, 1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 8, 1)) for _ in range(2))
+        self.transition, self.head = nn.Conv2d(16, 16, 1), nn.Linear(16, 10)
+
+    def forward(self, x):
+        xs, xb = self.conv_exp(x).split(8, dim=1)
+        for block in self.blocks:
+            xb = xb + block(xb)
+        return self.head(self.transition(torch.cat([xs, xb], dim=1)).mean((2, 3)))
+
+
+def test_channels_mapped_beyond_a_layer_are_refused_in_one_line():
+    """timm's cspresnet50 ended in ``IndexError: index 256 is out of bounds``: torch-pruning maps the residual
+    group of the split's second half onto conv_exp with its offset counted twice."""
+    with pytest.raises(AutopruneError, match="beyond the width of 'conv_exp'") as info:
+        ModelStructure(_CrossStage().eval(), torch.randn(1, 3, 8, 8), num_classes=10)
+    assert "\n" not in str(info.value) and "not supported" in str(info.value)
+
+
+class _ShapeScale(nn.Module):
+    """timm's MetaFormer ``Scale``: its width is also a Python tuple that pruning does not update."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.shape, self.scale = (dim, 1, 1), nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * self.scale.view(self.shape)
+
+
+def test_a_width_kept_in_a_shape_attribute_is_held():
+    """timm's poolformer_s12 broke after pruning: ``shape '[64, 1, 1]' is invalid for input of size 45``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), _ShapeScale(16), nn.Conv2d(16, 32, 1), nn.ReLU(), nn.Conv2d(32, 16, 1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    s = ModelStructure(model, x, num_classes=10)
+    assert s.held == ["0"] and [g.name for g in s.groups] == ["2", "4"]
+    pruned = prune(s, uniform_allocation(PruningProblem(s, 0.6))).eval()
+    assert pruned(x).shape == (1, 10) and pruned[1].scale.numel() == 16
+
+
 # -- resolution --------------------------------------------------------------------------------
 def test_family_input_sizes():
     assert model_info("resnet20").input_size == 32 and model_info("tv:resnet18").input_size == 224

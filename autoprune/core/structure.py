@@ -218,7 +218,9 @@ class ModelStructure:
         Attention reshapes its projections by head counts and widths kept as Python attributes
         (``num_heads``, ``head_dim``, a ViT's ``hidden_dim``), which replaying torch-pruning's layer
         pruners does not update: the model would break (e.g. ``shape '[1, 768, 196]' is invalid``).
-        Such channels are held; the MLP widths between attention blocks stay prunable."""
+        Such channels are held; the MLP widths between attention blocks stay prunable. So are channels
+        of a module that keeps its width in a ``shape`` tuple (timm's MetaFormer ``Scale``: ``x *
+        scale.view(self.shape)``: PoolFormer broke with ``shape '[64, 1, 1]' is invalid for input of size 45``)."""
         parts = name.split(".")
         for depth in (len(parts), len(parts) - 1):
             try:
@@ -228,7 +230,24 @@ class ModelStructure:
             if isinstance(module, nn.MultiheadAttention) or any(
                     hasattr(module, a) for a in ("num_heads", "n_heads", "head_dim")):
                 return True
+            shape = getattr(module, "shape", None)
+            if isinstance(shape, (tuple, list)) and shape and all(isinstance(v, int) for v in shape):
+                return True
         return False
+
+    def _width(self, dep, module) -> int | None:
+        """Channels of ``module`` on the side ``dep`` cuts (None: unknown)."""
+        if isinstance(module, nn.Parameter):
+            return int(module.shape[dep.target.pruning_dim]) if dep.target.pruning_dim is not None else None
+        pruner = self.graph.get_pruner_of_module(module)
+        if pruner is None:
+            return None
+        get = pruner.get_out_channels if self.graph.is_out_channel_pruning_fn(dep.handler) else pruner.get_in_channels
+        try:
+            width = get(module)
+        except Exception:  # noqa: BLE001 -- a pruner that cannot tell: no check
+            return None
+        return int(width) if isinstance(width, int) else None
 
     def _name_of(self, target) -> tuple[str | None, bool]:
         if isinstance(target, nn.Parameter):
@@ -257,6 +276,12 @@ class ModelStructure:
             root_to: list[list[int]] = [[] for _ in range(n)]
             for idx, r in zip(item.idxs, item.root_idxs):
                 root_to[r].append(idx)
+            width = self._width(dep, module)
+            if width is not None and item.idxs and max(item.idxs) >= width:
+                raise AutopruneError(
+                    f"torch-pruning maps the channels of group '{root_name}' beyond the width of '{name}' (index "
+                    f"{max(item.idxs)} of {width}): its index tracking through a split followed by residual blocks "
+                    "(as in CSPNet) goes wrong here, so this model is not supported")
             counts = {len(x) for x in root_to}
             if len(counts) != 1 or 0 in counts:
                 raise AutopruneError(
