@@ -280,8 +280,8 @@ class ModelStructure:
             if width is not None and item.idxs and max(item.idxs) >= width:
                 raise AutopruneError(
                     f"torch-pruning maps the channels of group '{root_name}' beyond the width of '{name}' (index "
-                    f"{max(item.idxs)} of {width}): its index tracking through a split followed by residual blocks "
-                    "(as in CSPNet) goes wrong here, so this model is not supported")
+                    f"{max(item.idxs)} of {width}): its index tracking goes wrong through a split of the channels "
+                    "(torch.split or chunk, as in CSPNet, LeViT and EdgeNeXt), so this model is not supported")
             counts = {len(x) for x in root_to}
             if len(counts) != 1 or 0 in counts:
                 raise AutopruneError(
