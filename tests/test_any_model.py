@@ -91,11 +91,121 @@ def test_timm_vit_prunes_with_its_attention_reshape_intact():
     assert abs(flop_counter_cost(pruned, x)[0] / flop_counter_cost(dense, x)[0] - 0.5) < 0.005
 
 
+class _PatchMLP(nn.Module):
+    """MobileViT's pattern, small: an MLP run on (batch x patch area, patches, channels), so the linear
+    layers' first output dimension is not the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.fc1, self.fc2 = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(16, 64), nn.Linear(64, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        t = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 3, 5, 2, 4, 1).reshape(b * 4, h * w // 4, c)
+        t = self.fc2(torch.relu(self.fc1(t)))
+        return self.head(t.reshape(b, 4 * h * w // 4, c).mean(1))
+
+
+def test_layers_run_on_positions_folded_into_the_batch_are_costed_per_image():
+    """timm's mobilevit_xxs kept 41% of its MACs when asked for 50%: its transformer's linear layers were
+    costed per (batch x patch area) row, a quarter of their MACs, and the rest went into an unprunable
+    constant."""
+    torch.manual_seed(0)
+    model, x = _PatchMLP().eval(), torch.randn(2, 3, 16, 16)
+    s = ModelStructure(model, x, num_classes=10)
+    assert "fc1" in [g.name for g in s.groups]
+    assert all(r.name is not None for r in s.costs.rows if r.kind == "linear")  # no unattributed constant
+    assert s.dense_macs == flop_counter_cost(model, x)[0]
+    allocation = uniform_allocation(PruningProblem(s, 0.7))
+    pruned = prune(s, allocation)
+    assert s.macs(allocation.counts(s)) == flop_counter_cost(pruned, x)[0]
+
+
 def test_channel_shuffle_is_refused_in_one_line_saying_what():
     model = create_model("tv:shufflenet_v2_x0_5", 10).eval()
     with pytest.raises(AutopruneError, match="channel shuffle") as info:
         ModelStructure(model, torch.randn(1, 3, 64, 64), num_classes=10)
     assert "\n" not in str(info.value) and "not supported" in str(info.value)
+
+
+class _PartialResidual(nn.Module):
+    """ReXNet's block, small: the shortcut is added to the first channels only."""
+
+    def __init__(self, blocks: int = 12):
+        super().__init__()
+        widths = [8 + 2 * i for i in range(blocks + 1)]
+        self.stem = nn.Conv2d(3, widths[0], 3, padding=1)
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 1) for a, b in zip(widths, widths[1:]))
+        self.head = nn.Linear(widths[-1], 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for conv in self.convs:
+            c = x.shape[1]
+            y = conv(x)
+            x = torch.cat([y[:, :c] + x, y[:, c:]], dim=1)
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_residual_added_to_a_slice_of_channels_is_refused_in_seconds():
+    """timm's rexnet_100: torch-pruning's grouping had not finished after 6 minutes. Without the check this
+    model's grouping takes 0.25 s with 4 blocks, 15 s with 6 (and then finds no prunable group)."""
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(AutopruneError, match=r"adds a residual to a slice of its channels \(12 places") as info:
+        ModelStructure(_PartialResidual().eval(), torch.randn(1, 3, 8, 8), num_classes=10)
+    assert "\n" not in str(info.value) and "not supported" in str(info.value)
+    assert time.perf_counter() - t0 < 10
+
+
+class _CrossStage(nn.Module):
+    """CSPNet's stage, small: half the channels skip, the other half runs residual blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_exp = nn.Conv2d(3, 16, 1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 8, 1)) for _ in range(2))
+        self.transition, self.head = nn.Conv2d(16, 16, 1), nn.Linear(16, 10)
+
+    def forward(self, x):
+        xs, xb = self.conv_exp(x).split(8, dim=1)
+        for block in self.blocks:
+            xb = xb + block(xb)
+        return self.head(self.transition(torch.cat([xs, xb], dim=1)).mean((2, 3)))
+
+
+def test_channels_mapped_beyond_a_layer_are_refused_in_one_line():
+    """timm's cspresnet50 ended in ``IndexError: index 256 is out of bounds``: torch-pruning maps the residual
+    group of the split's second half onto conv_exp with its offset counted twice."""
+    with pytest.raises(AutopruneError, match="beyond the width of 'conv_exp'") as info:
+        ModelStructure(_CrossStage().eval(), torch.randn(1, 3, 8, 8), num_classes=10)
+    assert "\n" not in str(info.value) and "not supported" in str(info.value)
+
+
+class _ShapeScale(nn.Module):
+    """timm's MetaFormer ``Scale``: its width is also a Python tuple that pruning does not update."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.shape, self.scale = (dim, 1, 1), nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * self.scale.view(self.shape)
+
+
+def test_a_width_kept_in_a_shape_attribute_is_held():
+    """timm's poolformer_s12 broke after pruning: ``shape '[64, 1, 1]' is invalid for input of size 45``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), _ShapeScale(16), nn.Conv2d(16, 32, 1), nn.ReLU(), nn.Conv2d(32, 16, 1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    s = ModelStructure(model, x, num_classes=10)
+    assert s.held == ["0"] and [g.name for g in s.groups] == ["2", "4"]
+    pruned = prune(s, uniform_allocation(PruningProblem(s, 0.6))).eval()
+    assert pruned(x).shape == (1, 10) and pruned[1].scale.numel() == 16
 
 
 # -- resolution --------------------------------------------------------------------------------

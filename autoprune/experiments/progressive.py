@@ -20,7 +20,7 @@ from autoprune.runs import check_run_dir
 from autoprune.train import distributed
 from autoprune.train.decision import AUTO, ShapeDecision, parse_decide_at
 from autoprune.train.training import TrainRecipe
-from autoprune.workspace import WorkspaceOptions
+from autoprune.workspace import INPUT_HELP, WorkspaceOptions
 
 
 class BadDecideAt(argparse.ArgumentTypeError, ValueError):
@@ -66,6 +66,8 @@ class ProgressiveConfig:
 
 HELP = {
     "output": "run directory (config, TensorBoard, state.pt, model.pt, allocation.json, plots)",
+    "input_size": INPUT_HELP["input_size"] + "; every MACs figure of the run (targets, cuts, train_macs) is "
+                  "counted at it",
     "checkpoint": "dense (or pruned) checkpoint to start from; omit to train from scratch",
     "target": "kept fraction of the original MACs at the end",
     "latency": "instead of --target: kept fraction of the measured latency (lookup table at --latency-batch, "
@@ -153,7 +155,7 @@ def run_progressive(cfg: ProgressiveConfig) -> dict | None:
                                seed=cfg.ws.seed, device=ws.device, precision=ws.precision, trajectory=trajectory,
                                state_path=out / "state.pt",
                                resume=cfg.resume,
-                               log_dir=out / "tb", decision=decision)
+                               log_dir=out / "tb", decision=decision, example_input=ws.example_input())
     if not distributed.is_main():
         return None
     original = result.original
@@ -167,7 +169,7 @@ def run_progressive(cfg: ProgressiveConfig) -> dict | None:
     planned = [(s, schedule.target(s)) for s in range(total + 1)]
     summary = {"val_acc": saved_acc, "val_acc_training_bn": trained_acc, "macs": result.allocation.macs(original),
                "macs_ratio": result.allocation.macs(original) / original.dense_macs, "target": cfg.target,
-               "train_macs": result.train_macs, "seconds": result.seconds, "precision": ws.precision.name,
+               "input_size": list(ws.input_size), "train_macs": result.train_macs, "seconds": result.seconds, "precision": ws.precision.name,
                "trajectory": trajectory, "steps": result.steps,
                "latency": (latency[0].measured(result.model, latency[2], latency[1], result.allocation.counts(original))
                            if latency else None),

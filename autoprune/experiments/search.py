@@ -28,7 +28,7 @@ from autoprune.errors import AutopruneError
 from autoprune.experiments.targets import HELP as TARGET_HELP
 from autoprune.experiments.targets import TargetOptions
 from autoprune.runs import check_run_dir
-from autoprune.workspace import PARALLEL_HELP, ParallelOptions, Workspace, WorkspaceOptions
+from autoprune.workspace import INPUT_HELP, PARALLEL_HELP, ParallelOptions, Workspace, WorkspaceOptions
 
 AGENTS = ("ddpg", "td3", "sac", "random")
 
@@ -60,6 +60,7 @@ HELP = {
     **RL_HELP,
     **PARALLEL_HELP,
     "output": "run directory (refused if it holds another run, unless --resume)",
+    "input_size": INPUT_HELP["input_size"],
     **TARGET_HELP,
     "agent": f"one of {', '.join(AGENTS)}",
     "val_size": "held-out training images scoring each episode",
@@ -240,7 +241,7 @@ def _finish(cfg: SearchConfig, ws: Workspace, problem: PruningProblem, scorer: S
         "model": cfg.ws.model, "agent": cfg.agent, "precision": ws.precision.name, "metric": problem.metric,
         "target": problem.target, "score": kind, "search_score": cfg.score, "reward": cfg.rl.reward,
         "episodes": result.episodes, "finalists": finalists,
-        "dense_macs": structure.dense_macs,
+        "input_size": list(ws.input_size), "dense_macs": structure.dense_macs,
         "best": {"score_value": best_score, "macs": best_alloc.macs(structure), "params": best_alloc.params(structure),
                  "saved_model_val_accuracy": saved_acc,
                  "cost_ratio": problem.cost(best_alloc.counts(structure)) / problem.dense_cost},

@@ -90,6 +90,6 @@ def run_train(cfg: TrainConfig) -> dict | None:
     vx, vy = ws.data.tensors("val", ws.device)
     summary = {"val_acc": accuracy(ws.model, vx, vy), "steps": result.steps, "seconds": result.seconds,
                "precision": ws.precision.name, "processes": distributed.rank_and_world()[1],
-               "config": flat_config(cfg)}
+               "input_size": list(ws.input_size), "macs_per_image": macs, "config": flat_config(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

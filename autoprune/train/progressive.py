@@ -110,7 +110,8 @@ class ProgressivePruner:
                  allocator: Any, *, base_name: str, criterion: str = "l1", min_keep: float = 0.2, round_to: int = 1,
                  seed: int = 0, device: torch.device | str = "cpu", state_path: str | Path | None = None,
                  writer: Any = None, progress: bool = True, precision: str | Precision = "auto",
-                 trajectory: str = "per-step", decision: ShapeDecision | None = None):
+                 trajectory: str = "per-step", decision: ShapeDecision | None = None,
+                 example_input: torch.Tensor | None = None):
         if trajectory not in TRAJECTORIES:
             raise AutopruneError(f"unknown trajectory '{trajectory}': use {' or '.join(TRAJECTORIES)}")
         if decision is not None and trajectory != "final":
@@ -141,7 +142,8 @@ class ProgressivePruner:
         self.macs = original.dense_macs
         self._calib: list[torch.Tensor] | None = None
         self._evaluator: AdaptiveBNEvaluator | None = None
-        self._example = data.tensors("val")[0][:1].to(self.device)
+        # the shape every cut's MACs are counted at: the original structure's (its input size), not the data's
+        self._example = (original.example_input if example_input is None else example_input)[:1].to(self.device)
 
     # -- state --------------------------------------------------------------------------------
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -382,17 +384,20 @@ def progressive_train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, s
                       state_path: str | Path | None = None, resume: bool = False,
                       log_dir: str | Path | None = None, progress: bool = True,
                       precision: str | Precision = "auto", trajectory: str = "per-step",
-                      decision: ShapeDecision | None = None) -> ProgressiveResult:
+                      decision: ShapeDecision | None = None,
+                      example_input: torch.Tensor | None = None) -> ProgressiveResult:
     """Train ``model`` for ``recipe.epochs`` while pruning it to ``schedule.final`` of its MACs.
 
     ``allocator`` is any ``Allocator`` (``autoprune.agents.get_allocator(name)``); ``trajectory``
     says whether it decides the final shape once (``final``) or every cut anew (``per-step``);
     ``decision`` (from scratch) says when during training the ``final`` shape is decided. With
     ``state_path`` a resumable state is written at every epoch boundary; ``resume`` continues from it.
+    Every MACs figure is counted on ``example_input`` (the command passes one at ``--input-size``; default:
+    one image of the data, at the resolution it is fed).
     """
     device = torch.device(device)
     model.to(device)
-    example = data.tensors("val")[0][:1].to(device)
+    example = (data.tensors("val")[0] if example_input is None else example_input)[:1].to(device)
     original = ModelStructure(model, example, num_classes=data.num_classes)
     writer = None
     if log_dir is not None and distributed.is_main():
@@ -403,7 +408,8 @@ def progressive_train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, s
         pruner = ProgressivePruner(original, data, recipe, schedule, allocator, base_name=base_name,
                                    criterion=criterion, min_keep=min_keep, round_to=round_to, seed=seed,
                                    device=device, state_path=state_path, writer=writer, progress=progress,
-                                   precision=precision, trajectory=trajectory, decision=decision)
+                                   precision=precision, trajectory=trajectory, decision=decision,
+                                   example_input=example)
         return pruner.run(resume=resume, log_dir=log_dir)
     finally:
         if writer is not None:

@@ -31,8 +31,8 @@ def run(args) -> None:
         return
     bn = (f"BN recalibrated; {100 * s['val_acc_training_bn']:.2f}% with training-time BN statistics"
           if has_batchnorm(load_pruned(Path(cfg.output) / "model.pt")[0]) else "no BatchNorm to recalibrate")
-    print(f"saved {Path(cfg.output) / 'model.pt'}: MACs {100 * s['macs_ratio']:.1f}% of original "
-          f"(target {100 * cfg.target:.1f}%), held-out acc {100 * s['val_acc']:.2f}% as loaded from disk ({bn}), "
+    print(f"saved {Path(cfg.output) / 'model.pt'}: MACs {100 * s['macs_ratio']:.1f}% of original at "
+          f"{'x'.join(map(str, s['input_size']))} (target {100 * cfg.target:.1f}%), held-out acc {100 * s['val_acc']:.2f}% as loaded from disk ({bn}), "
           f"training {s['train_macs'] / 1e12:.3f} TMACs in {s['seconds']:.0f}s")
     if s["decision"] is not None:
         d = s["decision"]

@@ -29,7 +29,8 @@ def report(run: SearchRun) -> None:
     for row in s["policy_at_targets"] or []:
         print(f"policy at {100 * row['target']:g}% of {metric}: {fmt_search(row['policy_score'])} "
               f"(uniform {fmt_search(row['uniform_score'])})")
-    print(f"dense: {100 * run.dense_accuracy:.2f}% val accuracy, {s['dense_macs']:,} MACs")
+    print(f"dense: {100 * run.dense_accuracy:.2f}% val accuracy, {s['dense_macs']:,} MACs at "
+          f"{'x'.join(map(str, s['input_size']))}")
     print(f"best {s['agent']} allocation: {fmt(run.score)} at "
           f"{s['best']['macs']:,} MACs ({100 * s['best']['cost_ratio']:.1f}% of {metric})")
     if s["finalists"]:
