@@ -69,6 +69,10 @@ def _untraceable(exc: Exception) -> str:
         return ("torch-pruning cannot follow channels through a reshape that mixes channel groups (a channel "
                 "shuffle, as in ShuffleNet), so no channel of this model can be removed safely: it is not supported; "
                 "prune a model without channel shuffle")
+    if "update_concat_index_mapping" in frames:  # measured: tv:swin_s and swin_b (shape inference gives up)
+        return ("torch-pruning cannot work out how many channels enter a concatenation in this model (its shape "
+                "inference gives up on deep stacks of reshapes, as in Swin's patch merging), so no channel can be "
+                "removed safely: it is not supported; prune a CNN or a plain ViT instead")
     first = (str(exc).splitlines() or [""])[0][:120]
     return (f"torch-pruning cannot trace this model ({type(exc).__name__}: {first}): an operation in its forward is "
             "not supported by torch-pruning's dependency graph, so it cannot be pruned here")
