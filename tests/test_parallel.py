@@ -111,30 +111,45 @@ def test_two_worker_ddpg_search_runs_and_resumes(tmp_path):
     assert (run / "policy.zip").exists()
 
 
+@pytest.fixture(scope="module")
+def r20_swept(synthetic_bundle):
+    """ResNet-20's structure and its sensitivity table, measured once for the module (the sweep is not what
+    these tests are about: the searches below are handed it)."""
+    from autoprune.core.io import load_model
+    from autoprune.core.problem import PruningProblem
+    from autoprune.core.scoring import Scorer
+    from autoprune.core.sensitivity import measure_sensitivity
+    from autoprune.core.structure import ModelStructure
+    from autoprune.train.evaluator import AdaptiveBNEvaluator
+
+    x, y = synthetic_bundle.tensors("val")
+    structure = ModelStructure(load_model("resnet20", 10, str(RESNET20_CKPT)), x[:1])
+    problem = PruningProblem(structure, 0.5)
+    evaluator = AdaptiveBNEvaluator([x[:64]], x[:100], y[:100], precision="fp32")
+    return structure, measure_sensitivity(problem, Scorer(problem, evaluator))
+
+
 @pytest.mark.parametrize("algo", ["ddpg", "td3", "sac"])
-def test_parallel_rounds_keep_the_update_to_data_ratio(algo, synthetic_bundle, one_thread):
+def test_parallel_rounds_keep_the_update_to_data_ratio(algo, synthetic_bundle, r20_swept, one_thread):
     """K episodes per round, K x (steps x updates_per_step) gradient steps after it: as many updates
     per transition as AMC's one-episode loop."""
     import torch
 
     from autoprune.agents.rl import RLSearch
-    from autoprune.core.io import load_model
     from autoprune.core.problem import PruningProblem
     from autoprune.core.scoring import Scorer
-    from autoprune.core.structure import ModelStructure
     from autoprune.train.evaluator import AdaptiveBNEvaluator
     from autoprune.train.ray_pool import scoring_pool
 
     x, y = synthetic_bundle.tensors("val")
-    model = load_model("resnet20", 10, str(RESNET20_CKPT))
-    structure = ModelStructure(model, x[:1])
+    structure, table = r20_swept
     updates = {}
     for workers in (1, 2):
         problem = PruningProblem(structure, 0.5)
         evaluator = AdaptiveBNEvaluator([x[:64]], x[:100], y[:100], precision="fp32")
         pool = scoring_pool(problem, evaluator, workers)
         search = RLSearch(episodes=6, warmup_episodes=2, eval_every=0, seed=0, algo=algo)
-        search.search(problem, Scorer(problem, evaluator, pool=pool))
+        search.search(problem, Scorer(problem, evaluator, pool=pool), sensitivity=table)
         updates[workers] = search.model._n_updates
         if pool is not None:
             pool.close()
