@@ -54,6 +54,7 @@ from autoprune.core.sensitivity import SensitivityTable, measure_sensitivity
 from autoprune.runs import write_json_atomic
 
 from .common import RESULTS, machine
+from .common import agents_to_run
 from .common import percent_mean_std as ms
 
 OUT = RESULTS / "agent-vs-sensitivity.json"
@@ -126,9 +127,7 @@ def run(record: dict, out: Path, models: list[str], agents: list[tuple[str, str]
         ws = None
         for target in targets:
             for seed in seeds:
-                todo = [(a, act) for a, act in agents
-                        if not any((r["model"], r["target"], r["seed"], r["agent"], r["action"])
-                                   == (model, target, seed, a, act) for r in record["rows"])]
+                todo = agents_to_run(record["rows"], model, target, seed, agents)
                 if not todo:
                     continue
                 if ws is None:

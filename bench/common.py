@@ -140,3 +140,10 @@ def percent_mean_std(values) -> str:
     """Fractions as "mean ± std" in percent (sample std; the mean alone for one value)."""
     v = 100 * np.asarray(values, dtype=float)
     return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+
+
+def agents_to_run(rows: list[dict], model: str, target: float, seed: int,
+                  agents: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (agent, action) pairs of one grid cell and seed that have no row yet (the grids resume by row)."""
+    done = {(r["agent"], r["action"]) for r in rows if (r["model"], r["target"], r["seed"]) == (model, target, seed)}
+    return [(a, act) for a, act in agents if (a, act) not in done]

@@ -42,6 +42,7 @@ from autoprune.workspace import open_workspace
 
 from .base_models import DATA, finetuned_checkpoint
 from .common import RESULTS, machine
+from .common import agents_to_run
 from .common import percent_mean_std as ms
 
 OUT = RESULTS / "rl-vs-random.json"
@@ -81,9 +82,7 @@ def run(record: dict, models: list[str], agents: list[tuple[str, str]], targets:
         ws = structure = calib = None
         for target in targets:
             for seed in seeds:
-                todo = [(a, act) for a, act in agents
-                        if not any((r["model"], r["target"], r["seed"], r["agent"], r["action"])
-                                   == (model, target, seed, a, act) for r in record["rows"])]
+                todo = agents_to_run(record["rows"], model, target, seed, agents)
                 if not todo:
                     continue
                 if ws is None:
