@@ -155,3 +155,29 @@ def test_sensitivity_action_zero_plays_the_sensitivity_allocation(resnet20_struc
     assert np.abs(counts - expected).max() <= 1
     assert problem.feasible(table.allocation(problem))
     assert not np.array_equal(expected, uniform_allocation(problem).counts(resnet20_structure))  # not trivial
+
+
+def test_search_reuses_a_sweep_from_another_run_and_refuses_a_foreign_file(tmp_path, capsys, monkeypatch):
+    """``search --sensitivity A/sensitivity.json``: no second sweep (measuring would raise here), the table is
+    copied into the new run folder; a file that is not a table is one line before any data is read."""
+    import autoprune.core.sensitivity as sens
+    from autoprune.cli.main import main
+
+    common = ["--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64",
+              "--macs", "0.5", "--episodes", "2", "--warmup-episodes", "1", "--eval-every", "0", "--no-progress"]
+    assert main(["search", *common, "--output", str(tmp_path / "a")]) == 0
+    first = json.loads((tmp_path / "a" / "sensitivity.json").read_text())
+
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("the sweep was measured again")
+
+    monkeypatch.setattr(sens, "measure_sensitivity", no_sweep)
+    assert main(["search", *common, "--seed", "1", "--sensitivity", str(tmp_path / "a" / "sensitivity.json"),
+                 "--output", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "sensitivity.json").read_text())["tables"] == first["tables"]
+    capsys.readouterr()
+    (tmp_path / "foreign.json").write_text('{"format": "something else"}')
+    code = main(["search", *common, "--sensitivity", str(tmp_path / "foreign.json"), "--output", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "not a sensitivity table" in err[0]
+    assert not (tmp_path / "c").exists()

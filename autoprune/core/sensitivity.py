@@ -182,18 +182,27 @@ def find_table(tables: Sequence[SensitivityTable], key: dict[str, Any],
 
 
 def cached_sensitivity(folder: str | Path | None, problem: PruningProblem, scorer: Scorer, model: str | None = None,
-                       ratios: Sequence[float] = FEATURE_RATIOS) -> SensitivityTable:
+                       ratios: Sequence[float] = FEATURE_RATIOS, reuse: str | Path | None = None) -> SensitivityTable:
     """The table for this problem, model and score from ``folder/sensitivity.json`` when it is there,
-    else measured (and added to the file): a resumed run, or a second command on the folder, sweeps
-    nothing."""
+    else taken from ``reuse`` (another run's ``sensitivity.json``: it must hold this table), else measured;
+    a table not yet in the folder's file is added to it: a resumed run, or a second command on the folder,
+    sweeps nothing."""
     key = table_key(problem, scorer.evaluator.kind, model, ratios)
     path = Path(folder) / FILE if folder is not None else None
     tables = load_tables(path) if path is not None and path.exists() else []
     table = find_table(tables, key)
-    if table is None:
+    if table is not None:
+        return table
+    if reuse is not None:
+        table = find_table(load_tables(reuse), key)
+        if table is None:
+            raise AutopruneError(f"sensitivity table '{reuse}' holds no table for model '{model}' with score "
+                                 f"'{key['score']}' and these groups: measure it here (drop --sensitivity)")
+        table.check(problem, key["score"])
+    else:
         table = measure_sensitivity(problem, scorer, model, ratios)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, {"format": TABLE_FORMAT, "tables": [t.to_dict() for t in tables + [table]]},
-                              indent=1)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"format": TABLE_FORMAT, "tables": [t.to_dict() for t in tables + [table]]},
+                          indent=1)
     return table

@@ -46,6 +46,7 @@ class SearchConfig:
     early_stop: bool = False
     finalists: int = 0  # re-rank the best K candidates with --finalist-score (0: pick by --score alone)
     finalist_score: str = "finetune:100"
+    sensitivity: str | None = None  # a sensitivity.json measured before with the same score: its sweep is reused
     score: str = "adaptive-bn"  # autoprune.train.scores: adaptive-bn[:loss|:kd], reconstruct, finetune[-kd]:STEPS
     criterion: str = "l1"
     min_keep: float = 0.2
@@ -80,6 +81,8 @@ HELP = {
     "resume": "continue the interrupted run in --output. Its checkpoints are pickles (they can run code when "
               "read): trust a run folder like code, resume only your own; one written by another autoprune "
               "version is refused before anything in it is unpickled",
+    "sensitivity": "reuse the sensitivity sweep in this sensitivity.json (another search's or compare's run folder, "
+                   "same model and score) instead of measuring it; copied into this run folder",
     "more_models": "train the same policy on these models too (NAME or NAME=CHECKPOINT, same data and target): "
                    "episodes alternate between the models, reward 'relative', one log per model (0-<groups>g/, ...)",
 }
@@ -109,6 +112,8 @@ def check_search_config(cfg: SearchConfig) -> SearchConfig:
     _, target, target_hi = cfg.target.resolve_range()
     if cfg.agent not in AGENTS:
         raise AutopruneError(f"unknown agent '{cfg.agent}': use one of {', '.join(AGENTS)}")
+    if cfg.sensitivity is not None:
+        load_tables(cfg.sensitivity)  # a missing or foreign file is a one-line error before any data is read
     if cfg.more_models and cfg.agent == "random":
         raise AutopruneError("--more-models trains one policy on several models: use an RL --agent, not random")
     if target_hi > target and cfg.agent == "random":
@@ -155,7 +160,8 @@ def run_search(cfg: SearchConfig) -> SearchRun:
                                                seed=cfg.ws.seed, early_stop=cfg.early_stop))
                 names.append(name)
             # once per model and score, on the workers when there are some; a resumed run reads it back
-            tables = [cached_sensitivity(out, p, sc, model=n) for p, sc, n in zip(problems, scorers, names)]
+            tables = [cached_sensitivity(out, p, sc, model=n, reuse=cfg.sensitivity)
+                      for p, sc, n in zip(problems, scorers, names)]
             result = RLSearch(cfg.rl, algo=cfg.agent, seed=cfg.ws.seed).search(
                 problems if len(problems) > 1 else problem, scorers if len(scorers) > 1 else scorer, out,
                 resume=cfg.resume, progress=cfg.progress, sensitivity=tables if len(tables) > 1 else tables[0])
