@@ -1,4 +1,4 @@
-"""Issue 36: the agent reads each group's sensitivity, starts from the heuristics, and steers around them.
+"""The sensitivity-aware agent: it reads each group's sensitivity, starts from the heuristics, and steers around them.
 
 One sweep per model and score (``sensitivity.json``), shared by compare's allocators and reused on
 resume; the first two episodes play the sensitivity and uniform allocations with the scores compare
