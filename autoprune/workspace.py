@@ -139,11 +139,11 @@ def open_workspace(model: str, checkpoint: str | None, data: str, *, val_size: i
     info = model_info(model)
     size = input_hw(input_size if input_size is not None else info.input_size)
     prec = resolve_precision(precision, resolve_device(device))  # a bad precision fails before data is read
+    if checkpoint is not None and not Path(checkpoint).is_file():  # so does a missing checkpoint
+        raise AutopruneError(f"checkpoint '{checkpoint}' not found: check the path")
     bundle = make_bundle(data, info.mean, info.std, val_size=val_size, calib_size=calib_size, seed=seed,
                          image_size=image_size, train_subset=train_subset)
     dev = resolve_device(device)
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise AutopruneError(f"checkpoint '{checkpoint}' not found: check the path")
     net, dropped = load_model_noting(model, bundle.num_classes, checkpoint)
     if dropped:
         print(f"note: {model}: auxiliary classifier(s) {', '.join(dropped)} dropped (training-time heads; the pruned "

@@ -16,6 +16,7 @@ it takes home: the truth of the candidate it ranks first and the mean truth of i
 
     python -m bench.proxy_validity                      # resumable: each candidate's truth and each score
     python -m bench.proxy_validity --models resnet20    # one model's pools
+    python -m bench.proxy_validity --targets 0.5        # one target's pools (runs beside another target's)
     python -m bench.proxy_validity --scores-only        # add missing scores to existing rows, no fine-tunes
     python -m bench.proxy_validity --report             # correlations, table and plot from the rows only
 
@@ -252,21 +253,43 @@ class Bench:
                 "dense_test_acc": self.dense_build["test_acc"], "cpu": machine()["cpu"]}
 
 
-def save(record: dict) -> None:
-    record["summary"] = summarize(record["rows"])
-    record["selection"] = selection(record["rows"], BASELINE, tuple(s for s in SCORES if s != BASELINE))
-    write_json_atomic(OUT, record, indent=1)
-    write_reports(record)
+def _key(row: dict) -> tuple:
+    return row["model"], row["target"], row["source"]
 
 
-def run(models: list[str], scores_only: bool) -> None:
+def save(record: dict, reports: bool = False) -> None:
+    """Write ``record`` (with its summary and reports if ``reports``: 40 s of bootstrap) merged with the rows another process (``--targets``) wrote meanwhile: under a lock, a row
+    on disk that this process lacks is adopted, and of two copies of a row the one with more scores is kept."""
+    import fcntl
+
+    with open(OUT.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if OUT.exists():
+            mine = {_key(r): r for r in record["rows"]}
+            for row in json.loads(OUT.read_text())["rows"]:
+                if "model" not in row:
+                    continue
+                have = mine.get(_key(row))
+                if have is None:
+                    record["rows"].append(row)
+                elif len(row.get("scores", {})) > len(have.get("scores", {})):
+                    record["rows"][record["rows"].index(have)] = row
+        if reports:
+            record["summary"] = summarize(record["rows"])
+            record["selection"] = selection(record["rows"], BASELINE, tuple(s for s in SCORES if s != BASELINE))
+        write_json_atomic(OUT, record, indent=1)
+    if reports:
+        write_reports(record)
+
+
+def run(models: list[str], scores_only: bool, targets: list[float] | None = None) -> None:
     record = json.loads(OUT.read_text()) if OUT.exists() else {"rows": []}
     record.update(command="python -m bench.proxy_validity", machine=machine(), scores=list(SCORES))
     record.pop("spearman_with_finetuned_test_acc", None)  # the first version's summary: recomputed as "summary"
     migrate(record)
     for model in models:
         bench = Bench(model, record)
-        pools = [(t, n) for (m, t), n in POOLS.items() if m == model]
+        pools = [(t, n) for (m, t), n in POOLS.items() if m == model and (not targets or t in targets)]
         for tier, scores in enumerate(TIERS):
             for target, n in pools:  # rows that have their truth: add this tier's scores
                 for row in [r for r in record["rows"] if r["model"] == model and r["target"] == target]:
@@ -383,15 +406,16 @@ def write_reports(record: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=sorted({m for m, _ in POOLS}))
+    parser.add_argument("--targets", nargs="+", type=float,
+                        help="only these pools' targets (two processes may fill different targets at once)")
     parser.add_argument("--scores-only", action="store_true")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args(argv)
     if not args.report:
-        run(args.models, args.scores_only)
+        run(args.models, args.scores_only, args.targets)
     record = json.loads(OUT.read_text())
     migrate(record)
-    save(record)
-    write_reports(record)
+    save(record, reports=True)
     print(report(record))
     return 0
 

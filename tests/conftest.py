@@ -42,6 +42,28 @@ def synthetic_bundle():
 
 
 @pytest.fixture(scope="session")
+def swept(tmp_path_factory):
+    """``swept(model, score)``: a sensitivity.json holding that model's sweep, measured once per test process on
+    the synthetic images. Commands whose tests are not about the sweep are handed it with ``--sensitivity``, the
+    flag a user passes to reuse another run's sweep (the sweep has tests of its own)."""
+    from autoprune.core.sensitivity import FILE, cached_sensitivity
+    from autoprune.workspace import open_workspace
+
+    folder = tmp_path_factory.mktemp("sweeps")
+    done: set[tuple[str, str]] = set()
+
+    def table(model: str = "resnet20", score: str = "adaptive-bn") -> str:
+        if (model, score) not in done:
+            ws = open_workspace(model, None, "synthetic", val_size=100, calib_size=64, precision="fp32")
+            problem = ws.problem(0.5)
+            cached_sensitivity(folder, problem, ws.scorer(problem, score), model=model)
+            done.add((model, score))
+        return str(folder / FILE)
+
+    return table
+
+
+@pytest.fixture(scope="session")
 def resnet20_structure():
     from autoprune.core.structure import ModelStructure
     from autoprune.models import create_model

@@ -88,9 +88,11 @@ def test_search_apply_prune_save_what_they_scored_and_never_open_test(tmp_path, 
     assert abs(plain - best["score_value"]) <= 0.005 + 1e-9
 
     applied = tmp_path / "apply"
+    swept = ["--sensitivity", run / "sensitivity.json"]  # same model, data and score: the search's sweep is reused
     code, out, err = _cli(capsys, "apply", *common, "--macs", 0.5, "--policy", run / "policy.zip",
-                          "--output", applied)
+                          "--output", applied, *swept)
     assert code == 0, err
+    assert json.loads((applied / "sensitivity.json").read_text()) == json.loads((run / "sensitivity.json").read_text())
     report = json.loads((applied / "report.json").read_text())
     assert abs(_plain(applied / "model.pt", x, y) - report["score_value"]) <= 0.005 + 1e-9
     assert report["saved_model_val_accuracy"] == pytest.approx(report["score_value"], abs=0.005 + 1e-9)
@@ -103,7 +105,7 @@ def test_search_apply_prune_save_what_they_scored_and_never_open_test(tmp_path, 
 
     # asking for the test split is where the unreadable files surface, as one line naming a file
     res = _run_cli("apply", *common, "--macs", 0.5, "--policy", run / "policy.zip", "--output",
-                   tmp_path / "apply2", "--report-test")
+                   tmp_path / "apply2", "--report-test", *swept)
     assert res.returncode == 2 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert "0000.jpg' cannot be read" in res.stderr and "re-extract" in res.stderr
 

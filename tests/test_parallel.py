@@ -96,9 +96,9 @@ def test_killed_parallel_random_search_resumes_with_nothing_lost_or_repeated(tmp
     assert _candidates(run) == _candidates(tmp_path / "whole")
 
 
-def test_two_worker_ddpg_search_runs_and_resumes(tmp_path):
+def test_two_worker_ddpg_search_runs_and_resumes(tmp_path, swept):
     rl = ["--episodes", "6", "--warmup-episodes", "2", "--eval-every", "2", "--checkpoint-every", "2",
-          "--workers", "2"]
+          "--workers", "2", "--sensitivity", swept()]
     run = tmp_path / "ddpg"
     # dies starting its second checkpoint (episode 4): the one of episode 2 is the last complete one
     _run_killed(["search", *COMMON, *rl, "--output", str(run)],
@@ -197,3 +197,31 @@ def test_sensitivity_and_greedy_allocate_the_same_on_workers(synthetic_bundle, o
             pool.close()
     assert len(set(found[1][1])) > 1  # the curves are not flat: the comparison can fail
     assert found[2] == found[1]
+
+
+def test_a_closed_pools_actors_take_up_the_next_problem(synthetic_bundle, one_thread):
+    """The next pool of the session reuses the actors (no new processes) and they score the new model and score
+    exactly as this process does."""
+    from autoprune.core.problem import PruningProblem, uniform_allocation
+    from autoprune.core.scoring import Scorer
+    from autoprune.core.structure import ModelStructure
+    from autoprune.models import create_model
+    from autoprune.train.evaluator import AdaptiveBNEvaluator
+    from autoprune.train.ray_pool import scoring_pool
+    from autoprune.train.scores import make_evaluator
+
+    x, y = synthetic_bundle.tensors("val")
+    actors, found = [], []
+    for name, kind in (("resnet20", "adaptive-bn"), ("resnet32", "reconstruct:loss")):
+        problem = PruningProblem(ModelStructure(create_model(name, 10).eval(), x[:1]), 0.5)
+        evaluator = (AdaptiveBNEvaluator([x[:64]], x[:100], y[:100], precision="fp32") if kind == "adaptive-bn" else
+                     make_evaluator(kind, None, [x[:64]], x[:100], y[:100], "fp32", structure=problem.structure))
+        pool = scoring_pool(problem, evaluator, 2)
+        alloc = uniform_allocation(problem)
+        found.append((pool.score([problem.key(alloc)])[0].value, Scorer(problem, evaluator).value(alloc)))
+        actors.append(list(pool._actors))
+        pool.close()
+    assert actors[1] == actors[0]  # the same two actors served both pools
+    for remote, local in found:
+        assert remote == pytest.approx(local, abs=1e-6)
+    assert found[0][0] != pytest.approx(found[1][0])  # a different model and score: the check can fail

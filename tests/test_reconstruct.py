@@ -123,7 +123,7 @@ def test_search_with_reconstruct_saves_the_refitted_model(tmp_path, capsys):
     assert plain != pytest.approx(summary["best"]["score_value"], abs=1e-9)
 
 
-def test_apply_with_reconstruct_saves_the_model_it_scored(tmp_path, capsys):
+def test_apply_with_reconstruct_saves_the_model_it_scored(tmp_path, capsys, swept):
     """``apply --score reconstruct``: model.pt holds the refitted weights, and read back from disk it scores what
     the report says (plain held-out top-1 == the reconstruct score)."""
 
@@ -133,7 +133,7 @@ def test_apply_with_reconstruct_saves_the_model_it_scored(tmp_path, capsys):
               "--calib-size", "64", "--macs", "0.5", "--precision", "fp32"]
     search = tmp_path / "search"  # a policy of this version's observation layout, played by apply below
     assert main(["search", *common, "--episodes", "2", "--warmup-episodes", "1", "--eval-every", "1",
-                 "--output", str(search), "--no-progress"]) == 0
+                 "--output", str(search), "--no-progress", "--sensitivity", swept()]) == 0
     capsys.readouterr()
     out = tmp_path / "applied"
     code = main(["apply", "--policy", str(search / "policy.zip"), *common, "--score", "reconstruct",

@@ -13,11 +13,11 @@ def _cli(capsys, *args: str):
 
 
 @pytest.mark.slow
-def test_cli_search_apply_and_errors(tmp_path, capsys):
+def test_cli_search_apply_and_errors(tmp_path, capsys, swept):
     run = tmp_path / "run"
     common = ["--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64"]
     code, out, err = _cli(capsys, "search", *common, "--macs", "0.5", "--output", str(run), "--episodes", "4",
-                          "--warmup-episodes", "2", "--eval-every", "2", "--no-progress")
+                          "--warmup-episodes", "2", "--eval-every", "2", "--no-progress", "--sensitivity", swept())
     assert code == 0, err
     assert "uniform allocation" in out and "best ddpg allocation" in out
     assert "kept policy (policy.zip)" in out
@@ -50,7 +50,7 @@ def test_cli_search_apply_and_errors(tmp_path, capsys):
     applied = tmp_path / "applied"
     code, out, err = _cli(capsys, "apply", "--model", "resnet32", "--data", "synthetic", "--val-size", "100",
                           "--calib-size", "64", "--macs", "0.4", "--policy", str(run / "policy.zip"),
-                          "--output", str(applied), "--finetune-epochs", "0.02")
+                          "--output", str(applied), "--finetune-epochs", "0.02", "--sensitivity", swept("resnet32"))
     assert code == 0, err
     report = json.loads((applied / "report.json").read_text())
     assert report["meets_target"] and 0.396 <= report["cost_ratio"] <= 0.4
@@ -81,7 +81,7 @@ def test_cli_random_search_logs_like_rl(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_budget_conditioned_search_over_a_target_range(tmp_path, capsys):
+def test_budget_conditioned_search_over_a_target_range(tmp_path, capsys, swept):
     """--macs 0.3:0.6: every episode samples its target from the range (on a 0.01 grid) and meets it; the
     kept policy is scored at the range's ends and middle; a range where one target is expected is refused."""
     import csv
@@ -89,7 +89,7 @@ def test_budget_conditioned_search_over_a_target_range(tmp_path, capsys):
     run = tmp_path / "range"
     common = ["--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64"]
     code, out, err = _cli(capsys, "search", *common, "--macs", "0.3:0.6", "--output", str(run), "--episodes", "8",
-                          "--warmup-episodes", "3", "--eval-every", "2", "--no-progress")
+                          "--warmup-episodes", "3", "--eval-every", "2", "--no-progress", "--sensitivity", swept())
     assert code == 0, err
     rows = list(csv.DictReader(open(run / "episodes.csv")))
     targets = [float(r["target"]) for r in rows]
@@ -111,14 +111,15 @@ def test_budget_conditioned_search_over_a_target_range(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_search_trains_one_policy_on_several_models(tmp_path, capsys):
+def test_search_trains_one_policy_on_several_models(tmp_path, capsys, swept):
     """--more-models: episodes alternate between ResNet-20 and ResNet-32, one log each, relative reward."""
     import csv
 
     run = tmp_path / "multi"
     code, out, err = _cli(capsys, "search", "--model", "resnet20", "--more-models", "resnet32", "--data", "synthetic",
                           "--val-size", "100", "--calib-size", "64", "--macs", "0.5", "--output", str(run),
-                          "--episodes", "4", "--warmup-episodes", "2", "--eval-every", "2", "--no-progress")
+                          "--episodes", "4", "--warmup-episodes", "2", "--eval-every", "2", "--no-progress",
+                          "--sensitivity", swept("resnet32") and swept())  # one file holds both models' tables
     assert code == 0, err
     assert "reward 'relative'" in out and (run / "policy.zip").exists() and (run / "best_model.pt").exists()
     first = [int(r["episode"]) for r in csv.DictReader(open(run / "0-9g" / "episodes.csv"))]

@@ -157,9 +157,9 @@ def test_sensitivity_action_zero_plays_the_sensitivity_allocation(resnet20_struc
     assert not np.array_equal(expected, uniform_allocation(problem).counts(resnet20_structure))  # not trivial
 
 
-def test_search_reuses_a_sweep_from_another_run_and_refuses_a_foreign_file(tmp_path, capsys, monkeypatch):
-    """``search --sensitivity A/sensitivity.json``: no second sweep (measuring would raise here), the table is
-    copied into the new run folder; a file that is not a table is one line before any data is read."""
+def test_search_and_apply_reuse_a_sweep_from_another_run_and_refuse_a_foreign_file(tmp_path, capsys, monkeypatch):
+    """``search``/``apply --sensitivity A/sensitivity.json``: no second sweep (measuring would raise here), the
+    table is copied into the new folder; a file that is not a table is one line before any data is read."""
     import autoprune.core.sensitivity as sens
     from autoprune.cli.main import main
 
@@ -175,9 +175,15 @@ def test_search_reuses_a_sweep_from_another_run_and_refuses_a_foreign_file(tmp_p
     assert main(["search", *common, "--seed", "1", "--sensitivity", str(tmp_path / "a" / "sensitivity.json"),
                  "--output", str(tmp_path / "b")]) == 0
     assert json.loads((tmp_path / "b" / "sensitivity.json").read_text())["tables"] == first["tables"]
+    target = common[:common.index("--episodes")]
+    applied = ["apply", *target, "--policy", str(tmp_path / "a" / "policy.zip")]
+    assert main([*applied, "--sensitivity", str(tmp_path / "a" / "sensitivity.json"),
+                 "--output", str(tmp_path / "applied")]) == 0
+    assert json.loads((tmp_path / "applied" / "sensitivity.json").read_text())["tables"] == first["tables"]
     capsys.readouterr()
     (tmp_path / "foreign.json").write_text('{"format": "something else"}')
-    code = main(["search", *common, "--sensitivity", str(tmp_path / "foreign.json"), "--output", str(tmp_path / "c")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0 and len(err) == 1 and "not a sensitivity table" in err[0]
-    assert not (tmp_path / "c").exists()
+    for args in (["search", *common], applied):
+        code = main([*args, "--sensitivity", str(tmp_path / "foreign.json"), "--output", str(tmp_path / "c")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code != 0 and len(err) == 1 and "not a sensitivity table" in err[0]
+        assert not (tmp_path / "c").exists()

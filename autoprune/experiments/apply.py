@@ -27,6 +27,7 @@ class ApplyConfig:
     evaluate: bool = True
     score: str = "adaptive-bn"  # autoprune.train.scores
     report_test: bool = False
+    sensitivity: str | None = None  # a sensitivity.json measured before with the same score: its sweep is reused
     finetune: TrainRecipe = nested(TrainRecipe, exclude=("momentum", "schedule", "warmup_steps", "bn_l1", "augment"),
                                    rename={"epochs": "finetune_epochs"}, epochs=0.0)
 
@@ -40,6 +41,8 @@ HELP = {
     "score": "what the allocation is scored by (see search --help); with reconstruct or finetune:STEPS the saved model "
              "is the one scored (refitted or fine-tuned), before any --finetune-epochs",
     "report_test": "also score the saved model on the test split (decodes test/)",
+    "sensitivity": "reuse the sensitivity sweep in this sensitivity.json (a search's, compare's or apply's output "
+                   "folder: same model and --score); the sweep is written to OUTPUT/sensitivity.json either way",
     "finetune_epochs": "epochs of fine-tuning after pruning (0: none)",
     "kd_weight": "distil the fine-tune from the dense model: weight of the KL term against the label loss, in [0, 1]",
     "kd_temperature": "softmax temperature of the distillation term",
@@ -53,6 +56,7 @@ def run_apply(cfg: ApplyConfig) -> dict:
     from autoprune.agents.policy import PolicyAllocator
     from autoprune.core.cost import measure_cost
     from autoprune.core.problem import uniform_allocation
+    from autoprune.core.sensitivity import cached_sensitivity, load_tables
     from autoprune.train.artifacts import save_calibrated, split_accuracy
     from autoprune.train.evaluator import recalibrate_bn
     from autoprune.train.scores import parse_score
@@ -63,6 +67,8 @@ def run_apply(cfg: ApplyConfig) -> dict:
     out = Path(cfg.output)
     check_run_dir(out, resumable=False)
     allocator = PolicyAllocator(cfg.policy)  # a corrupt policy fails before any data is loaded
+    if cfg.sensitivity is not None:
+        load_tables(cfg.sensitivity)  # so does a missing or foreign sensitivity file
     min_keep = cfg.min_keep if cfg.min_keep is not None else float(allocator.meta["min_keep"])
     max_keep = cfg.max_keep if cfg.max_keep is not None else float(allocator.meta["max_keep"])
     ws = cfg.ws.open()
@@ -71,6 +77,7 @@ def run_apply(cfg: ApplyConfig) -> dict:
     problem = ws.problem(target, metric, criterion=cfg.criterion, min_keep=min_keep, max_keep=max_keep,
                          round_to=cfg.round_to, latency=cfg.target.table(structure, cfg.round_to))
     scorer = ws.scorer(problem, cfg.score, seed=cfg.ws.seed)  # the policy reads the model's sensitivity, measured by it
+    allocator.sensitivity = cached_sensitivity(out, problem, scorer, model=cfg.ws.model, reuse=cfg.sensitivity)
     allocation, latency_fit = cfg.target.fit(problem, allocator.allocate(problem, scorer))
     cost_ratio = problem.cost(allocation.counts(structure)) / problem.dense_cost
     pruned = problem.pruned_model(allocation)

@@ -42,6 +42,10 @@ class ScoreWorker:
 
     def __init__(self, payload: dict, threads: int):
         torch.set_num_threads(threads)
+        self.load(payload)
+
+    def load(self, payload: dict) -> None:
+        """Take up a (new) problem: a spare actor reused by the next pool is sent its payload."""
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU only if Ray gave this actor one
         self.structure = ModelStructure(payload["model"].to(dev), payload["example"].to(dev),
                                         num_classes=payload["num_classes"])
@@ -69,7 +73,13 @@ class ScoreWorker:
 class RayScoringPool:
     """``workers`` Ray actors scoring allocations of one ``PruningProblem`` with ``evaluator`` (a
     ``Scorer``'s pool), ``threads`` torch threads each (default: the local cores shared out, or 1 per
-    actor on a cluster)."""
+    actor on a cluster).
+
+    A closed pool's actors are kept as spares for the next pool of this Ray session (``compare``'s
+    allocators and targets, a search's finalists): starting an actor (a process importing torch) costs
+    seconds, handing a spare the next problem costs what rebuilding the structure does."""
+
+    _spares: dict[tuple, list] = {}  # (Ray node id, threads, GPUs) -> idle actors
 
     def __init__(self, problem: PruningProblem, evaluator: AdaptiveBNEvaluator, workers: int,
                  address: str | None = None, threads: int | None = None):
@@ -98,8 +108,21 @@ class RayScoringPool:
                           "batch_size": ev.eval_batch_size, "precision": ev.precision.name,
                           "confidence": ev.confidence}})
         gpus = 1 if torch.cuda.is_available() else 0
+        self._key = (ray.get_runtime_context().get_node_id(), threads, gpus)
+        for key in [k for k in self._spares if k != self._key]:  # spares of another shape would hold the CPUs
+            for a in self._spares.pop(key):
+                try:
+                    ray.kill(a)
+                except Exception:  # an actor of an earlier Ray session: gone with it
+                    pass
+        spares = self._spares.pop(self._key, [])
+        reused, self._spares[self._key] = spares[:workers], spares[workers:]
+        try:
+            ray.get([a.load.remote(payload) for a in reused])
+        except ray.exceptions.RayActorError:  # a spare died meanwhile: start afresh
+            reused = []
         actor = ray.remote(num_cpus=threads, num_gpus=gpus)(ScoreWorker)
-        self._actors = [actor.remote(payload, threads) for _ in range(workers)]
+        self._actors = reused + [actor.remote(payload, threads) for _ in range(workers - len(reused))]
         self._pool = ray.util.ActorPool(self._actors)
 
     def score(self, keys: Sequence[tuple[int, ...]], must_beat: float | None = None) -> list[Score]:
@@ -107,9 +130,8 @@ class RayScoringPool:
         return list(self._pool.map(lambda actor, key: actor.score.remote(key, must_beat), list(keys)))
 
     def close(self) -> None:
-        ray = _ray()
-        for a in self._actors:
-            ray.kill(a)
+        """Hand the actors on to the next pool of this Ray session (they end with it)."""
+        self._spares.setdefault(self._key, []).extend(self._actors)
         self._actors = []
 
 
