@@ -112,21 +112,16 @@ def test_two_worker_ddpg_search_runs_and_resumes(tmp_path, swept):
 
 
 @pytest.fixture(scope="module")
-def r20_swept(synthetic_bundle):
-    """ResNet-20's structure and its sensitivity table, measured once for the module (the sweep is not what
-    these tests are about: the searches below are handed it)."""
+def r20_swept(synthetic_bundle, swept):
+    """ResNet-20's structure and its sensitivity table (the process's shared sweep: it is not what these tests
+    are about, the searches below are handed it)."""
     from autoprune.core.io import load_model
-    from autoprune.core.problem import PruningProblem
-    from autoprune.core.scoring import Scorer
-    from autoprune.core.sensitivity import measure_sensitivity
+    from autoprune.core.sensitivity import load_tables
     from autoprune.core.structure import ModelStructure
-    from autoprune.train.evaluator import AdaptiveBNEvaluator
 
-    x, y = synthetic_bundle.tensors("val")
+    x, _ = synthetic_bundle.tensors("val")
     structure = ModelStructure(load_model("resnet20", 10, str(RESNET20_CKPT)), x[:1])
-    problem = PruningProblem(structure, 0.5)
-    evaluator = AdaptiveBNEvaluator([x[:64]], x[:100], y[:100], precision="fp32")
-    return structure, measure_sensitivity(problem, Scorer(problem, evaluator))
+    return structure, next(t for t in load_tables(swept()) if t.key["model"] == "resnet20")
 
 
 @pytest.mark.parametrize("algo", ["ddpg", "td3", "sac"])

@@ -177,15 +177,25 @@ def _final(run: Path) -> dict:
     return {k: v["keep"] for k, v in json.loads((run / "allocation.json").read_text())["groups"].items()}
 
 
+KILLED_ARGS = TINY + ["--allocator", "global", "--target", "0.4", "--prune-every", "0.5", "--decide-at", "auto",
+                      "--decide-threshold", "1"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """The run the killed ones must reproduce, never interrupted."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    assert main(["progressive", "--output", str(run)] + KILLED_ARGS) == 0
+    return run
+
+
 @pytest.mark.slow
+@pytest.mark.xdist_group("scratch-kill")  # one worker: the straight run is shared
 @pytest.mark.parametrize("killed_at", [8, 16])  # before the decision (epoch 3) and between two cuts
-def test_killed_from_scratch_run_resumes_to_the_same_allocation(tmp_path, killed_at):
+def test_killed_from_scratch_run_resumes_to_the_same_allocation(tmp_path, straight, killed_at):
     """A real SIGKILL right after the state of step ``killed_at`` is saved, then --resume: same decision,
     same probes, same cuts and final allocation, same weights as the run never interrupted."""
-    args = TINY + ["--allocator", "global", "--target", "0.4", "--prune-every", "0.5", "--decide-at", "auto",
-                   "--decide-threshold", "1"]
-    straight = tmp_path / "straight"
-    assert main(["progressive", "--output", str(straight)] + args) == 0
+    args = KILLED_ARGS
     summary = json.loads((straight / "summary.json").read_text())
     assert summary["decision"]["epoch"] == 3 and summary["decision"]["reason"] == "settled"
 
