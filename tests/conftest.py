@@ -47,12 +47,13 @@ def swept(tmp_path_factory):
     the synthetic images. Commands whose tests are not about the sweep are handed it with ``--sensitivity``, the
     flag a user passes to reuse another run's sweep (the sweep has tests of its own)."""
     from autoprune.core.sensitivity import FILE, cached_sensitivity
+    from autoprune.train.scores import DEFAULT_SCORE
     from autoprune.workspace import open_workspace
 
     folder = tmp_path_factory.mktemp("sweeps")
     done: set[tuple[str, str]] = set()
 
-    def table(model: str = "resnet20", score: str = "adaptive-bn") -> str:
+    def table(model: str = "resnet20", score: str = DEFAULT_SCORE) -> str:
         if (model, score) not in done:
             ws = open_workspace(model, None, "synthetic", val_size=100, calib_size=64, precision="fp32")
             problem = ws.problem(0.5)

@@ -72,7 +72,7 @@ def test_search_with_early_stop_logs_partial_rows_and_reports_full_scores(tmp_pa
     run = tmp_path / "run"
     code = main(["search", "--model", "resnet20", "--checkpoint", str(RESNET20_CKPT), "--data", f"imagefolder:{root}",
                  "--val-size", "2000", "--calib-size", "100", "--macs", "0.3", "--agent", "random", "--episodes", "8",
-                 "--output", str(run), "--no-progress", "--early-stop"])
+                 "--output", str(run), "--no-progress", "--early-stop", "--score", "adaptive-bn"])
     assert code == 0, capsys.readouterr().err
     rows = list(csv.DictReader((run / "episodes.csv").open()))
     assert {"images", "partial"} <= set(rows[0])
@@ -83,3 +83,12 @@ def test_search_with_early_stop_logs_partial_rows_and_reports_full_scores(tmp_pa
     best_rows = [r for r in rows if float(r["accuracy"]) == pytest.approx(best, abs=1e-5)]
     assert best_rows and all(r["partial"] == "0" for r in best_rows)
     assert all(float(r["accuracy"]) < best and int(r["images"]) < 2000 for r in rows if r["partial"] == "1")
+
+
+def test_early_stop_with_a_loss_score_is_one_line(tmp_path, capsys):
+    """The default score is a loss, which never stops early: asking for both is refused before data is read."""
+    code = main(["search", "--model", "resnet20", "--data", "synthetic", "--macs", "0.5", "--early-stop",
+                 "--output", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--score reconstruct (its top-1)" in err[0]
+    assert not (tmp_path / "r").exists()

@@ -46,7 +46,7 @@ def test_a_reversed_finalist_score_picks_the_last_finalist(resnet20_structure):
 def test_search_finalists_pick_log_and_save(tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["search", "--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64",
-                 "--macs", "0.5", "--agent", "random", "--episodes", "6", "--finalists", "3",
+                 "--macs", "0.5", "--agent", "random", "--episodes", "6", "--score", "adaptive-bn", "--finalists", "3",
                  "--finalist-score", "adaptive-bn:loss", "--precision", "fp32", "--output", str(run), "--no-progress"])
     out, err = capsys.readouterr()
     assert code == 0, err

@@ -121,7 +121,8 @@ def r20_swept(synthetic_bundle, swept):
 
     x, _ = synthetic_bundle.tensors("val")
     structure = ModelStructure(load_model("resnet20", 10, str(RESNET20_CKPT)), x[:1])
-    return structure, next(t for t in load_tables(swept()) if t.key["model"] == "resnet20")
+    return structure, next(t for t in load_tables(swept(score="adaptive-bn"))
+                           if t.key["model"] == "resnet20" and t.key["score"] == "adaptive-bn")
 
 
 @pytest.mark.parametrize("algo", ["ddpg", "td3", "sac"])

@@ -42,6 +42,7 @@ class PolicyMeta:
     metric: str
     target: float
     groups: int
+    score: str | None = None  # the score its sensitivity features were measured with (None: older files, adaptive-bn)
     format: str = POLICY_FORMAT
     env: str = ENV_ID
     obs_version: int = OBS_VERSION

@@ -150,7 +150,9 @@ class RLSearch:
         p = envs[0].problem
         model.autoprune_meta = PolicyMeta(algo=c.algo, min_keep=p.min_keep, max_keep=p.max_keep, reward=c.reward,
                                           action=c.action, metric=p.metric, target=p.target,
-                                          groups=len(p.structure.groups)).to_dict()
+                                          groups=len(p.structure.groups),
+                                          score=envs[0].sensitivity.key.get("score") if envs[0].sensitivity else None
+                                          ).to_dict()
         return model
 
     def _warm_start(self, model, env: ChannelPruningEnv, path: str) -> None:

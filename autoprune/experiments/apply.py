@@ -25,7 +25,7 @@ class ApplyConfig:
     max_keep: float | None = None
     round_to: int = 1
     evaluate: bool = True
-    score: str = "adaptive-bn"  # autoprune.train.scores
+    score: str | None = None  # autoprune.train.scores; default: the score the policy was trained with
     report_test: bool = False
     sensitivity: str | None = None  # a sensitivity.json measured before with the same score: its sweep is reused
     finetune: TrainRecipe = nested(TrainRecipe, exclude=("momentum", "schedule", "warmup_steps", "bn_l1", "augment"),
@@ -38,8 +38,9 @@ HELP = {
     "output": "directory for model.pt, allocation.json, report.json (must be new or empty)",
     **TARGET_HELP,
     "evaluate": "report the --score of the policy's allocation and of uniform at the same cost",
-    "score": "what the allocation is scored by (see search --help); with reconstruct or finetune:STEPS the saved model "
-             "is the one scored (refitted or fine-tuned), before any --finetune-epochs",
+    "score": "what the policy's sensitivity features and the allocation are scored by (see search --help); when not "
+             "given, the score the policy was trained with (adaptive-bn for policies that do not say); with reconstruct or "
+             "finetune:STEPS the saved model is the one scored (refitted or fine-tuned), before any --finetune-epochs",
     "report_test": "also score the saved model on the test split (decodes test/)",
     "sensitivity": "reuse the sensitivity sweep in this sensitivity.json (a search's, compare's or apply's output "
                    "folder: same model and --score); the sweep is written to OUTPUT/sensitivity.json either way",
@@ -62,11 +63,14 @@ def run_apply(cfg: ApplyConfig) -> dict:
     from autoprune.train.scores import parse_score
     from autoprune.train.training import train
 
-    spec = parse_score(cfg.score)  # a bad score fails before any data is loaded
+    if cfg.score is not None:
+        parse_score(cfg.score)  # a bad score fails before any data is loaded
     metric, target = cfg.target.resolve()
     out = Path(cfg.output)
     check_run_dir(out, resumable=False)
     allocator = PolicyAllocator(cfg.policy)  # a corrupt policy fails before any data is loaded
+    score = cfg.score or allocator.meta.get("score") or "adaptive-bn"
+    spec = parse_score(score)
     if cfg.sensitivity is not None:
         load_tables(cfg.sensitivity)  # so does a missing or foreign sensitivity file
     min_keep = cfg.min_keep if cfg.min_keep is not None else float(allocator.meta["min_keep"])
@@ -76,7 +80,7 @@ def run_apply(cfg: ApplyConfig) -> dict:
     calib = ws.calibration()
     problem = ws.problem(target, metric, criterion=cfg.criterion, min_keep=min_keep, max_keep=max_keep,
                          round_to=cfg.round_to, latency=cfg.target.table(structure, cfg.round_to))
-    scorer = ws.scorer(problem, cfg.score, seed=cfg.ws.seed)  # the policy reads the model's sensitivity, measured by it
+    scorer = ws.scorer(problem, score, seed=cfg.ws.seed)  # the policy reads the model's sensitivity, measured by it
     allocator.sensitivity = cached_sensitivity(out, problem, scorer, model=cfg.ws.model, reuse=cfg.sensitivity)
     allocation, latency_fit = cfg.target.fit(problem, allocator.allocate(problem, scorer))
     cost_ratio = problem.cost(allocation.counts(structure)) / problem.dense_cost
@@ -89,7 +93,7 @@ def run_apply(cfg: ApplyConfig) -> dict:
                     "macs_before": macs0, "macs_after": macs1, "params_before": params0, "params_after": params1,
                     "config": flat_config(cfg)}
     if cfg.evaluate:
-        report.update(score=cfg.score, score_value=scorer.value(allocation),
+        report.update(score=score, score_value=scorer.value(allocation),
                       uniform_score_value=scorer.value(uniform_allocation(problem)))
     prepared = spec.preparation != "adaptive-bn"
     if prepared:  # the model that was scored (refitted / briefly fine-tuned) is what is saved and trained on

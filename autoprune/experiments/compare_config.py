@@ -11,6 +11,7 @@ from autoprune.config import nested
 from autoprune.core.problem import METRICS
 from autoprune.errors import AutopruneError
 from autoprune.registry import parse_spec
+from autoprune.train.scores import DEFAULT_SCORE
 from autoprune.train.training import TrainRecipe, check_distillation
 from autoprune.workspace import INPUT_HELP, PARALLEL_HELP, ParallelOptions, WorkspaceOptions
 
@@ -28,7 +29,7 @@ class CompareConfig:
     latency_batch: int = 1
     latency_precision: str = "fp32"
     criterion: str = "l1"
-    score: str = "adaptive-bn"  # autoprune.train.scores: adaptive-bn[:loss|:kd], reconstruct, finetune[-kd]:STEPS
+    score: str = DEFAULT_SCORE  # autoprune.train.scores: adaptive-bn[:loss|:kd], reconstruct, finetune[-kd]:STEPS
     allocators: list[str] = field(default_factory=lambda: ["uniform", "global", "sensitivity", "layer-stats",
                                                            "random", "greedy"])
     seeds: list[int] = field(default_factory=lambda: [0])

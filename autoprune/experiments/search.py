@@ -28,6 +28,7 @@ from autoprune.errors import AutopruneError
 from autoprune.experiments.targets import HELP as TARGET_HELP
 from autoprune.experiments.targets import TargetOptions
 from autoprune.runs import check_run_dir
+from autoprune.train.scores import DEFAULT_SCORE
 from autoprune.workspace import INPUT_HELP, PARALLEL_HELP, ParallelOptions, Workspace, WorkspaceOptions
 
 AGENTS = ("ddpg", "td3", "sac", "random")
@@ -47,7 +48,7 @@ class SearchConfig:
     finalists: int = 0  # re-rank the best K candidates with --finalist-score (0: pick by --score alone)
     finalist_score: str = "finetune:100"
     sensitivity: str | None = None  # a sensitivity.json measured before with the same score: its sweep is reused
-    score: str = "adaptive-bn"  # autoprune.train.scores: adaptive-bn[:loss|:kd], reconstruct, finetune[-kd]:STEPS
+    score: str = DEFAULT_SCORE  # autoprune.train.scores: adaptive-bn[:loss|:kd], reconstruct, finetune[-kd]:STEPS
     criterion: str = "l1"
     min_keep: float = 0.2
     max_keep: float = 1.0
@@ -118,7 +119,10 @@ def check_search_config(cfg: SearchConfig) -> SearchConfig:
         raise AutopruneError("--more-models trains one policy on several models: use an RL --agent, not random")
     if target_hi > target and cfg.agent == "random":
         raise AutopruneError("a target range trains a budget-conditioned policy: use an RL --agent, not random")
-    parse_score(cfg.score)
+    spec = parse_score(cfg.score)
+    if cfg.early_stop and spec.metric != "top1":
+        raise AutopruneError(f"--early-stop stops top-1 scores only, and --score {cfg.score} is not one: add --score "
+                             f"{spec.preparation} (its top-1), or drop --early-stop")
     check_finalists(cfg.finalists, cfg.finalist_score)
     if cfg.rl.episodes < 1:
         raise AutopruneError(f"--episodes {cfg.rl.episodes} must be at least 1")
