@@ -17,7 +17,7 @@ from autoprune.agents.search_log import Best, EpisodeLog, SearchResult, progress
 from autoprune.core.allocation import Allocation
 from autoprune.core.counts import bisect, fill_to_budget, snap_count
 from autoprune.core.problem import PruningProblem
-from autoprune.core.scoring import Score, Scorer, require_scorer
+from autoprune.core.scoring import Score, Scorer, brief, require_scorer
 from autoprune.errors import AutopruneError
 from autoprune.runs import write_json_atomic
 
@@ -109,7 +109,7 @@ class RandomSearch:
                     write_json_atomic(state_path, {"done": i + 1, "cache": cache, "best": log.best.to_state()},
                                       indent=None)
                 bar.update(1)
-                bar.set_postfix(best=f"{100 * log.best.score:.2f}%", refresh=False)
+                bar.set_postfix(best=brief(log.best.score, scorer.evaluator.kind), refresh=False)
 
             if state_path is not None:
                 state_path.parent.mkdir(parents=True, exist_ok=True)

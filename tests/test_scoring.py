@@ -70,3 +70,10 @@ def test_scoring_allocators_refuse_to_run_without_a_scorer(structure):
 
     with pytest.raises(AutopruneError, match="random allocator scores candidates"):
         get_allocator("random@samples=2").allocate(PruningProblem(structure, 0.5))
+
+
+def test_progress_bars_show_a_loss_as_a_loss():
+    from autoprune.core.scoring import brief
+
+    assert brief(0.5630, "adaptive-bn") == "56.30%" and brief(0.7, "finetune:25") == "70.00%"
+    assert brief(-1.3225, "reconstruct:loss") == "1.3225 loss" and brief(-0.25, "adaptive-bn:kd") == "0.2500 kd"

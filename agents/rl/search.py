@@ -35,7 +35,7 @@ from autoprune.agents.rl.policy_io import PolicyMeta, load_actor_into, load_poli
 from autoprune.agents.search_log import Best, EpisodeLog, SearchResult, progress_bar
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem, uniform_allocation
-from autoprune.core.scoring import Scorer, require_scorer
+from autoprune.core.scoring import Scorer, brief, require_scorer
 from autoprune.core.sensitivity import FEATURE_RATIOS, SensitivityTable, cached_sensitivity
 from autoprune.envs import ChannelPruningEnv
 from autoprune.envs.channel_pruning import rollout
@@ -336,7 +336,8 @@ class RLSearch:
                             on_episode(ep.episode, ep.reward, ep.info)
                         bar.update(1)
                         if log.best.info.get("accuracy") is not None:
-                            bar.set_postfix(best=f"{100 * log.best.info['accuracy']:.2f}%", refresh=False)
+                            bar.set_postfix(best=brief(log.best.info["accuracy"], scorers[0].evaluator.kind),
+                                            refresh=False)
                     every = max(1, c.checkpoint_every)
                     done = episode + count
                     if run_dir is not None and (done // every > episode // every or done == c.episodes):

@@ -32,6 +32,12 @@ class Score:
     seconds: float = 0.0
 
 
+def brief(value: float, kind: str) -> str:
+    """A score as a progress bar shows it: top-1 in %, a ``:loss`` or ``:kd`` score as the size of the loss."""
+    metric = kind.rsplit(":", 1)[-1]
+    return f"{-value:.4f} {metric}" if metric in ("loss", "kd") else f"{100 * value:.2f}%"
+
+
 class Evaluator(Protocol):
     """What a score is: bring a pruned copy to the scored state (``prepare``), then score it."""
 
