@@ -1,8 +1,10 @@
 """The default agent (sensitivity in the observation, heuristic warm start) vs random search vs sensitivity.
 
 Grid: ResNet-20 and ResNet-56 (JPEG-adapted checkpoints) at 30% and 50% of MACs, seeds 0 1 2, the
-search defaults otherwise (1,024 calibration / 2,000 held-out images, adaptive-BN top-1, default
-precision). Every arm gets the same number of evaluations, ``--evaluations`` (200):
+search defaults otherwise (1,024 calibration / 2,000 held-out images, the default score
+``reconstruct:loss``, default precision). Every arm's allocation is also scored by its preparation's
+top-1 (``reconstruct``: the same refitted model's held-out accuracy), and the goals are checked in
+those points, so they keep their meaning for a loss score. Every arm gets the same number of evaluations, ``--evaluations`` (200):
 
 - ``sensitivity``: sensitivity analysis' allocation as is, from one sweep per model (dense + 4 keep
   ratios per group: 37 scores on ResNet-20, 109 on ResNet-56), measured once and kept in the JSON;
@@ -52,6 +54,7 @@ from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.scoring import Scorer
 from autoprune.core.sensitivity import SensitivityTable, measure_sensitivity
 from autoprune.runs import write_json_atomic
+from autoprune.train.scores import DEFAULT_SCORE, parse_score
 
 from .common import RESULTS, machine
 from .common import agents_to_run
@@ -72,7 +75,19 @@ def load(path: Path, command: str, evaluations: int) -> dict:
                              f"{record['evaluations']} or another --out")
         return record
     return {"command": command, "machine": machine(), "evaluations": evaluations, "warmup_episodes": WARMUP,
-            "tables": {}, "cells": [], "rows": []}
+            "score": DEFAULT_SCORE, "top1": top1_of(DEFAULT_SCORE), "tables": {}, "cells": [], "rows": []}
+
+
+def top1_of(score: str) -> str:
+    """The top-1 score of ``score``'s preparation (``reconstruct:loss`` -> ``reconstruct``): what goals are
+    checked in."""
+    spec = parse_score(score)
+    return spec.preparation + (f":{spec.steps}" if spec.steps else "")
+
+
+def both(scorer: Scorer, top1_scorer: Scorer, alloc) -> tuple[float, float]:
+    """An allocation's search score and its top-1."""
+    return scorer.value(alloc), top1_scorer.value(alloc)
 
 
 def save(record: dict, out: Path) -> None:
@@ -99,17 +114,19 @@ def table_of(record: dict, model: str, problem: PruningProblem, scorer: Scorer) 
     return SensitivityTable.from_dict(record["tables"][model])
 
 
-def cell(record: dict, problem: PruningProblem, scorer: Scorer, table: SensitivityTable, model: str,
+def cell(record: dict, problem: PruningProblem, scorer: Scorer, top1_scorer: Scorer, table: SensitivityTable, model: str,
          target: float, seed: int, evaluations: int) -> dict:
-    """Random search's best, sensitivity's and uniform's scores for (model, target, seed), once."""
+    """Random search's best, sensitivity's and uniform's scores (and top-1s) for (model, target, seed), once."""
     for c in record["cells"]:
         if (c["model"], c["target"], c["seed"]) == (model, target, seed):
             return c
     t0, cpu = time.perf_counter(), time.process_time()
-    best = scorer.value(RandomSearch(evaluations, seed).allocate(problem, scorer))
-    c = {"model": model, "target": target, "seed": seed, "random_best": best,
-         "random_seconds": time.perf_counter() - t0, "random_cpu_seconds": time.process_time() - cpu,
-         "sensitivity": scorer.value(table.allocation(problem)), "uniform": scorer.value(uniform_allocation(problem))}
+    best = RandomSearch(evaluations, seed).allocate(problem, scorer)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu
+    c = {"model": model, "target": target, "seed": seed, "random_seconds": seconds, "random_cpu_seconds": cpu}
+    for name, alloc in (("random_best", best), ("sensitivity", table.allocation(problem)),
+                        ("uniform", uniform_allocation(problem))):
+        c[name], c[f"{name}_top1"] = both(scorer, top1_scorer, alloc)
     print(f"{model} @{target:g} seed {seed}: random search, {evaluations} evaluations in {c['random_seconds']:.0f} s "
           f"({c['random_cpu_seconds']:.0f} s CPU)", flush=True)
     record["cells"].append(c)
@@ -134,15 +151,18 @@ def run(record: dict, out: Path, models: list[str], agents: list[tuple[str, str]
                     ws = open_workspace(model, str(finetuned_checkpoint(model)), DATA, val_size=val_size,
                                         calib_size=calib_size)
                 problem = PruningProblem(ws.structure(), target, calib_batches=ws.calibration(128))
-                table = table_of(record, model, problem, Scorer(problem, ws.evaluator()))
-                ref = cell(record, problem, Scorer(problem, ws.evaluator()), table, model, target, seed, evaluations)
+                score = record.get("score", "adaptive-bn")
+                top1_scorer = Scorer(problem, ws.evaluator(score=record.get("top1") or top1_of(score)))
+                table = table_of(record, model, problem, Scorer(problem, ws.evaluator(score=score)))
+                ref = cell(record, problem, Scorer(problem, ws.evaluator(score=score)), top1_scorer, table, model, target,
+                           seed, evaluations)
                 save(record, out)
                 episodes = evaluations - table.evaluations
                 if episodes < 2:
                     raise SystemExit(f"--evaluations {evaluations} does not cover {model}'s sweep "
                                      f"({table.evaluations}) and the two heuristic episodes")
                 for agent, action in todo:
-                    scorer = Scorer(problem, ws.evaluator())  # a fresh cache per search: equal evaluation counts
+                    scorer = Scorer(problem, ws.evaluator(score=score))  # a fresh cache per search: equal counts
                     t0, cpu = time.perf_counter(), time.process_time()
                     with tempfile.TemporaryDirectory() as run_dir:
                         search = RLSearch(algo=agent, action=action, episodes=episodes,
@@ -152,27 +172,36 @@ def run(record: dict, out: Path, models: list[str], agents: list[tuple[str, str]
                         cpu_seconds = time.process_time() - cpu
                         kept = PolicyAllocator(result.policy_path)
                         kept.sensitivity = table
-                        policy = scorer.value(kept.allocate(problem, scorer))
+                        evaluated = len(scorer.cache_state())
+                        policy, policy_top1 = both(scorer, top1_scorer, kept.allocate(problem, scorer))
                     row = {"model": model, "target": target, "seed": seed, "agent": agent, "action": action,
-                           "best": result.best.info["accuracy"], "random_best": ref["random_best"],
-                           "sensitivity": ref["sensitivity"], "policy": policy, "uniform": ref["uniform"],
+                           "score": score, "best": result.best.info["accuracy"],
+                           "best_top1": top1_scorer.value(result.best.info["allocation"]), "policy": policy,
+                           "policy_top1": policy_top1,
+                           **{k: ref[k] for k in ref if k.startswith(("random_best", "sensitivity", "uniform"))},
                            "best_episode": result.best.episode, "policy_distilled": result.policy_distilled,
                            "episodes": episodes, "sweep_evaluations": table.evaluations,
-                           "evaluations": table.evaluations + len(scorer.cache_state()),
+                           "evaluations": table.evaluations + evaluated,
                            "config": asdict(search.config), "seconds": seconds, "cpu_seconds_after_sweep": cpu_seconds,
                            "precision": ws.precision.name,
                            "torch_threads": torch.get_num_threads()}
                     record["rows"].append(row)
                     save(record, out)
-                    print(f"{model} @{target:g} seed {seed} {agent}/{action}: best {100 * row['best']:.2f} "
-                          f"(episode {result.best.episode}) random {100 * row['random_best']:.2f} sensitivity "
-                          f"{100 * row['sensitivity']:.2f} policy {100 * policy:.2f} ({seconds:.0f} s)", flush=True)
+                    print(f"{model} @{target:g} seed {seed} {agent}/{action}: top-1 best {100 * row['best_top1']:.2f} "
+                          f"(episode {result.best.episode}) random {100 * row['random_best_top1']:.2f} sensitivity "
+                          f"{100 * row['sensitivity_top1']:.2f} policy {100 * policy_top1:.2f} ({seconds:.0f} s)",
+                          flush=True)
+
+
+def top1(row: dict, key: str) -> float:
+    """A row's top-1 figure (rows of a top-1 score carry only the score)."""
+    return row.get(f"{key}_top1", row[key])
 
 
 def goals(rows: list[dict]) -> dict:
-    """The cell's means and its goal check (values in [0, 1])."""
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("best", "random_best", "sensitivity", "policy",
-                                                               "uniform")}
+    """The cell's means of the top-1 figures and its goal check (values in [0, 1])."""
+    mean = {k: float(np.mean([top1(r, k) for r in rows])) for k in ("best", "random_best", "sensitivity", "policy",
+                                                                     "uniform")}
     margin = mean["best"] - max(mean["sensitivity"], mean["random_best"])
     gap = mean["best"] - mean["policy"]
     return {**mean, "margin": margin, "beats": margin >= GOAL - 1e-12, "policy_gap": gap,
@@ -183,7 +212,8 @@ def report(record: dict) -> str:
     lines = ["# The default agent vs sensitivity analysis vs random search, at equal evaluations", "",
              f"`{record['command']}` -- {record['evaluations']} evaluations per arm (the agent's include the "
              f"sensitivity sweep; its first two episodes play the sensitivity and uniform allocations, "
-             f"{record['warmup_episodes']} warm-up episodes in all), adaptive-BN accuracy (%) on the held-out "
+             f"{record['warmup_episodes']} warm-up episodes in all), searching by `{record.get('score', 'adaptive-bn')}`; "
+             f"figures are `{record.get('top1', 'adaptive-bn')}` top-1 (%) of the same allocations on the held-out "
              "training images; mean ± std over seeds. Goals per cell: best − max(sensitivity, random best) ≥ "
              "+0.5 on the means, and the kept policy within 0.5 of the best.", "",
              "| model | MACs | agent | action | seeds | best | random best | sensitivity | best − max(sens, random) "
@@ -197,11 +227,11 @@ def report(record: dict) -> str:
                      == (model, target, agent, action)), key=lambda r: r["seed"])
         g = goals(rs)
         lines.append(f"| {model} | {100 * target:g}% | {agent} | {action} | {','.join(str(r['seed']) for r in rs)} | "
-                     f"{ms([r['best'] for r in rs])} | {ms([r['random_best'] for r in rs])} | "
-                     f"{ms([r['sensitivity'] for r in rs])} | {100 * g['margin']:+.2f} | "
-                     f"{'met' if g['beats'] else 'missed'} | {ms([r['policy'] for r in rs])} | "
+                     f"{ms([top1(r, 'best') for r in rs])} | {ms([top1(r, 'random_best') for r in rs])} | "
+                     f"{ms([top1(r, 'sensitivity') for r in rs])} | {100 * g['margin']:+.2f} | "
+                     f"{'met' if g['beats'] else 'missed'} | {ms([top1(r, 'policy') for r in rs])} | "
                      f"{100 * g['policy_gap']:.2f} | {'met' if g['policy_ok'] else 'missed'} | "
-                     f"{ms([r['uniform'] for r in rs])} |")
+                     f"{ms([top1(r, 'uniform') for r in rs])} |")
     planned = len(MODELS) * len(TARGETS) * len(SEEDS) * len(AGENTS)
     lines += ["", f"{len(record['rows'])} of {planned} planned rows."]
     return "\n".join(lines) + "\n"

@@ -88,6 +88,10 @@ def test_agent_vs_sensitivity_report_checks_both_goals_on_every_cell():
     text = report({"command": "x", "evaluations": 200, "warmup_episodes": 30, "rows": won + lost})
     cells = [line for line in text.splitlines() if line.startswith("| resnet20")]
     assert len(cells) == 2 and "| met | " in cells[0] and cells[1].count("missed") == 2
+    # a loss score: the goals are checked in the top-1 of the same allocations, not in loss units
+    loss = [{**r, **{k: -1.0 - r[k] for k in ("best", "random_best", "sensitivity", "policy", "uniform")},
+             **{f"{k}_top1": r[k] for k in ("best", "random_best", "sensitivity", "policy", "uniform")}} for r in won]
+    assert goals(loss) == goals(won)
 
 
 def test_agent_vs_sensitivity_save_keeps_rows_another_process_wrote(tmp_path):
