@@ -185,8 +185,9 @@ class ModelBench:
             alloc = search.search(problem, scorer, run_dir, resume=(run_dir / "checkpoints").exists()).allocation
         elif arm == "random":
             alloc = get_allocator("random", samples=EPISODES, seed=seed).allocate(problem, scorer)
-        elif arm == "universal":
-            alloc = PolicyAllocator(UNIVERSAL).allocate(problem)
+        elif arm == "universal":  # as apply runs it: its sensitivity features measured with the score it was trained on
+            policy = PolicyAllocator(UNIVERSAL)
+            alloc = policy.allocate(problem, self.scorer_for(policy.meta.get("score") or "adaptive-bn"))
         else:
             alloc = get_allocator(arm).allocate(problem, scorer)
         finalists = None
