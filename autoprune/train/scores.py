@@ -31,8 +31,8 @@ from autoprune.train.training import TrainRecipe, kd_divergence, train
 
 BATCH = 128  # fine-tune batch size
 # search's and compare's default: among the scores within 3x adaptive BN's cost per candidate, the one that ranks
-# candidates most like their fine-tuned accuracy (ResNet-20, Spearman 0.91 at 30% of MACs and 0.93 at 50%, adaptive
-# BN 0.74 / 0.89; bench/results/proxy-validity.md)
+# candidates most like their fine-tuned accuracy (ResNet-20, Spearman 0.91 at 30% of MACs and 0.94 at 50%, adaptive
+# BN 0.73 / 0.91; bench/results/proxy-validity.md)
 DEFAULT_SCORE = "reconstruct:loss"
 PREPARATIONS = ("adaptive-bn", "reconstruct", "finetune", "finetune-kd")
 METRICS = ("top1", "loss", "kd")
