@@ -265,8 +265,11 @@ def save(record: dict, reports: bool = False) -> None:
     with open(OUT.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if OUT.exists():
+            disk = json.loads(OUT.read_text())
+            if not reports:  # the figures on disk are the newest report's: a rows-only save keeps them
+                record.update({k: disk[k] for k in ("summary", "selection") if k in disk})
             mine = {_key(r): r for r in record["rows"]}
-            for row in json.loads(OUT.read_text())["rows"]:
+            for row in disk["rows"]:
                 if "model" not in row:
                     continue
                 have = mine.get(_key(row))
