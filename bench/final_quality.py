@@ -23,7 +23,8 @@ is now: ``autoprune search``'s default score, finalists stage and DDPG settings,
 ``random`` (best of 200 random allocations by the same score, same finalists stage), ``sensitivity``,
 ``uniform``, ``tp-global`` (torch-pruning's global magnitude pruning, library defaults) and
 ``universal`` (the committed universal policy, zero-shot, no search). Every arm's model starts from
-the default score's prepared state (BN recalibrated; refitted too when the score refits). Recipes:
+the plain pruned weights with BN recalibrated (``start: recalibrated``), as round 1 and ``apply`` do: the
+default score's refitted weights fine-tune worse (rows with ``start: refitted``, kept and reported apart). Recipes:
 ``lr-rewind`` for every arm, ``lr-rewind-kd`` (the same, distilled from the dense model: weight 0.9,
 temperature 4) for ``searched`` and ``sensitivity``.
 
@@ -124,12 +125,15 @@ def rows_to_run(models: list[str], done: set[str], seeds: list[int] | None = Non
             and (targets is None or p[3] in targets)]
 
 
-def _key(model: str, recipe: str, seed: int, target: float, arm: str, round: int = 1) -> str:
-    return f"{model}|{recipe}|{seed}|{target:g}|{arm}" + ("" if round == 1 else f"|r{round}")
+def _key(model: str, recipe: str, seed: int, target: float, arm: str, round: int = 1,
+         start: str = "recalibrated") -> str:
+    return (f"{model}|{recipe}|{seed}|{target:g}|{arm}" + ("" if round == 1 else f"|r{round}")
+            + ("" if start == "recalibrated" else f"|{start}"))
 
 
 def row_key(r: dict) -> str:
-    return _key(r["model"], r["recipe"], r["seed"], r["target"], r["arm"], r.get("round", 1))
+    return _key(r["model"], r["recipe"], r["seed"], r["target"], r["arm"], r.get("round", 1),
+                r.get("start", "recalibrated"))
 
 
 def load() -> dict:
@@ -137,6 +141,8 @@ def load() -> dict:
         record = json.loads(OUT.read_text())
         for r in record["rows"]:
             r.setdefault("round", 1)
+            # round 2's first rows started from the default score's refitted weights
+            r.setdefault("start", "refitted" if r["round"] == 2 else "recalibrated")
         return record
     return {"command": "python -m bench.final_quality", "machine": machine(), "rows": []}
 
@@ -207,15 +213,17 @@ class ModelBench:
         alloc, score_value, alloc_seconds, settings = self.allocation_r2(target, arm, seed)
         counts = alloc.counts(self.structure)
         macs = self.structure.macs(counts)
-        # every arm starts from the default score's prepared state (what the pipeline hands the user)
-        net = self.scorer_for(settings["score"]).scored_model(alloc)
+        # every arm starts from the plain pruned weights, BN recalibrated (as apply --finetune-epochs does):
+        # the refitted weights the default score measures fine-tune worse (refit-start-check.json)
+        net = self.problem(target).pruned_model(alloc)
+        recalibrate_bn(net, self.calib)
         kd = recipe_name == "lr-rewind-kd"
         recipe = TrainRecipe(epochs=epochs, lr=0.01, schedule="cosine", **(KD if kd else {}))
         t0, c0 = time.perf_counter(), time.process_time()
         result = train(net, self.ws.data, recipe, seed=seed, macs_per_image=macs, progress=False,
                        precision=self.ws.precision, teacher=self.structure.model if kd else None)
         return {"round": 2, "model": self.model, "target": target, "arm": arm, "recipe": recipe_name, "seed": seed,
-                "epochs": recipe.epochs, "score": settings["score"], "score_value": score_value,
+                "start": "recalibrated", "epochs": recipe.epochs, "score": settings["score"], "score_value": score_value,
                 "proxy_acc": None, "settings": settings,
                 "test_acc": accuracy(net, *self.test), "val_acc": accuracy(net, *self.ws.data.tensors("val")),
                 "macs": macs, "macs_ratio": macs / self.structure.dense_macs, "train_gmacs": result.train_macs / 1e9,
@@ -370,8 +378,9 @@ def paired_interval(rows: list[dict], arm: str, other: str, recipe: str = "lr-re
 
 
 def report_r2(record: dict, models: list[str]) -> list[str]:
-    rows2 = [r for r in record["rows"] if r.get("round") == 2]
-    lines = ["# Round 2: the default pipeline against what a user would pick instead", ""]
+    rows2 = [r for r in record["rows"] if r.get("round") == 2 and r.get("start", "recalibrated") == "recalibrated"]
+    lines = ["# Round 2: the default pipeline against what a user would pick instead", "",
+             "Every arm fine-tuned from its plain pruned weights, BN recalibrated.", ""]
     if rows2:
         lines += ["Settings of the searched arm: " + json.dumps(rows2[0]["settings"]) + ".", ""]
     for model in models:
@@ -404,6 +413,19 @@ def report_r2(record: dict, models: list[str]) -> list[str]:
                     gains.append(f"{arm} {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] (n={d[3]})")
             lines += ["Distillation gain (lr-rewind-kd minus lr-rewind): " + ("; ".join(gains) if gains else "none yet")
                       + ".", ""]
+    refitted = [r for r in record["rows"] if r.get("round") == 2 and r.get("start") == "refitted"]
+    if refitted:
+        plain = {row_key(r): r for r in rows2}
+        lines += ["## Where to start fine-tuning: refitted weights against the plain recalibrated ones", "",
+                  "The same allocation, recipe and seed; the refitted start is the default score's prepared model.", "",
+                  "| model | target | arm | seed | refitted start % | recalibrated start % | difference |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in refitted:
+            p = plain.get(_key(r["model"], r["recipe"], r["seed"], r["target"], r["arm"], 2))
+            lines.append(f"| {r['model']} | {100 * r['target']:g}% | {r['arm']} | {r['seed']} | "
+                         f"{100 * r['test_acc']:.2f} | " + (f"{100 * p['test_acc']:.2f} | "
+                         f"{100 * (p['test_acc'] - r['test_acc']):+.2f} |" if p else "not run yet | |"))
+        lines.append("")
     done = {row_key(r) for r in rows2}
     missing = [_key(*p, round=2) for p in planned_rows_r2(models) if _key(*p, round=2) not in done]
     lines += ["## Rows still missing (round 2)", "",

@@ -129,3 +129,7 @@ def test_final_quality_round2_reports_paired_intervals_and_the_distillation_gain
     assert "Distillation gain (lr-rewind-kd minus lr-rewind): searched +1.00 [+1.00, +1.00] (n=2)" in text
     assert "## Rows still missing (round 1)" in text  # round-2 rows never count as round-1 rows
     assert f"{len(planned_rows_r2(['resnet20'])) - len(rows)} of {len(planned_rows_r2(['resnet20']))}" in text
+    # a row fine-tuned from the refitted start is reported beside its recalibrated twin, never in the arm table
+    refitted = {**r2("searched", 0, 0.81), "start": "refitted"}
+    text = report({"command": "x", "rows": [*rows, refitted]}, ["resnet20"])
+    assert "| resnet20 | 30% | searched | 0 | 81.00 | 82.00 | +1.00 |" in text and "uniform +2.67 [" in text

@@ -47,15 +47,28 @@ def test_cli_search_apply_and_errors(tmp_path, capsys, swept):
         assert code == 2 and expected in err, (expected, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert (run / "episodes.csv").read_bytes() == stamp  # nothing overwritten
-    applied = tmp_path / "applied"
-    code, out, err = _cli(capsys, "apply", "--model", "resnet32", "--data", "synthetic", "--val-size", "100",
-                          "--calib-size", "64", "--macs", "0.4", "--policy", str(run / "policy.zip"),
-                          "--output", str(applied), "--finetune-epochs", "0.02", "--sensitivity", swept("resnet32"))
+    import torch
+
+    from autoprune.core.io import load_model
+
+    applied, dense_file = tmp_path / "applied", tmp_path / "dense32.pt"
+    dense = load_model("resnet32", 10)
+    torch.save(dense.state_dict(), dense_file)
+    # --lr 0: the fine-tune moves only BN statistics, so the saved weights show where fine-tuning started
+    code, out, err = _cli(capsys, "apply", "--model", "resnet32", "--checkpoint", str(dense_file), "--data", "synthetic",
+                          "--val-size", "100", "--calib-size", "64", "--macs", "0.4", "--policy", str(run / "policy.zip"),
+                          "--output", str(applied), "--finetune-epochs", "0.02", "--lr", "0",
+                          "--sensitivity", swept("resnet32"))
     assert code == 0, err
     report = json.loads((applied / "report.json").read_text())
     assert report["meets_target"] and 0.396 <= report["cost_ratio"] <= 0.4
-    assert report["finetune"]["steps"] >= 1
+    assert report["finetune"]["steps"] >= 1 and report["score"] == "reconstruct:loss"
     assert "uniform_score_value" in report and (applied / "model.pt").exists()
+    # fine-tuning started from the plain pruned weights (values cut out of the dense ones), not the refitted ones
+    saved = dict(load_pruned(applied / "model.pt")[0].named_modules())
+    cut = [(n, m) for n, m in dense.named_modules() if isinstance(m, torch.nn.Conv2d)
+           and saved[n].weight.shape != m.weight.shape]
+    assert cut and all(torch.isin(saved[n].weight, m.weight).all() for n, m in cut)
 
 
 @pytest.mark.slow

@@ -40,7 +40,8 @@ HELP = {
     "evaluate": "report the --score of the policy's allocation and of uniform at the same cost",
     "score": "what the policy's sensitivity features and the allocation are scored by (see search --help); when not "
              "given, the score the policy was trained with (adaptive-bn for policies that do not say); with reconstruct or "
-             "finetune:STEPS the saved model is the one scored (refitted or fine-tuned), before any --finetune-epochs",
+             "finetune:STEPS and no --finetune-epochs the saved model is the one scored (refitted or fine-tuned); "
+             "--finetune-epochs starts from the plain pruned weights, BN recalibrated, which fine-tune better",
     "report_test": "also score the saved model on the test split (decodes test/)",
     "sensitivity": "reuse the sensitivity sweep in this sensitivity.json (a search's, compare's or apply's output "
                    "folder: same model and --score); the sweep is written to OUTPUT/sensitivity.json either way",
@@ -95,23 +96,26 @@ def run_apply(cfg: ApplyConfig) -> dict:
     if cfg.evaluate:
         report.update(score=score, score_value=scorer.value(allocation),
                       uniform_score_value=scorer.value(uniform_allocation(problem)))
-    prepared = spec.preparation != "adaptive-bn"
-    if prepared:  # the model that was scored (refitted / briefly fine-tuned) is what is saved and trained on
+    # without fine-tuning, the model that was scored (refitted / briefly fine-tuned) is what is saved; fine-tuning
+    # starts from the plain pruned weights with BN recalibrated, which train better than refitted ones
+    # (bench/README.md, "Fine-tune from the plain start")
+    prepared = spec.preparation != "adaptive-bn" and cfg.finetune.epochs == 0
+    if prepared:
         pruned = scorer.scored_model(allocation)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     if cfg.finetune.epochs > 0:
-        if not prepared:
-            recalibrate_bn(pruned, calib)  # start fine-tuning from recalibrated BN statistics, as scored
+        recalibrate_bn(pruned, calib)
         result = train(pruned, ws.data, cfg.finetune, device=ws.device, precision=ws.precision, seed=cfg.ws.seed,
                        log_dir=out / "tb", macs_per_image=macs1,
                        teacher=structure.model if cfg.finetune.kd_weight else None)
-        report["finetune"] = {"epochs": cfg.finetune.epochs, "steps": result.steps, "seconds": result.seconds}
+        report["finetune"] = {"epochs": cfg.finetune.epochs, "steps": result.steps, "seconds": result.seconds,
+                              "start": "pruned weights, BN recalibrated"}
     vx, vy = ws.data.tensors("val", ws.device)
     report["saved_model_val_accuracy"], saved = save_calibrated(
         pruned, cfg.ws.model, ws.data.num_classes, out / "model.pt", calib, vx, vy, criterion=cfg.criterion,
         policy=cfg.policy, input_size=list(ws.input_size),
-        prepare=(lambda m: m) if prepared and cfg.finetune.epochs == 0 else None)
+        prepare=(lambda m: m) if prepared else None)
     if problem.latency is not None:
         report["latency"] = cfg.target.measured(saved, structure.model, problem.latency, allocation.counts(structure))
         report["latency_fit"] = latency_fit
