@@ -70,6 +70,17 @@ def test_search_with_finetune_score_saves_the_scored_model(tmp_path, capsys):
 
     x, y = open_workspace("resnet20", None, "synthetic", val_size=100, calib_size=64).data.tensors("val")
     assert accuracy(saved, x, y) == pytest.approx(summary["best"]["score_value"], abs=1e-9)
+    # training it says that the plain pruned weights are the better start; a plain pruned file gets no note
+    from autoprune.core.io import save_pruned
+    from autoprune.experiments.train import start_is_prepared
+
+    save_pruned(saved, "resnet20", 10, tmp_path / "plain.pt")
+    assert start_is_prepared(run / "best_model.pt") == "finetune:4" and start_is_prepared(tmp_path / "plain.pt") is None
+    code = main(["train", "--model", "resnet20", "--checkpoint", str(run / "best_model.pt"), "--data", "synthetic",
+                 "--epochs", "0.01", "--train-subset", "64", "--output", str(tmp_path / "tuned")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "holds the weights its score prepared (finetune:4)" in out and "prune --allocation" in out
     code = main(["search", "--model", "resnet20", "--data", "synthetic", "--macs", "0.5", "--score", "finetune",
                  "--output", str(tmp_path / "bad")])
     err = capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from autoprune.config import flat_config, nested, save_config
 from autoprune.core.cost import measure_cost
-from autoprune.core.io import read_weights_only, save_pruned
+from autoprune.core.io import PRUNED_FORMAT, read_weights_only, save_pruned
 from autoprune.errors import AutopruneError
 from autoprune.runs import check_run_dir
 from autoprune.train import distributed
@@ -38,6 +38,15 @@ HELP = {**INPUT_HELP, "output": "run directory (model.pt, TensorBoard events, co
                       "checkpoints/epoch-K.pt, for compare --recipes weight-rewind"}
 
 
+def start_is_prepared(checkpoint: str | Path) -> str | None:
+    """The score that refitted or fine-tuned a saved pruned model (``search``'s ``best_model.pt``), else None."""
+    from autoprune.train.scores import parse_score
+
+    saved = read_weights_only(checkpoint, "checkpoint")
+    score = saved.get("meta", {}).get("score") if saved.get("format") == PRUNED_FORMAT else None
+    return score if score and parse_score(score).preparation != "adaptive-bn" else None
+
+
 def run_train(cfg: TrainConfig) -> dict | None:
     """Train ``cfg.ws.model``; write model.pt, summary.json, config.yaml and TensorBoard events into
     ``cfg.output`` and return the summary (None on ranks other than 0)."""
@@ -50,6 +59,11 @@ def run_train(cfg: TrainConfig) -> dict | None:
     check_run_dir(out, cfg.resume)
     distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
     ws = cfg.ws.open()  # resolves the input size, which the config records
+    prepared_by = start_is_prepared(cfg.ws.checkpoint) if cfg.ws.checkpoint is not None else None
+    if prepared_by and distributed.is_main():
+        print(f"note: {cfg.ws.checkpoint} holds the weights its score prepared ({prepared_by}); "
+              "fine-tuning from the plain pruned weights trains better (autoprune prune --allocation "
+              "best_allocation.json; bench/README.md, 'Fine-tune from the plain start')")
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
