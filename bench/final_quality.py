@@ -377,6 +377,10 @@ def paired_interval(rows: list[dict], arm: str, other: str, recipe: str = "lr-re
     return m, m - half, m + half, len(diffs)
 
 
+def _paired_text(name: str, d: tuple[float, float, float, int]) -> str:
+    return f"{name} {d[0]:+.2f} " + (f"[{d[1]:+.2f}, {d[2]:+.2f}] (n={d[3]})" if d[3] > 1 else "(n=1: no interval)")
+
+
 def report_r2(record: dict, models: list[str]) -> list[str]:
     rows2 = [r for r in record["rows"] if r.get("round") == 2 and r.get("start", "recalibrated") == "recalibrated"]
     lines = ["# Round 2: the default pipeline against what a user would pick instead", "",
@@ -399,18 +403,21 @@ def report_r2(record: dict, models: list[str]) -> list[str]:
                 lines.append(f"| {arm} | {recipe} | {m:.2f} ± {sd:.2f} | {','.join(str(r['seed']) for r in sel)} | "
                              f"{statistics.mean(r['score_value'] for r in sel):.4f} | "
                              f"{statistics.mean(r['alloc_seconds'] for r in sel):.0f} |")
+            lines += ["", "Search s: the sensitivity sweep is measured once per model and score and shared; the searched "
+                      "arm's seconds include it, so sensitivity's read ~0 when the search ran first in the same process. "
+                      "universal's include its own sweep (with its policy's score)."]
             diffs = []
             for other in ROUND2_ARMS[1:]:
                 d = paired_interval(rows, "searched", other)
                 if d:
-                    diffs.append(f"{other} {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] (n={d[3]})")
+                    diffs.append(_paired_text(other, d))
             lines += ["", "Searched minus each arm (lr-rewind, paired by seed, 95% t-interval): "
                       + ("; ".join(diffs) if diffs else "no pair yet") + "."]
             gains = []
             for arm in ROUND2_KD_ARMS:
                 d = paired_interval(rows, arm, arm, "lr-rewind-kd", "lr-rewind")
                 if d:
-                    gains.append(f"{arm} {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] (n={d[3]})")
+                    gains.append(_paired_text(arm, d))
             lines += ["Distillation gain (lr-rewind-kd minus lr-rewind): " + ("; ".join(gains) if gains else "none yet")
                       + ".", ""]
     refitted = [r for r in record["rows"] if r.get("round") == 2 and r.get("start") == "refitted"]
