@@ -40,6 +40,7 @@ from autoprune.core.problem import PruningProblem
 from autoprune.core.scoring import Scorer
 from autoprune.runs import write_json_atomic
 from autoprune.train.evaluator import accuracy, recalibrate_bn
+from autoprune.train.scores import DEFAULT_SCORE
 from autoprune.train.training import TrainRecipe, train
 from autoprune.workspace import open_workspace
 
@@ -267,7 +268,7 @@ def save(record: dict, reports: bool = False) -> None:
         if OUT.exists():
             disk = json.loads(OUT.read_text())
             if not reports:  # the figures on disk are the newest report's: a rows-only save keeps them
-                record.update({k: disk[k] for k in ("summary", "selection") if k in disk})
+                record.update({k: disk[k] for k in ("summary", "selection", "selection_default") if k in disk})
             mine = {_key(r): r for r in record["rows"]}
             for row in disk["rows"]:
                 if "model" not in row:
@@ -280,6 +281,9 @@ def save(record: dict, reports: bool = False) -> None:
         if reports:
             record["summary"] = summarize(record["rows"])
             record["selection"] = selection(record["rows"], BASELINE, tuple(s for s in SCORES if s != BASELINE))
+            # the finalists stage as the search would run it: screened by today's default score
+            record["selection_default"] = selection(record["rows"], DEFAULT_SCORE,
+                                                    tuple(s for s in SCORES if s != DEFAULT_SCORE))
         write_json_atomic(OUT, record, indent=1)
     if reports:
         write_reports(record)
@@ -352,8 +356,8 @@ def report(record: dict) -> str:
             lines += ["", "Grid allocations in this pool (truth): " + ", ".join(
                 f"{k[5:]} {100 * v:.2f}" for k, v in sorted(s["grid_test_acc"].items()))]
         lines.append("")
-    for pool, sel in record.get("selection", {}).items():
-        lines += [f"## Selection, {pool}: what each way of choosing takes home ({sel['n']} candidates)", "",
+    for pool, sel in [*record.get("selection", {}).items(), *record.get("selection_default", {}).items()]:
+        lines += [f"## Selection, {pool}, screened by {sel['screen']}: what each way of choosing takes home ({sel['n']} candidates)", "",
                   "Mean test accuracy after the 2-epoch fine-tune of the picked candidate over 2,000 bootstrap "
                   f"resamples of the pool (best possible {100 * sel['best_possible']:.2f}, median "
                   f"{100 * sel['median']:.2f}).", "", "| selection | expected pick % |", "|---|---|",
