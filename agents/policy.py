@@ -29,6 +29,11 @@ class PolicyAllocator:
         self.rates = FEATURE_RATIOS
         self.sensitivity: SensitivityTable | None = None  # ``UsesSensitivity``
 
+    @property
+    def score(self) -> str:
+        """The score the policy's sensitivity features were measured with (adaptive-bn for files that do not say)."""
+        return self.meta.get("score") or "adaptive-bn"
+
     def allocate(self, problem: PruningProblem, scorer: Scorer | None = None) -> Allocation:
         table = self.sensitivity
         if table is not None:

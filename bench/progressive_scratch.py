@@ -3,11 +3,11 @@
 Protocol (defaults; also written at the top of ``progressive-scratch.md``): ResNet-20 from random
 initialization (``torch.manual_seed(seed)``: every arm of a seed starts from the same weights) on the
 JPEG CIFAR-10 training split minus 2,000 held-out images (the split drawn by the seed, as
-``autoprune progressive --seed`` does; 1,024 of the rest recalibrate BN for adaptive-BN scoring), 40
+``autoprune progressive --seed`` does; 1,024 of the rest recalibrate BN and calibrate the score), 40
 epochs in all, SGD (momentum 0.9, nesterov, weight decay 5e-4, batch 128), cosine from 0.1; final
 MACs 50% and 30% of the dense model; seeds 0 and 1; L1 criterion; bf16 autocast where the CPU has it.
-The search everywhere is DDPG with the default (adaptive-BN) score, 100 episodes of which 30 random
-warm-up, seeded. Arms:
+The search everywhere is DDPG with the search's default score (``reconstruct:loss``), 100 episodes of
+which 30 random warm-up, seeded; the universal policy reads sensitivity by the score it was trained with. Arms:
 
 * ``pipeline``: dense 40 epochs (trained once per seed, shared by both targets), searched on the
   trained model, one-shot pruned (L1) to that shape, BN recalibrated, 8 epochs of LR rewinding
@@ -32,8 +32,9 @@ rerunning the same command skips finished rows, and an interrupted run continues
 Expected duration on one torch thread, scaled from a one-epoch smoke run on 1,024 training images
 (fp32: the CPU it ran on has no native bf16; load average ~6 on 2 cores, so an idle core is faster):
 dense training 127 images/s, models at 70% / 56% of MACs 141 / 155 images/s (wall time falls far less
-than MACs), one adaptive-BN candidate 5.8 s, one DDPG episode 6.0 s. Per run: the dense 40 epochs
-~4.2 h (once per seed); each search ~10 min; LR rewinding ~0.7 h (50%) / ~0.6 h (30%); each
+than MACs), one adaptive-BN candidate 5.8 s, one DDPG episode 6.0 s (the default score
+``reconstruct:loss`` costs ~1.4x adaptive BN per candidate: each search ~14 min). Per run: the dense 40 epochs
+~4.2 h (once per seed); LR rewinding ~0.7 h (50%) / ~0.6 h (30%); each
 progressive arm ~3.6 h (50%) / ~3.4 h (30%); scratch-B ~4.3 h (50%: 52 epochs) / ~5.1 h (30%: 68
 epochs). All 20 rows: ~36 h per seed, ~73 h in all; with bf16 (2.5x faster training on an AVX-512 BF16
 CPU) roughly 30 h. ``--seeds``/``--targets``/``--arms`` split the grid between processes (rows merge
@@ -68,6 +69,7 @@ from autoprune.runs import write_json_atomic
 from autoprune.train.data import DataBundle, cache_dir
 from autoprune.train.evaluator import accuracy, recalibrate_bn
 from autoprune.train.precision import resolve_precision
+from autoprune.train.scores import DEFAULT_SCORE
 from autoprune.train.training import TrainRecipe, make_optimizer, train
 from autoprune.workspace import Workspace, WorkspaceOptions, open_workspace
 
@@ -92,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     p.add_argument("--data", default=DATA)
     p.add_argument("--train-subset", type=int, default=None, help="train on a fixed random subset (smoke tests)")
-    p.add_argument("--val-size", type=int, default=2000, help="held-out training images (adaptive-BN scores)")
+    p.add_argument("--val-size", type=int, default=2000, help="held-out training images (the search's score)")
     p.add_argument("--calib-size", type=int, default=1024, help="training images recalibrating BN")
     p.add_argument("--test-limit", type=int, default=None, help="score on a fixed random N test images only")
     p.add_argument("--epochs", type=float, default=40.0, help="epochs of every arm but scratch-B (pipeline: dense)")
@@ -220,8 +222,8 @@ class Bench:
         search = get_allocator("ddpg", episodes=self.args.episodes, warmup_episodes=self.args.warmup_episodes,
                                seed=seed)
         run_dir = self.args.work / "searches" / f"t{target:g}_s{seed}"
-        result = search.search(problem, ws.scorer(problem), run_dir, resume=(run_dir / "checkpoints").exists())
-        meta = {"proxy_acc": result.best.score, "search_seconds": time.perf_counter() - t0,
+        result = search.search(problem, ws.scorer(problem, DEFAULT_SCORE, seed=seed), run_dir, resume=(run_dir / "checkpoints").exists())
+        meta = {"score": DEFAULT_SCORE, "score_value": result.best.score, "search_seconds": time.perf_counter() - t0,
                 "spec": self.search_spec(seed)}
         path.parent.mkdir(parents=True, exist_ok=True)
         result.allocation.save(path, structure, **meta)

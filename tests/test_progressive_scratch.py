@@ -16,6 +16,7 @@ from autoprune.agents import get_allocator
 from autoprune.agents.random_search import random_feasible_counts
 from autoprune.cli.main import main
 from autoprune.core.allocation import Allocation
+from autoprune.core.problem import uniform_allocation
 from autoprune.core.prune import prune
 from autoprune.core.structure import ModelStructure
 from autoprune.errors import AutopruneError
@@ -24,6 +25,7 @@ from autoprune.train.data import make_bundle
 from autoprune.train.decision import ShapeDecision, keep_distance, parse_decide_at
 from autoprune.train.progressive import progressive_train
 from autoprune.train.schedules import PruningSchedule
+from autoprune.train.scores import DEFAULT_SCORE
 from autoprune.train.training import TrainRecipe
 
 from .conftest import flop_counter_cost
@@ -142,6 +144,49 @@ def test_training_macs_ledger_is_model_macs_times_images_seen(tiny_data):
     for e in res.events:  # each event's "training MACs so far" is the ledger at its epoch end
         assert e.train_macs == expected[e.step // SPE - 1]
     assert _macs_of_widths(res.events[-1].channels, x) == flop_counter_cost(res.model, x)[0]
+
+
+class RecordsScore:
+    """Stub allocator: records what it is handed to score with, scores the uniform allocation, returns it."""
+
+    name = "stub"
+
+    def __init__(self):
+        self.kinds, self.compares_with_model_as_trained, self.values = [], [], []
+
+    def allocate(self, problem, scorer=None):
+        self.kinds.append(scorer.evaluator.kind)
+        dense = getattr(scorer.evaluator, "dense", None)
+        self.compares_with_model_as_trained.append(dense is problem.structure.model)
+        alloc = uniform_allocation(problem)
+        self.values.append(scorer.value(alloc))
+        return alloc
+
+
+@pytest.mark.parametrize("score,kind,refits", [(None, DEFAULT_SCORE, True), ("adaptive-bn", "adaptive-bn", False)])
+def test_decision_scores_candidates_by_the_search_score(tiny_data, score, kind, refits):
+    """The shape decided mid-training is scored as ``search`` scores (the default score unless told), and a
+    score that compares with the dense model compares with the model as trained so far."""
+    stub = RecordsScore()
+    res = _run(tiny_data, stub, 0.5, ShapeDecision(2 * SPE), **({} if score is None else {"score": score}))
+    assert stub.kinds == [kind] and res.decision["step"] == 2 * SPE
+    assert stub.compares_with_model_as_trained == [refits]
+    assert np.isfinite(stub.values[0]) and (stub.values[0] < 0) == (kind.endswith(":loss"))  # -CE or top-1
+
+
+def test_progressive_records_its_score_and_a_policy_keeps_its_own(tmp_path, capsys):
+    policy = ROOT / "bench" / "results" / "policies" / "universal.zip"
+    base = ["progressive", "--data", "synthetic", "--model", "resnet20", "--train-subset", "64", "--batch-size", "16",
+            "--val-size", "64", "--calib-size", "32", "--epochs", "1", "--target", "0.6", "--prune-every", "0.5"]
+    runs = {"default": [], "given": ["--score", "adaptive-bn:kd"], "policy": ["--allocator", f"policy:{policy}"]}
+    for name, extra in runs.items():
+        assert main(base + ["--output", str(tmp_path / name)] + extra) == 0
+    scores = {n: json.loads((tmp_path / n / "summary.json").read_text())["score"] for n in runs}
+    assert scores == {"default": DEFAULT_SCORE, "given": "adaptive-bn:kd", "policy": "adaptive-bn"}
+    capsys.readouterr()  # the runs' progress bars
+    assert main(base + ["--output", str(tmp_path / "bad"), "--score", "top5"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown --score 'top5'" in err and err.strip().count("\n") == 0
 
 
 def test_from_scratch_options_fail_in_one_line(tmp_path, capsys):

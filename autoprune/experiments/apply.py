@@ -70,7 +70,7 @@ def run_apply(cfg: ApplyConfig) -> dict:
     out = Path(cfg.output)
     check_run_dir(out, resumable=False)
     allocator = PolicyAllocator(cfg.policy)  # a corrupt policy fails before any data is loaded
-    score = cfg.score or allocator.meta.get("score") or "adaptive-bn"
+    score = cfg.score or allocator.score
     spec = parse_score(score)
     if cfg.sensitivity is not None:
         load_tables(cfg.sensitivity)  # so does a missing or foreign sensitivity file

@@ -46,6 +46,7 @@ class ProgressiveConfig:
     latency_precision: str = "fp32"
     latency_fit: bool = True
     allocator: str = "uniform"
+    score: str | None = None  # autoprune.train.scores; default: DEFAULT_SCORE, or the score a policy was trained with
     trajectory: str | None = None  # final | per-step; default: final for policy:/allocation:, else per-step
     criterion: str = "l1"
     schedule: str = "cubic"
@@ -76,7 +77,9 @@ HELP = {
     "latency_fit": "with --latency: time the decided shape and re-scale it until its measured latency is "
                    "within 5% of the target, before training; --no-latency-fit trusts the table",
     "allocator": "uniform, layer-stats, global, policy:PATH, allocation:PATH, search:EPISODES (random search "
-                 "with adaptive BN at each cut), ... (autoprune.agents)",
+                 "by --score at each cut), ... (autoprune.agents)",
+    "score": "what a search allocator (and a policy's sensitivity sweep) scores candidates by, see search --help; "
+             "default: the search's default score, or for policy:PATH the score the policy was trained with",
     "trajectory": "final: fix each group's final width once (the allocator on the original model at --target) "
                   "and move every group toward it at each cut | per-step: re-allocate on the current model at "
                   "every cut (default: final for policy:/allocation:, per-step otherwise)",
@@ -110,6 +113,7 @@ def run_progressive(cfg: ProgressiveConfig) -> dict | None:
     from autoprune.train.evaluator import accuracy
     from autoprune.train.progressive import TRAJECTORIES, default_trajectory, progressive_train
     from autoprune.train.schedules import PruningSchedule, list_schedules
+    from autoprune.train.scores import DEFAULT_SCORE, parse_score
 
     if not cfg.resume:
         check_run_dir(cfg.output)
@@ -121,6 +125,8 @@ def run_progressive(cfg: ProgressiveConfig) -> dict | None:
         raise AutopruneError(f"--final-share {cfg.final_share} must be in (0, 1): the share of training at the final width")
     get_criterion(cfg.criterion)  # fail on a bad name before loading data
     allocator = get_allocator(cfg.allocator)
+    score = cfg.score or getattr(allocator, "score", DEFAULT_SCORE)  # a policy reads sensitivity by its own score
+    parse_score(score)  # a bad score fails before any data is loaded
     trajectory = cfg.trajectory or ("final" if cfg.from_scratch else default_trajectory(cfg.allocator))
     if trajectory not in TRAJECTORIES:
         raise AutopruneError(f"unknown --trajectory '{trajectory}': use {' or '.join(TRAJECTORIES)}")
@@ -138,7 +144,7 @@ def run_progressive(cfg: ProgressiveConfig) -> dict | None:
     steps_per_epoch = -(-len(ws.data.train) // recipe.batch_size)
     target, latency = cfg.target, None
     if cfg.latency is not None:  # decide the shape against the latency table, then schedule its MACs
-        allocator, target, latency = _latency_shape(cfg, ws, allocator)
+        allocator, target, latency = _latency_shape(cfg, ws, allocator, score)
     # the two schedules together: no cut while the learning rate is still warming up
     start = max(cfg.prune_start, recipe.warmup_steps / total)
     schedule = PruningSchedule.over_training(cfg.schedule, target, total, start, 1.0 - cfg.final_share,
@@ -155,7 +161,7 @@ def run_progressive(cfg: ProgressiveConfig) -> dict | None:
                                seed=cfg.ws.seed, device=ws.device, precision=ws.precision, trajectory=trajectory,
                                state_path=out / "state.pt",
                                resume=cfg.resume,
-                               log_dir=out / "tb", decision=decision, example_input=ws.example_input())
+                               log_dir=out / "tb", decision=decision, example_input=ws.example_input(), score=score)
     if not distributed.is_main():
         return None
     original = result.original
@@ -170,7 +176,7 @@ def run_progressive(cfg: ProgressiveConfig) -> dict | None:
     summary = {"val_acc": saved_acc, "val_acc_training_bn": trained_acc, "macs": result.allocation.macs(original),
                "macs_ratio": result.allocation.macs(original) / original.dense_macs, "target": cfg.target,
                "input_size": list(ws.input_size), "train_macs": result.train_macs, "seconds": result.seconds, "precision": ws.precision.name,
-               "trajectory": trajectory, "steps": result.steps,
+               "trajectory": trajectory, "score": score, "steps": result.steps,
                "latency": (latency[0].measured(result.model, latency[2], latency[1], result.allocation.counts(original))
                            if latency else None),
                "events": [asdict(e) for e in result.events], "decision": result.decision, "probes": result.probes,
@@ -218,7 +224,7 @@ class _Decided:
         return self.allocation
 
 
-def _latency_shape(cfg: ProgressiveConfig, ws, allocator):
+def _latency_shape(cfg: ProgressiveConfig, ws, allocator, score: str):
     """(fixed allocator, its MACs fraction as the schedule's final target, (target options, latency table))."""
     options = TargetOptions(latency=cfg.latency, latency_batch=cfg.latency_batch,
                             latency_precision=cfg.latency_precision, latency_fit=cfg.latency_fit)
@@ -226,6 +232,6 @@ def _latency_shape(cfg: ProgressiveConfig, ws, allocator):
     table = options.table(structure, cfg.round_to)
     problem = ws.problem(cfg.latency, "latency", criterion=cfg.criterion, min_keep=cfg.min_keep, round_to=cfg.round_to,
                          latency=table)
-    allocation, _ = options.fit(problem, allocator.allocate(problem, ws.scorer(problem)))
+    allocation, _ = options.fit(problem, allocator.allocate(problem, ws.scorer(problem, score, seed=cfg.ws.seed)))
     dense = copy.deepcopy(structure.model)  # the latency reference: training prunes ws.model in place
     return _Decided(allocation), allocation.macs(structure) / structure.dense_macs, (options, table, dense)

@@ -51,9 +51,9 @@ from autoprune.runs import atomic_path
 from autoprune.train import distributed
 from autoprune.train.data import DataBundle
 from autoprune.train.decision import ShapeDecision, keep_distance
-from autoprune.train.evaluator import AdaptiveBNEvaluator
 from autoprune.train.precision import Precision, resolve_precision
 from autoprune.train.schedules import PruningSchedule
+from autoprune.train.scores import DEFAULT_SCORE, make_evaluator
 from autoprune.train.surgery import group_widths, prune_with_optimizer
 from autoprune.train.training import TrainRecipe, make_optimizer, train
 
@@ -111,12 +111,12 @@ class ProgressivePruner:
                  seed: int = 0, device: torch.device | str = "cpu", state_path: str | Path | None = None,
                  writer: Any = None, progress: bool = True, precision: str | Precision = "auto",
                  trajectory: str = "per-step", decision: ShapeDecision | None = None,
-                 example_input: torch.Tensor | None = None):
+                 example_input: torch.Tensor | None = None, score: str = DEFAULT_SCORE):
         if trajectory not in TRAJECTORIES:
             raise AutopruneError(f"unknown trajectory '{trajectory}': use {' or '.join(TRAJECTORIES)}")
         if decision is not None and trajectory != "final":
             raise AutopruneError("a shape decided during training is the one every cut heads for: use trajectory final")
-        self.decision = decision
+        self.decision, self.score = decision, score
         self.decided: dict | None = None  # step, epoch, reason, widths (once decided)
         self.probes: list[dict] = []
         self.ledger: list[dict] = []
@@ -141,7 +141,6 @@ class ProgressivePruner:
         self.optimizer: torch.optim.Optimizer | None = None
         self.macs = original.dense_macs
         self._calib: list[torch.Tensor] | None = None
-        self._evaluator: AdaptiveBNEvaluator | None = None
         # the shape every cut's MACs are counted at: the original structure's (its input size), not the data's
         self._example = (original.example_input if example_input is None else example_input)[:1].to(self.device)
 
@@ -205,18 +204,21 @@ class ProgressivePruner:
         return replaced
 
     def _calibration(self) -> list[torch.Tensor]:
-        """Calibration batches (criteria, adaptive BN) and the evaluator, built on first use."""
+        """Calibration batches (criteria, BN recalibration), built on first use."""
         if self._calib is None:
             self._calib = self.data.calibration_batches(128, self.device)
-            vx, vy = self.data.tensors("val", self.device)
-            self._evaluator = AdaptiveBNEvaluator(self._calib, vx, vy, precision=self.precision)
         return self._calib
 
     def _problem(self, structure: ModelStructure, target: float) -> tuple[PruningProblem, Scorer]:
-        self._calibration()
+        """``structure``'s problem at ``target`` and a scorer by ``self.score``; the scores that compare with
+        the dense model compare with ``structure``'s model as it is now (trained so far, cut so far)."""
+        calib = self._calibration()
         problem = PruningProblem(structure, target=target, metric="macs", criterion=self.criterion,
-                                 calib_batches=self._calib, min_keep=self.min_keep, round_to=self.round_to)
-        return problem, Scorer(problem, self._evaluator)
+                                 calib_batches=calib, min_keep=self.min_keep, round_to=self.round_to)
+        vx, vy = self.data.tensors("val", self.device)
+        evaluator = make_evaluator(self.score, self.data, calib, vx, vy, precision=self.precision, seed=self.seed,
+                                   structure=structure)
+        return problem, Scorer(problem, evaluator)
 
     def prune(self, step: int) -> tuple[nn.Module, torch.optim.Optimizer] | None:
         """Cut the current model to the schedule's target at ``step``."""
@@ -385,12 +387,13 @@ def progressive_train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, s
                       log_dir: str | Path | None = None, progress: bool = True,
                       precision: str | Precision = "auto", trajectory: str = "per-step",
                       decision: ShapeDecision | None = None,
-                      example_input: torch.Tensor | None = None) -> ProgressiveResult:
+                      example_input: torch.Tensor | None = None, score: str = DEFAULT_SCORE) -> ProgressiveResult:
     """Train ``model`` for ``recipe.epochs`` while pruning it to ``schedule.final`` of its MACs.
 
     ``allocator`` is any ``Allocator`` (``autoprune.agents.get_allocator(name)``); ``trajectory``
     says whether it decides the final shape once (``final``) or every cut anew (``per-step``);
-    ``decision`` (from scratch) says when during training the ``final`` shape is decided. With
+    ``decision`` (from scratch) says when during training the ``final`` shape is decided; ``score``
+    (``autoprune.train.scores``) is what a searching allocator scores candidates by. With
     ``state_path`` a resumable state is written at every epoch boundary; ``resume`` continues from it.
     Every MACs figure is counted on ``example_input`` (the command passes one at ``--input-size``; default:
     one image of the data, at the resolution it is fed).
@@ -409,7 +412,7 @@ def progressive_train(model: nn.Module, data: DataBundle, recipe: TrainRecipe, s
                                    criterion=criterion, min_keep=min_keep, round_to=round_to, seed=seed,
                                    device=device, state_path=state_path, writer=writer, progress=progress,
                                    precision=precision, trajectory=trajectory, decision=decision,
-                                   example_input=example)
+                                   example_input=example, score=score)
         return pruner.run(resume=resume, log_dir=log_dir)
     finally:
         if writer is not None:
