@@ -177,12 +177,41 @@ def selection(rows: list[dict], screen: str, finals: tuple[str, ...], ks: tuple[
         v = np.array([r["scores"][screen]["value"] for r in sel])
         pool = {"n": len(sel), "screen": screen, "by_screen": expected_pick(v, truth),
                 "best_possible": float(truth.max()), "median": float(np.median(truth))}
+        stages = []
         for f in usable:
             fv = np.array([r["scores"][f]["value"] for r in sel])
             pool[f"by {f}"] = expected_pick(fv, truth)
             for k in ks:
-                pool[f"{screen} then {f} on top {k}"] = expected_pick(v, truth, final=fv, k=k)
+                pool[f"{screen} then {f} on top {k}"] = pick = expected_pick(v, truth, final=fv, k=k)
+                stages.append({"final": f, "k": k, "pick": pick})
+        pool["stages"] = stages
         out[f"{model}@{target:g}"] = pool
+    return out
+
+
+def finalist_choice(selection_by_pool: dict, seconds: dict) -> dict:
+    """Per model: each finalists stage's gain over the screen alone on each of the model's pools (points of
+    the 2-epoch truth), its added seconds per search (K x the final score's seconds per candidate on an idle
+    core, ``seconds[model][score]``), and the stage to default to: the largest worst-pool gain per added
+    minute among the stages that gain on every pool (``None``: no stage does, finalists stay off)."""
+    out = {}
+    for model in sorted({p.split("@")[0] for p in selection_by_pool}):
+        pools = {p: s for p, s in selection_by_pool.items() if p.split("@")[0] == model}
+        gains: dict[tuple[str, int], dict[str, float]] = {}
+        for name, s in pools.items():
+            for st in s.get("stages", []):
+                gains.setdefault((st["final"], st["k"]), {})[name] = st["pick"] - s["by_screen"]
+        stages = []
+        for (final, k), g in gains.items():
+            per_candidate = seconds.get(model, {}).get(final)
+            if per_candidate is None or len(g) < len(pools):
+                continue
+            added = k * per_candidate
+            stages.append({"final": final, "k": k, "gains": g, "added_seconds": added,
+                           "worst_gain_per_minute": 100 * min(g.values()) / (added / 60)})
+        stages.sort(key=lambda st: -st["worst_gain_per_minute"])
+        default = next((st for st in stages if min(st["gains"].values()) > 0), None)
+        out[model] = {"pools": sorted(pools), "stages": stages, "default": default}
     return out
 
 
@@ -268,7 +297,8 @@ def save(record: dict, reports: bool = False) -> None:
         if OUT.exists():
             disk = json.loads(OUT.read_text())
             if not reports:  # the figures on disk are the newest report's: a rows-only save keeps them
-                record.update({k: disk[k] for k in ("summary", "selection", "selection_default") if k in disk})
+                record.update({k: disk[k] for k in ("summary", "selection", "selection_default", "finalist_choice")
+                               if k in disk})
             mine = {_key(r): r for r in record["rows"]}
             for row in disk["rows"]:
                 if "model" not in row:
@@ -284,6 +314,8 @@ def save(record: dict, reports: bool = False) -> None:
             # the finalists stage as the search would run it: screened by today's default score
             record["selection_default"] = selection(record["rows"], DEFAULT_SCORE,
                                                     tuple(s for s in SCORES if s != DEFAULT_SCORE))
+            seconds = {m: {name: c["median"] for name, c in scores.items()} for m, scores in score_costs().items()}
+            record["finalist_choice"] = finalist_choice(record["selection_default"], seconds)
         write_json_atomic(OUT, record, indent=1)
     if reports:
         write_reports(record)
@@ -325,10 +357,15 @@ def run(models: list[str], scores_only: bool, targets: list[float] | None = None
 
 
 # -- the report --------------------------------------------------------------------------------
-def report(record: dict) -> str:
+def score_costs() -> dict:
+    """{model: {score: {median, x_adaptive_bn, ...}}}: seconds per candidate on an idle core (``bench.score_cost``)."""
     cost_file = RESULTS / "score-cost.json"
-    costs = ({m: v["seconds"] for m, v in json.loads(cost_file.read_text()).get("models", {}).items()}
-             if cost_file.exists() else {})
+    return ({m: v["seconds"] for m, v in json.loads(cost_file.read_text()).get("models", {}).items()}
+            if cost_file.exists() else {})
+
+
+def report(record: dict) -> str:
+    costs = score_costs()
     lines = ["# Proxy validity: which score predicts the fine-tuned model", "",
              f"Rerun: `{record['command']}` (resumable). Truth: test accuracy after {TRUTH_EPOCHS:g} epochs of LR "
              "rewinding. Rank correlations over each pool (random feasible allocations plus the final-quality "
@@ -364,6 +401,22 @@ def report(record: dict) -> str:
                   f"| by {sel['screen']} | {100 * sel['by_screen']:.2f} |"]
         lines += [f"| {k} | {100 * v:.2f} |" for k, v in sel.items() if k.startswith("by ") or " then " in k]
         lines.append("")
+    for model, choice in record.get("finalist_choice", {}).items():
+        if not choice["stages"]:
+            continue
+        pools = choice["pools"]
+        lines += [f"## Finalists stage, {model}: gain per added minute (screened by {DEFAULT_SCORE})", "",
+                  "Gain: the expected pick's truth minus the screen's alone (points); added: K x the final score's "
+                  "seconds per candidate on an idle core; the rule: the largest worst-pool gain per added minute "
+                  "among stages that gain on every pool.", "",
+                  "| final score | K | " + " | ".join(f"gain {p}" for p in pools) + " | added s | worst gain / min |",
+                  "|---|---|" + "---|" * len(pools) + "---|---|"]
+        for st in choice["stages"]:
+            lines.append(f"| {st['final']} | {st['k']} | " + " | ".join(f"{100 * st['gains'][p]:+.2f}" for p in pools)
+                         + f" | {st['added_seconds']:.0f} | {st['worst_gain_per_minute']:+.3f} |")
+        d = choice["default"]
+        lines += ["", f"By this rule: top {d['k']} re-scored by {d['final']}." if d else
+                  "By this rule: no stage gains on every pool, so the finalists stage stays off.", ""]
     missing = []
     for (model, target), n in POOLS.items():
         have = [r for r in record["rows"] if r["model"] == model and r["target"] == target]

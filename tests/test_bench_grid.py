@@ -133,3 +133,35 @@ def test_final_quality_round2_reports_paired_intervals_and_the_distillation_gain
     refitted = {**r2("searched", 0, 0.81), "start": "refitted"}
     text = report({"command": "x", "rows": [*rows, refitted]}, ["resnet20"])
     assert "| resnet20 | 30% | searched | 0 | 81.00 | 82.00 | +1.00 |" in text and "uniform +2.67 [" in text
+
+
+def test_proxy_validity_finalists_rule_takes_the_best_worst_pool_gain_per_minute():
+    import numpy as np
+
+    from bench.proxy_validity import finalist_choice, selection
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for target in (0.3, 0.5):  # the screen ranks the truth backwards; "good" ranks it exactly
+        for i in range(12):
+            truth = 0.7 + 0.01 * i
+            rows.append({"model": "resnet20", "target": target, "source": f"random#{i}", "test_acc": truth,
+                         "scores": {"screen": {"value": -truth + 1e-4 * rng.random()}, "good": {"value": truth},
+                                    "same": {"value": -truth}}})
+    sel = selection(rows, "screen", ("good", "same"), ks=(3, 10))
+    assert set(sel) == {"resnet20@0.3", "resnet20@0.5"}
+    stages = {(st["final"], st["k"]): st["pick"] for st in sel["resnet20@0.3"]["stages"]}
+    assert stages[("good", 10)] > stages[("good", 3)] > sel["resnet20@0.3"]["by_screen"]  # more finalists, better pick
+    choice = finalist_choice(sel, {"resnet20": {"good": 6.0, "same": 1.0}})["resnet20"]
+    d = choice["default"]
+    gain = {k: st["pick"] - sel["resnet20@0.3"]["by_screen"] for k, st in
+            ((st["k"], st) for st in sel["resnet20@0.3"]["stages"] if st["final"] == "good")}
+    # "same" re-ranks as the screen does: no gain, never the default however cheap
+    assert d["final"] == "good" and d["k"] == (3 if gain[3] / 3 > gain[10] / 10 else 10)
+    assert d["added_seconds"] == 6.0 * d["k"]
+    assert [st["worst_gain_per_minute"] for st in choice["stages"]] == sorted(
+        (st["worst_gain_per_minute"] for st in choice["stages"]), reverse=True)
+    # a stage that loses on one pool is never the default; none gains everywhere: the stage stays off
+    sel["resnet20@0.5"]["stages"] = [{**st, "pick": sel["resnet20@0.5"]["by_screen"] - 0.01}
+                                     for st in sel["resnet20@0.5"]["stages"]]
+    assert finalist_choice(sel, {"resnet20": {"good": 6.0, "same": 1.0}})["resnet20"]["default"] is None
