@@ -418,8 +418,11 @@ def report_r2(record: dict, models: list[str]) -> list[str]:
                 d = paired_interval(rows, arm, arm, "lr-rewind-kd", "lr-rewind")
                 if d:
                     gains.append(_paired_text(arm, d))
+            kd = [_paired_text(other, d) for other in ROUND2_KD_ARMS[1:]
+                  if (d := paired_interval(rows, "searched", other, "lr-rewind-kd"))]
             lines += ["Distillation gain (lr-rewind-kd minus lr-rewind): " + ("; ".join(gains) if gains else "none yet")
-                      + ".", ""]
+                      + ".", "Searched minus each arm, both distilled (lr-rewind-kd): "
+                      + ("; ".join(kd) if kd else "no pair yet") + ".", ""]
     refitted = [r for r in record["rows"] if r.get("round") == 2 and r.get("start") == "refitted"]
     if refitted:
         plain = {row_key(r): r for r in rows2}
