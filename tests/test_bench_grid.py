@@ -122,11 +122,13 @@ def test_final_quality_round2_reports_paired_intervals_and_the_distillation_gain
     rows = [r2("searched", s, a) for s, a in ((0, 0.82), (1, 0.83), (2, 0.84))]
     rows += [r2("uniform", s, a) for s, a in ((0, 0.80), (1, 0.80), (2, 0.81))]
     rows += [r2("searched", s, a, "lr-rewind-kd") for s, a in ((0, 0.83), (1, 0.84))]
+    rows += [r2("sensitivity", 0, 0.825, "lr-rewind-kd")]
     m, lo, hi, n = paired_interval(rows, "searched", "uniform")
     assert n == 3 and m == pytest.approx(2 + 2 / 3) and lo < m < hi  # 2, 3, 3 points
     text = report({"command": "x", "rows": rows}, ["resnet20"])
     assert "## resnet20, 30% of MACs (round 2)" in text and "uniform +2.67 [" in text
     assert "Distillation gain (lr-rewind-kd minus lr-rewind): searched +1.00 [+1.00, +1.00] (n=2)" in text
+    assert "both distilled (lr-rewind-kd): sensitivity +0.50 (n=1: no interval)" in text
     assert "## Rows still missing (round 1)" in text  # round-2 rows never count as round-1 rows
     assert f"{len(planned_rows_r2(['resnet20'])) - len(rows)} of {len(planned_rows_r2(['resnet20']))}" in text
     # a row fine-tuned from the refitted start is reported beside its recalibrated twin, never in the arm table
