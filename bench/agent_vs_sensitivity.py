@@ -133,12 +133,18 @@ def cell(record: dict, problem: PruningProblem, scorer: Scorer, top1_scorer: Sco
     return c
 
 
-def run(record: dict, out: Path, models: list[str], agents: list[tuple[str, str]], targets: tuple[float, ...],
-        seeds: tuple[int, ...], val_size: int = VAL, calib_size: int = CALIB) -> None:
+def open_bench_workspace(model: str, val_size: int = VAL, calib_size: int = CALIB):
+    """The model's JPEG-adapted checkpoint on the shipped data (``bench.base_models``)."""
     from autoprune.workspace import open_workspace
 
     from .base_models import DATA, finetuned_checkpoint
 
+    return open_workspace(model, str(finetuned_checkpoint(model)), DATA, val_size=val_size, calib_size=calib_size)
+
+
+def run(record: dict, out: Path, models: list[str], agents: list[tuple[str, str]], targets: tuple[float, ...],
+        seeds: tuple[int, ...], open_ws=open_bench_workspace) -> None:
+    """Every missing row of the grid; ``open_ws(model)`` gives the model's workspace (tests pass a tiny one)."""
     evaluations = record["evaluations"]
     for model in models:
         ws = None
@@ -148,8 +154,7 @@ def run(record: dict, out: Path, models: list[str], agents: list[tuple[str, str]
                 if not todo:
                     continue
                 if ws is None:
-                    ws = open_workspace(model, str(finetuned_checkpoint(model)), DATA, val_size=val_size,
-                                        calib_size=calib_size)
+                    ws = open_ws(model)
                 problem = PruningProblem(ws.structure(), target, calib_batches=ws.calibration(128))
                 score = record.get("score", "adaptive-bn")
                 top1_scorer = Scorer(problem, ws.evaluator(score=record.get("top1") or top1_of(score)))
@@ -176,7 +181,7 @@ def run(record: dict, out: Path, models: list[str], agents: list[tuple[str, str]
                         policy, policy_top1 = both(scorer, top1_scorer, kept.allocate(problem, scorer))
                     row = {"model": model, "target": target, "seed": seed, "agent": agent, "action": action,
                            "score": score, "best": result.best.info["accuracy"],
-                           "best_top1": top1_scorer.value(result.best.info["allocation"]), "policy": policy,
+                           "best_top1": top1_scorer.value(result.allocation), "policy": policy,
                            "policy_top1": policy_top1,
                            **{k: ref[k] for k in ref if k.startswith(("random_best", "sensitivity", "uniform"))},
                            "best_episode": result.best.episode, "policy_distilled": result.policy_distilled,

@@ -167,3 +167,28 @@ def test_proxy_validity_finalists_rule_takes_the_best_worst_pool_gain_per_minute
     sel["resnet20@0.5"]["stages"] = [{**st, "pick": sel["resnet20@0.5"]["by_screen"] - 0.01}
                                      for st in sel["resnet20@0.5"]["stages"]]
     assert finalist_choice(sel, {"resnet20": {"good": 6.0, "same": 1.0}})["resnet20"]["default"] is None
+
+
+@pytest.mark.slow
+def test_agent_vs_sensitivity_runs_a_cell_end_to_end(tmp_path):
+    """One tiny cell through the real loop (sweep, random search, the default agent, its kept policy): the row
+    is written, and the agent's best is never below the sensitivity allocation it plays first, by its own score."""
+    import json
+
+    import numpy as np
+
+    from autoprune.workspace import open_workspace
+    from bench.agent_vs_sensitivity import load, run
+
+    out = tmp_path / "grid.json"
+    record = load(out, "x", 37 + 4)  # ResNet-20's sweep is 37 scores: 4 episodes after it
+
+    def tiny(model):
+        return open_workspace(model, None, "synthetic", val_size=64, calib_size=32, precision="fp32")
+
+    run(record, out, ["resnet20"], [("ddpg", "sensitivity")], (0.5,), (0,), open_ws=tiny)
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["episodes"] == 4 and rows[0]["sweep_evaluations"] == 37
+    r = rows[0]
+    assert all(np.isfinite(r[k]) for k in ("best", "best_top1", "policy", "random_best", "sensitivity", "uniform"))
+    assert r["best"] >= max(r["sensitivity"], r["uniform"]) - 1e-9
