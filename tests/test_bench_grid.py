@@ -182,6 +182,7 @@ def test_agent_vs_sensitivity_runs_a_cell_end_to_end(tmp_path):
 
     out = tmp_path / "grid.json"
     record = load(out, "x", 37 + 4)  # ResNet-20's sweep is 37 scores: 4 episodes after it
+    record.update(score="adaptive-bn:loss", top1="adaptive-bn")  # the loop, not the default score's cost
 
     def tiny(model):
         return open_workspace(model, None, "synthetic", val_size=64, calib_size=32, precision="fp32")
