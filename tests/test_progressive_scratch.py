@@ -174,6 +174,7 @@ def test_decision_scores_candidates_by_the_search_score(tiny_data, score, kind, 
     assert np.isfinite(stub.values[0]) and (stub.values[0] < 0) == (kind.endswith(":loss"))  # -CE or top-1
 
 
+@pytest.mark.slow
 def test_progressive_records_its_score_and_a_policy_keeps_its_own(tmp_path, capsys):
     policy = ROOT / "bench" / "results" / "policies" / "universal.zip"
     base = ["progressive", "--data", "synthetic", "--model", "resnet20", "--train-subset", "64", "--batch-size", "16",
