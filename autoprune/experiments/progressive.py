@@ -79,7 +79,7 @@ HELP = {
     "allocator": "uniform, layer-stats, global, policy:PATH, allocation:PATH, search:EPISODES (random search "
                  "by --score at each cut), ... (autoprune.agents)",
     "score": "what a search allocator (and a policy's sensitivity sweep) scores candidates by, see search --help; "
-             "default: the search's default score, or for policy:PATH the score the policy was trained with",
+             "when not given, the search's own default score, or for policy:PATH the score the policy was trained with",
     "trajectory": "final: fix each group's final width once (the allocator on the original model at --target) "
                   "and move every group toward it at each cut | per-step: re-allocate on the current model at "
                   "every cut (default: final for policy:/allocation:, per-step otherwise)",
