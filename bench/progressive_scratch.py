@@ -398,6 +398,9 @@ def markdown(record: dict) -> str:
               "this name; each row's `command` reruns it (remove the row from the JSON first, or pass another --out), "
               "progressive rows also carry the `autoprune progressive` command (`cli`). Training MACs: forward MACs "
               "per image x images seen; search evaluations are not counted (their time is in the wall seconds)."), ""]
+    if "--quick" in record["command"]:
+        lines += [f"**Smoke run** (`--quick`: {proto['epochs']:g} epoch on {proto['train_subset']:,} images): it checks "
+                  "that every arm runs; its accuracies are near chance and rank nothing.", ""]
     if record["dense"]:
         lines += [f"Dense {proto['epochs']:g}-epoch models (the pipeline's first stage): " + "; ".join(
             f"seed {s} {100 * d['test_acc']:.2f}% test in {d['seconds']:.0f} s" for s, d in sorted(record["dense"].items())), ""]

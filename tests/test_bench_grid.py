@@ -66,7 +66,10 @@ def test_progressive_scratch_report_states_the_goals_paired_by_seed():
     assert "progressive-searched − pipeline: -0.50 ± 0.71 (n=2, not resolved) points at 0.55x" in text
     assert "progressive-searched − progressive-uniform: +1.00 ± 0.00 (n=1, not resolved)" in text
     assert "| progressive-searched | 0,1 | 80.00 ± 1.41 |" in text and "| 0.55 |" in text
-    assert f"5 of {2 * len(ARMS)} (arm|target|seed)" in text
+    assert f"5 of {2 * len(ARMS)} (arm|target|seed)" in text and "Smoke run" not in text
+    quick = {**record, "command": "python -m bench.progressive_scratch --quick",
+             "protocol": {**record["protocol"], "epochs": 1.0, "train_subset": 1024}}
+    assert "**Smoke run** (`--quick`: 1 epoch on 1,024 images)" in markdown(quick)
     args = parse_args(["--decide-at", "auto", "--epochs", "20"])
     command = rerun_command(args, "scratch-B", 0.3, 1)
     assert "--epochs=20.0" in command and "--decide-at=auto" in command and "--lr" not in command
