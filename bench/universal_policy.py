@@ -108,7 +108,13 @@ def _shape_structure(model: str) -> ModelStructure:
     return ModelStructure(create_model(model, 10).eval(), torch.randn(1, 3, size, size), num_classes=10)
 
 
+def stamp(record: dict, part: str) -> None:
+    """The command and machine of a part's latest run (the file's top-level ``machine`` is the first run's)."""
+    record.setdefault("runs", {})[part] = {"command": f"python -m bench.universal_policy {part}", "machine": machine()}
+
+
 def zero_shot(record: dict) -> None:
+    stamp(record, "zero-shot")
     policy = PolicyAllocator(POLICY)
     done = {(r["model"], r["target"]) for r in record["zero_shot"]}
     for model in SCORED + SHAPE_ONLY:
@@ -141,6 +147,7 @@ def zero_shot(record: dict) -> None:
 
 
 def warm_start(record: dict) -> None:
+    stamp(record, "warm-start")
     done = {(r["model"], r["target"], r["seed"]) for r in record["warm_start"]}
     for model in SCORED:
         ws = table = None
