@@ -172,6 +172,36 @@ def test_proxy_validity_finalists_rule_takes_the_best_worst_pool_gain_per_minute
     assert finalist_choice(sel, {"resnet20": {"good": 6.0, "same": 1.0}})["resnet20"]["default"] is None
 
 
+def test_proxy_validity_truth_check_pairs_each_grid_allocation_with_its_own_final_rows():
+    from bench.proxy_validity import truth_check
+
+    arms = ["uniform_s0", "sensitivity_s0", "random_s0", "random_s1", "searched_s0", "searched_s1"]
+    rows = [{"model": "resnet20", "target": 0.3, "source": f"grid:{a}", "test_acc": 0.70 + 0.01 * i}
+            for i, a in enumerate(arms)] + [{"model": "resnet20", "target": 0.3, "source": "random#0", "test_acc": 0.9}]
+    final = []
+    for i, a in enumerate(arms):
+        arm, seed = a.rsplit("_s", 1)
+        final.append({"model": "resnet20", "target": 0.3, "arm": arm, "recipe": "lr-rewind", "seed": int(seed),
+                      "round": 1, "test_acc": 0.80 - 0.01 * i})  # ranked backwards: Spearman -1
+    # a deterministic arm averages its seeds; round-2, other recipes and other seeds of a seeded arm are left out
+    final += [{"model": "resnet20", "target": 0.3, "arm": "uniform", "recipe": "lr-rewind", "seed": 1, "round": 1,
+               "test_acc": 0.82},
+              {"model": "resnet20", "target": 0.3, "arm": "random", "recipe": "lr-rewind", "seed": 2, "round": 1,
+               "test_acc": 0.10},
+              {"model": "resnet20", "target": 0.3, "arm": "searched", "recipe": "lr-rewind", "seed": 0, "round": 2,
+               "test_acc": 0.10},
+              {"model": "resnet20", "target": 0.3, "arm": "sensitivity", "recipe": "scratch-B", "seed": 0,
+               "round": 1, "test_acc": 0.10}]
+    check = truth_check(rows, final)
+    assert set(check) == {"resnet20@0.3"}
+    c = check["resnet20@0.3"]
+    assert c["n"] == 6 and abs(c["spearman"] + 1) < 1e-9
+    pairs = {p["source"]: p for p in c["pairs"]}
+    assert pairs["grid:uniform_s0"]["final"] == pytest.approx(0.81) and pairs["grid:uniform_s0"]["final_rows"] == 2
+    assert all(p["final_rows"] == 1 for s, p in pairs.items() if s != "grid:uniform_s0")
+    assert truth_check(rows[:4], final) == {}  # under 5 allocations: no figure
+
+
 @pytest.mark.slow
 def test_agent_vs_sensitivity_runs_a_cell_end_to_end(tmp_path):
     """One tiny cell through the real loop (sweep, random search, the default agent, its kept policy): the row
