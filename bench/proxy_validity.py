@@ -17,6 +17,8 @@ it takes home: the truth of the candidate it ranks first and the mean truth of i
     python -m bench.proxy_validity                      # resumable: each candidate's truth and each score
     python -m bench.proxy_validity --models resnet20    # one model's pools
     python -m bench.proxy_validity --targets 0.5        # one target's pools (runs beside another target's)
+    python -m bench.proxy_validity --models resnet56 --part 1/2   # every 2nd candidate from the 2nd: two
+                                                        # processes share one pool (rows merge under a lock)
     python -m bench.proxy_validity --scores-only        # add missing scores to existing rows, no fine-tunes
     python -m bench.proxy_validity --report             # correlations, table and plot from the rows only
 
@@ -352,7 +354,25 @@ def save(record: dict, reports: bool = False) -> None:
         write_reports(record)
 
 
-def run(models: list[str], scores_only: bool, targets: list[float] | None = None) -> None:
+def in_part(position: int, part: tuple[int, int] | None) -> bool:
+    """Whether the candidate at ``position`` of its pool's draw belongs to ``part`` (i, n): every n-th from i, so
+    n processes share a pool without doing a candidate twice."""
+    return part is None or position % part[1] == part[0]
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``I/N`` -> (I, N), 0 <= I < N (argparse turns the ValueError into its one-line error)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--part {text}: give I/N, e.g. 0/2 and 1/2 for two processes") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--part {text}: I must be in 0..N-1")
+    return i, n
+
+
+def run(models: list[str], scores_only: bool, targets: list[float] | None = None,
+        part: tuple[int, int] | None = None) -> None:
     record = json.loads(OUT.read_text()) if OUT.exists() else {"rows": []}
     record.update(command="python -m bench.proxy_validity", machine=machine(), scores=list(SCORES))
     record.pop("spearman_with_finetuned_test_acc", None)  # the first version's summary: recomputed as "summary"
@@ -360,9 +380,12 @@ def run(models: list[str], scores_only: bool, targets: list[float] | None = None
     for model in models:
         bench = Bench(model, record)
         pools = [(t, n) for (m, t), n in POOLS.items() if m == model and (not targets or t in targets)]
+        draws = {target: pool_candidates(model, target, bench.problem(target), n) for target, n in pools}
         for tier, scores in enumerate(TIERS):
             for target, n in pools:  # rows that have their truth: add this tier's scores
-                for row in [r for r in record["rows"] if r["model"] == model and r["target"] == target]:
+                position = {source: i for i, (source, _) in enumerate(draws[target])}
+                for row in [r for r in record["rows"] if r["model"] == model and r["target"] == target
+                            and in_part(position.get(r["source"], 0), part)]:
                     if bench.add_scores(row, scores):
                         save(record)
                         print(f"{model}@{target:g} {row['source']}: tier {tier + 1} scores added", flush=True)
@@ -370,7 +393,9 @@ def run(models: list[str], scores_only: bool, targets: list[float] | None = None
                 continue
             for target, n in pools:  # then new candidates: truth and the first tier
                 rows = {r["source"]: r for r in record["rows"] if r["model"] == model and r["target"] == target}
-                for source, counts in pool_candidates(model, target, bench.problem(target), n):
+                for i, (source, counts) in enumerate(draws[target]):
+                    if not in_part(i, part):
+                        continue
                     if source in rows:
                         if rows[source]["counts"] != counts:
                             raise SystemExit(f"{model}@{target:g} {source}: stored counts differ from the draw")
@@ -510,11 +535,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=sorted({m for m, _ in POOLS}))
     parser.add_argument("--targets", nargs="+", type=float,
                         help="only these pools' targets (two processes may fill different targets at once)")
+    parser.add_argument("--part", type=parse_part, metavar="I/N",
+                        help="only every N-th candidate from the I-th (0-based): N processes share a pool")
     parser.add_argument("--scores-only", action="store_true")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args(argv)
     if not args.report:
-        run(args.models, args.scores_only, args.targets)
+        run(args.models, args.scores_only, args.targets, args.part)
     record = json.loads(OUT.read_text())
     migrate(record)
     save(record, reports=True)

@@ -172,6 +172,18 @@ def test_proxy_validity_finalists_rule_takes_the_best_worst_pool_gain_per_minute
     assert finalist_choice(sel, {"resnet20": {"good": 6.0, "same": 1.0}})["resnet20"]["default"] is None
 
 
+def test_proxy_validity_parts_share_a_pool_without_overlap(capsys):
+    from bench.proxy_validity import in_part, main
+
+    parts = [[i for i in range(29) if in_part(i, (k, 3))] for k in range(3)]
+    assert sorted(sum(parts, [])) == list(range(29)) and {len(p) for p in parts} == {9, 10}
+    assert all(in_part(i, None) for i in range(29))
+    for bad in ("2/2", "1", "a/b"):
+        with pytest.raises(SystemExit):
+            main(["--part", bad, "--report"])
+        assert "error: argument --part: --part" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_proxy_validity_truth_check_pairs_each_grid_allocation_with_its_own_final_rows():
     from bench.proxy_validity import truth_check
 
