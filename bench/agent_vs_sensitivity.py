@@ -53,10 +53,9 @@ from autoprune.agents.rl import RLSearch
 from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.scoring import Scorer
 from autoprune.core.sensitivity import SensitivityTable, measure_sensitivity
-from autoprune.runs import write_json_atomic
 from autoprune.train.scores import DEFAULT_SCORE, parse_score
 
-from .common import RESULTS, machine
+from .common import RESULTS, machine, save_merged
 from .common import agents_to_run
 from .common import percent_mean_std as ms
 
@@ -93,13 +92,8 @@ def both(scorer: Scorer, top1_scorer: Scorer, alloc) -> tuple[float, float]:
 def save(record: dict, out: Path) -> None:
     """Write the record, first taking in rows another process added to the file meanwhile (two processes
     on disjoint --models or --seeds can share one file)."""
-    if out.exists():
-        disk = json.loads(out.read_text())
-        for part, key in (("rows", ("model", "target", "seed", "agent", "action")), ("cells", ("model", "target", "seed"))):
-            have = {tuple(r[k] for k in key) for r in record[part]}
-            record[part] += [r for r in disk[part] if tuple(r[k] for k in key) not in have]
-        record["tables"] = {**disk["tables"], **record["tables"]}
-    write_json_atomic(out, record, indent=1)
+    save_merged(out, record, {"rows": lambda r: (r["model"], r["target"], r["seed"], r["agent"], r["action"]),
+                              "cells": lambda c: (c["model"], c["target"], c["seed"]), "tables": None})
     out.with_suffix(".md").write_text(report(record))
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -14,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from autoprune.runs import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}  # two-sided 95% Student t quantiles by degrees of freedom
@@ -147,3 +150,20 @@ def agents_to_run(rows: list[dict], model: str, target: float, seed: int,
     """The (agent, action) pairs of one grid cell and seed that have no row yet (the grids resume by row)."""
     done = {(r["agent"], r["action"]) for r in rows if (r["model"], r["target"], r["seed"]) == (model, target, seed)}
     return [(a, act) for a, act in agents if (a, act) not in done]
+
+
+def save_merged(out: Path, record: dict, keys: dict[str, Callable[[dict], object] | None]) -> None:
+    """Write ``record`` to ``out``, first adopting under a file lock what another process wrote there meanwhile:
+    for each list ``record[part]``, the entries on disk whose ``keys[part](entry)`` it lacks; for each dict
+    (``keys[part]`` None), the names it lacks. Two processes on disjoint parts of a grid share one file."""
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.exists():
+            disk = json.loads(out.read_text())
+            for part, key in keys.items():
+                if key is None:
+                    record[part] = {**disk.get(part, {}), **record[part]}
+                else:
+                    have = {key(r) for r in record[part]}
+                    record[part] += [r for r in disk.get(part, []) if key(r) not in have]
+        write_json_atomic(out, record, indent=1)

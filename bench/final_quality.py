@@ -34,8 +34,8 @@ same command); allocations and search runs are kept under ``bench/results/final-
     nohup python -m bench.final_quality --models resnet20 &      # ResNet-20 table (~10 h here: lr-rewind rows
                                                                  # 9-10 min on 2 idle threads, scratch-B 2-3.3x that)
     python -m bench.final_quality --report                       # rewrite final-quality.md only
-    python -m bench.final_quality --seeds 1                      # a part of the grid: a second process on a
-                                                                 # copy of the repository; merge rows by key
+    python -m bench.final_quality --seeds 1                      # a part of the grid: a second process beside
+                                                                 # the first (rows merge under a file lock)
     nohup python -m bench.final_quality --round 2 &              # round 2 (both models)
 """
 from __future__ import annotations
@@ -57,13 +57,12 @@ from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
 from autoprune.core.scoring import Scorer
 from autoprune.experiments.compare_config import reinitialise
-from autoprune.runs import write_json_atomic
 from autoprune.train.evaluator import accuracy, recalibrate_bn
 from autoprune.train.training import TrainRecipe, train
 from autoprune.workspace import open_workspace
 
 from .base_models import DATA, finetuned_checkpoint
-from .common import RESULTS, T95, machine, paired_difference
+from .common import RESULTS, T95, machine, paired_difference, save_merged
 
 OUT = RESULTS / "final-quality.json"
 WORK = RESULTS / "final-quality"
@@ -119,7 +118,7 @@ def rows_to_run(models: list[str], done: set[str], seeds: list[int] | None = Non
                 recipes: list[str] | None = None,
                 targets: list[float] | None = None) -> list[tuple[str, str, int, float, str]]:
     """The planned rows not yet in ``done``, optionally only some seeds, recipes or targets: a part of the grid,
-    so a second process on a copy of the repository can share the work (rows merge by key)."""
+    so a second process can share the work (``save`` merges rows by key under a file lock)."""
     return [p for p in planned_rows(models) if _key(*p) not in done
             and (seeds is None or p[2] in seeds) and (recipes is None or p[1] in recipes)
             and (targets is None or p[3] in targets)]
@@ -148,7 +147,8 @@ def load() -> dict:
 
 
 def save(record: dict) -> None:
-    write_json_atomic(OUT, record, indent=1)
+    """Write the rows, taking in those another process (on other --seeds/--targets/--models) wrote meanwhile."""
+    save_merged(OUT, record, {"rows": row_key})
 
 
 class ModelBench:

@@ -115,6 +115,25 @@ def test_agent_vs_sensitivity_save_keeps_rows_another_process_wrote(tmp_path):
     assert out.with_suffix(".md").exists()
 
 
+def test_final_quality_save_keeps_rows_another_process_wrote(tmp_path, monkeypatch):
+    import json
+
+    import bench.final_quality as fq
+
+    monkeypatch.setattr(fq, "OUT", tmp_path / "final-quality.json")
+
+    def row(seed, acc):
+        return {"round": 2, "start": "recalibrated", "model": "resnet20", "recipe": "lr-rewind", "seed": seed,
+                "target": 0.3, "arm": "searched", "test_acc": acc}
+
+    fq.save({"command": "x", "rows": [row(1, 0.81)]})  # the other process (--seeds 1)
+    mine = {"command": "y", "rows": [row(0, 0.82)]}
+    fq.save(mine)
+    fq.save(mine)  # a row is adopted once, and this process's own copy of a row is kept
+    rows = json.loads(fq.OUT.read_text())["rows"]
+    assert sorted((r["seed"], r["test_acc"]) for r in rows) == [(0, 0.82), (1, 0.81)]
+
+
 def test_final_quality_round2_reports_paired_intervals_and_the_distillation_gain():
     from bench.final_quality import paired_interval, planned_rows_r2
 
