@@ -37,8 +37,9 @@ than MACs), one adaptive-BN candidate 5.8 s, one DDPG episode 6.0 s (the default
 ~4.2 h (once per seed); LR rewinding ~0.7 h (50%) / ~0.6 h (30%); each
 progressive arm ~3.6 h (50%) / ~3.4 h (30%); scratch-B ~4.3 h (50%: 52 epochs) / ~5.1 h (30%: 68
 epochs). All 20 rows: ~36 h per seed, ~73 h in all; with bf16 (2.5x faster training on an AVX-512 BF16
-CPU) roughly 30 h. ``--seeds``/``--targets``/``--arms`` split the grid between processes (rows merge
-by key if they share nothing but the JSON: run them on copies and merge).
+CPU) roughly 30 h. ``--seeds`` splits the grid between processes in one checkout (rows merge under a
+file lock; a seed's dense run is shared by its arms, so give each seed to one process); ``--targets`` and
+``--arms`` pick parts of a seed.
 
     python -m bench.progressive_scratch                     # the protocol (resumable: rerun to continue)
     python -m bench.progressive_scratch --seeds 1           # a part of the grid
@@ -74,7 +75,7 @@ from autoprune.train.training import TrainRecipe, make_optimizer, train
 from autoprune.workspace import Workspace, WorkspaceOptions, open_workspace
 
 from .base_models import DATA
-from .common import RESULTS, machine, paired_difference
+from .common import RESULTS, machine, paired_difference, save_merged
 
 MODEL = "resnet20"
 ARMS = ("pipeline", "progressive-searched", "progressive-universal", "progressive-uniform", "scratch-B")
@@ -164,7 +165,7 @@ class Bench:
 
     def save(self) -> None:
         self.args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.args.out, self.record, indent=1)
+        save_merged(self.args.out, self.record, {"rows": lambda r: (r["arm"], r["target"], r["seed"]), "dense": None})
         self.args.out.with_suffix(".md").write_text(markdown(self.record))
 
     def row(self, arm: str, target: float, seed: int) -> dict | None:

@@ -134,6 +134,23 @@ def test_final_quality_save_keeps_rows_another_process_wrote(tmp_path, monkeypat
     assert sorted((r["seed"], r["test_acc"]) for r in rows) == [(0, 0.82), (1, 0.81)]
 
 
+def test_progressive_scratch_processes_on_different_seeds_share_the_file(tmp_path, monkeypatch):
+    import json
+
+    import bench.progressive_scratch as ps
+    from bench.progressive_scratch import Bench, parse_args
+
+    monkeypatch.setattr(ps, "markdown", lambda record: "")  # the report needs whole rows; this is about the merge
+    args = parse_args(["--out", str(tmp_path / "p.json")])
+    first, second = Bench(args), Bench(args)  # both started before either wrote
+    for bench, seed in ((first, 0), (second, 1)):
+        bench.record["dense"][str(seed)] = {"test_acc": 0.9}
+        bench.record["rows"].append({"arm": "pipeline", "target": 0.3, "seed": seed, "test_acc": 0.8})
+        bench.save()
+    saved = json.loads(args.out.read_text())
+    assert sorted(r["seed"] for r in saved["rows"]) == [0, 1] and sorted(saved["dense"]) == ["0", "1"]
+
+
 def test_final_quality_round2_reports_paired_intervals_and_the_distillation_gain():
     from bench.final_quality import paired_interval, planned_rows_r2
 
