@@ -18,6 +18,11 @@ which 30 random warm-up, seeded; the universal policy reads sensitivity by the s
 * ``progressive-universal``: the same, the shape from the committed universal policy
   (``bench/results/policies/universal.zip``) zero-shot at the decision epoch;
 * ``progressive-uniform``: the same, every group cut by the same ratio;
+
+  the three progressive arms of a seed, at both targets, train the same dense model up to the decision: the
+  first to get there trains it, the others start from its state there (``--fork-from``, checked equal to a
+  run trained from the initialization by ``tests/test_progressive_scratch.py``); their seconds and training
+  MACs count that shared part as their own, as if each had trained it;
 * ``scratch-B``: the pipeline's searched shape from fresh weights, cosine from 0.1, for as many
   training MACs as ``progressive-searched`` spent (Liu et al. 2019).
 
@@ -35,8 +40,8 @@ dense training 127 images/s, models at 70% / 56% of MACs 141 / 155 images/s (wal
 than MACs), one adaptive-BN candidate 5.8 s, one DDPG episode 6.0 s (the default score
 ``reconstruct:loss`` costs ~1.4x adaptive BN per candidate: each search ~14 min). Per run: the dense 40 epochs
 ~4.2 h (once per seed); LR rewinding ~0.7 h (50%) / ~0.6 h (30%); each
-progressive arm ~3.6 h (50%) / ~3.4 h (30%); scratch-B ~4.3 h (50%: 52 epochs) / ~5.1 h (30%: 68
-epochs). All 20 rows: ~36 h per seed, ~73 h in all; with bf16 (2.5x faster training on an AVX-512 BF16
+progressive arm ~3.6 h (50%) / ~3.4 h (30%), ~0.6 h less for the five that fork; scratch-B ~4.3 h (50%: 52 epochs) / ~5.1 h (30%: 68
+epochs). All 20 rows: ~33 h per seed, ~67 h in all; with bf16 (2.5x faster training on an AVX-512 BF16
 CPU) roughly 30 h. ``--seeds`` splits the grid between processes in one checkout (rows merge under a
 file lock; a seed's dense run is shared by its arms, so give each seed to one process); ``--targets`` and
 ``--arms`` pick parts of a seed.
@@ -66,6 +71,7 @@ from autoprune.core.io import load_pruned
 from autoprune.core.prune import prune
 from autoprune.experiments.compare_config import reinitialise
 from autoprune.experiments.progressive import ProgressiveConfig, run_progressive
+from autoprune.train.progressive import DENSE_STATE
 from autoprune.runs import write_json_atomic
 from autoprune.train.data import DataBundle, cache_dir
 from autoprune.train.evaluator import accuracy, recalibrate_bn
@@ -255,9 +261,12 @@ class Bench:
             shutil.rmtree(out)
         ws = WorkspaceOptions(MODEL, None, a.data, val_size=a.val_size, calib_size=a.calib_size,
                               train_subset=a.train_subset, seed=seed, precision=a.precision)
+        # the seed's dense training up to the decision is the same for every arm and target: train it once
+        fork = None if resume else next((str(d) for d in sorted((a.work / "runs").glob(f"*_s{seed}"))
+                                         if (d / DENSE_STATE).exists() and d != out), None)
         cfg = ProgressiveConfig(str(out), ws, target=target, allocator=allocator, criterion="l1",
                                 schedule=a.schedule, final_share=a.final_share, prune_every=a.prune_every,
-                                from_scratch=True, decide_at=a.decide_at,
+                                from_scratch=True, decide_at=a.decide_at, fork_from=fork,
                                 recipe=self.recipe(a.epochs, a.lr), resume=resume)
         summary = run_progressive(cfg)
         assert summary is not None
@@ -268,7 +277,7 @@ class Bench:
                 "macs_ratio": summary["macs_ratio"], "train_macs": summary["train_macs"], "seconds": summary["seconds"],
                 "decision_epoch": summary["decision"]["epoch"], "decision_reason": summary["decision"]["reason"],
                 "decision_seconds": summary["decision"]["seconds"],
-                "allocation": summary["decision"]["widths"], "run_dir": str(out),
+                "allocation": summary["decision"]["widths"], "run_dir": str(out), "forked_from": cfg.fork_from,
                 "cli": _cli(cfg)}
 
     def scratch_b(self, target: float, seed: int) -> dict:

@@ -267,3 +267,35 @@ def test_killed_from_scratch_run_resumes_to_the_same_allocation(tmp_path, straig
     a, b = load_pruned(straight / "model.pt")[0].state_dict(), load_pruned(killed / "model.pt")[0].state_dict()
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+FORK_ARGS = TINY + ["--prune-every", "0.5", "--decide-at", "0.25"]  # decided at step 8, an epoch boundary
+
+
+@pytest.mark.slow
+def test_a_fork_ends_where_the_run_it_saves_training_for_ends(tmp_path, capsys):
+    """--fork-from another run's dense state, deciding with another allocator at another target, lands where the
+    same run trained from the initialization lands: same cuts, ledger and weights. Another seed is refused."""
+    from autoprune.core.io import load_pruned
+
+    source, straight, fork = tmp_path / "source", tmp_path / "straight", tmp_path / "fork"
+    assert main(["progressive", "--output", str(source), "--allocator", "uniform", "--target", "0.5"] + FORK_ARGS) == 0
+    dense = torch.load(source / "dense_state.pt", weights_only=True)["meta"]
+    assert dense["step"] == 8 and dense["decided"] is None and not dense["events"]
+    other = ["--allocator", "global", "--target", "0.4"]
+    assert main(["progressive", "--output", str(straight)] + other + FORK_ARGS) == 0
+    assert main(["progressive", "--output", str(fork), "--fork-from", str(source)] + other + FORK_ARGS) == 0
+    a, b = (json.loads((run / "summary.json").read_text()) for run in (straight, fork))
+    assert _final(fork) == _final(straight) != _final(source)
+    assert b["decision"]["step"] == a["decision"]["step"] == 8
+    assert [(e["step"], e["channels"]) for e in b["events"]] == [(e["step"], e["channels"]) for e in a["events"]]
+    assert [r["train_macs"] for r in b["ledger"]] == pytest.approx([r["train_macs"] for r in a["ledger"]])
+    wa, wb = load_pruned(straight / "model.pt")[0].state_dict(), load_pruned(fork / "model.pt")[0].state_dict()
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5), k
+    capsys.readouterr()
+    assert main(["progressive", "--output", str(tmp_path / "bad"), "--fork-from", str(source)] + other + FORK_ARGS
+                + ["--seed", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other seed" in err[0] and "--fork-from" in err[0]
+

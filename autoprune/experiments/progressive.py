@@ -58,6 +58,7 @@ class ProgressiveConfig:
     decide_threshold: float = 0.02  # auto: mean |change of keep ratio| per group between epochs
     decide_patience: int = 2  # auto: consecutive epochs below the threshold
     decide_by: float = 0.5  # auto: decide at this fraction of the run at the latest
+    fork_from: str | None = None  # a from-scratch run whose dense training up to the decision this one shares
     min_keep: float = 0.2  # per-cut lower bound on each group's keep ratio
     round_to: int = 1
     recipe: TrainRecipe = nested(TrainRecipe, exclude=("momentum", "bn_l1", "augment", "kd_weight", "kd_temperature"),
@@ -97,6 +98,10 @@ HELP = {
                         "between consecutive epochs (mean absolute change over groups)",
     "decide_patience": "--decide-at auto: consecutive epoch-to-epoch changes that must be below the threshold",
     "decide_by": "--decide-at auto: decide at this fraction of the run at the latest, settled or not",
+    "fork_from": "with --from-scratch and a fixed --decide-at: the folder of another such run; start from its "
+                 "dense training at the decision (its dense_state.pt) instead of training that part again. It must "
+                 "have the same model, data, seed, training recipe and --decide-at (the allocator, target, score and "
+                 "cut schedule may differ); this run's seconds and training MACs count the shared part",
     "min_keep": "lower bound on each group's keep ratio at any one cut",
     "lr_schedule": "learning-rate schedule over the whole run: cosine or constant",
     "resume": "continue the run in --output from its last epoch"}
@@ -137,9 +142,12 @@ def run_progressive(cfg: ProgressiveConfig) -> dict | None:
     decide_at = _check_from_scratch(cfg, trajectory)
     recipe = cfg.recipe
     recipe.lr_at(recipe.warmup_steps, recipe.warmup_steps + 1)  # validates the lr schedule name
-    out = Path(cfg.output)
     torch.manual_seed(cfg.ws.seed)  # a from-scratch initialisation must be reproducible from the seed
-    ws = cfg.ws.open()
+    ws = cfg.ws.open()  # (resolves the options left to the model, e.g. --input-size)
+    out, resume = Path(cfg.output), cfg.resume
+    if cfg.fork_from is not None and not (resume and (out / "state.pt").exists()):
+        _fork(cfg, decide_at, out)  # the other run's dense state becomes this run's state: continue from it
+        resume = True
     total = recipe.total_steps(len(ws.data.train))
     steps_per_epoch = -(-len(ws.data.train) // recipe.batch_size)
     target, latency = cfg.target, None
@@ -160,7 +168,7 @@ def run_progressive(cfg: ProgressiveConfig) -> dict | None:
                                criterion=cfg.criterion, min_keep=cfg.min_keep, round_to=cfg.round_to,
                                seed=cfg.ws.seed, device=ws.device, precision=ws.precision, trajectory=trajectory,
                                state_path=out / "state.pt",
-                               resume=cfg.resume,
+                               resume=resume,
                                log_dir=out / "tb", decision=decision, example_input=ws.example_input(), score=score)
     if not distributed.is_main():
         return None
@@ -185,6 +193,40 @@ def run_progressive(cfg: ProgressiveConfig) -> dict | None:
     plot_schedule(planned, result.events, out / "macs_schedule.png")
     plot_channels_over_training(result.events, {g.name: g.channels for g in original.groups}, total, out / "channels.png")
     return summary
+
+
+# what a fork may change: only what is used at or after the decision
+FORK_FREE = {"output", "device", "resume", "fork_from", "target", "allocator", "score", "trajectory", "criterion", "schedule",
+             "prune_start", "final_share", "prune_every", "min_keep", "round_to",
+             "decide_threshold", "decide_patience", "decide_by"}  # the last three: --decide-at auto only
+
+
+def _fork(cfg: ProgressiveConfig, decide_at: float | None, out: Path) -> None:
+    """Check that ``cfg.fork_from`` trained the same dense prefix, then copy its dense state into ``out``."""
+    import shutil
+
+    import yaml
+
+    from autoprune.train.progressive import DENSE_STATE
+
+    src = Path(cfg.fork_from)
+    if not cfg.from_scratch or decide_at is None:
+        raise AutopruneError("--fork-from shares the dense training before a fixed decision: "
+                             "use it with --from-scratch and --decide-at F")
+    if not (src / DENSE_STATE).exists() or not (src / "config.yaml").exists():
+        raise AutopruneError(f"'{src}' holds no {DENSE_STATE}: fork from a progressive --from-scratch run with a "
+                             "fixed --decide-at that has reached its decision")
+    theirs = yaml.safe_load((src / "config.yaml").read_text())
+    mine = yaml.safe_load(yaml.safe_dump(flat_config(cfg), sort_keys=False))
+    differ = sorted(k for k in mine if k not in FORK_FREE and theirs.get(k) != mine[k])
+    if differ:
+        raise AutopruneError(f"--fork-from '{src}' trained with other {', '.join(differ)}: a fork shares that run's "
+                             "training up to the decision, so only the allocator, target, score and cut schedule "
+                             "may differ")
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / DENSE_STATE, out / "state.pt")
+    distributed.barrier()
 
 
 def _check_from_scratch(cfg: ProgressiveConfig, trajectory: str) -> float | None:

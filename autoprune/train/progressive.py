@@ -24,11 +24,14 @@ At every event of a ``PruningSchedule`` the driver
 
 Training itself is ``autoprune.training.train``; the driver is its ``on_step`` hook, which also
 counts training MACs (batch MACs of the model that actually ran; ``ledger`` keeps the running sum
-at every epoch boundary) and writes a resumable state file at every epoch boundary.
+at every epoch boundary) and writes a resumable state file at every epoch boundary. A from-scratch run
+with a fixed decision step also keeps the last state before its decision (``DENSE_STATE``): other runs
+that differ only in what is decided there start from it instead of training the same dense prefix again.
 """
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +61,7 @@ from autoprune.train.surgery import group_widths, prune_with_optimizer
 from autoprune.train.training import TrainRecipe, make_optimizer, train
 
 STATE_FORMAT = "autoprune.progressive-state/1"
+DENSE_STATE = "dense_state.pt"  # beside state.pt: the last state before a fixed-step decision
 TRAJECTORIES = ("final", "per-step")
 
 
@@ -302,6 +306,10 @@ class ProgressivePruner:
 
     def decide(self, step: int, widths: dict[str, int], reason: str, seconds: float) -> None:
         """Fix the final shape at ``step`` and schedule the cuts from there (``seconds``: spent deciding)."""
+        if self.state_path is not None and self.state_path.exists() and distributed.is_main() \
+                and self.decision is not None and not self.decision.auto:  # nothing decided in it yet: forkable
+            with atomic_path(self.state_path.with_name(DENSE_STATE)) as tmp:
+                shutil.copyfile(self.state_path, tmp)
         self._follow({"step": step, "epoch": step / self.steps_per_epoch, "reason": reason, "widths": widths,
                       "seconds": seconds})
         if self.progress and distributed.is_main():
