@@ -67,7 +67,8 @@ class ProgressiveConfig:
 
 
 HELP = {
-    "output": "run directory (config, TensorBoard, state.pt, model.pt, allocation.json, plots)",
+    "output": "run directory (config, TensorBoard, state.pt, model.pt, allocation.json, plots; from scratch with "
+              "a fixed --decide-at also dense_state.pt, what --fork-from starts from)",
     "input_size": INPUT_HELP["input_size"] + "; every MACs figure of the run (targets, cuts, train_macs) is "
                   "counted at it",
     "checkpoint": "dense (or pruned) checkpoint to start from; omit to train from scratch",
