@@ -219,29 +219,36 @@ def selection(rows: list[dict], screen: str, finals: tuple[str, ...], ks: tuple[
 
 
 def finalist_choice(selection_by_pool: dict, seconds: dict) -> dict:
-    """Per model: each finalists stage's gain over the screen alone on each of the model's pools (points of
-    the 2-epoch truth), its added seconds per search (K x the final score's seconds per candidate on an idle
-    core, ``seconds[model][score]``), and the stage to default to: the largest worst-pool gain per added
-    minute among the stages that gain on every pool (``None``: no stage does, finalists stay off)."""
-    out = {}
-    for model in sorted({p.split("@")[0] for p in selection_by_pool}):
-        pools = {p: s for p, s in selection_by_pool.items() if p.split("@")[0] == model}
-        gains: dict[tuple[str, int], dict[str, float]] = {}
-        for name, s in pools.items():
-            for st in s.get("stages", []):
-                gains.setdefault((st["final"], st["k"]), {})[name] = st["pick"] - s["by_screen"]
-        stages = []
-        for (final, k), g in gains.items():
-            per_candidate = seconds.get(model, {}).get(final)
-            if per_candidate is None or len(g) < len(pools):
-                continue
-            added = k * per_candidate
-            stages.append({"final": final, "k": k, "gains": g, "added_seconds": added,
-                           "worst_gain_per_minute": 100 * min(g.values()) / (added / 60)})
-        stages.sort(key=lambda st: -st["worst_gain_per_minute"])
-        default = next((st for st in stages if min(st["gains"].values()) > 0), None)
-        out[model] = {"pools": sorted(pools), "stages": stages, "default": default}
+    """Per model, and over every pool of every model (``"all"``, when there are several: what the tool's one
+    default is read from): each finalists stage's gain over the screen alone on each pool (points of the
+    2-epoch truth), its added seconds per search (K x the final score's seconds per candidate on an idle core,
+    ``seconds[model][score]``), and the stage to default to: the largest worst-pool gain per added minute among
+    the stages that gain on every pool (``None``: no stage does, finalists stay off)."""
+    models = sorted({p.split("@")[0] for p in selection_by_pool})
+    out = {m: _choose({p: s for p, s in selection_by_pool.items() if p.split("@")[0] == m}, seconds) for m in models}
+    if len(models) > 1:
+        out["all"] = _choose(selection_by_pool, seconds)
     return out
+
+
+def _choose(pools: dict, seconds: dict) -> dict:
+    gains: dict[tuple[str, int], dict[str, float]] = {}
+    for name, s in pools.items():
+        for st in s.get("stages", []):
+            gains.setdefault((st["final"], st["k"]), {})[name] = st["pick"] - s["by_screen"]
+    stages = []
+    for (final, k), g in gains.items():
+        cost = {p: seconds.get(p.split("@")[0], {}).get(final) for p in g}
+        if len(g) < len(pools) or None in cost.values():  # a pool without this stage, or its cost not measured
+            continue
+        added = {p: k * c for p, c in cost.items()}
+        by_model = {p.split("@")[0]: a for p, a in added.items()}
+        stages.append({"final": final, "k": k, "gains": g,
+                       "added_seconds": by_model if len(by_model) > 1 else next(iter(by_model.values())),
+                       "worst_gain_per_minute": min(100 * g[p] / (added[p] / 60) for p in g)})
+    stages.sort(key=lambda st: -st["worst_gain_per_minute"])
+    default = next((st for st in stages if min(st["gains"].values()) > 0), None)
+    return {"pools": sorted(pools), "stages": stages, "default": default}
 
 
 # -- the pools --------------------------------------------------------------------------------
@@ -420,6 +427,11 @@ def score_costs() -> dict:
             if cost_file.exists() else {})
 
 
+def _seconds(added: float | dict) -> str:
+    """Added seconds per search: one figure, or one per model."""
+    return f"{added:.0f}" if not isinstance(added, dict) else ", ".join(f"{m} {v:.0f}" for m, v in sorted(added.items()))
+
+
 def report(record: dict) -> str:
     costs = score_costs()
     lines = ["# Proxy validity: which score predicts the fine-tuned model", "",
@@ -472,7 +484,8 @@ def report(record: dict) -> str:
         if not choice["stages"]:
             continue
         pools = choice["pools"]
-        lines += [f"## Finalists stage, {model}: gain per added minute (screened by {DEFAULT_SCORE})", "",
+        title = "every model (the tool's default)" if model == "all" else model
+        lines += [f"## Finalists stage, {title}: gain per added minute (screened by {DEFAULT_SCORE})", "",
                   "Gain: the expected pick's truth minus the screen's alone (points); added: K x the final score's "
                   "seconds per candidate on an idle core; the rule: the largest worst-pool gain per added minute "
                   "among stages that gain on every pool.", "",
@@ -480,7 +493,7 @@ def report(record: dict) -> str:
                   "|---|---|" + "---|" * len(pools) + "---|---|"]
         for st in choice["stages"]:
             lines.append(f"| {st['final']} | {st['k']} | " + " | ".join(f"{100 * st['gains'][p]:+.2f}" for p in pools)
-                         + f" | {st['added_seconds']:.0f} | {st['worst_gain_per_minute']:+.3f} |")
+                         + f" | {_seconds(st['added_seconds'])} | {st['worst_gain_per_minute']:+.3f} |")
         d = choice["default"]
         lines += ["", f"By this rule: top {d['k']} re-scored by {d['final']}." if d else
                   "By this rule: no stage gains on every pool, so the finalists stage stays off.", ""]

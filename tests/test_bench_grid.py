@@ -206,6 +206,18 @@ def test_proxy_validity_finalists_rule_takes_the_best_worst_pool_gain_per_minute
     sel["resnet20@0.5"]["stages"] = [{**st, "pick": sel["resnet20@0.5"]["by_screen"] - 0.01}
                                      for st in sel["resnet20@0.5"]["stages"]]
     assert finalist_choice(sel, {"resnet20": {"good": 6.0, "same": 1.0}})["resnet20"]["default"] is None
+    # the tool's one default is read over every model's pools: a stage must gain on each of them
+    sel56 = selection([{**r, "model": "resnet56"} for r in rows if r["target"] == 0.3], "screen", ("good", "same"),
+                      ks=(3, 10))
+    both = finalist_choice({"resnet20@0.3": sel["resnet20@0.3"], **sel56},
+                           {"resnet20": {"good": 6.0, "same": 1.0}, "resnet56": {"good": 18.0, "same": 3.0}})
+    assert both["resnet56"]["default"]["final"] == "good" and both["all"]["default"]["final"] == "good"
+    st = both["all"]["default"]
+    assert st["added_seconds"] == {"resnet20": 6.0 * st["k"], "resnet56": 18.0 * st["k"]}
+    assert st["worst_gain_per_minute"] == pytest.approx(100 * st["gains"]["resnet56@0.3"] / (18.0 * st["k"] / 60))
+    both = finalist_choice({**sel, **sel56}, {"resnet20": {"good": 6.0, "same": 1.0},
+                                              "resnet56": {"good": 18.0, "same": 3.0}})
+    assert both["resnet56"]["default"] is not None and both["all"]["default"] is None  # resnet20@0.5 loses
 
 
 def test_proxy_validity_parts_share_a_pool_without_overlap(capsys):
