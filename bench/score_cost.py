@@ -12,6 +12,7 @@ thread: run it on an otherwise idle core (``bench/README.md`` says how the figur
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import statistics
 import sys
@@ -62,10 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, default=4)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    record = {"command": "python -m bench.score_cost " + shlex.join(sys.argv[1:] if argv is None else argv),
-              "machine": machine(), "torch_threads": torch.get_num_threads(), "precision": "fp32",
-              "models": {m: measure(m, args.candidates) for m in args.models}}
-    write_json_atomic(OUT, record, indent=1)
+    command = "python -m bench.score_cost " + shlex.join(sys.argv[1:] if argv is None else argv)
+    record = json.loads(OUT.read_text()) if OUT.exists() else {"models": {}}
+    for m, entry in record["models"].items():  # the first version kept one command and machine for the file
+        entry.setdefault("command", record.get("command"))
+        entry.setdefault("machine", record.get("machine"))
+    record.update(torch_threads=torch.get_num_threads(), precision="fp32")
+    for key in ("command", "machine"):
+        record.pop(key, None)
+    for m in args.models:  # other models' figures are kept, each with the command and machine that took them
+        record["models"][m] = {**measure(m, args.candidates), "command": command, "machine": machine()}
+        write_json_atomic(OUT, record, indent=1)
     return 0
 
 
