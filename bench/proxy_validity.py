@@ -252,14 +252,40 @@ def _choose(pools: dict, seconds: dict) -> dict:
 
 
 # -- the pools --------------------------------------------------------------------------------
+def grid_files(model: str, target: float) -> dict[str, Path]:
+    """The final-quality grid's saved allocations for a pool, by source name (e.g. ``grid:searched_s0``)."""
+    return {f"grid:{path.stem.split('_', 2)[2]}": path for path in sorted(GRID.glob(f"{model}_t{target:g}_*.json"))}
+
+
+def missing_work(record: dict) -> list[str]:
+    """Per pool, what the run has still to do: random candidates, grid allocations, scores not on every row."""
+    out = []
+    for (model, target), n in POOLS.items():
+        have = [r for r in record["rows"] if r["model"] == model and r["target"] == target]
+        sources = {r["source"] for r in have}
+        parts = []
+        n_random = sum(s.startswith("random#") for s in sources)
+        if n_random < n:
+            parts.append(f"{n - n_random} of {n} random candidates")
+        grid = [g.removeprefix("grid:") for g in grid_files(model, target) if g not in sources]
+        if grid:
+            parts.append("grid " + ", ".join(grid))
+        unscored = {s: sum(s not in r["scores"] for r in have) for s in SCORES}
+        if any(unscored.values()):
+            parts.append("scores on fewer rows: " + ", ".join(f"{s} (missing on {k} of {len(have)})"
+                                                            for s, k in unscored.items() if k))
+        if parts:
+            out.append(f"{model}@{target:g}: " + "; ".join(parts))
+    return out
+
+
 def pool_candidates(model: str, target: float, problem: PruningProblem, n: int) -> list[tuple[str, list[int]]]:
     """(source, keep counts): the final-quality grid's allocations (first: they are what selection is about),
     then the seeded random draws (the same sequence as the first version)."""
     cands = []
-    for path in sorted(GRID.glob(f"{model}_t{target:g}_*.json")):
-        arm_seed = path.stem.split("_", 2)[2]  # e.g. searched_s0
+    for source, path in grid_files(model, target).items():
         alloc = Allocation.from_dict(json.loads(path.read_text()), problem.structure)
-        cands.append((f"grid:{arm_seed}", [int(c) for c in alloc.counts(problem.structure)]))
+        cands.append((source, [int(c) for c in alloc.counts(problem.structure)]))
     rng = np.random.default_rng(0)
     return cands + [(f"random#{i}", [int(c) for c in random_feasible_counts(problem, rng)]) for i in range(n)]
 
@@ -497,12 +523,7 @@ def report(record: dict) -> str:
         d = choice["default"]
         lines += ["", f"By this rule: top {d['k']} re-scored by {d['final']}." if d else
                   "By this rule: no stage gains on every pool, so the finalists stage stays off.", ""]
-    missing = []
-    for (model, target), n in POOLS.items():
-        have = [r for r in record["rows"] if r["model"] == model and r["target"] == target]
-        n_random = sum(r["source"].startswith("random#") for r in have)
-        if n_random < n:
-            missing.append(f"{model}@{target:g}: {n - n_random} of {n} random candidates")
+    missing = missing_work(record)
     if missing:
         lines += ["Missing rows (the run continues where it stopped): " + "; ".join(missing) + ".", ""]
     return "\n".join(lines)

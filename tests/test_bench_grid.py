@@ -262,6 +262,23 @@ def test_proxy_validity_truth_check_pairs_each_grid_allocation_with_its_own_fina
     assert truth_check(rows[:4], final) == {}  # under 5 allocations: no figure
 
 
+
+def test_proxy_validity_lists_missing_candidates_grid_allocations_and_scores(tmp_path, monkeypatch):
+    import bench.proxy_validity as pv
+
+    monkeypatch.setattr(pv, "POOLS", {("resnet56", 0.3): 3, ("resnet20", 0.5): 1})
+    monkeypatch.setattr(pv, "GRID", tmp_path)
+    for arm in ("searched_s0", "uniform_s0"):
+        (tmp_path / f"resnet56_t0.3_{arm}.json").write_text("{}")
+    every = {s: {"value": 0.5} for s in pv.SCORES}
+    rows = [{"model": "resnet56", "target": 0.3, "source": "grid:searched_s0", "scores": every},
+            {"model": "resnet56", "target": 0.3, "source": "random#0",
+             "scores": {s: v for s, v in every.items() if s != "finetune:100"}},
+            {"model": "resnet20", "target": 0.5, "source": "random#0", "scores": every}]
+    assert pv.missing_work({"rows": rows}) == [
+        "resnet56@0.3: 2 of 3 random candidates; grid uniform_s0; scores on fewer rows: finetune:100 (missing on 1 of 2)"]
+    assert pv.missing_work({"rows": rows[:1] + rows[2:]})[0].startswith("resnet56@0.3: 3 of 3 random candidates;")
+
 @pytest.mark.slow
 def test_agent_vs_sensitivity_runs_a_cell_end_to_end(tmp_path):
     """One tiny cell through the real loop (sweep, random search, the default agent, its kept policy): the row
