@@ -52,7 +52,7 @@ def _check_refit_lowers_error(dense: nn.Module, structure: ModelStructure, keep:
     pruned = PruningProblem(structure, keep).pruned_model(Allocation.uniform(structure, keep))
     before = copy.deepcopy(pruned)
     layers = input_pruned_layers(structure)
-    reports = refit_pruned_layers(pruned, DenseTargets(dense, layers, fit_x, positions=16))
+    reports = refit_pruned_layers(pruned, DenseTargets(dense, layers, fit_x, positions=16), keep_scale=False)
     assert {r.name for r in reports} <= set(layers) and reports
     removed = getattr(pruned, REMOVED_ATTR)
     for r in reports:
@@ -87,6 +87,60 @@ def test_refit_lowers_each_layers_error_on_resnet20():
     reports = _check_refit_lowers_error(dense, structure, 0.3, fit_x, test_x)
     assert len(reports) == 9  # every block's second convolution lost input channels
 
+
+
+@pytest.mark.parametrize("model", ["tiny", "resnet20"])
+def test_refit_keeps_the_pruned_weights_scale_where_a_batchnorm_follows(model):
+    """keep_scale: each output channel of a refitted layer that feeds a BN gets back the plain pruned weights'
+    norm (the refit doubles it, and fine-tuning then stalls), and the model computes what the unscaled refit
+    computes, in eval mode and after BN recalibration; a layer without a BN after it (fc) is left as refitted."""
+    from autoprune.train.evaluator import recalibrate_bn
+
+    torch.manual_seed(0)
+    dense = (Tiny() if model == "tiny" else load_model("resnet20", 10, RESNET20_CKPT)).eval()
+    size = 16 if model == "tiny" else 32
+    structure = ModelStructure(dense, torch.randn(1, 3, size, size), num_classes=10)
+    gen = torch.Generator().manual_seed(0)
+    fit_x, test_x = torch.randn(128, 3, size, size, generator=gen), torch.randn(64, 3, size, size, generator=gen)
+    plain = PruningProblem(structure, 0.4).pruned_model(Allocation.uniform(structure, 0.4))
+    targets = DenseTargets(dense, input_pruned_layers(structure), fit_x, positions=16)
+    unscaled, scaled = copy.deepcopy(plain), copy.deepcopy(plain)
+    reports = refit_pruned_layers(unscaled, targets, keep_scale=False)
+    assert [r.name for r in refit_pruned_layers(scaled, targets)] == [r.name for r in reports]
+    for r in reports:
+        norm = {m: dict(net.named_modules())[r.name].weight.detach().flatten(1).norm(dim=1)
+                for m, net in (("plain", plain), ("unscaled", unscaled), ("scaled", scaled))}
+        if r.name == "fc":
+            assert torch.equal(norm["scaled"], norm["unscaled"])
+        else:
+            assert torch.allclose(norm["scaled"], norm["plain"], rtol=1e-5)
+            assert not torch.allclose(norm["unscaled"], norm["plain"], rtol=1e-2)  # what the rescale undoes
+    def same_function():  # up to BN's eps, which the rescale moves relative to each channel's variance
+        with torch.no_grad():
+            a, b = scaled.eval()(test_x), unscaled.eval()(test_x)
+        assert float((a - b).abs().max()) <= 1e-3 * float(b.abs().max())
+
+    same_function()
+    recalibrate_bn(scaled, [fit_x]), recalibrate_bn(unscaled, [fit_x])
+    same_function()
+
+
+def test_restore_scale_puts_everything_back_when_the_layer_output_is_also_used_elsewhere():
+    from autoprune.train.reconstruct import restore_scale
+
+    class Leaky(Tiny):  # conv2's output feeds bn2 and, unnormalized, the head: scaling it would change the model
+        def forward(self, x):
+            z = self.conv2(F.relu(self.bn1(self.conv1(x))))
+            return self.fc(F.relu(self.bn2(z)).mean((2, 3)) + z.mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = Leaky().eval()
+    reference = {"conv2": net.conv2.weight.detach() * 0.5}
+    state = copy.deepcopy(net.state_dict())
+    assert restore_scale(net, reference, torch.randn(8, 3, 16, 16)) == []
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    plain = Tiny().eval()
+    assert restore_scale(plain, {"conv2": plain.conv2.weight.detach() * 0.5}, torch.randn(8, 3, 16, 16)) == ["conv2"]
 
 def test_refit_needs_a_model_pruned_by_autoprune():
     torch.manual_seed(0)
