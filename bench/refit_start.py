@@ -41,6 +41,29 @@ def earlier_starts(model: str, target: float, arm: str, seed: int) -> dict[str, 
             and r["seed"] == seed and r["recipe"] == "lr-rewind"}
 
 
+def norm_ratios(bench: ModelBench, alloc, score: str) -> dict[str, float]:
+    """Per refitted layer: weight norm after the unscaled refit / the plain pruned weights' norm (what the
+    rescale undoes)."""
+    from autoprune.train.reconstruct import refit_pruned_layers
+
+    evaluator = bench.scorer_for(score).evaluator
+    plain = bench.problem(0.5).pruned_model(alloc)
+    refit = bench.problem(0.5).pruned_model(alloc)
+    reports = refit_pruned_layers(refit, evaluator.targets(), evaluator.ridge, keep_scale=False)
+    p, r = dict(plain.named_modules()), dict(refit.named_modules())
+    return {x.name: float(r[x.name].weight.detach().norm() / p[x.name].weight.detach().norm()) for x in reports}
+
+
+def add_norm_ratios(record: dict, model: str) -> None:
+    bench = None
+    for row in record["rows"]:
+        if row["model"] == model and "refit_norm_ratio" not in row:
+            bench = bench or ModelBench(model, "auto")
+            alloc, _, _, settings = bench.allocation_r2(row["target"], row["arm"], row["seed"])
+            row["refit_norm_ratio"] = norm_ratios(bench, alloc, settings["score"])
+            write_json_atomic(OUT, record, indent=1)
+
+
 def run(model: str, target: float, arms: list[str], seed: int) -> dict:
     record = json.loads(OUT.read_text()) if OUT.exists() else {
         "command": "python -m bench.refit_start", "machine": machine(), "rows": []}
@@ -69,6 +92,7 @@ def run(model: str, target: float, arms: list[str], seed: int) -> dict:
         print(f"{model}@{target:g} {arm} s{seed}: refit-rescaled {100 * row['test_acc']:.2f}% (refitted "
               f"{100 * e.get('refitted', float('nan')):.2f}%, plain {100 * e.get('recalibrated', float('nan')):.2f}%)",
               flush=True)
+    add_norm_ratios(record, model)
     return record
 
 
