@@ -330,7 +330,8 @@ class Bench:
                 continue
             t0 = time.perf_counter()
             value = self.scorer(score).value(alloc)
-            row["scores"][score] = {"value": value, "seconds": time.perf_counter() - t0}
+            row["scores"][score] = {"value": value, "seconds": time.perf_counter() - t0,
+                                    "dense_test_acc": self.dense_build["test_acc"], "cpu": machine()["cpu"]}
             added = True
         return added
 

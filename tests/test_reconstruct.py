@@ -125,8 +125,10 @@ def test_refit_keeps_the_pruned_weights_scale_where_a_batchnorm_follows(model):
     same_function()
 
 
-def test_restore_scale_puts_everything_back_when_the_layer_output_is_also_used_elsewhere():
-    from autoprune.train.reconstruct import restore_scale
+def test_scale_folds_leave_out_a_layer_whose_output_is_also_used_elsewhere():
+    """The rescale is only done where the BN absorbs it: a conv whose output also feeds the head unnormalized is
+    left out (found once per model), and the refit then leaves that layer's weights as refitted."""
+    from autoprune.train.reconstruct import scale_folds
 
     class Leaky(Tiny):  # conv2's output feeds bn2 and, unnormalized, the head: scaling it would change the model
         def forward(self, x):
@@ -134,13 +136,23 @@ def test_restore_scale_puts_everything_back_when_the_layer_output_is_also_used_e
             return self.fc(F.relu(self.bn2(z)).mean((2, 3)) + z.mean((2, 3)))
 
     torch.manual_seed(0)
-    net = Leaky().eval()
-    reference = {"conv2": net.conv2.weight.detach() * 0.5}
-    state = copy.deepcopy(net.state_dict())
-    assert restore_scale(net, reference, torch.randn(8, 3, 16, 16)) == []
-    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
-    plain = Tiny().eval()
-    assert restore_scale(plain, {"conv2": plain.conv2.weight.detach() * 0.5}, torch.randn(8, 3, 16, 16)) == ["conv2"]
+    images = torch.randn(8, 3, 16, 16)
+    leaky, tiny = Leaky().eval(), Tiny().eval()
+    state = copy.deepcopy(leaky.state_dict())
+    assert scale_folds(leaky, ["conv1", "conv2", "fc"], images) == {"conv1": "bn1"}
+    assert all(torch.equal(v, state[k]) for k, v in leaky.state_dict().items())  # the check ran on a copy
+    assert scale_folds(tiny, ["conv1", "conv2", "fc"], images) == {"conv1": "bn1", "conv2": "bn2"}
+
+    structure = ModelStructure(leaky, torch.randn(1, 3, 16, 16), num_classes=10)
+    plain = PruningProblem(structure, 0.5).pruned_model(Allocation.uniform(structure, 0.5))
+    targets = DenseTargets(leaky, input_pruned_layers(structure), torch.randn(64, 3, 16, 16), positions=16)
+    assert "conv2" in targets.layers and "conv2" not in targets.folds
+    unscaled, scaled = copy.deepcopy(plain), copy.deepcopy(plain)
+    refit_pruned_layers(unscaled, targets, keep_scale=False)
+    refit_pruned_layers(scaled, targets)
+    assert torch.equal(scaled.conv2.weight, unscaled.conv2.weight)
+    assert not torch.equal(scaled.conv2.weight, plain.conv2.weight)
+
 
 def test_refit_needs_a_model_pruned_by_autoprune():
     torch.manual_seed(0)

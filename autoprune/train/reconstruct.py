@@ -10,6 +10,7 @@ outputs at the same sampled positions (computed once per model: ``DenseTargets``
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -112,6 +113,7 @@ class DenseTargets:
             for h in handles:
                 h.remove()
             dense.train(was_training)
+        self.folds = scale_folds(dense, self.layers, images[:32])  # layer -> BN that absorbs its scale
 
 
 def _solve(x: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -176,7 +178,7 @@ def refit_pruned_layers(pruned: nn.Module, targets: DenseTargets, ridge: float =
         return hook
 
     layers = [n for n in targets.layers if removed.get(n, {}).get("in") and n in modules]
-    plain = {n: modules[n].weight.detach().clone() for n in layers} if keep_scale else {}
+    plain = {n: modules[n].weight.detach().clone() for n in layers if n in targets.folds} if keep_scale else {}
     handles = [modules[n].register_forward_pre_hook(refit(n)) for n in layers]
     was_training = pruned.training
     images = targets.images.to(next(pruned.parameters()).device)
@@ -187,7 +189,7 @@ def refit_pruned_layers(pruned: nn.Module, targets: DenseTargets, ridge: float =
         for h in handles:
             h.remove()
         if keep_scale:
-            restore_scale(pruned, {r.name: plain[r.name] for r in reports}, images[:32])
+            restore_scale(pruned, {r.name: plain[r.name] for r in reports if r.name in plain}, targets.folds)
     finally:
         for h in handles:
             h.remove()
@@ -195,63 +197,93 @@ def refit_pruned_layers(pruned: nn.Module, targets: DenseTargets, ridge: float =
     return reports
 
 
-def bn_fed_by(model: nn.Module, layers: Sequence[str], images: torch.Tensor) -> dict[str, nn.modules.batchnorm._BatchNorm]:
-    """For each of ``layers`` whose output tensor goes straight into a BatchNorm, that BatchNorm (one forward pass)."""
+def bn_fed_by(model: nn.Module, layers: Sequence[str], images: torch.Tensor) -> dict[str, str]:
+    """For each of ``layers`` whose output tensor goes straight into a BatchNorm, that BatchNorm's name (one
+    forward pass; tensor identity, so a layer whose output is also used elsewhere is still listed)."""
     modules = dict(model.named_modules())
     outputs: dict[str, torch.Tensor] = {}
-    found: dict[str, nn.modules.batchnorm._BatchNorm] = {}
+    found: dict[str, str] = {}
 
     def keep(name):
         def hook(mod, args, out):
             outputs[name] = out
         return hook
 
-    def match(bn):
+    def match(bn_name):
         def hook(mod, args):
-            found.update({n: bn for n, out in outputs.items() if args[0] is out})
+            found.update({n: bn_name for n, out in outputs.items() if args[0] is out})
         return hook
 
     handles = [modules[n].register_forward_hook(keep(n)) for n in layers]
-    handles += [m.register_forward_pre_hook(match(m)) for m in modules.values()
+    handles += [m.register_forward_pre_hook(match(n)) for n, m in modules.items()
                 if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was_training = model.training
     try:
         with torch.no_grad():
-            model(images)
+            model.eval()(images)
     finally:
         for h in handles:
             h.remove()
+        model.train(was_training)
     return found
 
 
-def restore_scale(model: nn.Module, reference: dict[str, torch.Tensor], images: torch.Tensor,
-                  rtol: float = 1e-3) -> list[str]:
-    """Scale each output channel of the layers in ``reference`` (name -> weight) back to the reference weight's
-    norm, where the layer feeds a BatchNorm, and fold the factor into that BN (running statistics and weight)
-    so that the model in eval mode computes the same function. Checked on ``images``: if the outputs moved by
-    more than ``rtol`` (a layer's output also used elsewhere), everything is put back. Returns the layers scaled."""
-    modules = dict(model.named_modules())
-    bns = bn_fed_by(model, list(reference), images)
-    if not bns:
-        return []
-    saved = {k: v.clone() for k, v in model.state_dict().items()}
+def fold_scale(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm, s: torch.Tensor) -> None:
+    """Multiply ``layer``'s output channels by ``s`` and fold the inverse into ``bn`` (running statistics, and its
+    weight for the eps term), so that the pair computes the same function in eval mode."""
     with torch.no_grad():
-        before = model(images).float()
-        for name, bn in bns.items():
-            mod, ref = modules[name], reference[name]
-            norm = mod.weight.flatten(1).norm(dim=1)
-            s = ref.flatten(1).norm(dim=1).to(norm) / norm.clamp_min(1e-12)
-            shape = (-1,) + (1,) * (mod.weight.dim() - 1)
-            mod.weight.mul_(s.view(shape))
-            if mod.bias is not None:
-                mod.bias.mul_(s)
-            if bn.running_var is not None:  # (s x - s mu) / sqrt(s^2 var + eps) * w' == (x - mu) / sqrt(var + eps) * w
-                var = bn.running_var.clone()
-                bn.running_mean.mul_(s)
-                bn.running_var.mul_(s * s)
-                if bn.weight is not None:
-                    bn.weight.mul_(torch.sqrt(s * s * var + bn.eps) / (s * torch.sqrt(var + bn.eps)))
-        after = model(images).float()
-    if (after - before).abs().max() > rtol * before.abs().max().clamp_min(1e-12):
-        model.load_state_dict(saved)
-        return []
-    return sorted(bns)
+        layer.weight.mul_(s.view((-1,) + (1,) * (layer.weight.dim() - 1)))
+        if layer.bias is not None:
+            layer.bias.mul_(s)
+        if bn.running_var is not None:  # (s x - s mu) / sqrt(s^2 var + eps) * w' == (x - mu) / sqrt(var + eps) * w
+            var = bn.running_var.clone()
+            bn.running_mean.mul_(s)
+            bn.running_var.mul_(s * s)
+            if bn.weight is not None:
+                bn.weight.mul_(torch.sqrt(s * s * var + bn.eps) / (s * torch.sqrt(var + bn.eps)))
+
+
+def scale_folds(model: nn.Module, layers: Sequence[str], images: torch.Tensor, rtol: float = 1e-3) -> dict[str, str]:
+    """layer -> BN, for the ``layers`` whose output scale the BN after them absorbs: ``fold_scale`` with random
+    per-channel factors leaves the model's outputs on ``images`` where they were (all layers at once, else one by
+    one). A layer whose output is also used unnormalized fails the check. Run once on the dense model: a pruned
+    copy has the same graph, so each candidate's rescale needs no forward pass."""
+    candidates = bn_fed_by(model, layers, images)
+    if not candidates:
+        return {}
+    probe = copy.deepcopy(model).eval()
+    modules = dict(probe.named_modules())
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        reference = probe(images).float()
+    tol = rtol * float(reference.abs().max().clamp_min(1e-12))
+    saved = copy.deepcopy(probe.state_dict())
+
+    def keeps_function(names: list[str]) -> bool:
+        for n in names:
+            weight = modules[n].weight
+            s = 0.5 + 1.5 * torch.rand(weight.shape[0], generator=gen)
+            fold_scale(modules[n], modules[candidates[n]], s.to(weight))
+        with torch.no_grad():
+            moved = float((probe(images).float() - reference).abs().max())
+        probe.load_state_dict(saved)
+        return moved <= tol
+
+    names = sorted(candidates)
+    if not keeps_function(names):
+        names = [n for n in names if keeps_function([n])]
+    return {n: candidates[n] for n in names}
+
+
+def restore_scale(model: nn.Module, reference: dict[str, torch.Tensor], folds: dict[str, str]) -> list[str]:
+    """Scale each output channel of the layers in ``reference`` (name -> weight) back to the reference weight's
+    norm, where ``folds`` (``scale_folds``) names a BatchNorm that absorbs the factor. Returns the layers scaled."""
+    modules = dict(model.named_modules())
+    scaled = sorted(n for n in reference if n in folds)
+    with torch.no_grad():
+        for name in scaled:
+            weight = modules[name].weight
+            norm = weight.flatten(1).norm(dim=1)
+            s = reference[name].flatten(1).norm(dim=1).to(norm) / norm.clamp_min(1e-12)
+            fold_scale(modules[name], modules[folds[name]], s)
+    return scaled
