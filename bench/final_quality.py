@@ -124,15 +124,27 @@ def rows_to_run(models: list[str], done: set[str], seeds: list[int] | None = Non
             and (targets is None or p[3] in targets)]
 
 
+def stage(arm: str, settings: dict) -> str:
+    """A searching arm's finalists stage, part of its round-2 key: a row picked without the stage (or with
+    another one) is not the default search's, and stays in the record beside the current one."""
+    k = settings.get("finalists", 0)
+    return f"top{k}-{settings['finalist_score']}" if arm in SEEDED and k else ""
+
+
 def _key(model: str, recipe: str, seed: int, target: float, arm: str, round: int = 1,
-         start: str = "recalibrated") -> str:
+         start: str = "recalibrated", stage: str = "") -> str:
     return (f"{model}|{recipe}|{seed}|{target:g}|{arm}" + ("" if round == 1 else f"|r{round}")
-            + ("" if start == "recalibrated" else f"|{start}"))
+            + ("" if start == "recalibrated" else f"|{start}") + (f"|{stage}" if stage else ""))
+
+
+def _key_r2(model: str, recipe: str, seed: int, target: float, arm: str) -> str:
+    """A planned round-2 row's key under today's default search."""
+    return _key(model, recipe, seed, target, arm, 2, stage=stage(arm, round2_settings()))
 
 
 def row_key(r: dict) -> str:
     return _key(r["model"], r["recipe"], r["seed"], r["target"], r["arm"], r.get("round", 1),
-                r.get("start", "recalibrated"))
+                r.get("start", "recalibrated"), stage(r["arm"], r["settings"]) if r.get("round") == 2 else "")
 
 
 def load() -> dict:
@@ -176,15 +188,17 @@ class ModelBench:
 
         settings = round2_settings()
         seed = seed if arm in SEEDED else 0
-        path = WORK / "allocations-r2" / f"{self.model}_t{target:g}_{arm}_s{seed}.json"
+        tag = stage(arm, settings)
+        path = WORK / "allocations-r2" / f"{self.model}_t{target:g}_{arm}_s{seed}{'_' + tag if tag else ''}.json"
         scorer = self.scorer_for(settings["score"])
+        if arm in SEEDED:  # its own cache, so the finalists come from this search's candidates only (also on a
+            scorer = Scorer(self.problem(0.5), scorer.evaluator)  # resumed search, whose cache is restored)
         if path.exists():
             saved = json.loads(path.read_text())
             return (Allocation.from_dict(saved, self.structure), saved["score_value"], saved["alloc_seconds"],
                     saved["settings"])
         problem = self.problem(target)
         t0 = time.perf_counter()
-        mark = len(scorer.requested)
         if arm == "searched":
             search = get_allocator(settings["agent"], episodes=EPISODES, warmup_episodes=WARMUP, seed=seed)
             run_dir = WORK / "searches-r2" / f"{self.model}_t{target:g}_s{seed}"
@@ -198,8 +212,7 @@ class ModelBench:
             alloc = get_allocator(arm).allocate(problem, scorer)
         finalists = None
         if arm in SEEDED and settings["finalists"]:  # the search's finalists stage, for both searching arms
-            ranked = rerank(problem, scorer, self.scorer_for(settings["finalist_score"]), settings["finalists"],
-                            keys=scorer.requested[mark:] or None)
+            ranked = rerank(problem, scorer, self.scorer_for(settings["finalist_score"]), settings["finalists"])
             alloc = ranked[0].allocation
             finalists = [{"counts": list(problem.key(f.allocation)), "search": f.search.value, "final": f.final.value}
                          for f in ranked]
@@ -382,11 +395,13 @@ def _paired_text(name: str, d: tuple[float, float, float, int]) -> str:
 
 
 def report_r2(record: dict, models: list[str]) -> list[str]:
-    rows2 = [r for r in record["rows"] if r.get("round") == 2 and r.get("start", "recalibrated") == "recalibrated"]
+    plain_rows = [r for r in record["rows"] if r.get("round") == 2 and r.get("start", "recalibrated") == "recalibrated"]
+    current = {_key_r2(*p) for p in planned_rows_r2(models)}
+    rows2 = [r for r in plain_rows if row_key(r) in current]
+    earlier = [r for r in plain_rows if row_key(r) not in current]  # a searching arm under an earlier default
     lines = ["# Round 2: the default pipeline against what a user would pick instead", "",
-             "Every arm fine-tuned from its plain pruned weights, BN recalibrated.", ""]
-    if rows2:
-        lines += ["Settings of the searched arm: " + json.dumps(rows2[0]["settings"]) + ".", ""]
+             "Every arm fine-tuned from its plain pruned weights, BN recalibrated.", "",
+             "Settings of the searched and random arms: " + json.dumps(round2_settings()) + ".", ""]
     for model in models:
         for target in TARGETS:
             rows = [r for r in rows2 if r["model"] == model and r["target"] == target]
@@ -423,21 +438,28 @@ def report_r2(record: dict, models: list[str]) -> list[str]:
             lines += ["Distillation gain (lr-rewind-kd minus lr-rewind): " + ("; ".join(gains) if gains else "none yet")
                       + ".", "Searched minus each arm, both distilled (lr-rewind-kd): "
                       + ("; ".join(kd) if kd else "no pair yet") + ".", ""]
+    if earlier:
+        lines += ["## Searching arms under an earlier default (kept; not in the tables above)", "",
+                  "| model | target | arm | recipe | seed | finalists | test acc % |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {100 * r['target']:g}% | {r['arm']} | {r['recipe']} | {r['seed']} | "
+                  f"{stage(r['arm'], r['settings']) or 'none'} | {100 * r['test_acc']:.2f} |" for r in earlier]
+        lines.append("")
     refitted = [r for r in record["rows"] if r.get("round") == 2 and r.get("start") == "refitted"]
     if refitted:
-        plain = {row_key(r): r for r in rows2}
+        plain = {row_key(r): r for r in plain_rows}
         lines += ["## Where to start fine-tuning: refitted weights against the plain recalibrated ones", "",
                   "The same allocation, recipe and seed; the refitted start is the default score's prepared model.", "",
                   "| model | target | arm | seed | refitted start % | recalibrated start % | difference |",
                   "|---|---|---|---|---|---|---|"]
         for r in refitted:
-            p = plain.get(_key(r["model"], r["recipe"], r["seed"], r["target"], r["arm"], 2))
+            p = plain.get(_key(r["model"], r["recipe"], r["seed"], r["target"], r["arm"], 2,
+                               stage=stage(r["arm"], r["settings"])))
             lines.append(f"| {r['model']} | {100 * r['target']:g}% | {r['arm']} | {r['seed']} | "
                          f"{100 * r['test_acc']:.2f} | " + (f"{100 * p['test_acc']:.2f} | "
                          f"{100 * (p['test_acc'] - r['test_acc']):+.2f} |" if p else "not run yet | |"))
         lines.append("")
     done = {row_key(r) for r in rows2}
-    missing = [_key(*p, round=2) for p in planned_rows_r2(models) if _key(*p, round=2) not in done]
+    missing = [_key_r2(*p) for p in planned_rows_r2(models) if _key_r2(*p) not in done]
     lines += ["## Rows still missing (round 2)", "",
               f"{len(missing)} of {len(planned_rows_r2(models))} planned rows" + (": " + ", ".join(missing) if missing
                                                                                   else ".")]
@@ -470,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.round == 1:
             todo = rows_to_run(args.models, done, args.seeds, args.recipes, args.targets)
         else:
-            todo = [p for p in planned_rows_r2(args.models) if _key(*p, round=2) not in done
+            todo = [p for p in planned_rows_r2(args.models) if _key_r2(*p) not in done
                     and (args.seeds is None or p[2] in args.seeds) and (args.recipes is None or p[1] in args.recipes)
                     and (args.targets is None or p[3] in args.targets)]
         for model, recipe, seed, target, arm in todo:

@@ -124,7 +124,7 @@ def test_final_quality_save_keeps_rows_another_process_wrote(tmp_path, monkeypat
 
     def row(seed, acc):
         return {"round": 2, "start": "recalibrated", "model": "resnet20", "recipe": "lr-rewind", "seed": seed,
-                "target": 0.3, "arm": "searched", "test_acc": acc}
+                "target": 0.3, "arm": "searched", "test_acc": acc, "settings": fq.round2_settings()}
 
     fq.save({"command": "x", "rows": [row(1, 0.81)]})  # the other process (--seeds 1)
     mine = {"command": "y", "rows": [row(0, 0.82)]}
@@ -152,11 +152,11 @@ def test_progressive_scratch_processes_on_different_seeds_share_the_file(tmp_pat
 
 
 def test_final_quality_round2_reports_paired_intervals_and_the_distillation_gain():
-    from bench.final_quality import paired_interval, planned_rows_r2
+    from bench.final_quality import paired_interval, planned_rows_r2, round2_settings
 
-    def r2(arm: str, seed: int, acc: float, recipe: str = "lr-rewind") -> dict:
+    def r2(arm: str, seed: int, acc: float, recipe: str = "lr-rewind", settings: dict | None = None) -> dict:
         return {**_row("resnet20", arm, acc, 0.91), "round": 2, "seed": seed, "recipe": recipe, "score_value": acc,
-                "alloc_seconds": 5.0, "settings": {"score": "adaptive-bn"}}
+                "alloc_seconds": 5.0, "settings": settings or round2_settings()}
 
     rows = [r2("searched", s, a) for s, a in ((0, 0.82), (1, 0.83), (2, 0.84))]
     rows += [r2("uniform", s, a) for s, a in ((0, 0.80), (1, 0.80), (2, 0.81))]
@@ -174,6 +174,12 @@ def test_final_quality_round2_reports_paired_intervals_and_the_distillation_gain
     refitted = {**r2("searched", 0, 0.81), "start": "refitted"}
     text = report({"command": "x", "rows": [*rows, refitted]}, ["resnet20"])
     assert "| resnet20 | 30% | searched | 0 | 81.00 | 82.00 | +1.00 |" in text and "uniform +2.67 [" in text
+    # a searched row picked under an earlier default (no finalists stage) is kept apart: the seed is still missing
+    earlier = r2("searched", 2, 0.90, settings={**round2_settings(), "finalists": 0})
+    record = {"command": "x", "rows": [*rows[:2], *rows[3:], earlier]}
+    text = report(record, ["resnet20"])
+    assert "| resnet20 | 30% | searched | lr-rewind | 2 | none | 90.00 |" in text and "uniform +2.50 [" in text
+    assert "resnet20|lr-rewind|2|0.3|searched|r2|top" in text.split("## Rows still missing (round 2)")[1]
 
 
 def test_proxy_validity_finalists_rule_takes_the_best_worst_pool_gain_per_minute():

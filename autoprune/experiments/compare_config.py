@@ -39,8 +39,8 @@ class CompareConfig:
     finetune_lr: float = 0.001  # classic fine-tuning: constant small learning rate
     rewind_lr: float = 0.01  # learning-rate rewinding: cosine from this rate (Renda et al. 2020)
     scratch_lr: float = 0.1
-    finalists: int = 0  # re-rank a searching allocator's K best candidates with --finalist-score (0: off)
-    finalist_score: str = "finetune:100"
+    finalists: int = 3  # re-rank a searching allocator's K best candidates with --finalist-score (0: off)
+    finalist_score: str = "finetune:50"  # the same stage as search, so random search gets it too
     kd_weight: float = 0.9  # lr-rewind-kd: loss = (1 - w) x cross-entropy + w x T^2 x KL(dense || pruned)
     kd_temperature: float = 4.0
     rewind_to: int | None = None  # weight-rewind: the epoch of the dense run's checkpoints/epoch-K.pt

@@ -45,8 +45,8 @@ class SearchConfig:
     more_models: list[str] = field(default_factory=list)  # NAME or NAME=CHECKPOINT: one policy for all of them
     rl: RLConfig = nested(RLConfig, exclude=("algo", "seed"))  # episodes, noise, learning rates, reward, action, ...
     early_stop: bool = False
-    finalists: int = 0  # re-rank the best K candidates with --finalist-score (0: pick by --score alone)
-    finalist_score: str = "finetune:100"
+    finalists: int = 3  # re-rank the best K candidates with --finalist-score (0: pick by --score alone)
+    finalist_score: str = "finetune:50"  # the stage that gained on every proxy-validity pool per added minute
     sensitivity: str | None = None  # a sensitivity.json measured before with the same score: its sweep is reused
     score: str = DEFAULT_SCORE  # autoprune.train.scores: adaptive-bn[:loss|:kd], reconstruct, finetune[-kd]:STEPS
     criterion: str = "l1"
