@@ -59,7 +59,8 @@ def allocator_argv(args) -> list[str]:
             "--data", args.data, "--output", str(args.run_dir), "--targets", *map(str, args.targets),
             "--criterion", args.criterion, "--allocators", *allocators, "--seeds", *map(str, args.seeds),
             "--recipes", *args.recipes, "--epochs", str(args.epochs), "--rewind-lr", str(args.rewind_lr), "--train-subset", str(args.train_subset),
-            "--val-size", str(args.val_size), "--calib-size", str(args.calib_size), "--device", "cpu"]
+            "--val-size", str(args.val_size), "--calib-size", str(args.calib_size), "--device", "cpu",
+            "--finalists", "0"]  # the protocol its recorded tables ran with (before the stage was on by default)
 
 
 def run_allocators(args) -> dict:

@@ -85,7 +85,8 @@ def train(record: dict) -> None:
     run = cache_dir() / f"universal-run-v{OBS_VERSION}"
     args = ["search", "--model", "resnet20", "--checkpoint", str(finetuned_checkpoint("resnet20")),
             "--more-models", f"resnet56={finetuned_checkpoint('resnet56')}", "--data", DATA, "--macs", "0.25:0.75",
-            "--episodes", str(EPISODES), "--warmup-episodes", str(WARMUP), "--seed", "0", "--output", str(run)]
+            "--episodes", str(EPISODES), "--warmup-episodes", str(WARMUP), "--seed", "0", "--output", str(run),
+            "--finalists", "0"]  # the product here is the policy; the finalists stage only re-picks the best allocation
     t0 = time.perf_counter()
     if cli_main(args + (["--resume"] if (run / "checkpoints").exists() else [])) != 0:
         raise SystemExit("the universal policy's search failed: see above")

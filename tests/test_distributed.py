@@ -52,7 +52,7 @@ def test_torchrun_train_progressive_and_compare_write_one_run(tmp_path):
     assert load_pruned(tmp_path / "p" / "model.pt")[1] == "resnet20"
     # compare: rank 0 allocates and broadcasts, both ranks fine-tune each arm, rank 0 writes the table
     res = _torchrun("-m", "autoprune.cli", "compare", "--model", "resnet20", *SYN, "--epochs", "0.1", "--batch-size",
-                    "100", "--allocators", "uniform", "random@samples=3", "--output", "c", cwd=tmp_path)
+                    "100", "--allocators", "uniform", "random@samples=3", "--finalists", "0", "--output", "c", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     rows = json.loads((tmp_path / "c" / "results.json").read_text())["rows"]
     assert sorted(r["method"] for r in rows) == ["random", "uniform"] and res.stdout.count("## 50% macs") == 1

@@ -70,7 +70,7 @@ def test_search_with_early_stop_logs_partial_rows_and_reports_full_scores(tmp_pa
         for f in sorted((CIFAR / "train" / cls).iterdir())[:210]:
             (root / "train" / cls / f.name).symlink_to(f)
     run = tmp_path / "run"
-    code = main(["search", "--model", "resnet20", "--checkpoint", str(RESNET20_CKPT), "--data", f"imagefolder:{root}",
+    code = main(["search", "--finalists", "0", "--model", "resnet20", "--checkpoint", str(RESNET20_CKPT), "--data", f"imagefolder:{root}",
                  "--val-size", "2000", "--calib-size", "100", "--macs", "0.3", "--agent", "random", "--episodes", "8",
                  "--output", str(run), "--no-progress", "--early-stop", "--score", "adaptive-bn"])
     assert code == 0, capsys.readouterr().err

@@ -32,7 +32,7 @@ def recorded_input_size(run) -> str:
 
 def test_search_counts_macs_at_the_input_size(tmp_path, capsys):
     run = tmp_path / "s"
-    assert main(["search", *SYN, "--agent", "random", "--episodes", "2", "--macs", "0.5", "--output", str(run)]) == 0
+    assert main(["search", *SYN, "--finalists", "0", "--agent", "random", "--episodes", "2", "--macs", "0.5", "--output", str(run)]) == 0
     assert f"MACs at {SIZE}x{SIZE}" in capsys.readouterr().out
     summary = json.loads((run / "summary.json").read_text())
     assert summary["input_size"] == [SIZE, SIZE] and recorded_input_size(run) in (str(SIZE), f"{SIZE}x{SIZE}")

@@ -69,7 +69,7 @@ def _as_scored(path: Path, x: torch.Tensor, y: torch.Tensor, score: str) -> floa
 
 def test_search_saves_what_it_scored_tiny(tmp_path, capsys):
     run = tmp_path / "run"
-    code, out, err = _cli(capsys, "search", "--model", "resnet20", "--data", "synthetic", "--val-size", 200,
+    code, out, err = _cli(capsys, "search", "--finalists", 0, "--model", "resnet20", "--data", "synthetic", "--val-size", 200,
                           "--calib-size", 128, "--macs", 0.5, "--agent", "random", "--episodes", 2, "--output", run,
                           "--no-progress")
     assert code == 0, err
@@ -90,7 +90,7 @@ def test_search_apply_prune_save_what_they_scored_and_never_open_test(tmp_path, 
               "--calib-size", 128]
     x, y = _held_out(data)
     run = tmp_path / "search"
-    code, out, err = _cli(capsys, "search", *common, "--macs", 0.5, "--episodes", 3, "--warmup-episodes", 1,
+    code, out, err = _cli(capsys, "search", *common, "--finalists", 0, "--macs", 0.5, "--episodes", 3, "--warmup-episodes", 1,
                           "--eval-every", 1, "--output", run, "--no-progress")
     assert code == 0, err
     summary = json.loads((run / "summary.json").read_text())

@@ -236,7 +236,7 @@ def test_search_with_a_latency_target_reports_measured_latency(tmp_path, capsys,
     from autoprune.cli.main import main
 
     out = tmp_path / "run"
-    assert main(["search", "--model", "resnet20", "--output", str(out), "--data", "synthetic", "--val-size", "300",
+    assert main(["search", "--finalists", "0", "--model", "resnet20", "--output", str(out), "--data", "synthetic", "--val-size", "300",
                  "--calib-size", "256", "--device", "cpu", "--latency", "0.6", "--agent", "random", "--episodes", "3",
                  "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.skipif(not RESNET20_CKPT.exists(), reason="shared chec
 
 # a trained network on the synthetic images: candidates score differently (a random net ties them all)
 COMMON = ["--model", "resnet20", "--checkpoint", str(RESNET20_CKPT), "--data", "synthetic", "--val-size", "200",
-          "--calib-size", "64", "--macs", "0.5", "--precision", "fp32", "--no-progress"]
+          "--calib-size", "64", "--macs", "0.5", "--precision", "fp32", "--no-progress", "--finalists", "0"]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -64,7 +64,7 @@ def test_run_folder_records_the_precision_used(tmp_path, capsys):
 
     run = tmp_path / "run"
     assert main(["search", "--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64",
-                 "--macs", "0.5", "--agent", "random", "--episodes", "1", "--output", str(run), "--no-progress",
+                 "--macs", "0.5", "--agent", "random", "--episodes", "1", "--finalists", "0", "--output", str(run), "--no-progress",
                  "--precision", "fp32"]) == 0
     assert json.loads((run / "summary.json").read_text())["precision"] == "fp32"
     assert "precision: fp32" in (run / "config.yaml").read_text()

@@ -173,7 +173,7 @@ def test_search_with_reconstruct_saves_the_refitted_model(tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["search", "--model", "resnet20", "--checkpoint", str(RESNET20_CKPT), "--data", "synthetic",
                  "--val-size", "100", "--calib-size", "64", "--macs", "0.5", "--agent", "random", "--episodes", "4",
-                 "--score", "reconstruct", "--precision", "fp32", "--output", str(run), "--no-progress"])
+                 "--score", "reconstruct", "--finalists", "0", "--precision", "fp32", "--output", str(run), "--no-progress"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "reconstructed accuracy" in out
@@ -198,7 +198,7 @@ def test_apply_with_reconstruct_saves_the_model_it_scored(tmp_path, capsys, swep
     common = ["--model", "resnet20", "--checkpoint", str(RESNET20_CKPT), "--data", "synthetic", "--val-size", "100",
               "--calib-size", "64", "--macs", "0.5", "--precision", "fp32"]
     search = tmp_path / "search"  # a policy of this version's observation layout, played by apply below
-    assert main(["search", *common, "--episodes", "2", "--warmup-episodes", "1", "--eval-every", "1",
+    assert main(["search", *common, "--finalists", "0", "--episodes", "2", "--warmup-episodes", "1", "--eval-every", "1",
                  "--output", str(search), "--no-progress", "--sensitivity", swept()]) == 0
     capsys.readouterr()
     out = tmp_path / "applied"

@@ -56,7 +56,7 @@ def test_finetune_score_trains_then_scores_deterministically(synthetic_bundle):
 def test_search_with_finetune_score_saves_the_scored_model(tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["search", "--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64",
-                 "--macs", "0.5", "--agent", "random", "--episodes", "3", "--score", "finetune:4",
+                 "--macs", "0.5", "--agent", "random", "--episodes", "3", "--score", "finetune:4", "--finalists", "0",
                  "--precision", "fp32", "--output", str(run), "--no-progress"])
     out, err = capsys.readouterr()
     assert code == 0, err

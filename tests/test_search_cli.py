@@ -16,7 +16,7 @@ def _cli(capsys, *args: str):
 def test_cli_search_apply_and_errors(tmp_path, capsys, swept):
     run = tmp_path / "run"
     common = ["--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64"]
-    code, out, err = _cli(capsys, "search", *common, "--macs", "0.5", "--output", str(run), "--episodes", "4",
+    code, out, err = _cli(capsys, "search", *common, "--finalists", "0", "--macs", "0.5", "--output", str(run), "--episodes", "4",
                           "--warmup-episodes", "2", "--eval-every", "2", "--no-progress", "--sensitivity", swept())
     assert code == 0, err
     assert "uniform allocation" in out and "best ddpg allocation" in out
@@ -75,7 +75,7 @@ def test_cli_search_apply_and_errors(tmp_path, capsys, swept):
 def test_cli_random_search_logs_like_rl(tmp_path, capsys):
     run = tmp_path / "random"
     code, out, err = _cli(capsys, "search", "--model", "resnet20", "--data", "synthetic", "--val-size", "100",
-                          "--calib-size", "64", "--params", "0.6", "--agent", "random", "--episodes", "3",
+                          "--calib-size", "64", "--params", "0.6", "--agent", "random", "--episodes", "3", "--finalists", "0",
                           "--output", str(run), "--no-progress")
     assert code == 0, err
     assert "best random allocation" in out
@@ -101,7 +101,7 @@ def test_budget_conditioned_search_over_a_target_range(tmp_path, capsys, swept):
 
     run = tmp_path / "range"
     common = ["--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64"]
-    code, out, err = _cli(capsys, "search", *common, "--macs", "0.3:0.6", "--output", str(run), "--episodes", "8",
+    code, out, err = _cli(capsys, "search", *common, "--finalists", "0", "--macs", "0.3:0.6", "--output", str(run), "--episodes", "8",
                           "--warmup-episodes", "3", "--eval-every", "2", "--no-progress", "--sensitivity", swept())
     assert code == 0, err
     rows = list(csv.DictReader(open(run / "episodes.csv")))
@@ -130,7 +130,7 @@ def test_search_trains_one_policy_on_several_models(tmp_path, capsys, swept):
 
     run = tmp_path / "multi"
     code, out, err = _cli(capsys, "search", "--model", "resnet20", "--more-models", "resnet32", "--data", "synthetic",
-                          "--val-size", "100", "--calib-size", "64", "--macs", "0.5", "--output", str(run),
+                          "--val-size", "100", "--calib-size", "64", "--macs", "0.5", "--finalists", "0", "--output", str(run),
                           "--episodes", "4", "--warmup-episodes", "2", "--eval-every", "2", "--no-progress",
                           "--sensitivity", swept("resnet32") and swept())  # one file holds both models' tables
     assert code == 0, err

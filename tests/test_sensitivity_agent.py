@@ -165,14 +165,14 @@ def test_search_and_apply_reuse_a_sweep_from_another_run_and_refuse_a_foreign_fi
 
     common = ["--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64",
               "--macs", "0.5", "--episodes", "2", "--warmup-episodes", "1", "--eval-every", "0", "--no-progress"]
-    assert main(["search", *common, "--output", str(tmp_path / "a")]) == 0
+    assert main(["search", *common, "--finalists", "0", "--output", str(tmp_path / "a")]) == 0
     first = json.loads((tmp_path / "a" / "sensitivity.json").read_text())
 
     def no_sweep(*args, **kwargs):
         raise AssertionError("the sweep was measured again")
 
     monkeypatch.setattr(sens, "measure_sensitivity", no_sweep)
-    assert main(["search", *common, "--seed", "1", "--sensitivity", str(tmp_path / "a" / "sensitivity.json"),
+    assert main(["search", *common, "--finalists", "0", "--seed", "1", "--sensitivity", str(tmp_path / "a" / "sensitivity.json"),
                  "--output", str(tmp_path / "b")]) == 0
     assert json.loads((tmp_path / "b" / "sensitivity.json").read_text())["tables"] == first["tables"]
     target = common[:common.index("--episodes")]
