@@ -7,7 +7,7 @@ from __future__ import annotations
 from autoprune.config import add_config_args, resolve_resumable
 from autoprune.experiments.search import HELP as FIELD_HELP
 from autoprune.experiments.search import SearchConfig, SearchRun, run_search
-from autoprune.train.scores import parse_score
+from autoprune.train.scores import parse_score, score_label
 
 NAME = "search"
 HELP = "Search per-group pruning ratios for a MACs/params target with RL (DDPG/TD3/SAC) or random search."
@@ -24,7 +24,7 @@ def run(args) -> None:
 
 
 def report(run: SearchRun) -> None:
-    s, label, metric = run.summary, run.score_label, run.summary["metric"]
+    s, metric = run.summary, run.summary["metric"]
     fmt, fmt_search = parse_score(s["score"]).format, parse_score(s["search_score"]).format
     for row in s["policy_at_targets"] or []:
         print(f"policy at {100 * row['target']:g}% of {metric}: {fmt_search(row['policy_score'])} "
@@ -37,7 +37,9 @@ def report(run: SearchRun) -> None:
         f = s["finalists"]
         rank = 1 + sorted(c["search_score_value"] for c in f["candidates"])[::-1].index(
             f["candidates"][0]["search_score_value"])
-        print(f"finalists: the {len(f['candidates'])} best by {s['search_score']} re-scored by {f['score']}; the pick "
+        seconds = sum(c["seconds"] for c in f["candidates"])
+        print(f"finalists: the {len(f['candidates'])} best by {s['search_score']} re-scored by {f['score']} in "
+              f"{seconds:.0f} s; the pick "
               f"was #{rank} by {s['search_score']} ({fmt_search(f['candidates'][0]['search_score_value'])}; "
               f"the search's own pick: {fmt_search(f['search_pick']['score_value'])})")
     print(f"best_model.pt as loaded from disk: {100 * run.saved_model_accuracy:.2f}% plain accuracy on the same "
@@ -58,5 +60,7 @@ def report(run: SearchRun) -> None:
                else f"the best noise-free episode, {policy['episode']}")
         print(f"kept policy (policy.zip): {score} when rolled out without noise ({how})")
     share = s["evaluator_share"]
-    where = f"{100 * share:.0f}% in scoring ({label})" if share is not None else f"scored on {s['workers']} Ray workers"
+    # the search's episodes were scored by the search score (the finalists stage comes after them)
+    where = (f"{100 * share:.0f}% in scoring ({score_label(s['search_score'])})" if share is not None
+             else f"scored on {s['workers']} Ray workers")
     print(f"{s['episodes']} episodes, {s['seconds_per_episode']:.2f} s/episode ({where}); run saved in {run.run_dir}")
