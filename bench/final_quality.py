@@ -189,6 +189,7 @@ class ModelBench:
         settings = round2_settings()
         seed = seed if arm in SEEDED else 0
         tag = stage(arm, settings)
+        tag = tag.replace(":", "")  # a file name every OS can check out
         path = WORK / "allocations-r2" / f"{self.model}_t{target:g}_{arm}_s{seed}{'_' + tag if tag else ''}.json"
         scorer = self.scorer_for(settings["score"])
         if arm in SEEDED:  # its own cache, so the finalists come from this search's candidates only (also on a
