@@ -419,9 +419,11 @@ def report_r2(record: dict, models: list[str]) -> list[str]:
                 lines.append(f"| {arm} | {recipe} | {m:.2f} ± {sd:.2f} | {','.join(str(r['seed']) for r in sel)} | "
                              f"{statistics.mean(r['score_value'] for r in sel):.4f} | "
                              f"{statistics.mean(r['alloc_seconds'] for r in sel):.0f} |")
-            lines += ["", "Search s: the sensitivity sweep is measured once per model and score and shared; the searched "
-                      "arm's seconds include it, so sensitivity's read ~0 when the search ran first in the same process. "
-                      "universal's include its own sweep (with its policy's score)."]
+            lines += ["", "Search s: what finding the allocation cost, sensitivity sweeps included. Since the finalists "
+                      "default, the searching arms score with their own cache, so the searched arm and the sensitivity "
+                      "arm each measure the sweep (as a user running either would); earlier rows shared one sweep per "
+                      "process, so sensitivity's read ~0 when the search ran first. universal's include its own sweep "
+                      "(with its policy's score)."]
             diffs = []
             for other in ROUND2_ARMS[1:]:
                 d = paired_interval(rows, "searched", other)
