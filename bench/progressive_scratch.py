@@ -59,7 +59,6 @@ import math
 import shlex
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -139,15 +138,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def rerun_command(args: argparse.Namespace, arm: str, target: float, seed: int) -> str:
-    """The bench command that runs this one row (after removing it from the JSON, or with another --out)."""
+def grid_command(args: argparse.Namespace) -> list[str]:
+    """The bench command that runs (or, rerun, continues) the whole grid of this protocol."""
     defaults = vars(parser().parse_args([]))
     flags = ["--quick"] if args.quick else [
         f"--{k.replace('_', '-')}={getattr(args, k)}" for k in PROTOCOL if getattr(args, k) != defaults[k]]
     standard = parse_args(["--quick"] if args.quick else [])
     flags += [f"--{k}={getattr(args, k)}" for k in ("out", "work") if getattr(args, k) != getattr(standard, k)]
-    return shlex.join(["python", "-m", "bench.progressive_scratch", *flags, "--arms", arm, "--targets", f"{target:g}",
-                       "--seeds", str(seed)])
+    return ["python", "-m", "bench.progressive_scratch", *flags]
+
+
+def widen_to_grid(record: dict, args: argparse.Namespace) -> None:
+    """Plan (and list as missing) the protocol's whole grid, plus any seed or target run beyond it, whichever part
+    of it this process runs (``--seeds 0``), and name the command that continues all of it."""
+    standard = parse_args(["--quick"] if args.quick else [])
+    proto = record["protocol"]
+    proto.update(seeds=sorted(set(proto.get("seeds", [])) | set(standard.seeds) | set(args.seeds)),
+                 targets=sorted(set(proto.get("targets", [])) | set(standard.targets) | set(args.targets), reverse=True))
+    record["command"] = shlex.join(grid_command(args))
+
+
+def rerun_command(args: argparse.Namespace, arm: str, target: float, seed: int) -> str:
+    """The bench command that runs this one row (after removing it from the JSON, or with another --out)."""
+    return shlex.join([*grid_command(args), "--arms", arm, "--targets", f"{target:g}", "--seeds", str(seed)])
 
 
 class Bench:
@@ -166,7 +179,7 @@ class Bench:
                 raise SystemExit(f"{self.args.out} holds rows of another protocol ({', '.join(differ)} differ): "
                                  "pass another --out")
             return saved
-        return {"command": "python -m bench.progressive_scratch " + shlex.join(sys.argv[1:]), "protocol": protocol,
+        return {"command": shlex.join(grid_command(self.args)), "protocol": protocol,
                 "machine": machine(), "dense": {}, "rows": []}
 
     def save(self) -> None:
@@ -453,9 +466,7 @@ def main(argv: list[str] | None = None) -> dict:
         return record
     torch.set_num_threads(args.threads)
     bench = Bench(args)
-    bench.record["protocol"].update(seeds=sorted(set(bench.record["protocol"].get("seeds", [])) | set(args.seeds)),
-                                    targets=sorted(set(bench.record["protocol"].get("targets", [])) | set(args.targets),
-                                                   reverse=True))
+    widen_to_grid(bench.record, args)
     return bench.run()
 
 

@@ -53,7 +53,7 @@ def _scratch_row(arm: str, seed: int, acc: float, tmacs: float, target: float = 
 
 def test_progressive_scratch_report_states_the_goals_paired_by_seed():
     from autoprune.train.training import TrainRecipe
-    from bench.progressive_scratch import ARMS, images_seen, markdown, parse_args, rerun_command
+    from bench.progressive_scratch import ARMS, images_seen, markdown, parse_args, rerun_command, widen_to_grid
 
     assert images_seen(1000, TrainRecipe(epochs=2.5, batch_size=128)) == 2 * 1000 + 4 * 128  # 8 steps per epoch
     assert images_seen(1000, TrainRecipe(epochs=1, batch_size=128)) == 1000  # the short last batch
@@ -74,6 +74,11 @@ def test_progressive_scratch_report_states_the_goals_paired_by_seed():
     command = rerun_command(args, "scratch-B", 0.3, 1)
     assert "--epochs=20.0" in command and "--decide-at=auto" in command and "--lr" not in command
     assert command.endswith("--arms scratch-B --targets 0.3 --seeds 1")
+    # a process running part of the grid still plans, and lists as missing, all of it
+    part = {"command": "x", "protocol": {"seeds": [0], "targets": [0.5]}}
+    widen_to_grid(part, parse_args(["--seeds", "0", "--targets", "0.5", "--arms", "pipeline"]))
+    assert part["protocol"] == {"seeds": [0, 1], "targets": [0.5, 0.3]}
+    assert part["command"] == "python -m bench.progressive_scratch"
 
 
 def test_agent_vs_sensitivity_report_checks_both_goals_on_every_cell():
