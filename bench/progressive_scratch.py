@@ -462,6 +462,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.report:
         record = json.loads(args.out.read_text())
+        widen_to_grid(record, args)
         args.out.with_suffix(".md").write_text(markdown(record))
         return record
     torch.set_num_threads(args.threads)
