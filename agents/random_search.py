@@ -119,4 +119,5 @@ class RandomSearch:
             finally:
                 self.on_sample = None
                 log.close()
-        return SearchResult(log.best, self.samples, log.seconds, log.eval_seconds, log.rewards, [])
+        return SearchResult(log.best, self.samples, log.seconds, log.eval_seconds, log.rewards, [],
+                            resumed_seconds=log.resumed_seconds)

@@ -56,6 +56,7 @@ class SearchResult:
     policy_episode: int = -1
     bests: list[Best] | None = None  # per problem, for a multi-model search
     policy_distilled: bool = False  # the kept policy was fitted onto the best episode (and plays it)
+    resumed_seconds: float = 0.0  # the part of ``seconds`` spent by earlier sessions (a resumed run)
 
     @property
     def allocation(self) -> Allocation:
@@ -126,6 +127,7 @@ class EpisodeLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_episode or None)
+        self.resumed_seconds = self.seconds  # the kept rows' seconds: earlier sessions of a resumed run
 
     @property
     def csv_path(self) -> Path:

@@ -41,7 +41,6 @@ same command); allocations and search runs are kept under ``bench/results/final-
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import shlex
@@ -50,7 +49,6 @@ import sys
 import time
 from collections import Counter
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 
@@ -165,15 +163,6 @@ def save(record: dict) -> None:
     save_merged(OUT, record, {"rows": row_key})
 
 
-def episode_seconds(run_dir: Path) -> float:
-    """Seconds the episodes logged in a search's run folder took (its sensitivity sweep, cached, not included)."""
-    log = run_dir / "episodes.csv"
-    if not log.exists():
-        return 0.0
-    with log.open(newline="") as f:
-        return sum(float(row["seconds"]) for row in csv.DictReader(f))
-
-
 class ModelBench:
     """One model's data, structure and evaluator, built once; allocations cached on disk."""
 
@@ -214,9 +203,9 @@ class ModelBench:
         if arm == "searched":
             search = get_allocator(settings["agent"], episodes=EPISODES, warmup_episodes=WARMUP, seed=seed)
             run_dir = WORK / "searches-r2" / f"{self.model}_t{target:g}_s{seed}"
-            resume = (run_dir / "checkpoints").exists()
-            t0 -= episode_seconds(run_dir) if resume else 0.0  # a resumed search's cost includes its earlier episodes
-            alloc = search.search(problem, scorer, run_dir, resume=resume).allocation
+            found = search.search(problem, scorer, run_dir, resume=(run_dir / "checkpoints").exists())
+            t0 -= found.resumed_seconds  # a resumed search's cost includes its earlier sessions
+            alloc = found.allocation
         elif arm == "random":
             alloc = get_allocator("random", samples=EPISODES, seed=seed).allocate(problem, scorer)
         elif arm == "universal":  # as apply runs it: its sensitivity features measured with the score it was trained on

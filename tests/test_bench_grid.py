@@ -314,11 +314,3 @@ def test_agent_vs_sensitivity_runs_a_cell_end_to_end(tmp_path):
     r = rows[0]
     assert all(np.isfinite(r[k]) for k in ("best", "best_top1", "policy", "random_best", "sensitivity", "uniform"))
     assert r["best"] >= max(r["sensitivity"], r["uniform"]) - 1e-9
-
-
-def test_final_quality_counts_a_resumed_search_s_earlier_episodes(tmp_path):
-    from bench.final_quality import episode_seconds
-
-    assert episode_seconds(tmp_path) == 0.0  # a fresh search: nothing before this process
-    (tmp_path / "episodes.csv").write_text("episode,reward,seconds,eval_seconds\n0,-2.0,3.5,3.4\n1,-1.9,4.0,3.9\n")
-    assert episode_seconds(tmp_path) == pytest.approx(7.5)

@@ -226,6 +226,24 @@ def test_random_search_keeps_best_of_feasible_samples(resnet20_structure):
     assert again == best
 
 
+@pytest.mark.parametrize("search", ["ddpg", "random"])
+def test_a_resumed_search_reports_the_seconds_of_its_earlier_sessions(tmp_path, resnet20_structure, search):
+    """What a benchmark adds to its own wall clock so that a resumed search costs as much as an unbroken one."""
+    from autoprune.agents.random_search import RandomSearch
+    from autoprune.agents.rl import RLSearch
+
+    def make(n):
+        return (RLSearch(episodes=n, warmup_episodes=2, checkpoint_every=1) if search == "ddpg"
+                else RandomSearch(samples=n, seed=0))
+
+    problem = cheap_problem(resnet20_structure)
+    first = make(3).search(problem, cheap_scorer(problem), tmp_path)
+    assert first.resumed_seconds == 0.0 and first.seconds > 0
+    resumed = make(5).search(problem, cheap_scorer(problem), tmp_path, resume=True)
+    assert resumed.resumed_seconds == pytest.approx(first.seconds, abs=1e-2)  # episodes.csv rounds to ms
+    assert resumed.seconds > resumed.resumed_seconds
+
+
 def test_policy_transfers_to_deeper_model_and_torchvision(tmp_path, resnet20_structure):
     from autoprune.agents.rl import RLSearch
     from autoprune.core.structure import ModelStructure

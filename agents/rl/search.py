@@ -281,7 +281,7 @@ class RLSearch:
         start = state["episode"] if state else 0
         self._warm_start_from_heuristics(envs, start)
         env = envs[0] if len(envs) == 1 else MultiModelEnv(envs, start_episode=start)
-        elapsed = state["elapsed"] if state else 0.0
+        elapsed = resumed = state["elapsed"] if state else 0.0
         if state is None:
             torch.manual_seed(c.seed)
             self.model = self._build(env)
@@ -361,7 +361,7 @@ class RLSearch:
         policy_path = self._write_policies(run_dir, final, kept, distilled is not None) if run_dir else None
         return SearchResult(logs[0].best, c.episodes, elapsed, eval_total, logs[0].rewards, logs[0].noise_free,
                             policy_path, kept["score"], kept["episode"], [lg.best for lg in logs],
-                            policy_distilled=distilled is not None)
+                            policy_distilled=distilled is not None, resumed_seconds=resumed)
 
     def _write_policies(self, run_dir: Path, final: bytes, kept: dict, distilled: bool) -> Path:
         """``final_policy.zip`` (the last actor), ``policy.zip`` (the kept one; the last actor when no
