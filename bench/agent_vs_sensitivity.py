@@ -15,7 +15,9 @@ those points, so they keep their meaning for a loss score. Every arm gets the sa
 
 Agents: DDPG with ``--action sensitivity`` (the default, listed first), ``relative`` and ``wall``.
 Rows (``model, target, seed, agent, action, best, random_best, sensitivity, policy, uniform``, ...)
-go to ``bench/results/agent-vs-sensitivity.json`` as they finish (resumable: rerun the command);
+go to ``bench/results/agent-vs-sensitivity.json`` as they finish (resumable: rerun the command; the
+sweep is saved once measured, and a killed random search or agent search continues from its last
+checkpoint in ``--work``, its earlier sessions' seconds counted in the row);
 ``agent-vs-sensitivity.md`` has mean ± std per cell and the goal check, win or lose: the agent's
 best >= max(sensitivity, random best) + 0.5 on the cell means, its kept policy within 0.5 of its best.
 
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -53,6 +56,7 @@ from autoprune.agents.rl import RLSearch
 from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.scoring import Scorer
 from autoprune.core.sensitivity import SensitivityTable, measure_sensitivity
+from autoprune.train.data import cache_dir
 from autoprune.train.scores import DEFAULT_SCORE, parse_score
 
 from .common import RESULTS, machine, save_merged
@@ -109,15 +113,18 @@ def table_of(record: dict, model: str, problem: PruningProblem, scorer: Scorer) 
 
 
 def cell(record: dict, problem: PruningProblem, scorer: Scorer, top1_scorer: Scorer, table: SensitivityTable, model: str,
-         target: float, seed: int, evaluations: int) -> dict:
-    """Random search's best, sensitivity's and uniform's scores (and top-1s) for (model, target, seed), once."""
+         target: float, seed: int, evaluations: int, run_dir: Path) -> dict:
+    """Random search's best, sensitivity's and uniform's scores (and top-1s) for (model, target, seed), once;
+    the random search checkpoints in ``run_dir`` (removed once the cell is kept)."""
     for c in record["cells"]:
         if (c["model"], c["target"], c["seed"]) == (model, target, seed):
             return c
     t0, cpu = time.perf_counter(), time.process_time()
-    best = RandomSearch(evaluations, seed).allocate(problem, scorer)
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu
-    c = {"model": model, "target": target, "seed": seed, "random_seconds": seconds, "random_cpu_seconds": cpu}
+    found = RandomSearch(evaluations, seed).search(problem, scorer, run_dir, resume=True)
+    best = found.allocation
+    seconds, cpu = time.perf_counter() - t0 + found.resumed_seconds, time.process_time() - cpu
+    c = {"model": model, "target": target, "seed": seed, "random_seconds": seconds, "random_cpu_seconds": cpu,
+         "random_resumed_seconds": found.resumed_seconds}
     for name, alloc in (("random_best", best), ("sensitivity", table.allocation(problem)),
                         ("uniform", uniform_allocation(problem))):
         c[name], c[f"{name}_top1"] = both(scorer, top1_scorer, alloc)
@@ -137,8 +144,9 @@ def open_bench_workspace(model: str, val_size: int = VAL, calib_size: int = CALI
 
 
 def run(record: dict, out: Path, models: list[str], agents: list[tuple[str, str]], targets: tuple[float, ...],
-        seeds: tuple[int, ...], open_ws=open_bench_workspace) -> None:
-    """Every missing row of the grid; ``open_ws(model)`` gives the model's workspace (tests pass a tiny one)."""
+        seeds: tuple[int, ...], work: Path, open_ws=open_bench_workspace) -> None:
+    """Every missing row of the grid; ``open_ws(model)`` gives the model's workspace (tests pass a tiny one).
+    Searches run in ``work/<model>_t<target>_s<seed>/``, so that a killed one resumes."""
     evaluations = record["evaluations"]
     for model in models:
         ws = None
@@ -152,10 +160,15 @@ def run(record: dict, out: Path, models: list[str], agents: list[tuple[str, str]
                 problem = PruningProblem(ws.structure(), target, calib_batches=ws.calibration(128))
                 score = record.get("score", "adaptive-bn")
                 top1_scorer = Scorer(problem, ws.evaluator(score=record.get("top1") or top1_of(score)))
+                fresh = model not in record["tables"]
                 table = table_of(record, model, problem, Scorer(problem, ws.evaluator(score=score)))
+                if fresh:
+                    save(record, out)  # the sweep, before the cell's random search
+                cell_dir = work / f"{model}_t{target:g}_s{seed}"
                 ref = cell(record, problem, Scorer(problem, ws.evaluator(score=score)), top1_scorer, table, model, target,
-                           seed, evaluations)
+                           seed, evaluations, cell_dir / "random")
                 save(record, out)
+                shutil.rmtree(cell_dir / "random", ignore_errors=True)
                 episodes = evaluations - table.evaluations
                 if episodes < 2:
                     raise SystemExit(f"--evaluations {evaluations} does not cover {model}'s sweep "
@@ -163,16 +176,17 @@ def run(record: dict, out: Path, models: list[str], agents: list[tuple[str, str]
                 for agent, action in todo:
                     scorer = Scorer(problem, ws.evaluator(score=score))  # a fresh cache per search: equal counts
                     t0, cpu = time.perf_counter(), time.process_time()
-                    with tempfile.TemporaryDirectory() as run_dir:
-                        search = RLSearch(algo=agent, action=action, episodes=episodes,
-                                          warmup_episodes=min(WARMUP, episodes), seed=seed)
-                        result = search.search(problem, scorer, run_dir, sensitivity=table)
-                        seconds = time.perf_counter() - t0 + table.seconds
-                        cpu_seconds = time.process_time() - cpu
-                        kept = PolicyAllocator(result.policy_path)
-                        kept.sensitivity = table
-                        evaluated = len(scorer.cache_state())
-                        policy, policy_top1 = both(scorer, top1_scorer, kept.allocate(problem, scorer))
+                    run_dir = cell_dir / f"{agent}-{action}"
+                    search = RLSearch(algo=agent, action=action, episodes=episodes,
+                                      warmup_episodes=min(WARMUP, episodes), seed=seed)
+                    result = search.search(problem, scorer, run_dir, sensitivity=table,
+                                           resume=(run_dir / "checkpoints").exists())
+                    seconds = time.perf_counter() - t0 + result.resumed_seconds + table.seconds
+                    cpu_seconds = time.process_time() - cpu
+                    kept = PolicyAllocator(result.policy_path)
+                    kept.sensitivity = table
+                    evaluated = len(scorer.cache_state())
+                    policy, policy_top1 = both(scorer, top1_scorer, kept.allocate(problem, scorer))
                     row = {"model": model, "target": target, "seed": seed, "agent": agent, "action": action,
                            "score": score, "best": result.best.info["accuracy"],
                            "best_top1": top1_scorer.value(result.allocation), "policy": policy,
@@ -182,10 +196,12 @@ def run(record: dict, out: Path, models: list[str], agents: list[tuple[str, str]
                            "episodes": episodes, "sweep_evaluations": table.evaluations,
                            "evaluations": table.evaluations + evaluated,
                            "config": asdict(search.config), "seconds": seconds, "cpu_seconds_after_sweep": cpu_seconds,
+                           "resumed_seconds": result.resumed_seconds,
                            "precision": ws.precision.name,
                            "torch_threads": torch.get_num_threads()}
                     record["rows"].append(row)
                     save(record, out)
+                    shutil.rmtree(run_dir, ignore_errors=True)
                     print(f"{model} @{target:g} seed {seed} {agent}/{action}: top-1 best {100 * row['best_top1']:.2f} "
                           f"(episode {result.best.episode}) random {100 * row['random_best_top1']:.2f} sensitivity "
                           f"{100 * row['sensitivity_top1']:.2f} policy {100 * policy_top1:.2f} ({seconds:.0f} s)",
@@ -244,17 +260,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--evaluations", type=int, default=EVALUATIONS, help="scores per arm (the sweep included)")
     p.add_argument("--out", type=Path, default=OUT, help="results JSON (the .md beside it)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="run folders of unfinished searches (default: $AUTOPRUNE_CACHE/agent-vs-sensitivity)")
     p.add_argument("--smoke", action="store_true", help="time it: ResNet-20, 30%%, seed 0, the default agent, "
                    "8 episodes after the sweep (random search: as many evaluations), into a temporary file")
     args = p.parse_args(argv)
     if args.smoke:
         args.models, args.targets, args.seeds, args.agents = ["resnet20"], [0.3], [0], ["ddpg/sensitivity"]
         args.evaluations, args.out = 37 + 8, Path(tempfile.mkdtemp()) / "smoke.json"
+        args.work = args.out.parent / "runs"
     record = load(args.out, "python -m bench.agent_vs_sensitivity" + (" --smoke" if args.smoke else ""),
                   args.evaluations)
     t0, cpu0 = time.perf_counter(), time.process_time()
     run(record, args.out, args.models, [tuple(a.split("/")) for a in args.agents], tuple(args.targets),
-        tuple(args.seeds))
+        tuple(args.seeds), args.work or cache_dir() / "agent-vs-sensitivity")
     save(record, args.out)
     if args.smoke:
         r, table = record["rows"][0], record["tables"]["resnet20"]

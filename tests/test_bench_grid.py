@@ -291,26 +291,50 @@ def test_proxy_validity_lists_missing_candidates_grid_allocations_and_scores(tmp
     assert pv.missing_work({"rows": rows[:1] + rows[2:]})[0].startswith("resnet56@0.3: 3 of 3 random candidates;")
 
 @pytest.mark.slow
-def test_agent_vs_sensitivity_runs_a_cell_end_to_end(tmp_path):
-    """One tiny cell through the real loop (sweep, random search, the default agent, its kept policy): the row
-    is written, and the agent's best is never below the sensitivity allocation it plays first, by its own score."""
+def test_agent_vs_sensitivity_runs_a_cell_end_to_end_through_two_kills(tmp_path, monkeypatch):
+    """One tiny cell through the real loop (sweep, random search, the default agent, its kept policy), killed
+    after the random search and again after the agent's search: the sweep is kept, both searches resume from
+    their checkpoints with their earlier seconds counted, the row is written and the run folders removed; the
+    agent's best is never below the sensitivity allocation it plays first, by its own score."""
     import json
 
     import numpy as np
 
+    import bench.agent_vs_sensitivity as avs
     from autoprune.workspace import open_workspace
-    from bench.agent_vs_sensitivity import load, run
 
-    out = tmp_path / "grid.json"
-    record = load(out, "x", 37 + 4)  # ResNet-20's sweep is 37 scores: 4 episodes after it
-    record.update(score="adaptive-bn:loss", top1="adaptive-bn")  # the loop, not the default score's cost
+    out, work = tmp_path / "grid.json", tmp_path / "runs"
 
     def tiny(model):
         return open_workspace(model, None, "synthetic", val_size=64, calib_size=32, precision="fp32")
 
-    run(record, out, ["resnet20"], [("ddpg", "sensitivity")], (0.5,), (0,), open_ws=tiny)
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    def go():
+        record = avs.load(out, "x", 37 + 4)  # ResNet-20's sweep is 37 scores: 4 episodes after it
+        record.update(score="adaptive-bn:loss", top1="adaptive-bn")  # the loop, not the default score's cost
+        avs.run(record, out, ["resnet20"], [("ddpg", "sensitivity")], (0.5,), (0,), work, open_ws=tiny)
+
+    with monkeypatch.context() as m:
+        m.setattr(avs, "both", killed)  # dies right after the random search
+        with pytest.raises(RuntimeError, match="killed"):
+            go()
+    saved = json.loads(out.read_text())
+    assert saved["tables"]["resnet20"]["evaluations"] == 37 and not saved["cells"]
+    assert (work / "resnet20_t0.5_s0" / "random" / "checkpoints").exists()
+    with monkeypatch.context() as m:
+        m.setattr(avs, "PolicyAllocator", killed)  # dies right after the agent's search
+        with pytest.raises(RuntimeError, match="killed"):
+            go()
+    c = json.loads(out.read_text())["cells"][0]
+    assert c["random_resumed_seconds"] > 0 and c["random_seconds"] >= c["random_resumed_seconds"]
+    assert not (work / "resnet20_t0.5_s0" / "random").exists()
+    go()
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 1 and rows[0]["episodes"] == 4 and rows[0]["sweep_evaluations"] == 37
     r = rows[0]
+    assert r["resumed_seconds"] > 0 and r["seconds"] >= r["resumed_seconds"]
+    assert not (work / "resnet20_t0.5_s0" / "ddpg-sensitivity").exists()
     assert all(np.isfinite(r[k]) for k in ("best", "best_top1", "policy", "random_best", "sensitivity", "uniform"))
     assert r["best"] >= max(r["sensitivity"], r["uniform"]) - 1e-9
