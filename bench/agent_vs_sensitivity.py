@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evaluations", type=int, default=EVALUATIONS, help="scores per arm (the sweep included)")
     p.add_argument("--out", type=Path, default=OUT, help="results JSON (the .md beside it)")
     p.add_argument("--work", type=Path, default=None,
-                   help="run folders of unfinished searches (default: $AUTOPRUNE_CACHE/agent-vs-sensitivity)")
+                   help="run folders of unfinished searches (default: $AUTOPRUNE_CACHE/agent-vs-sensitivity/"
+                        "<out's name>-e<evaluations>, so another grid never resumes this one's searches)")
     p.add_argument("--smoke", action="store_true", help="time it: ResNet-20, 30%%, seed 0, the default agent, "
                    "8 episodes after the sweep (random search: as many evaluations), into a temporary file")
     args = p.parse_args(argv)
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                   args.evaluations)
     t0, cpu0 = time.perf_counter(), time.process_time()
     run(record, args.out, args.models, [tuple(a.split("/")) for a in args.agents], tuple(args.targets),
-        tuple(args.seeds), args.work or cache_dir() / "agent-vs-sensitivity")
+        tuple(args.seeds), args.work or cache_dir() / "agent-vs-sensitivity" / f"{args.out.stem}-e{args.evaluations}")
     save(record, args.out)
     if args.smoke:
         r, table = record["rows"][0], record["tables"]["resnet20"]
