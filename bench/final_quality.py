@@ -86,9 +86,12 @@ def round2_settings() -> dict:
     """The default search a user gets today (``autoprune search`` without options), recorded in every row."""
     from autoprune.experiments.search import SearchConfig
 
+    from autoprune.agents.rl.config import RLConfig
+
     defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
-    return {"agent": defaults["agent"], "score": defaults["score"], "finalists": defaults["finalists"],
-            "finalist_score": defaults["finalist_score"], "episodes": EPISODES, "warmup_episodes": WARMUP}
+    return {"agent": defaults["agent"], "action": RLConfig.action, "score": defaults["score"],
+            "finalists": defaults["finalists"], "finalist_score": defaults["finalist_score"], "episodes": EPISODES,
+            "warmup_episodes": WARMUP}
 
 
 def planned_rows_r2(models: list[str]) -> list[tuple[str, str, int, float, str]]:
@@ -124,11 +127,16 @@ def rows_to_run(models: list[str], done: set[str], seeds: list[int] | None = Non
             and (targets is None or p[3] in targets)]
 
 
+OLD_ACTION = "sensitivity"  # the agent's action before rows recorded it (their policy.zip files say so)
+
+
 def stage(arm: str, settings: dict) -> str:
-    """A searching arm's finalists stage, part of its round-2 key: a row picked without the stage (or with
-    another one) is not the default search's, and stays in the record beside the current one."""
-    k = settings.get("finalists", 0)
-    return f"top{k}-{settings['finalist_score']}" if arm in SEEDED and k else ""
+    """A searching arm's finalists stage (and the searched arm's action when it is not the one the first rows
+    ran), part of its round-2 key: a row picked another way is not the default search's, and stays in the
+    record beside the current one."""
+    k, action = settings.get("finalists", 0), settings.get("action", OLD_ACTION)
+    parts = [f"top{k}-{settings['finalist_score']}"] if arm in SEEDED and k else []
+    return "-".join(parts + ([action] if arm == "searched" and action != OLD_ACTION else []))
 
 
 def _key(model: str, recipe: str, seed: int, target: float, arm: str, round: int = 1,
@@ -201,8 +209,10 @@ class ModelBench:
         problem = self.problem(target)
         t0 = time.perf_counter()
         if arm == "searched":
-            search = get_allocator(settings["agent"], episodes=EPISODES, warmup_episodes=WARMUP, seed=seed)
-            run_dir = WORK / "searches-r2" / f"{self.model}_t{target:g}_s{seed}"
+            search = get_allocator(settings["agent"], episodes=EPISODES, warmup_episodes=WARMUP, seed=seed,
+                                   action=settings["action"])
+            run_dir = WORK / "searches-r2" / (f"{self.model}_t{target:g}_s{seed}"
+                                                + ("" if settings["action"] == OLD_ACTION else f"_{settings['action']}"))
             found = search.search(problem, scorer, run_dir, resume=(run_dir / "checkpoints").exists())
             t0 -= found.resumed_seconds  # a resumed search's cost includes its earlier sessions
             alloc = found.allocation

@@ -50,9 +50,10 @@ def test_random_search_on_two_workers_equals_one_process(tmp_path, score):
         assert two == one
         assert ((tmp_path / "two" / "best_allocation.json").read_text()
                 == (tmp_path / "one" / "best_allocation.json").read_text())
-    else:  # a mean loss: equal up to the summation order of the workers' single thread
+    else:  # a mean loss: equal up to the summation order of the workers' single thread (fp32: measured up to
+        # 3e-6 relative, on a loss near 4, with one thread in the test process)
         assert [(e, k) for e, _, k in two] == [(e, k) for e, _, k in one]
-        assert [float(a) for _, a, _ in two] == pytest.approx([float(a) for _, a, _ in one], abs=1e-5)
+        assert [float(a) for _, a, _ in two] == pytest.approx([float(a) for _, a, _ in one], rel=1e-5)
         best = [json.loads((tmp_path / r / "best_allocation.json").read_text())["groups"] for r in ("one", "two")]
         assert best[0] == best[1]
 
