@@ -402,3 +402,31 @@ def test_multi_model_search_alternates_models_and_resumes_after_sigkill(tmp_path
         ref, got = _rows(reference / name / "episodes.csv"), _rows(killed / name / "episodes.csv")
         keys = [k for k in ref[0] if k.startswith("keep:") or k in ("episode", "reward", "macs")]
         assert [[r[k] for k in keys] for r in got] == [[r[k] for k in keys] for r in ref]
+
+
+def test_the_kept_policy_is_fitted_onto_a_long_trajectory():
+    """Distillation reaches a 27-step ResNet-56 episode of random actions: it takes more than the 30 fitting
+    rounds once allowed, when most ResNet-56 searches kept a policy that missed their best."""
+    from types import SimpleNamespace
+
+    from autoprune.agents.rl import RLSearch
+    from autoprune.core.structure import ModelStructure
+    from autoprune.envs import ChannelPruningEnv
+    from autoprune.envs.channel_pruning import rollout
+    from autoprune.models import create_model
+
+    torch.manual_seed(0)
+    structure = ModelStructure(create_model("resnet56", 10).eval(), torch.randn(1, 3, 32, 32))
+    env = ChannelPruningEnv(PruningProblem(structure, 0.3), evaluate=False, action="relative")
+    rng = np.random.default_rng(0)
+    obs, actions, (o, _), done = [], [], env.reset(), False
+    while not done:
+        obs.append(o)
+        o, _, done, _, info = env.step(rng.uniform(-1, 1, size=1).astype(np.float32))
+        actions.append([info["applied_action"]])
+    search = RLSearch(episodes=2, seed=0, action="relative")
+    search.model = search._build(env)
+    search.best_trajectory = {"obs": obs, "actions": actions}
+    assert search._distil(env, SimpleNamespace(allocation=info["allocation"])) is not None
+    played = rollout(env, lambda x: search.model.predict(x, deterministic=True)[0])["allocation"]
+    assert played.keep == info["allocation"].keep
