@@ -3,8 +3,8 @@
 Parts (rows in ``bench/results/universal-policy.json``; each part is resumable):
 
 - ``train``: ``autoprune search`` on ResNet-20 and ResNet-56 (JPEG-adapted checkpoints) at once,
-  each episode's target drawn from 0.25-0.75 of MACs, relative reward, the default actions
-  (``sensitivity`` since observation layout 2), DDPG, 300 episodes (50 warm-up, the first four
+  each episode's target drawn from 0.25-0.75 of MACs, relative reward, ``--action sensitivity`` (the
+  default when the committed policy was trained; kept, so the command rebuilds that policy), DDPG, 300 episodes (50 warm-up, the first four
   playing each model's sensitivity and uniform allocations), seed 0. The kept policy becomes
   ``bench/results/policies/universal.zip`` (with its ``episodes.csv`` logs and ``summary.json``);
   the run folder lives in the cache. A committed policy trained on an older observation layout
@@ -60,6 +60,7 @@ POLICY = RESULTS / "policies" / "universal.zip"
 SCORED, SHAPE_ONLY = ("resnet20", "resnet56"), ("resnet32", "resnet110", "tv:resnet18", "tv:mobilenet_v2")
 TARGETS, WARM_TARGETS, SEEDS = (0.3, 0.4, 0.5, 0.7), (0.3, 0.5), (0, 1, 2)
 EPISODES, WARMUP, WARM_EPISODES, RANDOM_SAMPLES = 300, 50, 30, 30
+ACTION = "sensitivity"  # the committed policy's actions (the default then): the train command rebuilds it
 
 
 def load() -> dict:
@@ -85,7 +86,8 @@ def train(record: dict) -> None:
     run = cache_dir() / f"universal-run-v{OBS_VERSION}"
     args = ["search", "--model", "resnet20", "--checkpoint", str(finetuned_checkpoint("resnet20")),
             "--more-models", f"resnet56={finetuned_checkpoint('resnet56')}", "--data", DATA, "--macs", "0.25:0.75",
-            "--episodes", str(EPISODES), "--warmup-episodes", str(WARMUP), "--seed", "0", "--output", str(run),
+            "--episodes", str(EPISODES), "--warmup-episodes", str(WARMUP), "--action", ACTION, "--seed", "0",
+            "--output", str(run),
             "--finalists", "0"]  # the product here is the policy; the finalists stage only re-picks the best allocation
     t0 = time.perf_counter()
     if cli_main(args + (["--resume"] if (run / "checkpoints").exists() else [])) != 0:
@@ -163,7 +165,7 @@ def warm_start(record: dict) -> None:
                 table = table or measure_sensitivity(problem, Scorer(problem, ws.evaluator()), model=model)  # once
                 t0 = time.perf_counter()  # no score cache shared between the two arms
                 search = RLSearch(episodes=WARM_EPISODES, warmup_episodes=0, reward="relative", seed=seed,
-                                  init_policy=str(POLICY))
+                                  init_policy=str(POLICY), action=ACTION)
                 warm = search.search(problem, Scorer(problem, ws.evaluator()), sensitivity=table)
                 warm_seconds = time.perf_counter() - t0
                 scorer = Scorer(problem, ws.evaluator())

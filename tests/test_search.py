@@ -351,6 +351,9 @@ def test_init_policy_continues_from_a_saved_policy(tmp_path, resnet20_structure)
     assert all(np.array_equal(model.predict(o, deterministic=True)[0], saved.act(o)) for o in obs)
     with pytest.raises(AutopruneError, match="td3 policy|ddpg policy"):
         RLSearch(episodes=1, algo="td3", init_policy=str(tmp_path / "a" / "policy.zip"))._build(env)
+    with pytest.raises(AutopruneError, match="relative actions; this search is ddpg with wall actions: "
+                                             "pass --algo ddpg --action relative"):
+        RLSearch(episodes=1, action="wall", init_policy=str(tmp_path / "a" / "policy.zip"))._build(env)
     with pytest.raises(AutopruneError, match="does not fit this search's networks"):
         RLSearch(episodes=1, hidden=[64, 64], init_policy=str(tmp_path / "a" / "policy.zip"))._build(env)
 

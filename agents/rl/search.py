@@ -161,7 +161,8 @@ class RLSearch:
         net, meta = load_policy(path)  # one-line errors for a missing, corrupt, foreign or old-format file
         if meta.get("algo") != self.config.algo or meta.get("action") != self.config.action:
             raise AutopruneError(f"--init-policy '{path}' is a {meta.get('algo')} policy with {meta.get('action')} "
-                                 f"actions; this search is {self.config.algo} with {self.config.action} actions")
+                                 f"actions; this search is {self.config.algo} with {self.config.action} actions: "
+                                 f"pass --algo {meta.get('algo')} --action {meta.get('action')}")
         try:
             load_actor_into(model, net)
         except ValueError as exc:
