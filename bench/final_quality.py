@@ -455,9 +455,12 @@ def report_r2(record: dict, models: list[str]) -> list[str]:
                       + ("; ".join(kd) if kd else "no pair yet") + ".", ""]
     if earlier:
         lines += ["## Searching arms under an earlier default (kept; not in the tables above)", "",
-                  "| model | target | arm | recipe | seed | finalists | test acc % |", "|---|---|---|---|---|---|---|"]
+                  "| model | target | arm | recipe | seed | finalists | action | test acc % |",
+                  "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['model']} | {100 * r['target']:g}% | {r['arm']} | {r['recipe']} | {r['seed']} | "
-                  f"{stage(r['arm'], r['settings']) or 'none'} | {100 * r['test_acc']:.2f} |" for r in earlier]
+                  f"{stage(r['arm'], {**r['settings'], 'action': OLD_ACTION}) or 'none'} | "
+                  f"{r['settings'].get('action', OLD_ACTION) if r['arm'] == 'searched' else '-'} | "
+                  f"{100 * r['test_acc']:.2f} |" for r in earlier]
         lines.append("")
     refitted = [r for r in record["rows"] if r.get("round") == 2 and r.get("start") == "refitted"]
     if refitted:

@@ -183,7 +183,7 @@ def test_final_quality_round2_reports_paired_intervals_and_the_distillation_gain
     earlier = r2("searched", 2, 0.90, settings={**round2_settings(), "finalists": 0, "action": "sensitivity"})
     record = {"command": "x", "rows": [*rows[:2], *rows[3:], earlier]}
     text = report(record, ["resnet20"])
-    assert "| resnet20 | 30% | searched | lr-rewind | 2 | none | 90.00 |" in text and "uniform +2.50 [" in text
+    assert "| resnet20 | 30% | searched | lr-rewind | 2 | none | sensitivity | 90.00 |" in text and "uniform +2.50 [" in text
     assert "resnet20|lr-rewind|2|0.3|searched|r2|top" in text.split("## Rows still missing (round 2)")[1]
     # so is one searched with the finalists stage but another action (rows before the action was recorded ran
     # `sensitivity`); a random row, which has no action, stays current
@@ -191,7 +191,7 @@ def test_final_quality_round2_reports_paired_intervals_and_the_distillation_gain
     assert round2_settings()["action"] != "sensitivity"
     other = [r2("searched", 2, 0.70, settings=settings), r2("uniform", 2, 0.81, settings=settings)]
     text = report({"command": "x", "rows": [*rows[:2], *rows[3:], *other]}, ["resnet20"])
-    assert "| resnet20 | 30% | searched | lr-rewind | 2 | top3-finetune:50 | 70.00 |" in text
+    assert "| resnet20 | 30% | searched | lr-rewind | 2 | top3-finetune:50 | sensitivity | 70.00 |" in text
     assert "uniform +2.50 [" in text and "uniform | lr-rewind | 2 |" not in text
 
 
