@@ -84,9 +84,8 @@ KD = {"kd_weight": 0.9, "kd_temperature": 4.0}
 
 def round2_settings() -> dict:
     """The default search a user gets today (``autoprune search`` without options), recorded in every row."""
-    from autoprune.experiments.search import SearchConfig
-
     from autoprune.agents.rl.config import RLConfig
+    from autoprune.experiments.search import SearchConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
     return {"agent": defaults["agent"], "action": RLConfig.action, "score": defaults["score"],
