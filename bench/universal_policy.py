@@ -5,8 +5,8 @@ Parts (rows in ``bench/results/universal-policy.json``; each part is resumable):
 - ``train``: ``autoprune search`` on ResNet-20 and ResNet-56 (JPEG-adapted checkpoints) at once,
   each episode's target drawn from 0.25-0.75 of MACs, relative reward, ``--action sensitivity`` (the
   default when the committed policy was trained; kept, so the command rebuilds that policy), DDPG,
-  300 episodes (50 warm-up, the first four
-  playing each model's sensitivity and uniform allocations), seed 0. The kept policy becomes
+  300 episodes (50 warm-up, the first four playing each model's sensitivity and uniform allocations),
+  seed 0. The kept policy becomes
   ``bench/results/policies/universal.zip`` (with its ``episodes.csv`` logs and ``summary.json``);
   the run folder lives in the cache. A committed policy trained on an older observation layout
   is retrained, and the rows measured with it move to ``superseded``.
@@ -88,7 +88,8 @@ def train(record: dict) -> None:
     args = ["search", "--model", "resnet20", "--checkpoint", str(finetuned_checkpoint("resnet20")),
             "--more-models", f"resnet56={finetuned_checkpoint('resnet56')}", "--data", DATA, "--macs", "0.25:0.75",
             "--episodes", str(EPISODES), "--warmup-episodes", str(WARMUP), "--action", ACTION, "--seed", "0",
-            "--output", str(run), "--finalists", "0"]  # the product here is the policy; the finalists stage only re-picks the best allocation
+            "--output", str(run),
+            "--finalists", "0"]  # the product here is the policy; the finalists stage only re-picks the best allocation
     t0 = time.perf_counter()
     if cli_main(args + (["--resume"] if (run / "checkpoints").exists() else [])) != 0:
         raise SystemExit("the universal policy's search failed: see above")
