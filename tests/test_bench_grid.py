@@ -346,3 +346,15 @@ def test_agent_vs_sensitivity_runs_a_cell_end_to_end_through_two_kills(tmp_path,
     assert not (work / "resnet20_t0.5_s0" / "ddpg-sensitivity").exists()
     assert all(np.isfinite(r[k]) for k in ("best", "best_top1", "policy", "random_best", "sensitivity", "uniform"))
     assert r["best"] >= max(r["sensitivity"], r["uniform"]) - 1e-9
+
+
+def test_agent_variants_reads_settings_and_refuses_unknown_ones():
+    from bench.agent_variants import parse_settings, report
+
+    assert parse_settings(["warmup_episodes=50", "noise_decay=0.95"]) == {"warmup_episodes": 50, "noise_decay": 0.95}
+    for bad in (["warmup_episodes"], ["no_such_setting=1"]):
+        with pytest.raises(SystemExit, match="--set"):
+            parse_settings(bad)
+    row = {"model": "resnet56", "target": 0.5, "seed": 3, "settings": {}, "best_top1": 0.8795,
+           "sensitivity_top1": 0.8725, "best_episode": 89, "episodes": 91}
+    assert "| resnet56 | 50% | default | 3 | 87.95 | +0.70 | 89 of 91 |" in report({"rows": [row]})
