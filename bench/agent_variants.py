@@ -1,14 +1,15 @@
-"""The agent grid's search with one setting changed, on development seeds (not the grid's judged 0-2).
+"""The agent grid's search with one setting changed, on development seeds (not the grid's judged 0-2):
+what ``bench.rl_tuning`` is to ``bench.rl_vs_random``, for ``bench.agent_vs_sensitivity``.
 
 Where a cell of ``bench/agent_vs_sensitivity.py`` misses its goal, a candidate change to the default agent
 is tried here first, on other seeds, so the grid that judges it is never the data it was picked on. A row
 is one search exactly as the grid runs it (the model's committed sensitivity sweep counted in the 200
-evaluations, 30 warm-up episodes unless overridden, the default score), with ``--set`` overrides of
-``RLConfig``; it reports the best allocation's search score and its top-1 next to the sensitivity
+evaluations, 30 warm-up episodes unless overridden, the default score), with ``--settings`` overrides
+of ``RLConfig`` (JSON, as ``bench.rl_tuning`` takes them); it reports the best allocation's search score and its top-1 next to the sensitivity
 allocation's. No random search runs here: the grid has it.
 
     python -m bench.agent_variants --model resnet56 --target 0.5 --seeds 3 4               # the default
-    python -m bench.agent_variants --model resnet56 --target 0.5 --seeds 3 4 --set warmup_episodes=50
+    python -m bench.agent_variants --model resnet56 --target 0.5 --seeds 3 4 --settings '{"warmup_episodes": 50}'
 
 Rows go to ``bench/results/agent-variants.json`` as they finish, keyed by (model, target, seed, settings);
 rerun a command to fill what is missing.
@@ -17,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from dataclasses import fields
 from pathlib import Path
 
 import torch
-import yaml
 
 from autoprune.agents.rl import RLConfig, RLSearch
 from autoprune.core.problem import PruningProblem
@@ -36,17 +37,17 @@ from .common import RESULTS, machine, save_merged
 OUT = RESULTS / "agent-variants.json"
 
 
-def parse_settings(items: list[str]) -> dict:
-    """``key=value`` pairs (values read as YAML) -> a dict, e.g. ``warmup_episodes=50``."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set '{item}': write KEY=VALUE, e.g. warmup_episodes=50")
-        out[key] = yaml.safe_load(value)
+def parse_settings(text: str) -> dict:
+    """``--settings`` JSON (``'{"warmup_episodes": 50}'``) -> RLConfig overrides, checked."""
+    try:
+        out = json.loads(text)
+    except json.JSONDecodeError:
+        out = None
+    if not isinstance(out, dict):
+        raise SystemExit(f"--settings '{text}': give a JSON object, e.g. '{{\"warmup_episodes\": 50}}'")
     unknown = sorted(set(out) - {f.name for f in fields(RLConfig)})
     if unknown:
-        raise SystemExit(f"--set {', '.join(unknown)}: not an RLConfig setting (agents/rl/config.py lists them)")
+        raise SystemExit(f"--settings {', '.join(unknown)}: not an RLConfig setting (agents/rl/config.py lists them)")
     return out
 
 
@@ -72,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="resnet56")
     p.add_argument("--target", type=float, default=0.5)
     p.add_argument("--seeds", nargs="+", type=int, default=[3, 4])
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="RLConfig overrides")
+    p.add_argument("--settings", default="{}", help="RLConfig overrides as JSON, e.g. '{\"warmup_episodes\": 50}'")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
-    settings = parse_settings(args.set)
+    settings = parse_settings(args.settings)
     grid = json.loads(GRID.read_text())
     if args.model not in grid["tables"]:
         raise SystemExit(f"{GRID} has no sensitivity sweep for {args.model}: run bench.agent_vs_sensitivity first")
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                    sensitivity_top1=top1.value(table.allocation(problem)), episodes=episodes,
                    warmup_episodes=config["warmup_episodes"], seconds=time.perf_counter() - t0,
                    precision=ws.precision.name, torch_threads=torch.get_num_threads(), machine=machine(),
-                   command="python -m bench.agent_variants " + " ".join(argv if argv is not None else sys.argv[1:]))
+                   command="python -m bench.agent_variants " + shlex.join(argv if argv is not None else sys.argv[1:]))
         record["rows"].append(row)
         save_merged(args.out, record, {"rows": key})
         args.out.with_suffix(".md").write_text(report(record))

@@ -351,9 +351,9 @@ def test_agent_vs_sensitivity_runs_a_cell_end_to_end_through_two_kills(tmp_path,
 def test_agent_variants_reads_settings_and_refuses_unknown_ones():
     from bench.agent_variants import parse_settings, report
 
-    assert parse_settings(["warmup_episodes=50", "noise_decay=0.95"]) == {"warmup_episodes": 50, "noise_decay": 0.95}
-    for bad in (["warmup_episodes"], ["no_such_setting=1"]):
-        with pytest.raises(SystemExit, match="--set"):
+    assert parse_settings('{"warmup_episodes": 50, "noise_decay": 0.95}') == {"warmup_episodes": 50, "noise_decay": 0.95}
+    for bad in ("warmup_episodes=50", "[50]", '{"no_such_setting": 1}'):
+        with pytest.raises(SystemExit, match="--settings"):
             parse_settings(bad)
     row = {"model": "resnet56", "target": 0.5, "seed": 3, "settings": {}, "best_top1": 0.8795,
            "sensitivity_top1": 0.8725, "best_episode": 89, "episodes": 91}
