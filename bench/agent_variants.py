@@ -59,12 +59,13 @@ def report(record: dict) -> str:
     """Per (model, target, settings): the best's top-1 and its margin over the sensitivity allocation, per seed."""
     lines = ["# The grid's agent with one setting changed, on development seeds", "",
              "Top-1 % (`reconstruct`, held-out training images) of each search's best allocation; sensitivity is the "
-             "sensitivity allocation's. Rows: `bench/results/agent-variants.json` (each with its command).", "",
-             "| model | MACs | settings | seed | best | best − sensitivity | best at episode |", "|---|---|---|---|---|---|---|"]
+             "sensitivity allocation's; the search's own score (higher is better) beside it. Rows: `bench/results/agent-variants.json` (each with its command).", "",
+             "| model | MACs | settings | seed | best | best − sensitivity | by the search's score | best at episode |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in sorted(record["rows"], key=lambda r: (r["model"], r["target"], json.dumps(r["settings"]), r["seed"])):
         lines.append(f"| {r['model']} | {100 * r['target']:g}% | {json.dumps(r['settings']) if r['settings'] else 'default'}"
                      f" | {r['seed']} | {100 * r['best_top1']:.2f} | {100 * (r['best_top1'] - r['sensitivity_top1']):+.2f}"
-                     f" | {r['best_episode']} of {r['episodes']} |")
+                     f" | {r['best'] - r['sensitivity']:+.4f} | {r['best_episode']} of {r['episodes']} |")
     return "\n".join(lines) + "\n"
 
 

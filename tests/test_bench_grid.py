@@ -356,5 +356,5 @@ def test_agent_variants_reads_settings_and_refuses_unknown_ones():
         with pytest.raises(SystemExit, match="--settings"):
             parse_settings(bad)
     row = {"model": "resnet56", "target": 0.5, "seed": 3, "settings": {}, "best_top1": 0.8795,
-           "sensitivity_top1": 0.8725, "best_episode": 89, "episodes": 91}
-    assert "| resnet56 | 50% | default | 3 | 87.95 | +0.70 | 89 of 91 |" in report({"rows": [row]})
+           "sensitivity_top1": 0.8725, "best": -0.4168, "sensitivity": -0.4405, "best_episode": 89, "episodes": 91}
+    assert "| resnet56 | 50% | default | 3 | 87.95 | +0.70 | +0.0237 | 89 of 91 |" in report({"rows": [row]})
