@@ -57,6 +57,7 @@ class SearchResult:
     bests: list[Best] | None = None  # per problem, for a multi-model search
     policy_distilled: bool = False  # the kept policy was fitted onto the best episode (and plays it)
     resumed_seconds: float = 0.0  # the part of ``seconds`` spent by earlier sessions (a resumed run)
+    heuristics: list[Allocation] = field(default_factory=list)  # played first (sensitivity's, uniform's): finalists
 
     @property
     def allocation(self) -> Allocation:

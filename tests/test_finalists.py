@@ -43,6 +43,22 @@ def test_a_reversed_finalist_score_picks_the_last_finalist(resnet20_structure):
     assert problem.key(dense) not in {k for k, _ in top_candidates(problem, search, 20)}
 
 
+def test_heuristics_reach_the_final_stage_whatever_their_search_score(resnet20_structure):
+    """``also``: the search's starting points are re-scored even when the cheap score ranks them last, so the
+    pick is never below them by the finalist score; an infeasible or repeated one is not added."""
+    problem = PruningProblem(resnet20_structure, 0.5)
+    search = Scorer(problem, FunctionEvaluator(_params))
+    reverse = Scorer(problem, FunctionEvaluator(lambda m: -_params(m)))
+    rng = np.random.default_rng(1)
+    allocs = [Allocation.from_counts(resnet20_structure, random_feasible_counts(problem, rng)) for _ in range(8)]
+    worst = min(allocs, key=search.value)  # last by the search score, first by the finalist score
+    top = [k for k, _ in top_candidates(problem, search, 3)]
+    assert problem.key(worst) not in top
+    ranked = rerank(problem, search, reverse, 3, also=[worst, worst, Allocation.dense(resnet20_structure)])
+    assert len(ranked) == 4 and ranked[0].allocation == worst
+    assert [problem.key(f.allocation) for f in ranked[1:]] == top[::-1]  # the reversed score orders the rest
+
+
 def test_search_finalists_pick_log_and_save(tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["search", "--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64",
@@ -70,6 +86,23 @@ def test_search_finalists_pick_log_and_save(tmp_path, capsys):
     ws_counts = [saved.get_submodule(name).out_channels for name in json.loads(
         (run / "best_allocation.json").read_text())["groups"]]
     assert ws_counts == cands[0]["counts"]
+
+
+def test_rl_search_finalists_include_the_sensitivity_and_uniform_allocations(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["search", "--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64",
+                 "--macs", "0.5", "--episodes", "4", "--warmup-episodes", "2", "--score", "adaptive-bn",
+                 "--finalists", "1", "--finalist-score", "adaptive-bn:loss", "--precision", "fp32",
+                 "--output", str(run), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    cands = json.loads((run / "summary.json").read_text())["finalists"]["candidates"]
+    assert sum(c["heuristic"] for c in cands) == 2 and len(cands) in (2, 3)  # the best may be one of them
+    with (run / "episodes.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["finalist_score"] and rows[1]["finalist_score"]  # episodes 0-1 played sensitivity, uniform
+    assert f"finalists: {len(cands)} (the 1 best by adaptive-bn and the 2 heuristic allocations the search " \
+           "started from) re-scored by adaptive-bn:loss" in out
 
 
 @pytest.mark.parametrize("args, message", [

@@ -99,6 +99,7 @@ class RLSearch:
         self.rates = FEATURE_RATIOS
         self.sensitivity: SensitivityTable | None = None  # ``UsesSensitivity``: compare hands its table over
         self.tables: list[SensitivityTable] = []  # each problem's table, once a search ran
+        self.heuristics: list[Allocation] = []  # what the last search played first (``compare``'s finalists)
 
     @property
     def seed(self) -> int:
@@ -361,9 +362,18 @@ class RLSearch:
         if distilled is not None:  # it plays the best allocation, so it scores the best episode's reward
             kept = {"score": float(logs[0].best.info["reward"]), "episode": logs[0].best.episode, "zip": distilled}
         policy_path = self._write_policies(run_dir, final, kept, distilled is not None) if run_dir else None
+        self.heuristics = self._heuristics(envs[0])
         return SearchResult(logs[0].best, c.episodes, elapsed, eval_total, logs[0].rewards, logs[0].noise_free,
                             policy_path, kept["score"], kept["episode"], [lg.best for lg in logs],
-                            policy_distilled=distilled is not None, resumed_seconds=resumed)
+                            policy_distilled=distilled is not None, resumed_seconds=resumed,
+                            heuristics=self.heuristics)
+
+    def _heuristics(self, env: ChannelPruningEnv) -> list[Allocation]:
+        """The allocations the first episodes played (sensitivity's, uniform's), at the problem's own target:
+        the finalists stage re-scores them whatever their search score. None for a budget-conditioned search."""
+        if not self.config.heuristic_warmup or env.problem.target_range is not None:
+            return []
+        return [env.sensitivity.allocation(env.problem), uniform_allocation(env.problem)]
 
     def _write_policies(self, run_dir: Path, final: bytes, kept: dict, distilled: bool) -> Path:
         """``final_policy.zip`` (the last actor), ``policy.zip`` (the kept one; the last actor when no

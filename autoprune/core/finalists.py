@@ -48,12 +48,23 @@ def top_candidates(problem: PruningProblem, scorer: Scorer, k: int,
 
 
 def rerank(problem: PruningProblem, scorer: Scorer, finalist_scorer: Scorer, k: int,
-           keys: Sequence[tuple[int, ...]] | None = None) -> list[Finalist]:
-    """The top ``k`` by ``scorer`` re-scored by ``finalist_scorer``, best finalist score first."""
+           keys: Sequence[tuple[int, ...]] | None = None, also: Sequence[Allocation] = ()) -> list[Finalist]:
+    """The top ``k`` by ``scorer`` re-scored by ``finalist_scorer``, best finalist score first.
+
+    ``also``: feasible allocations that reach the final stage whatever their search score (a search's
+    heuristic starting points, sensitivity's and uniform's): the cheap score can rank an allocation
+    below the search's finds that the costlier one, like the fine-tuned model, puts above them, and
+    the pick is then never below a free heuristic by the finalist score."""
     top = top_candidates(problem, scorer, k, keys)
+    structure = problem.structure
+    seen = {key for key, _ in top}
+    for alloc in also:
+        key = problem.key(alloc)
+        if key not in seen and problem.feasible(alloc):
+            seen.add(key)
+            top.append((key, scorer.score(alloc)))
     if not top:
         raise AutopruneError("no fully scored feasible candidate to re-rank: run more episodes")
-    structure = problem.structure
     finals = []
     for key, search_score in top:
         alloc = Allocation.from_counts(structure, key)

@@ -64,7 +64,8 @@ HELP = {
     "recipes": f"training after pruning, any of {', '.join(RECIPES)}",
     "epochs": "fine-tune epochs (fractions allowed)",
     "finalists": "give every allocator that scores several candidates (random, RL, greedy) the search's finalists "
-                 "stage: its K best distinct feasible candidates re-scored by --finalist-score, the best kept. 0: off",
+                 "stage: its K best distinct feasible candidates (and an RL search's sensitivity and uniform starting "
+                 "points) re-scored by --finalist-score, the best kept. 0: off",
     "finalist_score": "the score that re-ranks the finalists (any --score value)",
     "kd_weight": "lr-rewind-kd recipe: weight of the distillation term (KL to the dense model's outputs) against "
                  "the label loss, in [0, 1]",

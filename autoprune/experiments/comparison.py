@@ -197,7 +197,7 @@ def run_comparison(cfg: CompareConfig, model: nn.Module, data: DataBundle, devic
                     if finalist_scorer is not None and len(set(scorer.requested[mark:])) > 1:
                         scorer.value(alloc)  # the allocator's own pick is always a candidate
                         ranked = rerank(problem, scorer, finalist_scorer, cfg.finalists,
-                                        keys=scorer.requested[mark:])
+                                        keys=scorer.requested[mark:], also=getattr(allocator, "heuristics", ()))
                         log(f"[{target:g}] {method} seed {seed}: {len(ranked)} finalists re-scored by "
                             f"{cfg.finalist_score}")
                         alloc = ranked[0].allocation

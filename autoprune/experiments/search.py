@@ -75,8 +75,9 @@ HELP = {
              "then STEPS SGD steps of LR rewinding, plain or distilled from the dense model); any of them followed by "
              ":loss (held-out cross-entropy) or :kd (KL to the dense model's outputs: needs no labels). The RL "
              "--reward is computed from this score; bench/results/proxy-validity.md has each one's cost and ranking",
-    "finalists": "two-stage selection: re-score the K best distinct feasible candidates (by --score) with "
-                 "--finalist-score and keep the best of those; best_allocation.json and best_model.pt are that pick "
+    "finalists": "two-stage selection: re-score the K best distinct feasible candidates (by --score), and the "
+                 "sensitivity and uniform allocations the RL search played first, with --finalist-score and keep the "
+                 "best of those; best_allocation.json and best_model.pt are that pick "
                  "(scored and saved by the finalist score), episodes.csv gets a finalist_score column. 0: off",
     "finalist_score": "the costlier score that re-ranks the finalists (any --score value)",
     "resume": "continue the interrupted run in --output. Its checkpoints are pickles (they can run code when "
@@ -205,11 +206,13 @@ def _finish(cfg: SearchConfig, ws: Workspace, problem: PruningProblem, scorer: S
     if cfg.finalists:  # two-stage selection: the finalist score picks among the search's best K
         kind = cfg.finalist_score
         final_scorer = ws.scorer(problem, kind, calib_batch_size=cfg.calib_batch_size, seed=cfg.ws.seed)
-        ranked = rerank(problem, scorer, final_scorer, cfg.finalists)
+        ranked = rerank(problem, scorer, final_scorer, cfg.finalists, also=result.heuristics)
+        played_first = {problem.key(a) for a in result.heuristics}
         finalists = {"score": kind, "k": cfg.finalists,
                      "search_pick": {"counts": [int(c) for c in best_alloc.counts(structure)], "score_value": best_score},
                      "candidates": [{"counts": list(problem.key(f.allocation)), "search_score_value": f.search.value,
-                                     "finalist_score_value": f.final.value, "seconds": f.final.seconds}
+                                     "finalist_score_value": f.final.value, "seconds": f.final.seconds,
+                                     "heuristic": problem.key(f.allocation) in played_first}
                                     for f in ranked]}
         if (out / "episodes.csv").exists():
             annotate_episodes(out / "episodes.csv", structure,

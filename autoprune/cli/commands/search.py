@@ -38,7 +38,11 @@ def report(run: SearchRun) -> None:
         rank = 1 + sorted(c["search_score_value"] for c in f["candidates"])[::-1].index(
             f["candidates"][0]["search_score_value"])
         seconds = sum(c["seconds"] for c in f["candidates"])
-        print(f"finalists: the {len(f['candidates'])} best by {s['search_score']} re-scored by {f['score']} in "
+        heuristics = sum(bool(c.get("heuristic")) for c in f["candidates"])
+        which = (f"the {len(f['candidates'])} best by {s['search_score']}" if not heuristics else
+                 f"{len(f['candidates'])} (the {f['k']} best by {s['search_score']} and the {heuristics} "
+                 "heuristic allocations the search started from)")
+        print(f"finalists: {which} re-scored by {f['score']} in "
               f"{seconds:.0f} s; the pick "
               f"was #{rank} by {s['search_score']} ({fmt_search(f['candidates'][0]['search_score_value'])}; "
               f"the search's own pick: {fmt_search(f['search_pick']['score_value'])})")
