@@ -2,6 +2,7 @@
 second score; the pick, what is saved and what the logs say."""
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from autoprune.core.problem import PruningProblem
 from autoprune.core.scoring import FunctionEvaluator, Scorer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _params(model) -> float:
@@ -105,6 +107,27 @@ def test_rl_search_finalists_include_the_sensitivity_and_uniform_allocations(tmp
            "started from) re-scored by adaptive-bn:loss" in out
 
 
+def test_candidates_join_the_finalists_a_policy_read_by_its_own_score(tmp_path, capsys):
+    """``--candidates``: a heuristic allocator's and a policy's allocations are re-scored with the finalists;
+    the policy reads sensitivity measured by the score it was trained on (a second table in the run folder)."""
+    from autoprune.agents.policy import PolicyAllocator
+
+    policy = ROOT / "bench" / "results" / "policies" / "universal.zip"
+    assert PolicyAllocator(policy).score == "adaptive-bn"
+    run = tmp_path / "run"
+    code = main(["search", "--model", "resnet20", "--data", "synthetic", "--val-size", "100", "--calib-size", "64",
+                 "--macs", "0.5", "--agent", "random", "--episodes", "3", "--score", "adaptive-bn:loss",
+                 "--finalists", "1", "--finalist-score", "adaptive-bn", "--candidates", "global", f"policy:{policy}",
+                 "--precision", "fp32", "--output", str(run), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    cands = json.loads((run / "summary.json").read_text())["finalists"]["candidates"]
+    named = {c["candidate"] for c in cands if c["candidate"]}
+    assert named <= {"global", f"policy:{policy}"} and len(cands) == 1 + len(named)  # a repeat is one finalist
+    assert {t["key"]["score"] for t in json.loads((run / "sensitivity.json").read_text())["tables"]} == {"adaptive-bn"}
+    assert f"--candidates {' '.join(sorted(named, key=[c['candidate'] for c in cands].index))}" in out
+
+
 @pytest.mark.parametrize("args, message", [
     (["--finalists", "-1"], "--finalists -1 must be 0"),
     (["--finalists", "2", "--finalist-score", "finetune"], "--score 'finetune'"),
@@ -131,3 +154,16 @@ def test_compare_gives_random_search_the_finalists_stage(tmp_path, capsys):
     assert "uniform seed 0: 2 finalists" not in text  # nothing to re-rank: uniform scores no candidates
     rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert rows["random"]["finalist_score_value"] is not None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--finalists", "0", "--candidates", "global"], "pass --finalists K"),
+    (["--candidates", "no-such-allocator"], "no-such-allocator"),
+    (["--candidates", "policy:missing.zip"], "missing.zip"),
+])
+def test_bad_candidates_get_one_line(tmp_path, capsys, args, message):
+    code = main(["search", "--agent", "random", "--macs", "0.5", "--model", "resnet20", "--data", "synthetic",
+                 "--output", str(tmp_path / "bad")] + args)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "bad").exists()

@@ -47,6 +47,7 @@ class SearchConfig:
     early_stop: bool = False
     finalists: int = 3  # re-rank the best K candidates with --finalist-score (0: pick by --score alone)
     finalist_score: str = "finetune:50"  # the stage that gained on every proxy-validity pool per added minute
+    candidates: list[str] = field(default_factory=list)  # allocations found without search that join the finalists
     sensitivity: str | None = None  # a sensitivity.json measured before with the same score: its sweep is reused
     score: str = DEFAULT_SCORE  # autoprune.train.scores: adaptive-bn[:loss|:kd], reconstruct, finetune[-kd]:STEPS
     criterion: str = "l1"
@@ -80,6 +81,10 @@ HELP = {
                  "best of those; best_allocation.json and best_model.pt are that pick "
                  "(scored and saved by the finalist score), episodes.csv gets a finalist_score column. 0: off",
     "finalist_score": "the costlier score that re-ranks the finalists (any --score value)",
+    "candidates": "allocators whose allocations join the finalists whatever their search score, e.g. "
+                  "policy:bench/results/policies/universal.zip (rolled out as `apply` does: its sensitivity features "
+                  "measured by the score it was trained on), allocation:PATH, tp-global; the pick is then never "
+                  "below them by --finalist-score (needs --finalists > 0 and one target)",
     "resume": "continue the interrupted run in --output. Its checkpoints are pickles (they can run code when "
               "read): trust a run folder like code, resume only your own; one written by another autoprune "
               "version is refused before anything in it is unpickled",
@@ -125,6 +130,14 @@ def check_search_config(cfg: SearchConfig) -> SearchConfig:
         raise AutopruneError(f"--early-stop stops top-1 scores only, and --score {cfg.score} is not one: add --score "
                              f"{spec.preparation} (its top-1), or drop --early-stop")
     check_finalists(cfg.finalists, cfg.finalist_score)
+    if cfg.candidates:
+        if not cfg.finalists:
+            raise AutopruneError("--candidates join the finalists stage: pass --finalists K (K > 0) with them")
+        if target_hi > target:
+            raise AutopruneError("--candidates are allocations at one target: drop them, or search one --macs")
+        from autoprune.agents import get_allocator
+        for spec in cfg.candidates:
+            get_allocator(spec)  # an unknown name or a missing / corrupt file is a one-line error here
     if cfg.rl.episodes < 1:
         raise AutopruneError(f"--episodes {cfg.rl.episodes} must be at least 1")
     if cfg.rl.reward not in REWARDS:
@@ -174,7 +187,28 @@ def run_search(cfg: SearchConfig) -> SearchRun:
         if scorer.pool is not None:
             scorer.pool.close()
     scorer.full_scores()  # every figure reported from here on is a full score
-    return _finish(cfg, ws, problem, scorer, result, out, time.perf_counter() - t_start)
+    candidates = _candidates(cfg, ws, problem, out)
+    return _finish(cfg, ws, problem, scorer, result, out, time.perf_counter() - t_start, candidates)
+
+
+def _candidates(cfg: SearchConfig, ws: Workspace, problem: PruningProblem, out: Path) -> dict[str, Allocation]:
+    """``--candidates``: each allocator's allocation, no search. One that reads sensitivity gets it measured
+    by its own score (a policy's: what it was trained on, as ``apply`` does; otherwise the search's, whose
+    sweep the run folder already holds), cached in the run folder's sensitivity.json."""
+    from autoprune.agents import UsesSensitivity, get_allocator
+
+    found = {}
+    for spec in cfg.candidates:
+        allocator = get_allocator(spec)
+        scorer = None
+        if isinstance(allocator, UsesSensitivity) and allocator.sensitivity is None \
+                and getattr(allocator, "table_path", None) is None:  # sensitivity@table=PATH brings its own
+            scorer = ws.scorer(problem, getattr(allocator, "score", cfg.score), calib_batch_size=cfg.calib_batch_size,
+                               seed=cfg.ws.seed)
+            allocator.sensitivity = cached_sensitivity(out, problem, scorer, model=cfg.ws.model,
+                                                       ratios=tuple(sorted(allocator.rates)))
+        found[spec] = allocator.allocate(problem, scorer)
+    return found
 
 
 def _problem(cfg: SearchConfig, ws: Workspace) -> PruningProblem:
@@ -186,7 +220,7 @@ def _problem(cfg: SearchConfig, ws: Workspace) -> PruningProblem:
 
 
 def _finish(cfg: SearchConfig, ws: Workspace, problem: PruningProblem, scorer: Scorer, result: SearchResult,
-            out: Path, search_seconds: float) -> SearchRun:
+            out: Path, search_seconds: float, candidates: dict[str, Allocation] | None = None) -> SearchRun:
     """Full scores of the best and the uniform allocation, the saved model, best_allocation.json, plots,
     summary.json."""
     from autoprune.experiments.plots import plot_curve, plot_per_group
@@ -206,13 +240,17 @@ def _finish(cfg: SearchConfig, ws: Workspace, problem: PruningProblem, scorer: S
     if cfg.finalists:  # two-stage selection: the finalist score picks among the search's best K
         kind = cfg.finalist_score
         final_scorer = ws.scorer(problem, kind, calib_batch_size=cfg.calib_batch_size, seed=cfg.ws.seed)
-        ranked = rerank(problem, scorer, final_scorer, cfg.finalists, also=result.heuristics)
+        candidates = candidates or {}
+        ranked = rerank(problem, scorer, final_scorer, cfg.finalists,
+                        also=result.heuristics + list(candidates.values()))
         played_first = {problem.key(a) for a in result.heuristics}
+        named = {problem.key(a): spec for spec, a in candidates.items()}
         finalists = {"score": kind, "k": cfg.finalists,
                      "search_pick": {"counts": [int(c) for c in best_alloc.counts(structure)], "score_value": best_score},
                      "candidates": [{"counts": list(problem.key(f.allocation)), "search_score_value": f.search.value,
                                      "finalist_score_value": f.final.value, "seconds": f.final.seconds,
-                                     "heuristic": problem.key(f.allocation) in played_first}
+                                     "heuristic": problem.key(f.allocation) in played_first,
+                                     "candidate": named.get(problem.key(f.allocation))}
                                     for f in ranked]}
         if (out / "episodes.csv").exists():
             annotate_episodes(out / "episodes.csv", structure,

@@ -39,9 +39,12 @@ def report(run: SearchRun) -> None:
             f["candidates"][0]["search_score_value"])
         seconds = sum(c["seconds"] for c in f["candidates"])
         heuristics = sum(bool(c.get("heuristic")) for c in f["candidates"])
-        which = (f"the {len(f['candidates'])} best by {s['search_score']}" if not heuristics else
-                 f"{len(f['candidates'])} (the {f['k']} best by {s['search_score']} and the {heuristics} "
-                 "heuristic allocations the search started from)")
+        named = [c["candidate"] for c in f["candidates"] if c.get("candidate")]
+        extra = ([f"the {heuristics} heuristic allocations the search started from"] if heuristics else []) + \
+                ([f"--candidates {' '.join(named)}"] if named else [])
+        parts = [f"the {f['k']} best by {s['search_score']}"] + extra
+        which = (f"the {len(f['candidates'])} best by {s['search_score']}" if not extra else
+                 f"{len(f['candidates'])} ({', '.join(parts[:-1])} and {parts[-1]})")
         print(f"finalists: {which} re-scored by {f['score']} in "
               f"{seconds:.0f} s; the pick "
               f"was #{rank} by {s['search_score']} ({fmt_search(f['candidates'][0]['search_score_value'])}; "
