@@ -68,7 +68,8 @@ OUT = RESULTS / "final-quality.json"
 WORK = RESULTS / "final-quality"
 ARMS = ("searched", "random", "uniform", "layer-stats", "sensitivity")
 SCRATCH_ARMS = ("searched", "uniform")
-SEEDED = {"searched", "random"}
+SEEDED = {"searched", "searched-universal", "random"}
+SEARCHING = {"searched", "searched-universal"}  # arms that run the default search (one search serves both)
 TARGETS = (0.5, 0.3)
 EPOCHS = {"resnet20": 8.0, "resnet56": 4.0}
 SEEDS = {"resnet20": (0, 1, 2), "resnet56": (0, 1)}
@@ -76,7 +77,8 @@ VAL_SIZE, CALIB_SIZE, EPISODES, WARMUP = 2000, 1024, 200, 50
 # the searched arm's DDPG settings, pinned to those its first (ResNet-20) rows ran with: the search defaults
 # have since moved (self-imitation, noise decay 0.98), and one table keeps one protocol
 SEARCH_SETTINGS = {"imitation": 0.0, "noise_decay": 0.95, "distil_best": False}
-ROUND2_ARMS = ("searched", "random", "sensitivity", "uniform", "tp-global", "universal")
+# searched-universal: the default search with the universal policy's allocation as a finalist (--candidates)
+ROUND2_ARMS = ("searched", "random", "sensitivity", "uniform", "tp-global", "universal", "searched-universal")
 ROUND2_KD_ARMS = ("searched", "sensitivity")
 UNIVERSAL = RESULTS / "policies" / "universal.zip"
 KD = {"kd_weight": 0.9, "kd_temperature": 4.0}
@@ -90,7 +92,7 @@ def round2_settings() -> dict:
     defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
     return {"agent": defaults["agent"], "action": RLConfig.action, "score": defaults["score"],
             "finalists": defaults["finalists"], "finalist_score": defaults["finalist_score"], "episodes": EPISODES,
-            "warmup_episodes": WARMUP}
+            "warmup_episodes": WARMUP, "heuristic_finalists": True}  # the search's starting points are finalists
 
 
 def planned_rows_r2(models: list[str]) -> list[tuple[str, str, int, float, str]]:
@@ -135,7 +137,8 @@ def stage(arm: str, settings: dict) -> str:
     record beside the current one."""
     k, action = settings.get("finalists", 0), settings.get("action", OLD_ACTION)
     parts = [f"top{k}-{settings['finalist_score']}"] if arm in SEEDED and k else []
-    return "-".join(parts + ([action] if arm == "searched" and action != OLD_ACTION else []))
+    parts += [action] if arm in SEARCHING and action != OLD_ACTION else []
+    return "-".join(parts + (["heur"] if arm in SEARCHING and settings.get("heuristic_finalists") else []))
 
 
 def _key(model: str, recipe: str, seed: int, target: float, arm: str, round: int = 1,
@@ -190,7 +193,6 @@ class ModelBench:
 
     def allocation_r2(self, target: float, arm: str, seed: int) -> tuple[Allocation, float, float, dict]:
         """Round 2: (allocation, its default score, seconds to find it, settings), kept in WORK."""
-        from autoprune.agents.policy import PolicyAllocator
         from autoprune.core.finalists import rerank
 
         settings = round2_settings()
@@ -207,7 +209,8 @@ class ModelBench:
                     saved["settings"])
         problem = self.problem(target)
         t0 = time.perf_counter()
-        if arm == "searched":
+        also: list[Allocation] = []  # finalists whatever their search score
+        if arm in SEARCHING:
             search = get_allocator(settings["agent"], episodes=EPISODES, warmup_episodes=WARMUP, seed=seed,
                                    action=settings["action"])
             run_dir = WORK / "searches-r2" / (f"{self.model}_t{target:g}_s{seed}"
@@ -215,16 +218,19 @@ class ModelBench:
             found = search.search(problem, scorer, run_dir, resume=(run_dir / "checkpoints").exists())
             t0 -= found.resumed_seconds  # a resumed search's cost includes its earlier sessions
             alloc = found.allocation
+            also = found.heuristics if settings.get("heuristic_finalists") else []
+            if arm == "searched-universal":
+                also = also + [self.universal(problem)]
         elif arm == "random":
             alloc = get_allocator("random", samples=EPISODES, seed=seed).allocate(problem, scorer)
-        elif arm == "universal":  # as apply runs it: its sensitivity features measured with the score it was trained on
-            policy = PolicyAllocator(UNIVERSAL)
-            alloc = policy.allocate(problem, self.scorer_for(policy.meta.get("score") or "adaptive-bn"))
+        elif arm == "universal":
+            alloc = self.universal(problem)
         else:
             alloc = get_allocator(arm).allocate(problem, scorer)
         finalists = None
         if arm in SEEDED and settings["finalists"]:  # the search's finalists stage, for both searching arms
-            ranked = rerank(problem, scorer, self.scorer_for(settings["finalist_score"]), settings["finalists"])
+            ranked = rerank(problem, scorer, self.scorer_for(settings["finalist_score"]), settings["finalists"],
+                            also=also)
             alloc = ranked[0].allocation
             finalists = [{"counts": list(problem.key(f.allocation)), "search": f.search.value, "final": f.final.value}
                          for f in ranked]
@@ -233,6 +239,14 @@ class ModelBench:
         alloc.save(path, self.structure, score_value=value, alloc_seconds=seconds, arm=arm, seed=seed, target=target,
                    settings=settings, finalists=finalists, precision=self.ws.precision.name)
         return alloc, value, seconds, settings
+
+    def universal(self, problem: PruningProblem) -> Allocation:
+        """The universal policy zero-shot, as ``apply`` runs it: its sensitivity features measured with the
+        score it was trained on."""
+        from autoprune.agents.policy import PolicyAllocator
+
+        policy = PolicyAllocator(UNIVERSAL)
+        return policy.allocate(problem, self.scorer_for(policy.score))
 
     def run_r2(self, recipe_name: str, seed: int, target: float, arm: str, epochs: float) -> dict:
         alloc, score_value, alloc_seconds, settings = self.allocation_r2(target, arm, seed)

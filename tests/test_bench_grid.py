@@ -180,19 +180,24 @@ def test_final_quality_round2_reports_paired_intervals_and_the_distillation_gain
     text = report({"command": "x", "rows": [*rows, refitted]}, ["resnet20"])
     assert "| resnet20 | 30% | searched | 0 | 81.00 | 82.00 | +1.00 |" in text and "uniform +2.67 [" in text
     # a searched row picked under an earlier default (no finalists stage) is kept apart: the seed is still missing
-    earlier = r2("searched", 2, 0.90, settings={**round2_settings(), "finalists": 0, "action": "sensitivity"})
+    before = {k: v for k, v in round2_settings().items() if k != "heuristic_finalists"}  # rows before it existed
+    earlier = r2("searched", 2, 0.90, settings={**before, "finalists": 0, "action": "sensitivity"})
     record = {"command": "x", "rows": [*rows[:2], *rows[3:], earlier]}
     text = report(record, ["resnet20"])
     assert "| resnet20 | 30% | searched | lr-rewind | 2 | none | sensitivity | 90.00 |" in text and "uniform +2.50 [" in text
     assert "resnet20|lr-rewind|2|0.3|searched|r2|top" in text.split("## Rows still missing (round 2)")[1]
     # so is one searched with the finalists stage but another action (rows before the action was recorded ran
     # `sensitivity`); a random row, which has no action, stays current
-    settings = {k: v for k, v in round2_settings().items() if k != "action"}
+    settings = {k: v for k, v in before.items() if k != "action"}
     assert round2_settings()["action"] != "sensitivity"
     other = [r2("searched", 2, 0.70, settings=settings), r2("uniform", 2, 0.81, settings=settings)]
     text = report({"command": "x", "rows": [*rows[:2], *rows[3:], *other]}, ["resnet20"])
     assert "| resnet20 | 30% | searched | lr-rewind | 2 | top3-finetune:50 | sensitivity | 70.00 |" in text
     assert "uniform +2.50 [" in text and "uniform | lr-rewind | 2 |" not in text
+    # and one picked by today's search and finalists but without the search's starting points among them
+    text = report({"command": "x", "rows": [*rows[:2], *rows[3:], r2("searched", 2, 0.71, settings=before)]},
+                  ["resnet20"])
+    assert "| resnet20 | 30% | searched | lr-rewind | 2 | top3-finetune:50 | relative | 71.00 |" in text
 
 
 def test_proxy_validity_finalists_rule_takes_the_best_worst_pool_gain_per_minute():
