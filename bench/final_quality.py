@@ -19,10 +19,12 @@ Protocol (also written at the top of ``final-quality.md``):
 
 Round 2 (``--round 2``; rows carry ``round``): the same models, targets, seeds, held-out split and
 LR-rewinding epochs, against what a user would pick instead: ``searched`` (the default search as it
-is now: ``autoprune search``'s default score, finalists stage and DDPG settings, 200 episodes),
+is now: ``autoprune search``'s default score, finalists stage -- which re-scores the sensitivity and
+uniform allocations the search started from too -- and DDPG settings, 200 episodes),
 ``random`` (best of 200 random allocations by the same score, same finalists stage), ``sensitivity``,
-``uniform``, ``tp-global`` (torch-pruning's global magnitude pruning, library defaults) and
-``universal`` (the committed universal policy, zero-shot, no search). Every arm's model starts from
+``uniform``, ``tp-global`` (torch-pruning's global magnitude pruning, library defaults),
+``universal`` (the committed universal policy, zero-shot, no search) and ``searched-universal`` (the
+same search, its finalists joined by the universal policy's allocation: ``search --candidates``). Every arm's model starts from
 the plain pruned weights with BN recalibrated (``start: recalibrated``), as round 1 and ``apply`` do: the
 default score's refitted weights fine-tune worse (rows with ``start: refitted``, kept and reported apart). Recipes:
 ``lr-rewind`` for every arm, ``lr-rewind-kd`` (the same, distilled from the dense model: weight 0.9,
