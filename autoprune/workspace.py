@@ -144,7 +144,9 @@ def open_workspace(model: str, checkpoint: str | None, data: str, *, val_size: i
     bundle = make_bundle(data, info.mean, info.std, val_size=val_size, calib_size=calib_size, seed=seed,
                          image_size=image_size, train_subset=train_subset)
     dev = resolve_device(device)
-    net, dropped = load_model_noting(model, bundle.num_classes, checkpoint)
+    with torch.random.fork_rng(devices=[]):  # without a checkpoint the weights are a random init: --seed fixes it
+        torch.manual_seed(seed)
+        net, dropped = load_model_noting(model, bundle.num_classes, checkpoint)
     if dropped:
         print(f"note: {model}: auxiliary classifier(s) {', '.join(dropped)} dropped (training-time heads; the pruned "
               "model keeps the main one, as deployed)")

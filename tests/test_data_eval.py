@@ -97,3 +97,18 @@ def test_adaptive_bn_evaluator_scores_and_times(synthetic_bundle):
     ev = AdaptiveBNEvaluator(calib, x, labels, precision="fp32")
     assert ev(model) == pytest.approx(0.5, abs=0.01)  # channels-last kernels may flip a near tie
     assert ev.timing.calls == 1 and ev.timing.calibrate > 0 and ev.timing.evaluate > 0
+
+
+def test_a_model_without_checkpoint_is_the_same_random_init_for_the_same_seed():
+    """--seed fixes every command's randomness, the weights of a model without a checkpoint included (and
+    opening a workspace leaves the global RNG as it was)."""
+    from autoprune.workspace import open_workspace
+
+    def weights(seed):
+        ws = open_workspace("resnet20", None, "synthetic", val_size=10, calib_size=8, seed=seed, precision="fp32")
+        return torch.cat([p.detach().flatten() for p in ws.model.parameters()])
+
+    state = torch.random.get_rng_state()
+    a, b, c = weights(0), weights(0), weights(1)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.random.get_rng_state(), state)
