@@ -5,8 +5,8 @@ Where a cell of ``bench/agent_vs_sensitivity.py`` misses its goal, a candidate c
 is tried here first, on other seeds, so the grid that judges it is never the data it was picked on. A row
 is one search exactly as the grid runs it (the model's committed sensitivity sweep counted in the 200
 evaluations, 30 warm-up episodes unless overridden, the default score), with ``--settings`` overrides
-of ``RLConfig`` (JSON, as ``bench.rl_tuning`` takes them); it reports the best allocation's search score and its top-1 next to the sensitivity
-allocation's. No random search runs here: the grid has it.
+of ``RLConfig`` (JSON, as ``bench.rl_tuning`` takes them); it reports the best allocation's search score
+and its top-1 next to the sensitivity allocation's. No random search runs here: the grid has it.
 
     python -m bench.agent_variants --model resnet56 --target 0.5 --seeds 3 4               # the default
     python -m bench.agent_variants --model resnet56 --target 0.5 --seeds 3 4 --settings '{"warmup_episodes": 50}'
@@ -59,13 +59,15 @@ def report(record: dict) -> str:
     """Per (model, target, settings): the best's top-1 and its margin over the sensitivity allocation, per seed."""
     lines = ["# The grid's agent with one setting changed, on development seeds", "",
              "Top-1 % (`reconstruct`, held-out training images) of each search's best allocation; sensitivity is the "
-             "sensitivity allocation's; the search's own score (higher is better) beside it. Rows: `bench/results/agent-variants.json` (each with its command).", "",
+             "sensitivity allocation's; the search's own score (higher is better) beside it. Rows: "
+             "`bench/results/agent-variants.json` (each with its command).", "",
              "| model | MACs | settings | seed | best | best − sensitivity | by the search's score | best at episode |",
              "|---|---|---|---|---|---|---|---|"]
     for r in sorted(record["rows"], key=lambda r: (r["model"], r["target"], json.dumps(r["settings"]), r["seed"])):
-        lines.append(f"| {r['model']} | {100 * r['target']:g}% | {json.dumps(r['settings']) if r['settings'] else 'default'}"
-                     f" | {r['seed']} | {100 * r['best_top1']:.2f} | {100 * (r['best_top1'] - r['sensitivity_top1']):+.2f}"
-                     f" | {r['best'] - r['sensitivity']:+.4f} | {r['best_episode']} of {r['episodes']} |")
+        settings = json.dumps(r["settings"]) if r["settings"] else "default"
+        margin = 100 * (r["best_top1"] - r["sensitivity_top1"])
+        lines.append(f"| {r['model']} | {100 * r['target']:g}% | {settings} | {r['seed']} | {100 * r['best_top1']:.2f} | "
+                     f"{margin:+.2f} | {r['best'] - r['sensitivity']:+.4f} | {r['best_episode']} of {r['episodes']} |")
     return "\n".join(lines) + "\n"
 
 

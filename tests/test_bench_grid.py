@@ -354,9 +354,12 @@ def test_agent_vs_sensitivity_runs_a_cell_end_to_end_through_two_kills(tmp_path,
 
 
 def test_agent_variants_reads_settings_and_refuses_unknown_ones():
+    import json
+
     from bench.agent_variants import parse_settings, report
 
-    assert parse_settings('{"warmup_episodes": 50, "noise_decay": 0.95}') == {"warmup_episodes": 50, "noise_decay": 0.95}
+    wanted = {"warmup_episodes": 50, "noise_decay": 0.95}
+    assert parse_settings(json.dumps(wanted)) == wanted
     for bad in ("warmup_episodes=50", "[50]", '{"no_such_setting": 1}'):
         with pytest.raises(SystemExit, match="--settings"):
             parse_settings(bad)
