@@ -433,3 +433,27 @@ def test_the_kept_policy_is_fitted_onto_a_long_trajectory():
     assert search._distil(env, SimpleNamespace(allocation=info["allocation"])) is not None
     played = rollout(env, lambda x: search.model.predict(x, deterministic=True)[0])["allocation"]
     assert played.keep == info["allocation"].keep
+
+
+
+def test_a_best_out_of_the_actions_reach_is_not_fitted(resnet20_structure, monkeypatch):
+    """The sensitivity allocation played first is this search's best, and ``relative`` actions cannot give it
+    (widths below half the even one are clipped to -1; an acting episode fills the budget a played one leaves):
+    its recorded actions, replayed, miss it, so distillation is not tried (it used to spend its 200 x 100 Adam
+    steps failing, most of this test file's time)."""
+    from autoprune.agents.rl import RLSearch
+    from autoprune.agents.rl.amc import AMCAgent
+    from autoprune.envs import ChannelPruningEnv
+    from autoprune.envs.channel_pruning import rollout
+
+    fits, fit = [], AMCAgent.fit_actor
+    monkeypatch.setattr(AMCAgent, "fit_actor", lambda self, *a, **k: fits.append(1) or fit(self, *a, **k))
+    problem = cheap_problem(resnet20_structure)
+    search = RLSearch(episodes=8, warmup_episodes=3, seed=3, action="relative")
+    result = search.search(problem, cheap_scorer(problem))
+    assert result.best.episode == 0 and result.allocation == result.heuristics[0]  # the played sensitivity won
+    assert not result.policy_distilled and not fits
+    env = ChannelPruningEnv(cheap_problem(resnet20_structure), evaluate=False, action="relative")
+    replay = iter(search.best_trajectory["actions"])
+    assert min(a[0] for a in search.best_trajectory["actions"]) == -1.0  # clipped: the reason it is out of reach
+    assert rollout(env, lambda x: next(replay))["allocation"] != result.allocation

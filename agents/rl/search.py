@@ -187,13 +187,20 @@ class RLSearch:
 
     def _distil(self, env: ChannelPruningEnv, best: Best) -> bytes | None:
         """Fit the actor onto the best episode until its noise-free rollout plays the best allocation
-        (the env runs unscored: no evaluation); the actor's bytes, or None if it does not get there."""
+        (the env runs unscored: no evaluation); the actor's bytes, or None if it does not get there.
+
+        A played allocation (a heuristic's) may be out of the actions' reach: a width below half the even
+        one with ``relative`` actions, or budget left that an acting episode would fill. If its own recorded
+        actions, replayed, do not give it, no actor can, and the fit is not tried."""
         traj = self.best_trajectory
         if traj is None or best.allocation is None or env.problem.target_range is not None:
             return None  # budget-conditioned: one episode's budget is not the policy's job
         obs, actions = np.asarray(traj["obs"], np.float32), np.asarray(traj["actions"], np.float32)
         evaluate, env.evaluate = env.evaluate, False
         try:
+            replay = iter(actions)
+            if rollout(env, lambda o: next(replay))["allocation"].keep != best.allocation.keep:
+                return None
             for _ in range(DISTIL_ROUNDS):
                 self.model.fit_actor(obs, actions, DISTIL_STEPS)
                 info = rollout(env, lambda o: self.model.predict(o, deterministic=True)[0])
