@@ -40,7 +40,8 @@ class PolicyAllocator:
             table.check(problem, scorer.evaluator.kind if scorer is not None else None)
         elif scorer is not None:
             table = measure_sensitivity(problem, scorer)
-        env = ChannelPruningEnv(problem, evaluate=False, action=self.meta["action"], sensitivity=table)
+        env = ChannelPruningEnv(problem, evaluate=False, action=self.meta["action"], sensitivity=table,
+                                relative_span=self.meta.get("relative_span", 1.0))
         if env.observation_space.shape != self.policy.observation_shape:
             raise AutopruneError(f"policy '{self.path}' expects observations of shape "
                                  f"{self.policy.observation_shape}, this env gives {env.observation_space.shape}")

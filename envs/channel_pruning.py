@@ -10,9 +10,10 @@ then clamps it so the episode's final allocation lands within the budget and wit
   the budget be reached (otherwise an aggressive start would finish far below the target).
 
 With ``action="relative"`` the action instead scales the *even* keep ratio -- the one that, given
-to this group and every later one, spends exactly the remaining budget -- by 2**action (x0.5 to
-x2). Action 0 everywhere is then the uniform allocation at any target, so a policy learned at one
-budget means the same thing at another (absolute actions tie a policy to its training budget).
+to this group and every later one, spends exactly the remaining budget -- by 2**(span x action)
+(``relative_span`` 1: x0.5 to x2; 2: x0.25 to x4). Action 0 everywhere is then the uniform allocation
+at any target, so a policy learned at one budget means the same thing at another (absolute actions
+tie a policy to its training budget).
 At tight budgets its lower half is often clipped by ``min_keep`` or the wall: a flat region where
 different actions give the same width and the actor gets no gradient.
 
@@ -92,12 +93,15 @@ class ChannelPruningEnv(gym.Env):
 
     def __init__(self, problem: PruningProblem, scorer: Scorer | None = None, reward: str = "accuracy",
                  evaluate: bool = True, reference: float | None = None, action: str = "absolute",
-                 sensitivity: SensitivityTable | None = None):
+                 sensitivity: SensitivityTable | None = None, relative_span: float = 1.0):
         if reward not in REWARDS:
             raise AutopruneError(f"unknown reward '{reward}': use one of {', '.join(REWARDS)}")
         if action not in ACTIONS:
             raise AutopruneError(f"unknown action mode '{action}': use one of {', '.join(ACTIONS)}")
+        if not relative_span > 0:
+            raise AutopruneError(f"relative span {relative_span}: give a positive log2 reach (1: x0.5-x2)")
         self.action_kind = action
+        self.relative_span = float(relative_span)
         self.problem = self.base = problem
         self.scorer = scorer
         self.reward_kind = reward
@@ -261,7 +265,7 @@ class ChannelPruningEnv(gym.Env):
         lower, upper = self.wall(i)
         if self.action_kind == "relative":
             even = max(self.even_keep(i), 1e-6)
-            want = float(np.clip(even * 2.0 ** a, p.min_keep, p.max_keep)) * g.channels
+            want = float(np.clip(even * 2.0 ** (self.relative_span * a), p.min_keep, p.max_keep)) * g.channels
         elif self.action_kind in ("wall", "sensitivity"):
             mid = (self.sensitivity_counts()[i] if self.action_kind == "sensitivity" and self.sensitivity is not None
                    else self.even_keep(i) * g.channels)
@@ -278,7 +282,7 @@ class ChannelPruningEnv(gym.Env):
         self.counts[i] = k
         self.prev_keep = k / g.channels
         if self.action_kind == "relative":
-            applied = float(np.clip(math.log2(max(self.prev_keep, 1e-9) / even), -1.0, 1.0))
+            applied = float(np.clip(math.log2(max(self.prev_keep, 1e-9) / even) / self.relative_span, -1.0, 1.0))
         elif self.action_kind in ("wall", "sensitivity"):
             applied = self.wall_action(k, lower, centre, upper)
         else:

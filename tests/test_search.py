@@ -356,6 +356,8 @@ def test_init_policy_continues_from_a_saved_policy(tmp_path, resnet20_structure)
         RLSearch(episodes=1, action="wall", init_policy=str(tmp_path / "a" / "policy.zip"))._build(env)
     with pytest.raises(AutopruneError, match="does not fit this search's networks"):
         RLSearch(episodes=1, hidden=[64, 64], init_policy=str(tmp_path / "a" / "policy.zip"))._build(env)
+    with pytest.raises(AutopruneError, match="span 1.0; this search's is 2.0: pass --relative-span 1.0"):
+        RLSearch(episodes=1, relative_span=2.0, init_policy=str(tmp_path / "a" / "policy.zip"))._build(env)
 
 
 MULTI_SCRIPT = textwrap.dedent(f"""
@@ -457,3 +459,41 @@ def test_a_best_out_of_the_actions_reach_is_not_fitted(resnet20_structure, monke
     replay = iter(search.best_trajectory["actions"])
     assert min(a[0] for a in search.best_trajectory["actions"]) == -1.0  # clipped: the reason it is out of reach
     assert rollout(env, lambda x: next(replay))["allocation"] != result.allocation
+    # twice the reach (x0.25-x4): no width of it is clipped any more, and its replay comes within the channels
+    # an acting episode adds at its end to spend the budget the played one left
+    wide = ChannelPruningEnv(cheap_problem(resnet20_structure), evaluate=False, action="relative", relative_span=2.0)
+    recorded = [info["applied_action"] for info in _steps(wide, result.allocation)]
+    assert max(abs(a) for a in recorded) < 1.0
+    replay = iter(recorded)
+    got = rollout(wide, lambda x: np.asarray([next(replay)], np.float32))["allocation"]
+    assert sum(abs(got.keep[k] - v) for k, v in result.allocation.keep.items()) <= 2
+
+
+def _steps(env, allocation) -> list[dict]:
+    """The step infos of ``env`` playing ``allocation`` as is."""
+    env.play([lambda p: allocation])
+    env.reset()
+    infos, done = [], False
+    while not done:
+        _, _, done, _, info = env.step(np.zeros(1, np.float32))
+        infos.append(info)
+    return infos
+
+
+def test_a_relative_policy_keeps_its_span_from_search_to_apply(tmp_path, resnet20_structure):
+    """``relative_span`` 2: the search plays and distils in x0.25-x4 actions, the policy file says so, and the
+    policy read back from disk rolls out with it (with span 1 it would play another allocation)."""
+    from autoprune.agents.policy import PolicyAllocator
+    from autoprune.agents.rl import RLSearch
+    from autoprune.agents.rl.policy_io import load_policy
+
+    problem = cheap_problem(resnet20_structure)
+    result = RLSearch(episodes=12, warmup_episodes=3, eval_every=3, seed=2, imitation=0.0, noise_decay=0.95,
+                      heuristic_warmup=False, action="relative", relative_span=2.0).search(
+        problem, cheap_scorer(problem), tmp_path)  # as the span-1 test above: its best is a noisy episode
+    assert result.policy_distilled and load_policy(tmp_path / "policy.zip")[1]["relative_span"] == 2.0
+    fresh = cheap_problem(resnet20_structure)
+    assert PolicyAllocator(tmp_path / "policy.zip").allocate(fresh, cheap_scorer(fresh)) == result.allocation
+    narrow = PolicyAllocator(tmp_path / "policy.zip")
+    narrow.meta["relative_span"] = 1.0  # read as an older file would be: the check above can fail
+    assert narrow.allocate(fresh, cheap_scorer(fresh)) != result.allocation

@@ -41,6 +41,7 @@ class RLConfig:
     eval_every: int = 5  # every Nth learning episode runs the actor without noise; the best such actor is kept
     reward: str = "accuracy"
     action: str = "relative"  # absolute (AMC) | relative | wall | sensitivity: around sensitivity's width
+    relative_span: float = 1.0  # relative actions scale the even keep ratio by 2**(+-span)
     checkpoint_every: int = 10  # episodes
     init_policy: str | None = None  # warm start: a policy.zip whose actor the search starts from (fresh critic)
     seed: int = 0
@@ -72,4 +73,6 @@ HELP = {
               "remaining budget evenly: transfers across targets) | wall (-1..1 spans exactly what the budget wall "
               "allows for the group, 0 = the even share: no flat region) | sensitivity (the same squashed log-ratio around "
               "the sensitivity allocation's width: 0 everywhere plays sensitivity analysis' allocation)",
+    "relative_span": "log2 reach of relative actions: -1..1 scales the even keep ratio by 2**(-span)..2**span "
+                     "(1: x0.5-x2)",
 }

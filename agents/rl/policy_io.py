@@ -43,6 +43,7 @@ class PolicyMeta:
     target: float
     groups: int
     score: str | None = None  # the score its sensitivity features were measured with (None: older files, adaptive-bn)
+    relative_span: float = 1.0  # log2 reach of relative actions (older files: 1)
     format: str = POLICY_FORMAT
     env: str = ENV_ID
     obs_version: int = OBS_VERSION

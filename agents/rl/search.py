@@ -151,7 +151,8 @@ class RLSearch:
             self._warm_start(model, env, c.init_policy)
         p = envs[0].problem
         model.autoprune_meta = PolicyMeta(algo=c.algo, min_keep=p.min_keep, max_keep=p.max_keep, reward=c.reward,
-                                          action=c.action, metric=p.metric, target=p.target,
+                                          action=c.action, relative_span=c.relative_span, metric=p.metric,
+                                          target=p.target,
                                           groups=len(p.structure.groups),
                                           score=envs[0].sensitivity.key.get("score") if envs[0].sensitivity else None
                                           ).to_dict()
@@ -164,6 +165,10 @@ class RLSearch:
             raise AutopruneError(f"--init-policy '{path}' is a {meta.get('algo')} policy with {meta.get('action')} "
                                  f"actions; this search is {self.config.algo} with {self.config.action} actions: "
                                  f"pass --algo {meta.get('algo')} --action {meta.get('action')}")
+        span = meta.get("relative_span", 1.0)
+        if span != self.config.relative_span:
+            raise AutopruneError(f"--init-policy '{path}' has relative actions of span {span}; this search's is"
+                                 f" {self.config.relative_span}: pass --relative-span {span}")
         try:
             load_actor_into(model, net)
         except ValueError as exc:
@@ -281,8 +286,8 @@ class RLSearch:
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
         tables = self.tables = self._tables(problems, scorers, run_dir, sensitivity)  # per problem, kept for reports
-        envs = [ChannelPruningEnv(p, sc, reward=c.reward, action=c.action, sensitivity=t)
-                for p, sc, t in zip(problems, scorers, tables)]
+        envs = [ChannelPruningEnv(p, sc, reward=c.reward, action=c.action, sensitivity=t,
+                                  relative_span=c.relative_span) for p, sc, t in zip(problems, scorers, tables)]
         state = None
         if resume and run_dir is not None:
             probe = envs[0] if len(envs) == 1 else MultiModelEnv(envs)
