@@ -83,3 +83,29 @@ def test_train_with_a_teacher(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "bad").exists()
+
+
+def test_apply_fine_tunes_distilled_from_the_dense_model_by_default(tmp_path, monkeypatch):
+    """``apply --finetune-epochs`` distils from the dense model it pruned (weight 0.9) unless ``--kd-weight 0``;
+    the report says which. The recipe and teacher handed to training are checked; that such training moves the
+    student towards its teacher is the first test of this file."""
+    import autoprune.train.training as training
+    from autoprune.models import create_model as make
+
+    seen = []
+
+    def fake_train(model, data, recipe, teacher=None, **kw):
+        seen.append((recipe.kd_weight, teacher))
+        return training.TrainResult(steps=1)
+
+    monkeypatch.setattr(training, "train", fake_train)
+    policy = "bench/results/policies/universal.zip"
+    for name, extra in (("default", []), ("plain", ["--kd-weight", "0"])):
+        assert main(["apply", "--model", "resnet20", *SYN, "--policy", policy, "--macs", "0.5", "--no-evaluate",
+                     "--finetune-epochs", "0.01", "--output", str(tmp_path / name), *extra]) == 0
+    (kd, teacher), (plain, none) = seen
+    assert kd == 0.9 and plain == 0.0 and none is None
+    dense = make("resnet20", 10)  # the teacher is the dense network (every channel), not the pruned student
+    assert [p.shape for p in teacher.parameters()] == [p.shape for p in dense.parameters()]
+    reports = [json.loads((tmp_path / n / "report.json").read_text())["finetune"] for n in ("default", "plain")]
+    assert [r["kd_weight"] for r in reports] == [0.9, 0.0]
