@@ -53,8 +53,8 @@ HELP = {
                    "folder: same model and --score); the sweep is written to OUTPUT/sensitivity.json either way",
     "finetune_epochs": "epochs of fine-tuning after pruning (0: none)",
     "kd_weight": "the fine-tune distils from the dense model: weight of the KL term to its outputs against the label "
-                 "loss, in [0, 1] (0: plain LR rewinding, up to 1.7x faster; distilled scored +1.2 to +2.0 points at 30% "
-                 "of MACs on ResNet-20)",
+                 "loss, in [0, 1] (0: plain LR rewinding, up to 1.7x faster; distilled scored +1.2 to +2.0 points "
+                 "at 30% of MACs on ResNet-20)",
     "kd_temperature": "softmax temperature of the distillation term",
     **INPUT_HELP,
 }
