@@ -99,7 +99,7 @@ class ChannelPruningEnv(gym.Env):
         if action not in ACTIONS:
             raise AutopruneError(f"unknown action mode '{action}': use one of {', '.join(ACTIONS)}")
         if not relative_span > 0:
-            raise AutopruneError(f"relative span {relative_span}: give a positive log2 reach (1: x0.5-x2)")
+            raise AutopruneError(f"--relative-span {relative_span}: give a positive log2 reach (1: x0.5-x2)")
         self.action_kind = action
         self.relative_span = float(relative_span)
         self.problem = self.base = problem

@@ -97,6 +97,28 @@ def test_relative_action_zero_is_the_uniform_allocation_at_any_target(resnet56_s
     assert step["applied_action"] == pytest.approx(np.clip(np.log2(kept / even), -1, 1))
 
 
+def test_relative_span_scales_the_reach_of_an_action(resnet56_structure):
+    """Span 2: -0.5 halves the even ratio (2**(2 x -0.5)) and -1 quarters it (span 1: halves); the applied action
+    is the log2 ratio over the span; 0 everywhere stays the uniform allocation."""
+    from autoprune.errors import AutopruneError
+
+    problem = PruningProblem(resnet56_structure, 0.7)
+    channels = resnet56_structure.groups[0].channels
+    for span, action, factor in ((2.0, -0.5, 0.5), (2.0, -1.0, 0.25), (1.0, -1.0, 0.5)):
+        env = ChannelPruningEnv(problem, action="relative", relative_span=span)
+        env.reset()
+        even = env.even_keep(0)
+        _, _, _, _, step = env.step(np.full(1, action, dtype=np.float32))
+        kept = step["keep"] / channels
+        assert kept == pytest.approx(max(factor * even, problem.min_keep), abs=1 / channels), (span, action)
+        assert step["applied_action"] == pytest.approx(np.clip(np.log2(kept / even) / span, -1, 1))
+    wide = rollout(ChannelPruningEnv(problem, action="relative", relative_span=2.0), lambda o: np.zeros(1, np.float32))
+    narrow = rollout(ChannelPruningEnv(problem, action="relative"), lambda o: np.zeros(1, np.float32))
+    assert np.array_equal(wide["counts"], narrow["counts"])
+    with pytest.raises(AutopruneError, match="--relative-span 0: give a positive"):
+        ChannelPruningEnv(problem, action="relative", relative_span=0)
+
+
 def test_unknown_action_mode_is_a_clear_error(resnet20_structure):
     from autoprune.errors import AutopruneError
 
