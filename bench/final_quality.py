@@ -26,8 +26,8 @@ uniform allocations the search started from too -- and DDPG settings, 200 episod
 ``universal`` (the committed universal policy, zero-shot, no search) and ``searched-universal`` (the
 same search, its finalists joined by the universal policy's allocation: ``search --candidates``). Every
 arm's model starts from the plain pruned weights with BN recalibrated (``start: recalibrated``), as round 1
-and ``apply`` do: the
-default score's refitted weights fine-tune worse (rows with ``start: refitted``, kept and reported apart). Recipes:
+and ``apply`` do: the default score's refitted weights fine-tune worse (rows with ``start: refitted``, kept
+and reported apart). Recipes:
 ``lr-rewind`` for every arm, ``lr-rewind-kd`` (the same, distilled from the dense model: weight 0.9,
 temperature 4) for ``searched`` and ``sensitivity``.
 

@@ -437,7 +437,6 @@ def test_the_kept_policy_is_fitted_onto_a_long_trajectory():
     assert played.keep == info["allocation"].keep
 
 
-
 def test_a_best_out_of_the_actions_reach_is_not_fitted(resnet20_structure, monkeypatch):
     """The sensitivity allocation played first is this search's best, and ``relative`` actions cannot give it
     (widths below half the even one are clipped to -1; an acting episode fills the budget a played one leaves):
