@@ -27,6 +27,13 @@ best >= max(sensitivity, random best) + 0.5 on the cell means, its kept policy w
     python -m bench.agent_vs_sensitivity                                   # the default agent's grid
     python -m bench.agent_vs_sensitivity --models resnet20 --agents ddpg/relative ddpg/sensitivity ddpg/wall
     python -m bench.agent_vs_sensitivity --models resnet20 --targets 0.3 --seeds 0 --agents ddpg/sensitivity
+    python -m bench.agent_vs_sensitivity --agent-episodes 200              # at the default search's budget
+
+``--agent-episodes N`` sets the budget the other way round, as ``autoprune search`` spends it: the agent plays
+N episodes after the sweep (``--warmup-episodes``, default the search's 50), and random search gets as many
+evaluations as the agent's sweep plus its N episodes (N + 37 on ResNet-20, N + 109 on ResNet-56). With
+N = 200 that is the default search, as ``final_quality`` runs it; rows go to
+``agent-vs-sensitivity-<N>-episodes.json``.
 
 Time, from the smoke run (``--smoke``: ResNet-20 at 30%, the sweep, 45 random samples, 8 episodes;
 one fp32 thread of this AVX2-only 2-core machine while two other benchmarks and a test run shared
@@ -57,6 +64,7 @@ import torch
 from autoprune.agents.policy import PolicyAllocator
 from autoprune.agents.random_search import RandomSearch
 from autoprune.agents.rl import RLSearch
+from autoprune.agents.rl.config import RLConfig
 from autoprune.core.problem import PruningProblem, uniform_allocation
 from autoprune.core.scoring import Scorer
 from autoprune.core.sensitivity import SensitivityTable, measure_sensitivity
@@ -74,15 +82,28 @@ EVALUATIONS, WARMUP, VAL, CALIB = 200, 30, 2000, 1024
 GOAL, POLICY_GAP = 0.005, 0.005  # best >= max(sensitivity, random) + 0.5 points; policy within 0.5 of best
 
 
-def load(path: Path, command: str, evaluations: int) -> dict:
+def load(path: Path, command: str, evaluations: int | None, agent_episodes: int | None = None,
+         warmup: int = WARMUP) -> dict:
+    """The grid's record; its budget is either ``evaluations`` per arm (the agent's include the sweep) or
+    ``agent_episodes`` after the sweep (random search: the sweep's count more)."""
+    budget = {"evaluations": evaluations, "agent_episodes": agent_episodes, "warmup_episodes": warmup}
     if path.exists():
         record = json.loads(path.read_text())
-        if record["evaluations"] != evaluations:
-            raise SystemExit(f"{path} holds a grid at {record['evaluations']} evaluations: pass --evaluations "
-                             f"{record['evaluations']} or another --out")
+        held = {k: record.get(k) for k in budget}
+        if held != budget:
+            held_text = ", ".join(f"{k} {v}" for k, v in held.items())
+            raise SystemExit(f"{path} holds a grid at another budget ({held_text}): pass those options or "
+                             "another --out")
         return record
-    return {"command": command, "machine": machine(), "evaluations": evaluations, "warmup_episodes": WARMUP,
+    return {"command": command, "machine": machine(), **budget,
             "score": DEFAULT_SCORE, "top1": top1_of(DEFAULT_SCORE), "tables": {}, "cells": [], "rows": []}
+
+
+def budget_of(record: dict, sweep: int) -> tuple[int, int]:
+    """(random search's evaluations, the agent's episodes) for a model whose sweep costs ``sweep`` scores."""
+    if record.get("agent_episodes"):
+        return record["agent_episodes"] + sweep, record["agent_episodes"]
+    return record["evaluations"], record["evaluations"] - sweep
 
 
 def top1_of(score: str) -> str:
@@ -127,7 +148,8 @@ def cell(record: dict, problem: PruningProblem, scorer: Scorer, top1_scorer: Sco
     found = RandomSearch(evaluations, seed).search(problem, scorer, run_dir, resume=True)
     best = found.allocation
     seconds, cpu = time.perf_counter() - t0 + found.resumed_seconds, time.process_time() - cpu
-    c = {"model": model, "target": target, "seed": seed, "random_seconds": seconds, "random_cpu_seconds": cpu,
+    c = {"model": model, "target": target, "seed": seed, "random_evaluations": evaluations,
+         "random_seconds": seconds, "random_cpu_seconds": cpu,
          "random_resumed_seconds": found.resumed_seconds}
     for name, alloc in (("random_best", best), ("sensitivity", table.allocation(problem)),
                         ("uniform", uniform_allocation(problem))):
@@ -151,7 +173,6 @@ def run(record: dict, out: Path, models: list[str], agents: list[tuple[str, str]
         seeds: tuple[int, ...], work: Path, open_ws=open_bench_workspace) -> None:
     """Every missing row of the grid; ``open_ws(model)`` gives the model's workspace (tests pass a tiny one).
     Searches run in ``work/<model>_t<target>_s<seed>/``, so that a killed one resumes."""
-    evaluations = record["evaluations"]
     for model in models:
         ws = None
         for target in targets:
@@ -169,20 +190,20 @@ def run(record: dict, out: Path, models: list[str], agents: list[tuple[str, str]
                 if fresh:
                     save(record, out)  # the sweep, before the cell's random search
                 cell_dir = work / f"{model}_t{target:g}_s{seed}"
+                evaluations, episodes = budget_of(record, table.evaluations)
+                if episodes < 2:
+                    raise SystemExit(f"--evaluations {evaluations} does not cover {model}'s sweep "
+                                     f"({table.evaluations}) and the two heuristic episodes")
                 ref = cell(record, problem, Scorer(problem, ws.evaluator(score=score)), top1_scorer, table, model, target,
                            seed, evaluations, cell_dir / "random")
                 save(record, out)
                 shutil.rmtree(cell_dir / "random", ignore_errors=True)
-                episodes = evaluations - table.evaluations
-                if episodes < 2:
-                    raise SystemExit(f"--evaluations {evaluations} does not cover {model}'s sweep "
-                                     f"({table.evaluations}) and the two heuristic episodes")
                 for agent, action in todo:
                     scorer = Scorer(problem, ws.evaluator(score=score))  # a fresh cache per search: equal counts
                     t0, cpu = time.perf_counter(), time.process_time()
                     run_dir = cell_dir / f"{agent}-{action}"
                     search = RLSearch(algo=agent, action=action, episodes=episodes,
-                                      warmup_episodes=min(WARMUP, episodes), seed=seed)
+                                      warmup_episodes=min(record["warmup_episodes"], episodes), seed=seed)
                     result = search.search(problem, scorer, run_dir, sensitivity=table,
                                            resume=(run_dir / "checkpoints").exists())
                     seconds = time.perf_counter() - t0 + result.resumed_seconds + table.seconds
@@ -228,10 +249,18 @@ def goals(rows: list[dict]) -> dict:
 
 
 def report(record: dict) -> str:
+    if record.get("agent_episodes"):
+        n, sweeps = record["agent_episodes"], record.get("tables", {})
+        per_model = ", ".join(f"{n + t['evaluations']} on {m}" for m, t in sorted(sweeps.items())) or f"{n} + the sweep"
+        budget = (f"the agent plays {n} episodes after the sensitivity sweep (its first two play the sensitivity "
+                  f"and uniform allocations, {record['warmup_episodes']} warm-up episodes in all), random search gets "
+                  f"as many evaluations as the sweep and those episodes ({per_model})")
+    else:
+        budget = (f"{record['evaluations']} evaluations per arm (the agent's include the sensitivity sweep; its first "
+                  f"two episodes play the sensitivity and uniform allocations, {record['warmup_episodes']} warm-up "
+                  "episodes in all)")
     lines = ["# The default agent vs sensitivity analysis vs random search, at equal evaluations", "",
-             f"`{record['command']}` -- {record['evaluations']} evaluations per arm (the agent's include the "
-             f"sensitivity sweep; its first two episodes play the sensitivity and uniform allocations, "
-             f"{record['warmup_episodes']} warm-up episodes in all), searching by `{record.get('score', 'adaptive-bn')}`; "
+             f"`{record['command']}` -- {budget}, searching by `{record.get('score', 'adaptive-bn')}`; "
              f"figures are `{record.get('top1', 'adaptive-bn')}` top-1 (%) of the same allocations on the held-out "
              "training images; mean ± std over seeds. Goals per cell: best − max(sensitivity, random best) ≥ "
              "+0.5 on the means, and the kept policy within 0.5 of the best.", "",
@@ -268,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", nargs="+", type=float, default=list(TARGETS))
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--evaluations", type=int, default=EVALUATIONS, help="scores per arm (the sweep included)")
+    p.add_argument("--agent-episodes", type=int, default=None,
+                   help="instead of --evaluations: the agent's episodes after the sweep (random search: as many "
+                        "evaluations as the sweep and these); 200 is the search's default budget")
+    p.add_argument("--warmup-episodes", type=int, default=None,
+                   help=f"the agent's warm-up episodes (default: {WARMUP}; with --agent-episodes the search's "
+                        f"default, {RLConfig().warmup_episodes})")
     p.add_argument("--out", type=Path, default=OUT, help="results JSON (the .md beside it)")
     p.add_argument("--work", type=Path, default=None,
                    help="run folders of unfinished searches (default: $AUTOPRUNE_CACHE/agent-vs-sensitivity/"
@@ -275,15 +310,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="time it: ResNet-20, 30%%, seed 0, the default agent, "
                    "8 episodes after the sweep (random search: as many evaluations), into a temporary file")
     args = p.parse_args(argv)
+    if args.agent_episodes is not None:
+        if args.agent_episodes < 2:
+            raise SystemExit(f"--agent-episodes {args.agent_episodes}: the agent needs at least 2 episodes (the two "
+                             "heuristic allocations)")
+        args.evaluations = None
+        args.out = args.out if args.out != OUT else OUT.with_name(f"{OUT.stem}-{args.agent_episodes}-episodes.json")
+    warmup = args.warmup_episodes if args.warmup_episodes is not None else (
+        WARMUP if args.agent_episodes is None else RLConfig().warmup_episodes)
     if args.smoke:
         args.models, args.targets, args.seeds, args.agents = ["resnet20"], [0.3], [0], ["ddpg/sensitivity"]
         args.evaluations, args.out = 37 + 8, Path(tempfile.mkdtemp()) / "smoke.json"
         args.work = args.out.parent / "runs"
-    record = load(args.out, "python -m bench.agent_vs_sensitivity" + (" --smoke" if args.smoke else ""),
-                  args.evaluations)
+    options = (" --smoke" if args.smoke else "") + (
+        f" --agent-episodes {args.agent_episodes}" if args.agent_episodes is not None else "") + (
+        f" --warmup-episodes {args.warmup_episodes}" if args.warmup_episodes is not None else "")
+    record = load(args.out, "python -m bench.agent_vs_sensitivity" + options, args.evaluations,
+                  args.agent_episodes, warmup)
     t0, cpu0 = time.perf_counter(), time.process_time()
+    budget = f"e{args.evaluations}" if args.agent_episodes is None else f"a{args.agent_episodes}"
     run(record, args.out, args.models, [tuple(a.split("/")) for a in args.agents], tuple(args.targets),
-        tuple(args.seeds), args.work or cache_dir() / "agent-vs-sensitivity" / f"{args.out.stem}-e{args.evaluations}")
+        tuple(args.seeds), args.work or cache_dir() / "agent-vs-sensitivity" / f"{args.out.stem}-{budget}")
     save(record, args.out)
     if args.smoke:
         r, table = record["rows"][0], record["tables"]["resnet20"]

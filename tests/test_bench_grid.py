@@ -366,3 +366,42 @@ def test_agent_variants_reads_settings_and_refuses_unknown_ones():
     row = {"model": "resnet56", "target": 0.5, "seed": 3, "settings": {}, "best_top1": 0.8795,
            "sensitivity_top1": 0.8725, "best": -0.4168, "sensitivity": -0.4405, "best_episode": 89, "episodes": 91}
     assert "| resnet56 | 50% | default | 3 | 87.95 | +0.70 | +0.0237 | 89 of 91 |" in report({"rows": [row]})
+
+
+def test_agent_vs_sensitivity_budget_by_agent_episodes(tmp_path, capsys):
+    """``--agent-episodes N``: the agent plays N episodes after the sweep, random search gets the sweep's count
+    more; a file holding another budget is refused in one line."""
+    import bench.agent_vs_sensitivity as avs
+
+    assert avs.budget_of({"evaluations": 200, "agent_episodes": None}, 109) == (200, 91)
+    assert avs.budget_of({"evaluations": None, "agent_episodes": 200}, 109) == (309, 200)
+    out = tmp_path / "grid.json"
+    record = avs.load(out, "x", None, 200, 50)
+    record["tables"] = {"resnet20": {"evaluations": 37}, "resnet56": {"evaluations": 109}}
+    avs.save(record, out)
+    assert "random search gets as many evaluations as the sweep and those episodes (237 on resnet20, 309 on " \
+           "resnet56)" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit, match="another budget .*agent_episodes 200.*pass those options"):
+        avs.load(out, "x", 200)
+    with pytest.raises(SystemExit, match="--agent-episodes 1: the agent needs at least 2 episodes"):
+        avs.main(["--agent-episodes", "1"])
+
+
+@pytest.mark.slow
+def test_agent_vs_sensitivity_agent_episodes_run_a_tiny_cell(tmp_path):
+    """A tiny cell at ``agent_episodes``: the agent's row plays exactly that many episodes with the record's
+    warm-up, and random search scored the sweep's 37 evaluations more."""
+    import json
+
+    import bench.agent_vs_sensitivity as avs
+    from autoprune.workspace import open_workspace
+
+    out = tmp_path / "grid.json"
+    record = avs.load(out, "x", None, 3, 2)
+    record.update(score="adaptive-bn:loss", top1="adaptive-bn")
+    avs.run(record, out, ["resnet20"], [("ddpg", "relative")], (0.5,), (0,), tmp_path / "runs",
+            open_ws=lambda m: open_workspace(m, None, "synthetic", val_size=64, calib_size=32, precision="fp32"))
+    saved = json.loads(out.read_text())
+    row, cell = saved["rows"][0], saved["cells"][0]
+    assert (row["episodes"], row["config"]["warmup_episodes"], row["sweep_evaluations"]) == (3, 2, 37)
+    assert cell["random_evaluations"] == 37 + 3
