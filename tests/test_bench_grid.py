@@ -368,7 +368,7 @@ def test_agent_variants_reads_settings_and_refuses_unknown_ones():
     assert "| resnet56 | 50% | default | 3 | 87.95 | +0.70 | +0.0237 | 89 of 91 |" in report({"rows": [row]})
 
 
-def test_agent_vs_sensitivity_budget_by_agent_episodes(tmp_path, capsys):
+def test_agent_vs_sensitivity_budget_by_agent_episodes(tmp_path):
     """``--agent-episodes N``: the agent plays N episodes after the sweep, random search gets the sweep's count
     more; a file holding another budget is refused in one line."""
     import bench.agent_vs_sensitivity as avs
@@ -404,4 +404,5 @@ def test_agent_vs_sensitivity_agent_episodes_run_a_tiny_cell(tmp_path):
     saved = json.loads(out.read_text())
     row, cell = saved["rows"][0], saved["cells"][0]
     assert (row["episodes"], row["config"]["warmup_episodes"], row["sweep_evaluations"]) == (3, 2, 37)
+    assert 37 < row["evaluations"] <= 37 + 3  # what the agent's own scorer scored: at most its 3 episodes
     assert cell["random_evaluations"] == 37 + 3
