@@ -310,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="time it: ResNet-20, 30%%, seed 0, the default agent, "
                    "8 episodes after the sweep (random search: as many evaluations), into a temporary file")
     args = p.parse_args(argv)
+    if args.smoke and args.agent_episodes is not None:
+        raise SystemExit("--smoke runs its own budget (8 episodes after the sweep): drop --agent-episodes")
     if args.agent_episodes is not None:
         if args.agent_episodes < 2:
             raise SystemExit(f"--agent-episodes {args.agent_episodes}: the agent needs at least 2 episodes (the two "

@@ -385,6 +385,8 @@ def test_agent_vs_sensitivity_budget_by_agent_episodes(tmp_path):
         avs.load(out, "x", 200)
     with pytest.raises(SystemExit, match="--agent-episodes 1: the agent needs at least 2 episodes"):
         avs.main(["--agent-episodes", "1"])
+    with pytest.raises(SystemExit, match="--smoke runs its own budget"):
+        avs.main(["--smoke", "--agent-episodes", "200"])
 
 
 @pytest.mark.slow
