@@ -32,7 +32,8 @@ and reported apart). Recipes:
 temperature 4) for ``searched`` and ``sensitivity``.
 
 Rows go to ``bench/results/final-quality.json`` as they finish (resumable row by row: rerun the
-same command); allocations and search runs are kept under ``bench/results/final-quality/``.
+same command); allocations and search runs are kept under ``bench/results/final-quality/``. Round 2's
+searches and random searches checkpoint there as they go, so a stopped one continues where it was.
 
     nohup python -m bench.final_quality --models resnet20 &      # ResNet-20 table (~10 h here: lr-rewind rows
                                                                  # 9-10 min on 2 idle threads, scratch-B 2-3.3x that)
@@ -56,6 +57,7 @@ from dataclasses import asdict
 import torch
 
 from autoprune.agents import get_allocator
+from autoprune.agents.random_search import RandomSearch
 from autoprune.core.allocation import Allocation
 from autoprune.core.problem import PruningProblem
 from autoprune.core.scoring import Scorer
@@ -224,8 +226,12 @@ class ModelBench:
             also = found.heuristics if settings.get("heuristic_finalists") else []
             if arm == "searched-universal":
                 also = also + [self.universal(problem)]
-        elif arm == "random":
-            alloc = get_allocator("random", samples=EPISODES, seed=seed).allocate(problem, scorer)
+        elif arm == "random":  # checkpointed like the search: a ResNet-56 random search outlasts a session
+            run_dir = WORK / "searches-r2" / f"{self.model}_t{target:g}_s{seed}_random"
+            found = RandomSearch(EPISODES, seed).search(problem, scorer, run_dir,
+                                                        resume=(run_dir / "checkpoints").exists())
+            t0 -= found.resumed_seconds
+            alloc = found.allocation
         elif arm == "universal":
             alloc = self.universal(problem)
         else:
