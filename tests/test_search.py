@@ -245,28 +245,6 @@ def test_a_resumed_search_reports_the_seconds_of_its_earlier_sessions(tmp_path, 
     assert resumed.seconds > resumed.resumed_seconds
 
 
-def test_a_random_search_killed_midway_resumes_to_the_unbroken_runs_best(tmp_path, resnet20_structure):
-    """What the final-quality grid's random arm relies on: same candidates, same best, nothing scored twice."""
-    from autoprune.agents.random_search import RandomSearch
-
-    problem = cheap_problem(resnet20_structure)
-    unbroken = RandomSearch(samples=8, seed=3).allocate(problem, cheap_scorer(problem))
-    fn, calls = eval(SCORE), []
-
-    def dies_after_five(model):
-        if len(calls) == 5:
-            raise KeyboardInterrupt  # the session's stop
-        calls.append(1)
-        return fn(model)
-
-    with pytest.raises(KeyboardInterrupt):
-        RandomSearch(samples=8, seed=3).search(problem, cheap_scorer(problem, dies_after_five), tmp_path)
-    counted = cheap_scorer(problem, lambda m: calls.append(1) or fn(m))
-    resumed = RandomSearch(samples=8, seed=3).search(problem, counted, tmp_path, resume=True)
-    assert resumed.allocation == unbroken and len(calls) == 8
-    assert len((tmp_path / "episodes.csv").read_text().splitlines()) == 1 + 8
-
-
 def test_policy_transfers_to_deeper_model_and_torchvision(tmp_path, resnet20_structure):
     from autoprune.agents.rl import RLSearch
     from autoprune.core.structure import ModelStructure
