@@ -41,6 +41,10 @@ searches and random searches checkpoint there as they go, so a stopped one conti
     python -m bench.final_quality --seeds 1                      # a part of the grid: a second process beside
                                                                  # the first (rows merge under a file lock)
     nohup python -m bench.final_quality --round 2 &              # round 2 (both models)
+    python -m bench.final_quality --round 2 --seeds 1 --targets 0.5 --arms universal tp-global
+                                                                 # a second process on one seed and target: split by
+                                                                 # arm (the searching arms share one search: keep
+                                                                 # them in one process until it is saved)
 """
 from __future__ import annotations
 
@@ -124,13 +128,14 @@ def planned_rows(models: list[str]) -> list[tuple[str, str, int, float, str]]:
 
 
 def rows_to_run(models: list[str], done: set[str], seeds: list[int] | None = None,
-                recipes: list[str] | None = None,
-                targets: list[float] | None = None) -> list[tuple[str, str, int, float, str]]:
-    """The planned rows not yet in ``done``, optionally only some seeds, recipes or targets: a part of the grid,
-    so a second process can share the work (``save`` merges rows by key under a file lock)."""
-    return [p for p in planned_rows(models) if _key(*p) not in done
+                recipes: list[str] | None = None, targets: list[float] | None = None,
+                arms: list[str] | None = None, round: int = 1) -> list[tuple[str, str, int, float, str]]:
+    """A round's planned rows not yet in ``done``, optionally only some seeds, recipes, targets or arms: a part of
+    the grid, so a second process can share the work (``save`` merges rows by key under a file lock)."""
+    planned, key = (planned_rows, _key) if round == 1 else (planned_rows_r2, _key_r2)
+    return [p for p in planned(models) if key(*p) not in done
             and (seeds is None or p[2] in seeds) and (recipes is None or p[1] in recipes)
-            and (targets is None or p[3] in targets)]
+            and (targets is None or p[3] in targets) and (arms is None or p[4] in arms)]
 
 
 OLD_ACTION = "sensitivity"  # the agent's action before rows recorded it (their policy.zip files say so)
@@ -518,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="only these recipes")
     p.add_argument("--targets", nargs="+", type=float, default=None, choices=TARGETS,
                    help="only these MAC targets' rows")
+    p.add_argument("--arms", nargs="+", default=None, choices=sorted(set(ARMS) | set(ROUND2_ARMS)),
+                   help="only these arms' rows (a second process on the same seed and target: give each its arms)")
     args = p.parse_args(argv)
     if args.seeds is not None and (unknown := set(args.seeds) - {s for m in args.models for s in SEEDS[m]}):
         p.error(f"--seeds {sorted(unknown)} are not in the protocol ({', '.join(f'{m}: {SEEDS[m]}' for m in args.models)})")
@@ -529,12 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         done = {row_key(r) for r in record["rows"]}
         benches: dict[str, ModelBench] = {}
         new = 0
-        if args.round == 1:
-            todo = rows_to_run(args.models, done, args.seeds, args.recipes, args.targets)
-        else:
-            todo = [p for p in planned_rows_r2(args.models) if _key_r2(*p) not in done
-                    and (args.seeds is None or p[2] in args.seeds) and (args.recipes is None or p[1] in args.recipes)
-                    and (args.targets is None or p[3] in args.targets)]
+        todo = rows_to_run(args.models, done, args.seeds, args.recipes, args.targets, args.arms, args.round)
         for model, recipe, seed, target, arm in todo:
             if args.max_rows is not None and new >= args.max_rows:
                 break

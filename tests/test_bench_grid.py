@@ -1,7 +1,7 @@
 """Benchmark grids split across processes: parts are disjoint and together give every missing row."""
 import pytest
 
-from bench.final_quality import _key, main, planned_rows, report, rows_to_run
+from bench.final_quality import _key, _key_r2, main, planned_rows, planned_rows_r2, report, rows_to_run
 
 
 def test_final_quality_seed_and_recipe_parts_cover_the_missing_rows():
@@ -16,6 +16,22 @@ def test_final_quality_seed_and_recipe_parts_cover_the_missing_rows():
     assert {p[4] for p in scratch} == {"searched", "uniform"}
     by_target = [rows_to_run(models, done, targets=[0.5]), rows_to_run(models, done, targets=[0.3])]
     assert sorted(by_target[0] + by_target[1]) == sorted(missing) and {p[3] for p in by_target[0]} == {0.5}
+
+
+def test_round_two_parts_by_arm_cover_its_missing_rows_once():
+    models = ["resnet56"]
+    done = {_key_r2(*p) for p in planned_rows_r2(models)[:5]}
+    missing = rows_to_run(models, done, round=2)
+    assert len(missing) == len(planned_rows_r2(models)) - 5 and not {_key_r2(*p) for p in missing} & done
+    kd = rows_to_run(models, done, recipes=["lr-rewind-kd"], round=2)
+    assert kd and {(p[1], p[4]) for p in kd} == {("lr-rewind-kd", "searched"), ("lr-rewind-kd", "sensitivity")}
+    parts = [rows_to_run(models, done, arms=["universal", "tp-global"], round=2),
+             rows_to_run(models, done, arms=["searched", "random", "sensitivity", "uniform", "searched-universal"],
+                         round=2)]
+    assert sorted(parts[0] + parts[1]) == sorted(missing) and {p[4] for p in parts[0]} == {"universal", "tp-global"}
+    with pytest.raises(SystemExit) as e:
+        main(["--round", "2", "--arms", "ppo"])
+    assert e.value.code == 2
 
 
 def test_final_quality_refuses_a_seed_outside_the_protocol(capsys):
