@@ -43,21 +43,29 @@ def synthetic_bundle():
 
 @pytest.fixture(scope="session")
 def swept(tmp_path_factory):
-    """``swept(model, score)``: a sensitivity.json holding that model's sweep, measured once per test process on
-    the synthetic images. Commands whose tests are not about the sweep are handed it with ``--sensitivity``, the
-    flag a user passes to reuse another run's sweep (the sweep has tests of its own)."""
+    """``swept(model, score)``: a sensitivity.json holding that model's sweep, measured once per test run on the
+    synthetic images (the xdist workers share one file, under a lock). Commands whose tests are not about the sweep
+    are handed it with ``--sensitivity``, the flag a user passes to reuse another run's sweep (the sweep has tests
+    of its own)."""
+    from filelock import FileLock
+
     from autoprune.core.sensitivity import FILE, cached_sensitivity
     from autoprune.train.scores import DEFAULT_SCORE
     from autoprune.workspace import open_workspace
 
-    folder = tmp_path_factory.mktemp("sweeps")
+    if XDIST_WORKER:  # the run's base folder, above each worker's own
+        folder = tmp_path_factory.getbasetemp().parent / "sweeps"
+        folder.mkdir(exist_ok=True)
+    else:
+        folder = tmp_path_factory.mktemp("sweeps")
     done: set[tuple[str, str]] = set()
 
     def table(model: str = "resnet20", score: str = DEFAULT_SCORE) -> str:
         if (model, score) not in done:
-            ws = open_workspace(model, None, "synthetic", val_size=100, calib_size=64, precision="fp32")
-            problem = ws.problem(0.5)
-            cached_sensitivity(folder, problem, ws.scorer(problem, score), model=model)
+            with FileLock(folder / "sweeps.lock"):  # the other worker may be measuring it: wait, then read it
+                ws = open_workspace(model, None, "synthetic", val_size=100, calib_size=64, precision="fp32")
+                problem = ws.problem(0.5)
+                cached_sensitivity(folder, problem, ws.scorer(problem, score), model=model)
             done.add((model, score))
         return str(folder / FILE)
 

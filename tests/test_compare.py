@@ -135,7 +135,7 @@ def test_rerun_resumes_without_new_work_and_other_settings_are_refused(run_dir, 
 
 CLI = ["compare", "--model", "resnet20", "--data", "synthetic", "--targets", "0.5", "--seeds", "3",
        "--allocators", "uniform", "--recipes", "finetune", "--epochs", "0.25", "--train-subset", "128",
-       "--batch-size", "64", "--val-size", "100", "--calib-size", "64", "--device", "cpu"]
+       "--batch-size", "64", "--val-size", "100", "--calib-size", "64", "--device", "cpu", "--finalists", "0"]
 
 
 def test_cli_runs_and_prints_the_report(tmp_path, capsys):

@@ -68,7 +68,8 @@ def test_compare_and_train_count_macs_at_the_input_size(tmp_path):
     dense_macs = flop_counter_cost(load_model(MODEL, 10), torch.randn(1, 3, SIZE, SIZE))[0]
     run = tmp_path / "c"
     assert main(["compare", *SYN, "--targets", "0.5", "--seeds", "0", "--allocators", "uniform", "--recipes",
-                 "finetune", "--epochs", "0.5", "--train-subset", "32", "--batch-size", "16", "--output", str(run)]) == 0
+                 "finetune", "--epochs", "0.5", "--train-subset", "32", "--batch-size", "16", "--finalists", "0",
+                 "--output", str(run)]) == 0
     record = json.loads((run / "results.json").read_text())
     assert record["dense"]["macs"] == dense_macs and recorded_input_size(run) in (str(SIZE), f"{SIZE}x{SIZE}")
     assert 0.49 <= record["rows"][0]["macs_ratio"] <= 0.5

@@ -91,7 +91,7 @@ def test_search_with_finetune_score_saves_the_scored_model(tmp_path, capsys):
 def test_compare_scores_allocators_by_the_chosen_score(tmp_path, capsys):
     base = ["compare", "--model", "resnet20", "--data", "synthetic", "--targets", "0.5", "--allocators", "uniform",
             "--recipes", "finetune", "--epochs", "0.25", "--train-subset", "128", "--batch-size", "64", "--val-size",
-            "100", "--calib-size", "64", "--device", "cpu", "--precision", "fp32"]
+            "100", "--calib-size", "64", "--device", "cpu", "--precision", "fp32", "--finalists", "0"]
     pre = {}
     for score in ("adaptive-bn", "finetune:12"):
         torch.manual_seed(0)  # the same random-init model for both runs
